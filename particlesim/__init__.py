@@ -1,0 +1,18 @@
+"""particlesim: neural networks as particle systems.
+
+Each neuron is a particle with a position and charges; layers couple through
+kernels of distance; the loss plus spatial costs is a potential energy; an
+optimiser is an integrator. See README.md for a tour.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("particlesim")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.1.0"
+
+from particlesim.errors import ParticlesimError  # noqa: E402
+from particlesim.plugins.hookspecs import hookimpl  # noqa: E402
+
+__all__ = ["ParticlesimError", "__version__", "hookimpl"]

@@ -1,0 +1,290 @@
+"""The ``particlesim`` command line: run, validate, plugins (plus plugin commands)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from particlesim import __version__
+from particlesim.errors import DivergenceError, ParticlesimError
+
+app = typer.Typer(
+    name="particlesim",
+    help="Neural networks as particle systems: run scenarios, check them, list plugins.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+EXIT_ERROR = 2
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a scenario key: --set integrator.lr=0.01"),
+]
+PluginOption = Annotated[
+    list[str] | None,
+    typer.Option("--plugin", "-p", help="Load a plugin file (PATH.py), or disable one (no:NAME)."),
+]
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
+    """Print a one-line error to stderr and return the exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _split_plugin_options(plugins: list[str] | None) -> tuple[list[str], list[str]]:
+    files, disabled = [], []
+    for item in plugins or []:
+        (disabled if item.startswith("no:") else files).append(item.removeprefix("no:"))
+    return files, disabled
+
+
+def prepare(scenario: Path, overrides: list[str] | None, plugins: list[str] | None):
+    """Read, override, load plugins and validate: ``(plan, manager)``; raises ParticlesimError."""
+    from particlesim.plugins.manager import PluginManager
+    from particlesim.scenario.builder import validate
+    from particlesim.scenario.loader import apply_override, read_scenario
+
+    raw = read_scenario(scenario)
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    files, disabled = _split_plugin_options(plugins)
+    scenario_plugins = raw.get("plugins", [])
+    if not isinstance(scenario_plugins, list) or not all(
+        isinstance(p, str) for p in scenario_plugins
+    ):
+        from particlesim.errors import ScenarioError
+
+        raise ScenarioError("expected an array of plugin file paths", path="plugins",
+                            source=str(scenario))
+    manager = PluginManager()
+    base_dir = scenario.resolve().parent
+    manager.load(files=[*(base_dir / p for p in scenario_plugins), *map(Path, files)],
+                 base_dir=base_dir, disable=disabled)
+    for failure in manager.failures:
+        typer.echo(f"warning: plugin {failure.name!r} ({failure.source}) failed to load: "
+                   f"{failure.error}", err=True)
+    for info in manager.plugins:
+        if info.source.startswith("file"):
+            typer.echo(f"plugin: loaded {info.name} from {info.source.removeprefix('file ')}",
+                       err=True)
+    plan = validate(raw, manager.registries, source=str(scenario), base_dir=base_dir)
+    return plan, manager
+
+
+@app.command()
+def validate(
+    scenario: Annotated[Path, typer.Argument(help="Scenario TOML file.")],
+    set_: SetOption = None,
+    plugin: PluginOption = None,
+) -> None:
+    """Check a scenario file without running it."""
+    try:
+        plan, _ = prepare(scenario, set_, plugin)
+    except ParticlesimError as exc:
+        raise fail(str(exc)) from None
+    r = plan.resolved
+    network = f"model {r['model']['name']!r}" if "model" in r else f"{len(r['groups'])} groups"
+    length = f"{r['run']['steps']} steps" if r["run"]["steps"] else f"{r['run']['epochs']:g} epochs"
+    typer.echo(f"ok: {scenario} is valid ({network}, data {r['data']['name']!r}, "
+               f"integrator {r['integrator']['name']!r}, {length})")
+
+
+def default_out_dir(plan: Any, scenario: Path) -> Path:
+    name = plan.resolved["scenario"]["name"] or scenario.stem
+    return Path("runs") / name
+
+
+def write_resolved_scenario(plan: Any, path: Path) -> None:
+    import tomli_w
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    path.write_text(tomli_w.dumps(clean(plan.resolved)), encoding="utf-8")
+
+
+@app.command()
+def run(
+    scenario: Annotated[Path, typer.Argument(help="Scenario TOML file.")],
+    set_: SetOption = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default runs/<name>).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+    plugin: PluginOption = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Run a scenario: train, record metrics, write a summary."""
+    from particlesim.io.metrics import MetricsWriter
+    from particlesim.scenario.builder import build
+
+    try:
+        plan, manager = prepare(scenario, set_, plugin)
+        out_dir = out or default_out_dir(plan, scenario)
+        if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+            raise ParticlesimError(
+                f"output directory {out_dir} exists and is not empty; "
+                "use --overwrite to replace it or --out to choose another"
+            )
+        if not any(isinstance(w, MetricsWriter) for w in plan.writers):
+            plan.writers.append(MetricsWriter())
+        built = build(plan, device=device, hooks=manager, log=lambda m: typer.echo(m, err=True))
+    except ParticlesimError as exc:
+        raise fail(str(exc)) from None
+
+    if out_dir.exists() and overwrite:
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_resolved_scenario(plan, out_dir / "scenario.toml")
+    sim = built.simulation
+    typer.echo(f"run: {sim.total_steps} steps ({sim.steps_per_epoch}/epoch) on {built.device}, "
+               f"{built.system.count_parameters():,} parameters -> {out_dir}", err=True)
+    status = "failed"
+    error: str | None = None
+    code = 0
+    try:
+        with _progress_bar(sim, enabled=progress) as update:
+            result = sim.run(progress=update, out_dir=out_dir)
+        status = result.status
+    except DivergenceError as exc:
+        error, code = str(exc), EXIT_DIVERGED
+    except ParticlesimError as exc:
+        error, code = str(exc), EXIT_ERROR
+    summary = _summary(plan, built, status, error)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if error is not None:
+        raise fail(error, code)
+    typer.echo(
+        f"{status}: test accuracy {summary['test_accuracy']:.4f} after "
+        f"{summary['epochs']:g} epochs in {summary['wall_time_s']:.1f} s; results in {out_dir}"
+    )
+    if status == "interrupted":
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+class _progress_bar:
+    """A rich progress bar showing loss and running accuracy (no-op when disabled)."""
+
+    def __init__(self, simulation: Any, enabled: bool) -> None:
+        self.sim = simulation
+        self.enabled = enabled and sys.stderr.isatty()
+        self.every = max(1, simulation.steps_per_epoch // 20)
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
+        )
+        self.progress.__enter__()
+        self.task = self.progress.add_task("run", total=self.sim.total_steps, epoch=1,
+                                           loss="-", acc="-", completed=self.sim.step)
+        return self.update
+
+    def update(self, sim: Any) -> None:
+        if sim.step % self.every and sim.step != sim.total_steps:
+            return
+        self.progress.update(
+            self.task, completed=sim.step, epoch=min(sim.step // sim.steps_per_epoch + 1,
+                                                    -(-sim.total_steps // sim.steps_per_epoch)),
+            loss=f"{sim.running_mean('loss'):.4f}", acc=f"{sim.running_mean('correct'):.4f}",
+        )
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self.progress.__exit__(*exc)
+
+
+def _summary(plan: Any, built: Any, status: str, error: str | None) -> dict[str, Any]:
+    import torch
+
+    sim = built.simulation
+    test_loss, test_accuracy = sim.evaluate("test")
+    val_loss, val_accuracy = sim.evaluate("val")
+    return {
+        "scenario": plan.resolved["scenario"]["name"] or Path(plan.source).stem,
+        "status": status,
+        "error": error,
+        "test_accuracy": test_accuracy,
+        "test_loss": test_loss,
+        "val_accuracy": None if val_accuracy != val_accuracy else val_accuracy,
+        "train_loss": sim.running_mean("loss"),
+        "train_accuracy": sim.running_mean("correct"),
+        "parameters": built.system.count_parameters(),
+        "steps": sim.step,
+        "epochs": sim.step / sim.steps_per_epoch,
+        "wall_time_s": sim.wall_time(),
+        "seconds_per_epoch": sim.wall_time() / max(sim.step / sim.steps_per_epoch, 1e-12),
+        "device": str(built.device),
+        "data_source": built.data.source,
+        "seed": plan.seed,
+        "versions": {"particlesim": __version__, "torch": torch.__version__,
+                     "python": platform.python_version()},
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+@app.command("plugins")
+def plugins_command(
+    plugin: PluginOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List plugins: where each came from and what it registers."""
+    from particlesim.plugins.manager import PluginManager, describe
+
+    files, disabled = _split_plugin_options(plugin)
+    try:
+        manager = PluginManager().load(files=[Path(f) for f in files], disable=disabled)
+    except ParticlesimError as exc:
+        raise fail(str(exc)) from None
+    rows = describe(manager)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        version = f" {row['version']}" if row.get("version") else ""
+        typer.echo(f"{row['name']}{version}  [{row['source']}]")
+        if row.get("error"):
+            typer.echo(f"    FAILED: {row['error']}")
+        for kind, names in (row.get("registered") or {}).items():
+            if names:
+                typer.echo(f"    {kind}: {', '.join(names)}")
+
+
+@app.command()
+def version() -> None:
+    """Print the particlesim version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    """Console-script entry point: add plugin commands, then run the app."""
+    try:
+        from particlesim.plugins.manager import PluginManager
+
+        manager = PluginManager().load()
+        if manager.has_impls("particlesim_add_commands"):
+            manager.hook.particlesim_add_commands(app=app)
+    except ParticlesimError as exc:
+        typer.echo(f"warning: {exc}", err=True)
+    app()

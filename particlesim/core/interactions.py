@@ -1,0 +1,183 @@
+"""Interactions: how a source group drives a target group.
+
+An interaction maps the source's outputs ``b [B, N]`` to a contribution to the
+target's pre-activations ``a [B, M]``. It reads the particles' fields from the
+two groups at call time, so positions and charges live in exactly one place.
+
+Kinds (``kind`` in a scenario):
+
+* ``kernel`` — Lange (2015) eq. 9: ``a_h = q_h Σ_j k(r_h, r_j) b_j``.
+* ``modulated`` — Shader: ``a_h = Σ_j w_hj k(r_h, r_j) b_j`` with a free ``w``.
+* ``dense`` — a plain ``a = b Wᵀ``; positions only feel potentials (Wołczyk).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from particlesim.core.group import ParticleGroup
+from particlesim.errors import OptionError
+from particlesim.kernels.base import Kernel
+
+
+class Interaction(nn.Module):
+    """Base class: ``forward(b, source, target) -> [B, M]``.
+
+    Constructed with the two groups (for sizes and dtypes); keeps only their
+    names, so the groups stay owned by the :class:`~particlesim.core.System`.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, source: ParticleGroup, target: ParticleGroup) -> None:
+        super().__init__()
+        self.source = source.name
+        self.target = target.name
+
+    def forward(self, b: Tensor, source: ParticleGroup, target: ParticleGroup) -> Tensor:
+        raise NotImplementedError  # pragma: no cover
+
+    def effective_weight(self, source: ParticleGroup, target: ParticleGroup) -> Tensor:
+        """The ``[M, N]`` weight this interaction applies (materialised; for analysis)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def extra_repr(self) -> str:
+        return f"{self.source} -> {self.target}"
+
+
+def _check_kernel_dims(kernel: Kernel, source: ParticleGroup, target: ParticleGroup) -> None:
+    if source.dim != target.dim:
+        raise OptionError(
+            "target", f"groups {source.name!r} (dim {source.dim}) and {target.name!r} "
+            f"(dim {target.dim}) live in different dimensions"
+        )
+
+
+class KernelInteraction(Interaction):
+    """Lange's particle interaction: ``W_hj = q_h · k(r_h, r_j)`` (eq. 9).
+
+    With ``C`` charge channels (target charge ``[M, C]``) and a kernel of ``C``
+    widths, ``W_hj = Σ_c q_hc · k_c(r_h, r_j)``.
+
+    Args:
+        kernel: the kernel module (its parameters train with the system).
+        mode: ``"auto"``, ``"reference"`` (materialise ``W``) or ``"chunked"``
+            (memory linear in N + M; see :func:`particlesim.kernels.kernel_matmul`).
+        chunk_size: target rows per block on the chunked path.
+    """
+
+    name = "kernel"
+
+    def __init__(
+        self,
+        source: ParticleGroup,
+        target: ParticleGroup,
+        *,
+        kernel: Kernel,
+        mode: Literal["auto", "reference", "chunked"] = "auto",
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__(source, target)
+        _check_kernel_dims(kernel, source, target)
+        if not target.has("charge"):
+            raise OptionError("target", f"group {target.name!r} has no charge field")
+        channels = 1 if target.charge.ndim == 1 else target.charge.shape[1]
+        if channels != kernel.channels:
+            raise OptionError(
+                "kernel", f"group {target.name!r} has {channels} charge channel(s) but the "
+                f"kernel has {kernel.channels} width(s)"
+            )
+        self.kernel = kernel
+        self.mode = mode
+        self.chunk_size = chunk_size
+
+    def forward(self, b: Tensor, source: ParticleGroup, target: ParticleGroup) -> Tensor:
+        from particlesim.kernels.ops import kernel_matmul
+
+        return kernel_matmul(
+            b, self.kernel, target.position, source.position, charge=target.charge,
+            mode=self.mode, chunk_size=self.chunk_size,
+        )
+
+    def effective_weight(self, source: ParticleGroup, target: ParticleGroup) -> Tensor:
+        from particlesim.kernels.ops import effective_weight
+
+        return effective_weight(self.kernel, target.position, source.position, charge=target.charge)
+
+
+class ModulatedInteraction(Interaction):
+    """Shader's positional interaction: ``W_hj = w_hj · k(r_h, r_j)`` with a free ``w``.
+
+    ``w`` starts like ``nn.Linear``'s weight (uniform in ``±1/sqrt(N)``).
+    """
+
+    name = "modulated"
+
+    def __init__(
+        self,
+        source: ParticleGroup,
+        target: ParticleGroup,
+        *,
+        kernel: Kernel,
+        mode: Literal["auto", "reference", "chunked"] = "auto",
+        chunk_size: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(source, target)
+        _check_kernel_dims(kernel, source, target)
+        if kernel.channels != 1:
+            raise OptionError("kernel", "a modulated interaction takes a single-width kernel")
+        self.kernel = kernel
+        self.mode = mode
+        self.chunk_size = chunk_size
+        bound = 1.0 / math.sqrt(source.size)
+        weight = torch.rand(target.size, source.size, generator=generator, dtype=torch.float64)
+        self.weight = nn.Parameter(((weight * 2 - 1) * bound).to(source.position.dtype))
+
+    def forward(self, b: Tensor, source: ParticleGroup, target: ParticleGroup) -> Tensor:
+        from particlesim.kernels.ops import kernel_matmul
+
+        return kernel_matmul(
+            b, self.kernel, target.position, source.position, modulation=self.weight,
+            mode=self.mode, chunk_size=self.chunk_size,
+        )
+
+    def effective_weight(self, source: ParticleGroup, target: ParticleGroup) -> Tensor:
+        from particlesim.kernels.ops import effective_weight
+
+        return effective_weight(
+            self.kernel, target.position, source.position, modulation=self.weight
+        )
+
+
+class DenseInteraction(Interaction):
+    """A free weight matrix ``a = b Wᵀ`` (initialised like ``nn.Linear``); positions unused."""
+
+    name = "dense"
+
+    def __init__(
+        self,
+        source: ParticleGroup,
+        target: ParticleGroup,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(source, target)
+        bound = 1.0 / math.sqrt(source.size)
+        weight = torch.rand(target.size, source.size, generator=generator, dtype=torch.float64)
+        self.weight = nn.Parameter(((weight * 2 - 1) * bound).to(source.position.dtype))
+
+    def forward(self, b: Tensor, source: ParticleGroup, target: ParticleGroup) -> Tensor:
+        return b @ self.weight.T
+
+    def effective_weight(self, source: ParticleGroup, target: ParticleGroup) -> Tensor:
+        return self.weight
+
+
+BUILTIN_INTERACTIONS: tuple[type[Interaction], ...] = (
+    KernelInteraction, ModulatedInteraction, DenseInteraction,
+)

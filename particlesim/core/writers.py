@@ -1,0 +1,84 @@
+"""Writer contract: writers are reporters that say what they need and when.
+
+The simulation asks each writer :meth:`Writer.describe_next` for a
+:class:`Request` (steps until due, which observables); at a due step it
+computes the union of requested observables once and hands the same values to
+every due writer's :meth:`Writer.report`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from particlesim.core.triggers import OnEpoch, Trigger, as_trigger
+
+if TYPE_CHECKING:
+    from particlesim.core.simulation import Simulation
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a writer needs for its next frame."""
+
+    steps: int  # steps from now until due, > 0 (or 0: due now)
+    observables: tuple[str, ...] = ()
+
+
+class Writer:
+    """Base class of writers. Subclasses set ``name`` and implement :meth:`report`.
+
+    Args:
+        trigger: when to write (an ``int`` means every that many steps); the
+            default writes at the end of every epoch.
+        observables: names of the observables to record.
+    """
+
+    name: ClassVar[str] = ""
+    default_observables: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self, *, trigger: Trigger | int | None = None, observables: list[str] | None = None
+    ) -> None:
+        self.trigger = OnEpoch() if trigger is None else as_trigger(trigger)
+        self.observables = tuple(observables or self.default_observables)
+
+    def open(self, simulation: Simulation, out_dir: Path | None) -> None:
+        """Called once before the first step (lazy initialisation goes here)."""
+
+    def is_due(self, step: int) -> bool:
+        return self.trigger(step)
+
+    def describe_next(self, simulation: Simulation) -> Request:
+        """Steps until this writer is next due (scanning ahead), and what it needs."""
+        step = simulation.step
+        for ahead in range(0, simulation.total_steps - step + 1):
+            if self.trigger(step + ahead):
+                return Request(ahead, self.observables)
+        return Request(simulation.total_steps - step + 1, self.observables)
+
+    def report(self, simulation: Simulation, step: int, values: dict[str, Any]) -> None:
+        raise NotImplementedError  # pragma: no cover
+
+    def flush(self) -> None:
+        """Push buffered output to disk."""
+
+    def close(self, status: str) -> None:
+        """Called once when the run ends (``completed``, ``interrupted`` or ``failed``)."""
+
+
+class MemoryWriter(Writer):
+    """Keeps every frame in ``self.rows`` (a list of dicts); for notebooks and tests."""
+
+    name = "memory"
+    default_observables = ("epoch", "train_loss", "train_accuracy", "test_accuracy")
+
+    def __init__(
+        self, *, trigger: Trigger | int | None = None, observables: list[str] | None = None
+    ) -> None:
+        super().__init__(trigger=trigger, observables=observables)
+        self.rows: list[dict[str, Any]] = []
+
+    def report(self, simulation: Simulation, step: int, values: dict[str, Any]) -> None:
+        self.rows.append({"step": step, **values})

@@ -1,0 +1,62 @@
+"""The engine's own extensions, registered through the same hooks as any plugin."""
+
+from __future__ import annotations
+
+from particlesim.plugins.hookspecs import hookimpl
+
+
+@hookimpl
+def particlesim_register_kernels():
+    from particlesim.kernels.base import BUILTIN_KERNELS
+
+    return list(BUILTIN_KERNELS)
+
+
+@hookimpl
+def particlesim_register_interactions():
+    from particlesim.core.interactions import BUILTIN_INTERACTIONS
+
+    return list(BUILTIN_INTERACTIONS)
+
+
+@hookimpl
+def particlesim_register_potentials():
+    from particlesim.core.potentials import BUILTIN_POTENTIALS
+
+    return list(BUILTIN_POTENTIALS)
+
+
+@hookimpl
+def particlesim_register_integrators():
+    from particlesim.core.integrators import BUILTIN_INTEGRATORS
+
+    return list(BUILTIN_INTEGRATORS)
+
+
+@hookimpl
+def particlesim_register_datasets():
+    from particlesim.data.datasets import BUILTIN_DATASETS
+
+    return list(BUILTIN_DATASETS)
+
+
+@hookimpl
+def particlesim_register_writers():
+    from particlesim.core.writers import MemoryWriter
+    from particlesim.io.metrics import MetricsWriter
+
+    return [MetricsWriter, MemoryWriter]
+
+
+@hookimpl
+def particlesim_register_activations():
+    from particlesim.core.activations import BUILTIN_ACTIVATIONS
+
+    return list(BUILTIN_ACTIVATIONS)
+
+
+@hookimpl
+def particlesim_register_models():
+    from particlesim.core.model import BUILTIN_MODELS
+
+    return list(BUILTIN_MODELS)

@@ -1,0 +1,89 @@
+"""Reading scenario files and applying ``--set key=value`` overrides."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from particlesim.errors import ScenarioError
+
+_INDEX = re.compile(r"^(?P<key>[A-Za-z_][\w-]*)(?:\[(?P<index>-?\d+)\])?$")
+
+
+def read_scenario(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML scenario file; a missing file or a syntax error is one ScenarioError line."""
+    file = Path(path)
+    if not file.exists():
+        raise ScenarioError(f"scenario file {file} not found")
+    if not file.is_file():
+        raise ScenarioError(f"scenario path {file} is not a file")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"not UTF-8 text ({exc.reason} at byte {exc.start})",
+                            source=str(file)) from None
+    return parse_scenario(text, source=str(file))
+
+
+def parse_scenario(text: str, *, source: str = "<string>") -> dict[str, Any]:
+    """Parse scenario TOML text (errors carry line and column)."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"invalid TOML: {exc}", source=source) from None
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: TOML syntax when it parses (``0.01``, ``true``, ``[1, 2]``,
+    ``"x"``), otherwise the bare string."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def split_path(path: str) -> list[str | int]:
+    """``"groups[1].size"`` or ``"groups.1.size"`` → ``["groups", 1, "size"]``."""
+    parts: list[str | int] = []
+    for piece in path.split("."):
+        if piece.lstrip("-").isdigit():
+            parts.append(int(piece))
+            continue
+        match = _INDEX.match(piece)
+        if not match:
+            raise ScenarioError(f"--set: malformed key path {path!r}")
+        parts.append(match["key"])
+        if match["index"] is not None:
+            parts.append(int(match["index"]))
+    return parts
+
+
+def apply_override(scenario: dict[str, Any], assignment: str) -> None:
+    """Apply one ``key.path=value`` assignment in place (tables are created as needed)."""
+    if "=" not in assignment:
+        raise ScenarioError(f"--set {assignment!r}: expected KEY=VALUE, e.g. integrator.lr=0.01")
+    path, _, text = assignment.partition("=")
+    parts = split_path(path.strip())
+    node: Any = scenario
+    for depth, part in enumerate(parts[:-1]):
+        here = ".".join(str(p) for p in parts[: depth + 1])
+        if isinstance(part, int):
+            if not isinstance(node, list) or not -len(node) <= part < len(node):
+                raise ScenarioError(f"--set {path}: no element {part} at {here}")
+            node = node[part]
+        else:
+            if not isinstance(node, dict):
+                raise ScenarioError(f"--set {path}: {here} is not a table")
+            node = node.setdefault(part, {})
+    last = parts[-1]
+    value = parse_value(text.strip())
+    if isinstance(last, int):
+        if not isinstance(node, list) or not -len(node) <= last < len(node):
+            raise ScenarioError(f"--set {path}: no element {last}")
+        node[last] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ScenarioError(f"--set {path}: the parent is not a table")
