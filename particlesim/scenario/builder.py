@@ -201,6 +201,8 @@ def validate(raw: Mapping[str, Any], registries: Mapping[str, Any], *, source: s
 
     data = _table(raw, "data", source)
     data.setdefault("name", "mnist")
+    if isinstance(data.get("data_dir"), str) and not Path(data["data_dir"]).is_absolute():
+        data["data_dir"] = str(plan.base_dir / data["data_dir"])  # relative to the scenario file
     plan.dataset, resolved["data"] = _construct(registries, "dataset", data, "data", source)
 
     if "model" in raw and ("groups" in raw or "interactions" in raw):

@@ -1,0 +1,123 @@
+"""``torch.nn`` faces of particle interactions, usable in any PyTorch model.
+
+``ParticleLinear`` is a drop-in for ``nn.Linear`` whose weight is implicit:
+``W_hj = q_h · k(r_h, r_j)`` (Lange 2015, eq. 9), so its parameters are
+``(in + out)·D + out`` numbers instead of ``in·out``. Consecutive layers share
+positions (a layer's output particles are the next layer's input particles)
+when built with :func:`particle_mlp` or by passing ``source_position``.
+
+Example:
+    >>> import torch
+    >>> from particlesim.nn import ParticleLinear
+    >>> layer = ParticleLinear(784, 128, dim=3)
+    >>> layer(torch.rand(2, 784)).shape
+    torch.Size([2, 128])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from particlesim.kernels.base import GaussianKernel, Kernel
+from particlesim.kernels.ops import effective_weight, kernel_matmul
+
+
+class ParticleLinear(nn.Module):
+    """``y = x Wᵀ + b`` with ``W_hj = q_h k(r_h, r_j)``; memory-linear on the chunked path.
+
+    Args:
+        in_features: N, the number of source particles.
+        out_features: M, the number of target particles.
+        dim: D, the dimension of positions.
+        kernel: a :class:`~particlesim.kernels.Kernel` (default Gaussian, σ = 1).
+        bias: add a learnable bias per output.
+        source_position: share an existing ``[N, D]`` parameter (e.g. the
+            previous layer's ``position``) instead of creating one.
+        spread: std of the initial positions ``~ N(0, spread²)``.
+        mode: ``auto``, ``reference`` or ``chunked`` (see ``kernel_matmul``).
+        generator: seeds the initialisation.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        dim: int = 3,
+        kernel: Kernel | None = None,
+        bias: bool = True,
+        source_position: nn.Parameter | None = None,
+        spread: float = 1.0,
+        mode: str = "auto",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.dim = in_features, out_features, dim
+        self.kernel = kernel if kernel is not None else GaussianKernel()
+        if source_position is None:
+            source_position = nn.Parameter(
+                torch.randn(in_features, dim, generator=generator) * spread
+            )
+        if tuple(source_position.shape) != (in_features, dim):
+            raise ValueError(
+                f"source_position has shape {list(source_position.shape)}, "
+                f"expected [{in_features}, {dim}]"
+            )
+        self.source_position = source_position
+        self.position = nn.Parameter(torch.randn(out_features, dim, generator=generator) * spread)
+        with torch.no_grad():
+            k = self.kernel(self.position, self.source_position)
+            norms = k.pow(2).sum(-1).sqrt().clamp_min(1e-12)
+        charge = torch.randn(out_features, generator=generator) / norms
+        self.charge = nn.Parameter(charge)
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.mode = mode
+
+    @property
+    def weight(self) -> Tensor:
+        """The effective ``[M, N]`` weight (materialised on demand)."""
+        return effective_weight(self.kernel, self.position, self.source_position,
+                                charge=self.charge)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = kernel_matmul(x, self.kernel, self.position, self.source_position,
+                          charge=self.charge, mode=self.mode)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"dim={self.dim}, bias={self.bias is not None}, mode={self.mode!r}")
+
+
+def particle_mlp(
+    sizes: Sequence[int],
+    *,
+    dim: int = 3,
+    activation: type[nn.Module] = nn.Tanh,
+    spread: float | None = None,
+    generator: torch.Generator | None = None,
+    **layer_options,
+) -> nn.Sequential:
+    """A stack of :class:`ParticleLinear` layers sharing positions between neighbours.
+
+    ``spread`` defaults to ``sqrt((5^{3/D} - 1)/4)`` (constant mean kernel value across D).
+    """
+    if spread is None:
+        spread = math.sqrt((5.0 ** (3.0 / dim) - 1.0) / 4.0)
+    layers: list[nn.Module] = []
+    previous: nn.Parameter | None = None
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layer = ParticleLinear(n_in, n_out, dim=dim, source_position=previous, spread=spread,
+                               generator=generator, **layer_options)
+        previous = layer.position
+        layers.append(layer)
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+__all__ = ["ParticleLinear", "particle_mlp"]
