@@ -1,0 +1,575 @@
+"""The particlesim hook specifications: the whole contract between the engine and plugins.
+
+A plugin is a module (or any object) whose functions are decorated with
+:data:`hookimpl` and named after one of the hooks below. Built-ins, installed
+packages (entry-point group ``"particlesim"``) and local ``.py`` files named in
+a scenario or with ``-p`` are all registered the same way, by
+:class:`particlesim.plugins.PluginManager`.
+
+Two families of hooks:
+
+* **Registration hooks** ``particlesim_register_<kind>s()`` return a list of
+  *factories* (classes or callables) that carry a snake_case ``name``
+  attribute. The manager calls each implementation on its own, once, after
+  every plugin is registered, and files the factories in one registry per kind
+  (``manager.registry("kernel")``), remembering which plugin supplied each
+  name. A name used twice, by any two plugins, is a
+  :class:`~particlesim.errors.RegistryError` naming both.
+* **Lifecycle hooks** are called by the engine with keyword arguments only
+  (``hook.particlesim_step_end(simulation=sim, step=step)``); an implementation
+  may accept any subset of the documented arguments. The engine checks
+  :meth:`~particlesim.plugins.PluginManager.has_impls` before the loop, so an
+  unimplemented hook costs nothing.
+
+Every hookspec docstring ends with a complete plugin module after
+``.. code-block:: python``; ``tests/test_plugins.py`` executes each one, so the
+examples stay true.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import pluggy
+
+if TYPE_CHECKING:
+    import typer
+
+PROJECT_NAME = "particlesim"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+"""Marks a function in this module as a hook specification."""
+
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+"""Marks a plugin function as a hook implementation (``from particlesim import hookimpl``)."""
+
+EXAMPLE_MARKER = ".. code-block:: python"
+"""Every hookspec docstring ends with this marker followed by its indented example."""
+
+
+class NamedFactory(Protocol):
+    """What a registration hook returns items of: a callable (usually a class) with a ``name``."""
+
+    name: str
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+# --------------------------------------------------------------------------------------
+# Registration hooks
+# --------------------------------------------------------------------------------------
+
+
+@hookspec
+def particlesim_register_kernels() -> Sequence[NamedFactory]:
+    """Register kernel classes, ``k(r_h, r_j) -> [M, N]``, by name.
+
+    Called once per :meth:`PluginManager.load`, after every plugin is
+    registered; each implementation is called on its own so that each name is
+    attributed to its plugin. Takes no arguments.
+
+    Return a list of kernel classes (subclasses of
+    :class:`particlesim.kernels.Kernel`, usually
+    :class:`particlesim.kernels.RadialKernel`) with a snake_case ``name``; a
+    scenario selects one with ``kernel = "<name>"`` and its table's other keys
+    (``width``, ``learnable_width``, …) become constructor keywords. A
+    :class:`~particlesim.kernels.RadialKernel` gives ``profile(u)`` and the
+    closed form ``profile_derivative(u)`` of ``u = |r_h - r_j|²/σ²``, and every
+    execution path (materialised, chunked, fused) reuses them. Return ``[]`` to
+    register nothing.
+
+    Example:
+
+    .. code-block:: python
+
+        import torch
+
+        from particlesim import hookimpl
+        from particlesim.kernels import RadialKernel
+
+
+        class QuarticKernel(RadialKernel):
+            \"\"\"``k = 1 / (1 + |r|²/σ²)²``: a Cauchy kernel with a faster, ``r⁻⁴`` tail.\"\"\"
+
+            name = "quartic"
+
+            @staticmethod
+            def profile(u: torch.Tensor) -> torch.Tensor:
+                return (1.0 + u) ** -2
+
+            @staticmethod
+            def profile_derivative(u: torch.Tensor) -> torch.Tensor:
+                return -2.0 * (1.0 + u) ** -3
+
+
+        @hookimpl
+        def particlesim_register_kernels():
+            return [QuarticKernel]
+    """
+
+
+@hookspec
+def particlesim_register_interactions() -> Sequence[NamedFactory]:
+    """Register interaction classes (how one group drives another) by name.
+
+    Called once per :meth:`PluginManager.load`, after every plugin is
+    registered, one implementation at a time. Takes no arguments.
+
+    Return a list of interaction factories with a snake_case ``name``; a
+    scenario's ``[[interactions]]`` table selects one with ``kind = "<name>"``
+    and passes its other keys as constructor keywords. The full protocol is the
+    engine's ``Interaction`` base class (``particlesim.core``); interactions are
+    ``torch.nn.Module`` objects so that parameters, devices and state dicts work.
+    Return ``[]`` to register nothing.
+
+    Example:
+
+    .. code-block:: python
+
+        import torch
+        from torch import nn
+
+        from particlesim import hookimpl
+
+
+        class ScaledIdentity(nn.Module):
+            \"\"\"Passes the source activity through times a learnable gain (a skip link).\"\"\"
+
+            name = "scaled_identity"
+
+            def __init__(self, *, gain: float = 1.0) -> None:
+                super().__init__()
+                self.gain = nn.Parameter(torch.tensor(float(gain)))
+
+            def forward(self, activity: torch.Tensor) -> torch.Tensor:
+                return self.gain * activity
+
+
+        @hookimpl
+        def particlesim_register_interactions():
+            return [ScaledIdentity]
+    """
+
+
+@hookspec
+def particlesim_register_potentials() -> Sequence[NamedFactory]:
+    """Register potentials (energy terms beyond the data loss) by name.
+
+    Called once per :meth:`PluginManager.load`, after every plugin is
+    registered, one implementation at a time. Takes no arguments.
+
+    Return a list of potential factories with a snake_case ``name``; a
+    scenario's ``[[potentials]]`` table selects one with ``kind = "<name>"``
+    and passes its other keys (``strength``, ``groups``, …) as constructor
+    keywords. The full protocol is the engine's ``Potential`` base class
+    (``particlesim.core``); each potential's value is also reported as an
+    observable under its name. Return ``[]`` to register nothing.
+
+    Example:
+
+    .. code-block:: python
+
+        import torch
+
+        from particlesim import hookimpl
+
+
+        class HarmonicTether:
+            \"\"\"``U = k/2 · Σ_i |r_i|²`` over ``position [N, D]``: keeps a group near 0.\"\"\"
+
+            name = "harmonic_tether"
+
+            def __init__(self, *, strength: float = 1.0) -> None:
+                self.strength = strength
+
+            def __call__(self, position: torch.Tensor) -> torch.Tensor:
+                return 0.5 * self.strength * position.pow(2).sum()
+
+
+        @hookimpl
+        def particlesim_register_potentials():
+            return [HarmonicTether]
+    """
+
+
+@hookspec
+def particlesim_register_integrators() -> Sequence[NamedFactory]:
+    """Register integrators (update rules that move positions and charges) by name.
+
+    Called once per :meth:`PluginManager.load`, after every plugin is
+    registered, one implementation at a time. Takes no arguments.
+
+    Return a list of integrator factories with a snake_case ``name``; the
+    scenario's ``[integrator]`` table selects one with ``name = "<name>"`` and
+    passes its other keys (``lr``, ``temperature``, …) as keywords. Wrapping a
+    ``torch.optim`` optimiser is the usual way; the full protocol is the
+    engine's ``Integrator`` base class (``particlesim.core``). Return ``[]`` to
+    register nothing.
+
+    Example:
+
+    .. code-block:: python
+
+        import torch
+
+        from particlesim import hookimpl
+
+
+        class NesterovSGD(torch.optim.SGD):
+            \"\"\"SGD with Nesterov momentum; ``lr`` is the time step.\"\"\"
+
+            name = "nesterov"
+
+            def __init__(self, params, *, lr: float = 0.01, momentum: float = 0.9) -> None:
+                super().__init__(params, lr=lr, momentum=momentum, nesterov=True)
+
+
+        @hookimpl
+        def particlesim_register_integrators():
+            return [NesterovSGD]
+    """
+
+
+@hookspec
+def particlesim_register_observables() -> Sequence[NamedFactory]:
+    """Register observables (named measurements with a shape and unit) by name.
+
+    Called once per :meth:`PluginManager.load`, after every plugin is
+    registered, one implementation at a time. Takes no arguments.
+
+    Return a list of observable factories with a snake_case ``name``; a
+    scenario's ``[[observables]]`` table selects one with ``name = "<name>"``
+    and passes its other keys as keywords. The name is also the H5MD path
+    (``/observables/<name>``) and the xarray variable. Observables are computed
+    once per due step and shared by every writer; the full protocol is the
+    engine's ``Observable`` base class (``particlesim.core``). Return ``[]`` to
+    register nothing.
+
+    Example:
+
+    .. code-block:: python
+
+        import torch
+
+        from particlesim import hookimpl
+
+
+        class MeanRadius:
+            \"\"\"Mean distance of a group's particles from the origin, shape ``[]``.\"\"\"
+
+            name = "mean_radius"
+            unit = "length"
+            shape = ()
+
+            def __init__(self, *, group: str = "hidden") -> None:
+                self.group = group
+
+            def compute(self, position: torch.Tensor) -> torch.Tensor:
+                return position.norm(dim=-1).mean()
+
+
+        @hookimpl
+        def particlesim_register_observables():
+            return [MeanRadius]
+    """
+
+
+@hookspec
+def particlesim_register_datasets() -> Sequence[NamedFactory]:
+    """Register data sets (sources of ``(input, target)`` tensors) by name.
+
+    Called once per :meth:`PluginManager.load`, after every plugin is
+    registered, one implementation at a time. Takes no arguments.
+
+    Return a list of data-set factories with a snake_case ``name``; the
+    scenario's ``[data]`` table selects one with ``name = "<name>"`` and passes
+    its other keys as keywords. A plain function works as well as a class, as
+    long as it carries a ``name`` attribute. Data sets that read files should
+    resolve them offline first and say which source they used (see ``DESIGN.md``,
+    "Data"). Return ``[]`` to register nothing.
+
+    Example:
+
+    .. code-block:: python
+
+        import math
+
+        import torch
+
+        from particlesim import hookimpl
+
+
+        def two_moons(*, size: int = 256, noise: float = 0.1, seed: int = 0):
+            \"\"\"Two interleaved half circles: ``x [size, 2]`` float, ``y [size]`` in {0, 1}.\"\"\"
+            generator = torch.Generator().manual_seed(seed)
+            angle = torch.rand(size, generator=generator) * math.pi
+            y = torch.randint(0, 2, (size,), generator=generator)
+            upper = torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+            lower = torch.stack([1.0 - torch.cos(angle), 0.5 - torch.sin(angle)], dim=1)
+            x = torch.where(y[:, None] == 1, lower, upper)
+            return x + noise * torch.randn(size, 2, generator=generator), y
+
+
+        two_moons.name = "two_moons"
+
+
+        @hookimpl
+        def particlesim_register_datasets():
+            return [two_moons]
+    """
+
+
+@hookspec
+def particlesim_register_writers() -> Sequence[NamedFactory]:
+    """Register writers (trajectory and log outputs) by name.
+
+    Called once per :meth:`PluginManager.load`, after every plugin is
+    registered, one implementation at a time. Takes no arguments.
+
+    Return a list of writer factories with a snake_case ``name``; a scenario's
+    ``[[writers]]`` table selects one with ``kind = "<name>"`` and passes its
+    other keys as keywords. Writers receive observables that were already
+    computed (they never compute their own) and state what they need next; the
+    full protocol is the engine's writer base class (``particlesim.io``).
+    Return ``[]`` to register nothing.
+
+    Example:
+
+    .. code-block:: python
+
+        from particlesim import hookimpl
+
+
+        class PrintWriter:
+            \"\"\"Prints scalar observables, one line per written step.\"\"\"
+
+            name = "print"
+
+            def __init__(self, *, digits: int = 4) -> None:
+                self.digits = digits
+
+            def write(self, step: int, values: dict[str, float]) -> None:
+                text = " ".join(f"{k}={v:.{self.digits}g}" for k, v in values.items())
+                print(f"step {step}: {text}")
+
+
+        @hookimpl
+        def particlesim_register_writers():
+            return [PrintWriter]
+    """
+
+
+@hookspec
+def particlesim_register_activations() -> Sequence[NamedFactory]:
+    """Register activation functions by name.
+
+    Called once per :meth:`PluginManager.load`, after every plugin is
+    registered, one implementation at a time. Takes no arguments.
+
+    Return a list of activation factories with a snake_case ``name``, usually
+    ``torch.nn.Module`` classes; a group selects one with
+    ``activation = "<name>"``. Return ``[]`` to register nothing.
+
+    Example:
+
+    .. code-block:: python
+
+        import torch
+        from torch import nn
+
+        from particlesim import hookimpl
+
+
+        class Softsign(nn.Module):
+            \"\"\"``x / (1 + |x|)``: like tanh, both signs, but with polynomial tails.\"\"\"
+
+            name = "softsign"
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return x / (1.0 + x.abs())
+
+
+        @hookimpl
+        def particlesim_register_activations():
+            return [Softsign]
+    """
+
+
+@hookspec
+def particlesim_register_models() -> Sequence[NamedFactory]:
+    """Register models: scenario shorthands that expand into a whole system.
+
+    Called once per :meth:`PluginManager.load`, after every plugin is
+    registered, one implementation at a time. Takes no arguments.
+
+    Return a list of :class:`particlesim.core.model.Model` subclasses with a
+    snake_case ``name``. A scenario's ``[model]`` table replaces
+    ``[[groups]]`` and ``[[interactions]]``: the engine checks the table's
+    other keys against the class's *keyword-only, typed* constructor
+    arguments (unknown keys and wrong types are errors naming the key path),
+    constructs it, and later calls ``build(*, registries, input_size,
+    num_classes, generator, dtype)``, which returns a
+    :class:`particlesim.core.System`. Raise
+    :class:`particlesim.errors.OptionError` with the option's key for a bad
+    value: the user sees ``model.<key>: <message>``.
+
+    Example:
+
+    .. code-block:: python
+
+        from particlesim import hookimpl
+        from particlesim.core import KernelInteraction, ParticleGroup, System
+        from particlesim.core.model import Model
+
+
+        class TinyNetwork(Model):
+            \"\"\"Input particles → one hidden layer → classes, coupled by one kernel.\"\"\"
+
+            name = "tiny_network"
+
+            def __init__(self, *, hidden: int = 32, dim: int = 2, kernel: str = "gaussian"):
+                self.hidden, self.dim, self.kernel = hidden, dim, kernel
+
+            def build(self, *, registries, input_size, num_classes, generator, dtype):
+                sizes = {"input": input_size, "hidden": self.hidden, "output": num_classes}
+                groups = [
+                    ParticleGroup.create(name, size, self.dim, generator=generator, dtype=dtype)
+                    for name, size in sizes.items()
+                ]
+                kernel = registries["kernel"].get(self.kernel)
+                interactions = [
+                    KernelInteraction(a, b, kernel=kernel()) for a, b in zip(groups, groups[1:])
+                ]
+                tanh = registries["activation"].get("tanh")
+                return System(groups, interactions, activations={"hidden": tanh()})
+
+
+        @hookimpl
+        def particlesim_register_models():
+            return [TinyNetwork]
+    """
+
+
+# --------------------------------------------------------------------------------------
+# Lifecycle hooks
+# --------------------------------------------------------------------------------------
+
+
+@hookspec
+def particlesim_simulation_start(simulation: Any) -> None:
+    """Called once when a simulation starts (or resumes), before its first step.
+
+    Called by ``Simulation.run()`` after the system, data, observables and
+    writers are set up and any checkpoint is restored, so ``simulation`` is
+    complete. Implementations may keep a reference to it.
+
+    :param simulation: the running ``particlesim.core.Simulation``.
+
+    Return value is ignored.
+
+    Example:
+
+    .. code-block:: python
+
+        import time
+
+        from particlesim import hookimpl
+
+        STARTED: dict[int, float] = {}
+
+
+        @hookimpl
+        def particlesim_simulation_start(simulation):
+            STARTED[id(simulation)] = time.perf_counter()
+            print("simulation started")
+    """
+
+
+@hookspec
+def particlesim_step_end(simulation: Any, step: int) -> None:
+    """Called after every integrator step, once its observables and writers are done.
+
+    This is the hot loop: the engine calls it only when some plugin implements
+    it, and implementations should return fast (check ``step`` first, as in the
+    example). ``step`` is the absolute step number (it keeps counting across a
+    resume), so decisions that depend on it are reproducible.
+
+    :param simulation: the running ``particlesim.core.Simulation``.
+    :param step: the absolute number of the step just completed (the first is 1).
+
+    Return value is ignored.
+
+    Example:
+
+    .. code-block:: python
+
+        from particlesim import hookimpl
+
+
+        @hookimpl
+        def particlesim_step_end(step):
+            if step % 100 == 0:
+                print(f"finished step {step}")
+    """
+
+
+@hookspec
+def particlesim_simulation_finish(
+    simulation: Any, status: Literal["completed", "interrupted", "failed"]
+) -> None:
+    """Called once when a simulation ends, however it ends.
+
+    Called by ``Simulation.run()`` after the last step, after writers are
+    flushed and closed, also when the run was interrupted (Ctrl-C) or raised;
+    the original exception is re-raised afterwards.
+
+    :param simulation: the ``particlesim.core.Simulation`` that ran.
+    :param status: ``"completed"`` (every step ran), ``"interrupted"``
+        (KeyboardInterrupt or a stop request) or ``"failed"`` (an exception).
+
+    Return value is ignored.
+
+    Example:
+
+    .. code-block:: python
+
+        from particlesim import hookimpl
+
+
+        @hookimpl
+        def particlesim_simulation_finish(status):
+            if status != "completed":
+                print(f"simulation ended early: {status}")
+    """
+
+
+@hookspec
+def particlesim_add_commands(app: typer.Typer) -> None:
+    """Add sub-commands to the ``particlesim`` command line.
+
+    Called once when the CLI starts, after plugins are loaded and before the
+    command line is parsed. Import heavy modules inside the command functions,
+    not at module level, so that ``particlesim --help`` stays fast.
+
+    :param app: the ``typer.Typer`` application; add commands with
+        ``@app.command()`` or groups with ``app.add_typer(...)``.
+
+    Return value is ignored.
+
+    Example:
+
+    .. code-block:: python
+
+        import typer
+
+        from particlesim import hookimpl
+
+
+        @hookimpl
+        def particlesim_add_commands(app):
+            @app.command()
+            def hello(name: str = "world") -> None:
+                \"\"\"Say hello (an example plugin command).\"\"\"
+                typer.echo(f"hello {name}")
+    """

@@ -1,0 +1,222 @@
+"""Scenario validation: every error names the key path, the bad value and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from particlesim.errors import ScenarioError
+from particlesim.plugins.manager import PluginManager
+from particlesim.scenario.builder import build, validate
+from particlesim.scenario.loader import apply_override, parse_scenario, read_scenario, split_path
+
+BASE = """
+[data]
+name = "idx"
+data_dir = "/nowhere"
+
+[model]
+name = "particle_network"
+sizes = [16, 8, 3]
+"""
+
+
+@pytest.fixture(scope="module")
+def registries():
+    return PluginManager().load().registries
+
+
+def check(text: str, registries) -> object:
+    return validate(parse_scenario(text, source="s.toml"), registries, source="s.toml")
+
+
+def error_of(text: str, registries) -> str:
+    with pytest.raises(ScenarioError) as info:
+        check(text, registries)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_valid_scenario_resolves_defaults(registries) -> None:
+    plan = check(BASE, registries)
+    resolved = plan.resolved
+    assert resolved["scenario"]["seed"] == 0 and resolved["scenario"]["device"] == "auto"
+    assert resolved["integrator"]["name"] == "adam" and resolved["integrator"]["lr"] == 0.001
+    assert resolved["model"]["dim"] == 3 and resolved["model"]["kernel"] == "gaussian"
+    assert resolved["run"]["epochs"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("[integratr]\nname='adam'", "s.toml: integratr: unknown section (did you mean 'integrator'"),
+        ("[integrator]\nname='adam'\nlearning_rate=0.1",
+         "s.toml: integrator.learning_rate: unknown key for integrator 'adam'"),
+        ("[integrator]\nname='adam'\nlr='fast'",
+         "s.toml: integrator.lr: expected a number, got 'fast' (a string)"),
+        ("[integrator]\nname='adma'",
+         "s.toml: integrator.name: unknown integrator 'adma' (did you mean 'adam'"),
+        ("[integrator]\nname='adam'\nlr=-1", "s.toml: integrator.lr: must be > 0, got -1"),
+        ("[run]\nepochs=0", "s.toml: run.epochs: must be > 0, got 0"),
+        ("[run]\nbatch_size=-5", "s.toml: run.batch_size: must be a positive integer, got -5"),
+        ("[run]\nepochs=1\nsteps=3", "s.toml: run: give either epochs or steps, not both"),
+        ("[scenario]\ndtype='float16'", "s.toml: scenario.dtype: expected one of 'float32', "
+                                        "'float64', got 'float16' (a string)"),
+        ("[scenario]\nseed=true", "s.toml: scenario.seed: expected an integer, got True"),
+        ("[[writers]]\nname='metrics'\nevery=0",
+         "s.toml: writers[0].every: expected a positive integer (steps) or \"epoch\""),
+        ("[[writers]]\nname='metric'", "unknown writer 'metric' (did you mean 'metrics'?)"),
+        ("plugins = 'x.py'", "s.toml: plugins: expected an array of strings"),
+    ],
+)
+def test_section_errors(registries, extra: str, expected: str) -> None:
+    text = extra + "\n" + BASE if extra.startswith("plugins") else BASE + "\n" + extra
+    assert expected in error_of(text, registries)
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("sizes = [16, -8, 3]", "model.sizes[1]: must be a positive integer, got -8"),
+        ("sizes = [16, 0, 3]", "model.sizes[1]: must be a positive integer, got 0"),
+        ("sizes = [16, 8, 3]\nkernel_width = 0.0", "model.kernel_width: must be > 0"),
+        ("sizes = [16, 8, 3]\ndim = 0", "model.dim: must be a positive integer, got 0"),
+        ("sizes = [16, 8, 3]\ncharge_init = 'he'", "model.charge_init: expected one of "
+                                                   "'normalized', 'normal'"),
+        ("sizes = 'big'", "model.sizes: expected an array of integers"),
+        ("sizes = [16, 8.5, 3]", "model.sizes[1]: expected an integer, got 8.5"),
+        ("dim = 3", "model: missing required key 'sizes' of model 'particle_network'"),
+    ],
+)
+def test_model_errors(registries, model: str, expected: str) -> None:
+    text = BASE.replace("sizes = [16, 8, 3]", model)
+    assert expected in error_of(text, registries)
+
+
+def test_unknown_model_lists_known(registries) -> None:
+    message = error_of(BASE.replace("particle_network", "particle_netwrk"), registries)
+    assert "model.name: unknown model 'particle_netwrk' (did you mean 'particle_network'?)" \
+        in message
+    assert "known: mlp, particle_network" in message
+
+
+GROUPS = """
+[data]
+name = "idx"
+data_dir = "{data_dir}"
+
+[[groups]]
+name = "input"
+size = 16
+dim = 2
+layout = "grid"
+
+[[groups]]
+name = "hidden"
+size = 6
+dim = 2
+bias = true
+activation = "tanh"
+
+[[groups]]
+name = "output"
+size = 3
+dim = 2
+layout = "ring"
+frozen = ["position"]
+
+[[interactions]]
+kind = "kernel"
+source = "input"
+target = "hidden"
+kernel = {{ name = "cauchy", width = 1.5 }}
+
+[[interactions]]
+kind = "modulated"
+source = "hidden"
+target = "output"
+kernel = "gaussian"
+
+[run]
+steps = 4
+batch_size = 8
+"""
+
+
+def test_explicit_groups_build_and_run(registries, tiny_data: Path) -> None:
+    plan = check(GROUPS.format(data_dir=tiny_data), registries)
+    built = build(plan, device="cpu", log=lambda m: None)
+    system = built.system
+    assert list(system.groups) == ["input", "hidden", "output"]
+    assert system.groups["output"].is_frozen("position")
+    assert float(system.interactions[0].kernel.width[0]) == pytest.approx(1.5)
+    before = system.groups["output"].position.clone()
+    assert built.simulation.run().status == "completed"
+    assert system.groups["output"].position.equal(before)  # frozen stays put
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ('kind = "modulated"', 'kind = "modulatd"',
+         "interactions[1].kind: unknown interaction 'modulatd' (did you mean 'modulated'?)"),
+        ('kernel = "gaussian"', 'kernel = "gausian"',
+         "interactions[1].kernel.name: unknown kernel 'gausian' (did you mean 'gaussian'?); "
+         "known: cauchy, exponential, gaussian"),
+        ('target = "output"', 'target = "outptu"',
+         "interactions[1].target: unknown group 'outptu' (did you mean 'output'?)"),
+        ('activation = "tanh"', 'activation = "tahn"',
+         "groups[1].activation: unknown activation 'tahn' (did you mean 'tanh'?)"),
+        ("size = 6", "size = 0", "groups[1].size: must be a positive integer, got 0"),
+        ("size = 6", "size = -6", "groups[1].size: must be a positive integer, got -6"),
+        ("width = 1.5", "width = -1.5", "interactions[0].kernel: kernel 'cauchy': width must "
+                                        "be one positive"),
+    ],
+)
+def test_group_errors(registries, old: str, new: str, expected: str) -> None:
+    text = GROUPS.format(data_dir="/x").replace(old, new, 1)
+    assert expected in error_of(text, registries)
+
+
+def test_model_and_groups_together_is_an_error(registries) -> None:
+    text = GROUPS.format(data_dir="/x") + '\n[model]\nname = "mlp"\nsizes = [16, 3]\n'
+    assert "give either [model] or [[groups]]" in error_of(text, registries)
+
+
+def test_toml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[run]\nepochs = = 3\n", encoding="utf-8")
+    with pytest.raises(ScenarioError, match=r"bad.toml: invalid TOML: .*\(at line 2, column 10\)"):
+        read_scenario(path)
+    with pytest.raises(ScenarioError, match="scenario file .*missing.toml not found"):
+        read_scenario(tmp_path / "missing.toml")
+
+
+def test_overrides() -> None:
+    raw = parse_scenario(GROUPS.format(data_dir="/x"))
+    apply_override(raw, "integrator.lr=0.5")
+    apply_override(raw, "groups[1].size=12")
+    apply_override(raw, "groups.2.activation=relu")
+    apply_override(raw, "model.sizes=[1, 2]")
+    assert raw["integrator"] == {"lr": 0.5}
+    assert raw["groups"][1]["size"] == 12 and raw["groups"][2]["activation"] == "relu"
+    assert raw["model"]["sizes"] == [1, 2]
+    assert split_path("a[3].b") == ["a", 3, "b"]
+    with pytest.raises(ScenarioError, match="expected KEY=VALUE"):
+        apply_override(raw, "integrator.lr")
+    with pytest.raises(ScenarioError, match="no element 7"):
+        apply_override(raw, "groups[7].size=1")
+
+
+def test_cuda_on_cpu_machine_is_a_scenario_error(registries, tiny_data: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    plan = check(GROUPS.format(data_dir=tiny_data) + '\n[scenario]\ndevice = "cuda"\n',
+                 registries)
+    with pytest.raises(ScenarioError, match="scenario.device: device 'cuda' requested but CUDA "
+                                            "is not available"):
+        build(plan, log=lambda m: None)
