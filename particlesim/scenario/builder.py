@@ -197,7 +197,10 @@ def validate(raw: Mapping[str, Any], registries: Mapping[str, Any], *, source: s
         run["epochs"] = 1.0
 
     plugins = raw.get("plugins", [])
-    resolved["plugins"] = check_type(plugins, list[str], "plugins")
+    try:
+        resolved["plugins"] = check_type(plugins, list[str], "plugins")
+    except ScenarioError as exc:
+        raise ScenarioError(exc.detail, path=exc.path, source=source) from None
 
     data = _table(raw, "data", source)
     data.setdefault("name", "mnist")
@@ -212,6 +215,7 @@ def validate(raw: Mapping[str, Any], registries: Mapping[str, Any], *, source: s
         plan.model, resolved["model"] = _construct(
             registries, "model", _table(raw, "model", source), "model", source
         )
+        _check_named_components(resolved["model"], registries, "model", source)
     elif "groups" in raw:
         resolved["system"] = section(system_section, "system")
         resolved["groups"] = _validate_groups(raw, registries, source)
@@ -249,6 +253,18 @@ def validate(raw: Mapping[str, Any], registries: Mapping[str, Any], *, source: s
         plan.writers.append(writer)
         resolved["writers"].append({**entry, "every": every})
     return plan
+
+
+def _check_named_components(options: Mapping[str, Any], registries: Mapping[str, Any],
+                            path: str, source: str) -> None:
+    """Options named after a registry (``kernel = "gaussian"``) must name a registered entry."""
+    for kind in ("kernel", "activation", "integrator", "potential"):
+        value = options.get(kind)
+        if isinstance(value, str):
+            try:
+                registries[kind].entry(value)
+            except RegistryError as exc:
+                raise ScenarioError(str(exc), path=f"{path}.{kind}", source=source) from None
 
 
 def _trigger(every: Any, path: str, source: str) -> Trigger:

@@ -1,0 +1,252 @@
+"""The command line through typer's CliRunner: runs, errors, plugins, the README example."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from particlesim.cli.app import app
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def invoke(*args: str, env: dict[str, str] | None = None):
+    return runner.invoke(app, [str(a) for a in args], env=env)
+
+
+def assert_one_line_error(result, expected: str, code: int = 2) -> None:
+    assert result.exit_code == code, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert expected in errors[0], errors[0]
+    assert "Traceback" not in result.output
+
+
+def test_run_end_to_end(tiny_scenario: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = invoke("run", tiny_scenario, "--out", out, "--set", "run.epochs=6")
+    assert result.exit_code == 0, result.output
+    assert "completed: test accuracy" in result.stdout
+    assert "data: idx from data_dir" in result.stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert rows[-1]["test_accuracy"] > 0.8
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["parameters"] > 0
+    assert summary["test_accuracy"] == rows[-1]["test_accuracy"]
+    assert "idx from data_dir" in summary["data_source"]
+    resolved = (out / "scenario.toml").read_text()
+    assert "epochs = 6.0" in resolved and 'kernel = "gaussian"' in resolved
+    # the resolved scenario runs again and gives the same numbers
+    again = invoke("run", out / "scenario.toml", "--out", tmp_path / "again")
+    assert again.exit_code == 0, again.output
+    summary2 = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert summary2["test_accuracy"] == summary["test_accuracy"]
+
+
+def test_validate(tiny_scenario: Path) -> None:
+    result = invoke("validate", tiny_scenario)
+    assert result.exit_code == 0
+    assert "is valid (model 'particle_network', data 'idx', integrator 'adam', 2 epochs)" \
+        in result.stdout
+
+
+def test_existing_output_is_not_overwritten(tiny_scenario: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert_one_line_error(invoke("run", tiny_scenario, "--out", out),
+                          "exists and is not empty; use --overwrite")
+    assert (out / "keep.txt").read_text() == "precious"
+    assert invoke("run", tiny_scenario, "--out", out, "--overwrite").exit_code == 0
+    assert not (out / "keep.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model.kernel=gausian", "model.kernel: unknown kernel 'gausian' (did you mean "
+                                 "'gaussian'?); known: cauchy, exponential, gaussian"),
+        ("model.sizes=[0, -4, 0]", "model.sizes[1]: must be a positive integer, got -4"),
+        ("model.activation=relux", "model.activation: unknown activation 'relux' (did you mean "
+                                   "'relu'"),
+        ("integrator.name=adamm", "integrator.name: unknown integrator 'adamm' (did you mean"),
+        ("run.batch_size=0", "run.batch_size: must be a positive integer, got 0"),
+    ],
+)
+def test_bad_input_is_one_line(tiny_scenario: Path, tmp_path: Path, override: str,
+                               expected: str) -> None:
+    out = tmp_path / "out"
+    assert_one_line_error(invoke("run", tiny_scenario, "--out", out, "--set", override), expected)
+    assert not out.exists()
+
+
+def test_missing_file_and_syntax_error(tmp_path: Path) -> None:
+    assert_one_line_error(invoke("run", tmp_path / "nope.toml"), "nope.toml not found")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[model]\nname = "particle_network\n')
+    assert_one_line_error(invoke("validate", bad), "invalid TOML: ")
+    assert "(at line 2, column" in invoke("validate", bad).stderr
+
+
+def test_cuda_without_cuda(tiny_scenario: Path, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert_one_line_error(invoke("run", tiny_scenario, "--device", "cuda", "--out", tmp_path / "o"),
+                          "scenario.device: device 'cuda' requested but CUDA is not available")
+    assert not (tmp_path / "o").exists()
+
+
+def test_corrupt_idx_file(tiny_data: Path, tiny_scenario: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for file in tiny_data.iterdir():
+        data = file.read_bytes()
+        (broken / file.name).write_bytes(data)
+    (broken / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
+    result = invoke("run", tiny_scenario, "--set", f'data.data_dir="{broken}"',
+                    "--out", tmp_path / "o")
+    assert_one_line_error(result, "train-labels-idx1-ubyte.gz")
+    assert not (tmp_path / "o").exists()
+
+
+def test_no_dataset_found_lists_places(tiny_scenario: Path, tmp_path: Path, monkeypatch) -> None:
+    from particlesim.data import sources
+
+    monkeypatch.setattr(sources, "SYSTEM_DIRS", {k: () for k in sources.SYSTEM_DIRS})
+    env = {"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "PARTICLESIM_DATA": str(tmp_path / "empty")}
+    result = invoke("run", tiny_scenario, "--set", 'data={name="fashion_mnist", download=false}',
+                    "--out", tmp_path / "o", env=env)
+    assert_one_line_error(result, "fashion")
+    message = result.stderr
+    assert "PARTICLESIM_DATA" in message and "cache" in message and "to fix" in message
+
+
+def test_interrupt_saves_what_was_done(tiny_scenario: Path, tmp_path: Path) -> None:
+    plugin = tmp_path / "stopper.py"
+    plugin.write_text(textwrap.dedent("""
+        from particlesim import hookimpl
+
+        @hookimpl
+        def particlesim_step_end(simulation, step):
+            if step == 9:
+                raise KeyboardInterrupt
+    """))
+    out = tmp_path / "out"
+    result = invoke("run", tiny_scenario, "-p", plugin, "--out", out, "--set", "run.epochs=4")
+    assert result.exit_code == 130, result.output
+    assert "plugin: loaded stopper" in result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps"] == 9
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1  # epoch 1 of 6 steps
+
+
+def test_plugins_command_lists_sources() -> None:
+    result = invoke("plugins")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^particlesim .*\[built-in\]", result.stdout, re.M)
+    assert re.search(r"^lange .*\[entry point particlesim_lange\]", result.stdout, re.M)
+    assert "model: particle_network" in result.stdout
+    data = json.loads(invoke("plugins", "--json").stdout)
+    assert {row["name"] for row in data} >= {"particlesim", "lange"}
+
+
+def readme_block(after: str, language: str) -> str:
+    """The first fenced ``language`` block after the line containing ``after`` in README.md."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index(after)
+    match = re.compile(rf"```{language}\n(.*?)```", re.S).search(text, start)
+    assert match is not None
+    return match.group(1)
+
+
+def test_readme_kernel_plugin_runs_verbatim(tmp_path: Path) -> None:
+    (tmp_path / "my_kernel.py").write_text(readme_block("Save it as `my_kernel.py`", "python"))
+    (tmp_path / "quartic.toml").write_text(readme_block("`quartic.toml`", "toml"))
+    out = tmp_path / "out"
+    result = invoke("run", tmp_path / "quartic.toml", "--out", out,
+                    "--set", "run.epochs=0.1", "--set", "data.limit_test=1000")
+    assert result.exit_code == 0, result.output
+    assert "plugin: loaded my_kernel" in result.stderr
+    assert "mnist from package copy" in result.stderr or "mnist from" in result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 47 and summary["test_accuracy"] > 0.45
+    # the kernel really is the quartic one, with its closed-form derivative
+    import torch
+
+    from particlesim.plugins.manager import PluginManager
+
+    manager = PluginManager().load(files=[tmp_path / "my_kernel.py"], entry_points=False)
+    kernel = manager.registries["kernel"].create("quartic", width=1.5)
+    r = torch.tensor([[0.0, 0.0]], dtype=torch.float64)
+    s = torch.tensor([[1.5, 0.0]], dtype=torch.float64)
+    assert float(kernel.double()(r, s)) == pytest.approx(0.25)
+    u = torch.linspace(0, 3, 7, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(kernel.profile(u).sum(), u)
+    assert torch.allclose(grad, kernel.profile_derivative(u.detach()))
+
+
+def test_installed_plugin_distribution(tmp_path: Path, tiny_scenario: Path) -> None:
+    """A throwaway package with an entry point, pip-installed into a folder, used by a scenario."""
+    source = tmp_path / "src"
+    (source / "throwaway_kernels").mkdir(parents=True)
+    (source / "pyproject.toml").write_text(textwrap.dedent("""
+        [build-system]
+        requires = ["setuptools>=61"]
+        build-backend = "setuptools.build_meta"
+
+        [project]
+        name = "throwaway-kernels"
+        version = "0.3.1"
+
+        [project.entry-points.particlesim]
+        throwaway = "throwaway_kernels"
+    """))
+    (source / "throwaway_kernels" / "__init__.py").write_text(textwrap.dedent("""
+        from particlesim import hookimpl
+        from particlesim.kernels import RadialKernel
+
+        class TriangleKernel(RadialKernel):
+            name = "softbox"
+
+            @staticmethod
+            def profile(u):
+                return 1.0 / (1.0 + u * u)
+
+            @staticmethod
+            def profile_derivative(u):
+                return -2.0 * u / (1.0 + u * u) ** 2
+
+        @hookimpl
+        def particlesim_register_kernels():
+            return [TriangleKernel]
+    """))
+    target = tmp_path / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--no-index", "--target", str(target), str(source)],
+        capture_output=True, text=True,
+    )
+    assert install.returncode == 0, install.stderr
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)])}
+    cli = [sys.executable, "-c", "from particlesim.cli.app import main; main()"]
+    listing = subprocess.run([*cli, "plugins"], capture_output=True, text=True, env=env)
+    assert re.search(r"^throwaway 0\.3\.1 +\[entry point throwaway_kernels\]", listing.stdout,
+                     re.M), listing.stdout
+    out = tmp_path / "out"
+    run = subprocess.run([*cli, "run", str(tiny_scenario), "--set", "model.kernel=softbox",
+                          "--out", str(out)], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert 'kernel = "softbox"' in (out / "scenario.toml").read_text()
