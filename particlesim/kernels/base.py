@@ -46,21 +46,32 @@ class Kernel(nn.Module):
 
 
 class RadialKernel(Kernel):
-    """``k(r_h, r_j) = f(|r_h - r_j|² / σ²)``; subclasses give ``profile`` and ``profile_derivative``.
+    """``k(r_h, r_j) = f(|r_h - r_j|² / σ²)``; subclasses give ``profile`` and its derivative.
 
     Args:
-        width: σ, one positive number or ``C`` of them (channels). Default 1.
+        width: σ, one positive finite number or ``C`` of them (channels). Default 1.
         learnable_width: make σ a trained parameter (stored as ``log σ`` so it
             stays positive).
     """
 
     def __init__(self, width: float | Sequence[float] = 1.0, learnable_width: bool = False) -> None:
         super().__init__()
-        widths = torch.as_tensor(
-            [width] if isinstance(width, int | float) else list(width), dtype=torch.float64
-        )
-        if widths.ndim != 1 or widths.numel() == 0 or bool((widths <= 0).any()):
-            raise ValueError(f"kernel {self.name!r}: width must be positive, got {width!r}")
+        try:
+            widths = torch.as_tensor(width, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ValueError(
+                f"kernel {self.name!r}: width must be numbers, got {width!r}"
+            ) from exc
+        if widths.ndim == 0:  # a plain, numpy or 0-d tensor scalar
+            widths = widths.reshape(1)
+        # ``not (w > 0)`` also rejects NaN; infinite widths would make every u = 0.
+        if widths.ndim != 1 or widths.numel() == 0 or not bool(
+            ((widths > 0) & torch.isfinite(widths)).all()
+        ):
+            raise ValueError(
+                f"kernel {self.name!r}: width must be one positive finite number or a non-empty "
+                f"flat sequence of them, got {width!r}"
+            )
         log_width = widths.log().to(torch.get_default_dtype())
         if learnable_width:
             self.log_width = nn.Parameter(log_width)
