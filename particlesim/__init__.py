@@ -12,7 +12,7 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.1.0"
 
-from particlesim.errors import ParticlesimError  # noqa: E402
-from particlesim.plugins.hookspecs import hookimpl  # noqa: E402
+from particlesim.errors import ParticlesimError
+from particlesim.plugins.hookspecs import hookimpl
 
 __all__ = ["ParticlesimError", "__version__", "hookimpl"]

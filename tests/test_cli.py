@@ -56,16 +56,19 @@ def test_run_end_to_end(tiny_scenario: Path, tmp_path: Path) -> None:
 def test_validate(tiny_scenario: Path) -> None:
     result = invoke("validate", tiny_scenario)
     assert result.exit_code == 0
-    assert "is valid (model 'particle_network', data 'idx', integrator 'adam', 2 epochs)" \
+    assert (
+        "is valid (model 'particle_network', data 'idx', integrator 'adam', 2 epochs)"
         in result.stdout
+    )
 
 
 def test_existing_output_is_not_overwritten(tiny_scenario: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    assert_one_line_error(invoke("run", tiny_scenario, "--out", out),
-                          "exists and is not empty; use --overwrite")
+    assert_one_line_error(
+        invoke("run", tiny_scenario, "--out", out), "exists and is not empty; use --overwrite"
+    )
     assert (out / "keep.txt").read_text() == "precious"
     assert invoke("run", tiny_scenario, "--out", out, "--overwrite").exit_code == 0
     assert not (out / "keep.txt").exists()
@@ -74,17 +77,23 @@ def test_existing_output_is_not_overwritten(tiny_scenario: Path, tmp_path: Path)
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("model.kernel=gausian", "model.kernel: unknown kernel 'gausian' (did you mean "
-                                 "'gaussian'?); known: cauchy, exponential, gaussian"),
+        (
+            "model.kernel=gausian",
+            "model.kernel: unknown kernel 'gausian' (did you mean "
+            "'gaussian'?); known: cauchy, exponential, gaussian",
+        ),
         ("model.sizes=[0, -4, 0]", "model.sizes[1]: must be a positive integer, got -4"),
-        ("model.activation=relux", "model.activation: unknown activation 'relux' (did you mean "
-                                   "'relu'"),
+        (
+            "model.activation=relux",
+            "model.activation: unknown activation 'relux' (did you mean 'relu'",
+        ),
         ("integrator.name=adamm", "integrator.name: unknown integrator 'adamm' (did you mean"),
         ("run.batch_size=0", "run.batch_size: must be a positive integer, got 0"),
     ],
 )
-def test_bad_input_is_one_line(tiny_scenario: Path, tmp_path: Path, override: str,
-                               expected: str) -> None:
+def test_bad_input_is_one_line(
+    tiny_scenario: Path, tmp_path: Path, override: str, expected: str
+) -> None:
     out = tmp_path / "out"
     assert_one_line_error(invoke("run", tiny_scenario, "--out", out, "--set", override), expected)
     assert not out.exists()
@@ -103,8 +112,10 @@ def test_cuda_without_cuda(tiny_scenario: Path, tmp_path: Path) -> None:
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    assert_one_line_error(invoke("run", tiny_scenario, "--device", "cuda", "--out", tmp_path / "o"),
-                          "scenario.device: device 'cuda' requested but CUDA is not available")
+    assert_one_line_error(
+        invoke("run", tiny_scenario, "--device", "cuda", "--out", tmp_path / "o"),
+        "scenario.device: device 'cuda' requested but CUDA is not available",
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -115,8 +126,9 @@ def test_corrupt_idx_file(tiny_data: Path, tiny_scenario: Path, tmp_path: Path) 
         data = file.read_bytes()
         (broken / file.name).write_bytes(data)
     (broken / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
-    result = invoke("run", tiny_scenario, "--set", f'data.data_dir="{broken}"',
-                    "--out", tmp_path / "o")
+    result = invoke(
+        "run", tiny_scenario, "--set", f'data.data_dir="{broken}"', "--out", tmp_path / "o"
+    )
     assert_one_line_error(result, "train-labels-idx1-ubyte.gz")
     assert not (tmp_path / "o").exists()
 
@@ -125,10 +137,20 @@ def test_no_dataset_found_lists_places(tiny_scenario: Path, tmp_path: Path, monk
     from particlesim.data import sources
 
     monkeypatch.setattr(sources, "SYSTEM_DIRS", {k: () for k in sources.SYSTEM_DIRS})
-    env = {"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"),
-           "PARTICLESIM_DATA": str(tmp_path / "empty")}
-    result = invoke("run", tiny_scenario, "--set", 'data={name="fashion_mnist", download=false}',
-                    "--out", tmp_path / "o", env=env)
+    env = {
+        "HOME": str(tmp_path),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "PARTICLESIM_DATA": str(tmp_path / "empty"),
+    }
+    result = invoke(
+        "run",
+        tiny_scenario,
+        "--set",
+        'data={name="fashion_mnist", download=false}',
+        "--out",
+        tmp_path / "o",
+        env=env,
+    )
     assert_one_line_error(result, "fashion")
     message = result.stderr
     assert "PARTICLESIM_DATA" in message and "cache" in message and "to fix" in message
@@ -136,14 +158,16 @@ def test_no_dataset_found_lists_places(tiny_scenario: Path, tmp_path: Path, monk
 
 def test_interrupt_saves_what_was_done(tiny_scenario: Path, tmp_path: Path) -> None:
     plugin = tmp_path / "stopper.py"
-    plugin.write_text(textwrap.dedent("""
+    plugin.write_text(
+        textwrap.dedent("""
         from particlesim import hookimpl
 
         @hookimpl
         def particlesim_step_end(simulation, step):
             if step == 9:
                 raise KeyboardInterrupt
-    """))
+    """)
+    )
     out = tmp_path / "out"
     result = invoke("run", tiny_scenario, "-p", plugin, "--out", out, "--set", "run.epochs=4")
     assert result.exit_code == 130, result.output
@@ -176,8 +200,16 @@ def test_readme_kernel_plugin_runs_verbatim(tmp_path: Path) -> None:
     (tmp_path / "my_kernel.py").write_text(readme_block("Save it as `my_kernel.py`", "python"))
     (tmp_path / "quartic.toml").write_text(readme_block("`quartic.toml`", "toml"))
     out = tmp_path / "out"
-    result = invoke("run", tmp_path / "quartic.toml", "--out", out,
-                    "--set", "run.epochs=0.1", "--set", "data.limit_test=1000")
+    result = invoke(
+        "run",
+        tmp_path / "quartic.toml",
+        "--out",
+        out,
+        "--set",
+        "run.epochs=0.1",
+        "--set",
+        "data.limit_test=1000",
+    )
     assert result.exit_code == 0, result.output
     assert "plugin: loaded my_kernel" in result.stderr
     assert "mnist from package copy" in result.stderr or "mnist from" in result.stderr
@@ -202,7 +234,8 @@ def test_installed_plugin_distribution(tmp_path: Path, tiny_scenario: Path) -> N
     """A throwaway package with an entry point, pip-installed into a folder, used by a scenario."""
     source = tmp_path / "src"
     (source / "throwaway_kernels").mkdir(parents=True)
-    (source / "pyproject.toml").write_text(textwrap.dedent("""
+    (source / "pyproject.toml").write_text(
+        textwrap.dedent("""
         [build-system]
         requires = ["setuptools>=61"]
         build-backend = "setuptools.build_meta"
@@ -213,8 +246,10 @@ def test_installed_plugin_distribution(tmp_path: Path, tiny_scenario: Path) -> N
 
         [project.entry-points.particlesim]
         throwaway = "throwaway_kernels"
-    """))
-    (source / "throwaway_kernels" / "__init__.py").write_text(textwrap.dedent("""
+    """)
+    )
+    (source / "throwaway_kernels" / "__init__.py").write_text(
+        textwrap.dedent("""
         from particlesim import hookimpl
         from particlesim.kernels import RadialKernel
 
@@ -232,21 +267,39 @@ def test_installed_plugin_distribution(tmp_path: Path, tiny_scenario: Path) -> N
         @hookimpl
         def particlesim_register_kernels():
             return [TriangleKernel]
-    """))
+    """)
+    )
     target = tmp_path / "site"
     install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-index", "--target", str(target), str(source)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert install.returncode == 0, install.stderr
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)])}
     cli = [sys.executable, "-c", "from particlesim.cli.app import main; main()"]
     listing = subprocess.run([*cli, "plugins"], capture_output=True, text=True, env=env)
-    assert re.search(r"^throwaway 0\.3\.1 +\[entry point throwaway_kernels\]", listing.stdout,
-                     re.M), listing.stdout
+    assert re.search(
+        r"^throwaway 0\.3\.1 +\[entry point throwaway_kernels\]", listing.stdout, re.M
+    ), listing.stdout
     out = tmp_path / "out"
-    run = subprocess.run([*cli, "run", str(tiny_scenario), "--set", "model.kernel=softbox",
-                          "--out", str(out)], capture_output=True, text=True, env=env)
+    run = subprocess.run(
+        [*cli, "run", str(tiny_scenario), "--set", "model.kernel=softbox", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert run.returncode == 0, run.stderr
     assert 'kernel = "softbox"' in (out / "scenario.toml").read_text()

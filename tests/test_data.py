@@ -57,8 +57,9 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return home
 
 
-def make_set(directory: Path, *, n_train: int = 50, n_test: int = 20, gz: bool = True,
-             seed: int = 0) -> dict[str, np.ndarray]:
+def make_set(
+    directory: Path, *, n_train: int = 50, n_test: int = 20, gz: bool = True, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Write a tiny 28×28 data set (labels ``i % 10``) into ``directory``; return its arrays."""
     rng = np.random.default_rng(seed)
     arrays = {
@@ -77,15 +78,21 @@ def digests(directory: Path) -> dict[str, str]:
     out = {}
     for name in FILES:
         path = directory / name if (directory / name).exists() else directory / f"{name}.gz"
-        out[name] = hashlib.md5(gzip.decompress(path.read_bytes()) if path.suffix == ".gz"
-                                else path.read_bytes()).hexdigest()
+        out[name] = hashlib.md5(
+            gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        ).hexdigest()
     return out
 
 
 def toy_spec(reference: Path, **changes: object) -> DatasetSpec:
     """A known data set "toy" whose digests are those of the files in ``reference``."""
-    fields = {"name": "toy", "title": "Toy", "folders": ("toy",), "md5": digests(reference),
-              "num_classes": 10}
+    fields = {
+        "name": "toy",
+        "title": "Toy",
+        "folders": ("toy",),
+        "md5": digests(reference),
+        "num_classes": 10,
+    }
     fields.update(changes)
     return DatasetSpec(**fields)  # type: ignore[arg-type]
 
@@ -119,31 +126,41 @@ def test_gzip_is_detected_by_content_not_name(tmp_path: Path) -> None:
 
 
 def _header(code: int, dims: list[int]) -> bytes:
-    return bytes([0, 0, code, len(dims)]) + b"".join(d.to_bytes(4, "big", signed=True)
-                                                     for d in dims)
+    return bytes([0, 0, code, len(dims)]) + b"".join(
+        d.to_bytes(4, "big", signed=True) for d in dims
+    )
 
 
 VALID_GZ = gzip.compress(_header(0x08, [3, 4, 4]) + bytes(48), mtime=0)
 
 BAD_FILES = {
-    "bad magic": (b"\x01\x02\x08\x01" + b"\x00\x00\x00\x01" + b"x",
-                  "not an IDX file: magic number 0x01020801 does not start with two zero bytes"),
-    "wrong type code": (bytes([0, 0, 0x07, 1]) + (1).to_bytes(4, "big") + b"x",
-                        "unknown IDX type code 0x07 (expected one of 0x08 ubyte"),
-    "truncated payload": (_header(0x08, [3, 4, 4]) + bytes(10),
-                          "truncated IDX file: header says 3×4×4 = 48 bytes of data, found 10"),
-    "truncated float payload": (_header(0x0D, [2, 3]) + bytes(20),
-                                "truncated IDX file: header says 2×3 × 4 bytes = 24 bytes of data,"
-                                " found 20"),
-    "trailing bytes": (_header(0x08, [3, 4, 4]) + bytes(50),
-                       "IDX file too long: header says 3×4×4 = 48 bytes of data, found 50"
-                       " (2 trailing bytes)"),
-    "zero dim": (_header(0x08, [3, 0, 4]),
-                 "IDX size of dimension 1 is 0 (sizes must be positive)"),
+    "bad magic": (
+        b"\x01\x02\x08\x01" + b"\x00\x00\x00\x01" + b"x",
+        "not an IDX file: magic number 0x01020801 does not start with two zero bytes",
+    ),
+    "wrong type code": (
+        bytes([0, 0, 0x07, 1]) + (1).to_bytes(4, "big") + b"x",
+        "unknown IDX type code 0x07 (expected one of 0x08 ubyte",
+    ),
+    "truncated payload": (
+        _header(0x08, [3, 4, 4]) + bytes(10),
+        "truncated IDX file: header says 3×4×4 = 48 bytes of data, found 10",
+    ),
+    "truncated float payload": (
+        _header(0x0D, [2, 3]) + bytes(20),
+        "truncated IDX file: header says 2×3 × 4 bytes = 24 bytes of data, found 20",
+    ),
+    "trailing bytes": (
+        _header(0x08, [3, 4, 4]) + bytes(50),
+        "IDX file too long: header says 3×4×4 = 48 bytes of data, found 50 (2 trailing bytes)",
+    ),
+    "zero dim": (_header(0x08, [3, 0, 4]), "IDX size of dimension 1 is 0 (sizes must be positive)"),
     "negative dim": (_header(0x08, [-1]), "IDX size of dimension 0 is -1"),
     "zero ndim": (bytes([0, 0, 0x08, 0]), "IDX header declares 0 dimensions"),
-    "truncated header": (bytes([0, 0, 0x08, 3]) + bytes(6),
-                         "truncated IDX header: 3 dimensions need 16 bytes, found 10"),
+    "truncated header": (
+        bytes([0, 0, 0x08, 3]) + bytes(6),
+        "truncated IDX header: 3 dimensions need 16 bytes, found 10",
+    ),
     "empty file": (b"", "not an IDX file: 0 bytes"),
     "corrupt gzip": (b"\x1f\x8b\x08\x00" + b"garbage" * 5, "corrupt gzip stream"),
     "truncated gzip": (VALID_GZ[: len(VALID_GZ) // 2], "corrupt gzip stream"),
@@ -174,8 +191,9 @@ def test_missing_file_and_unwritable_dtype(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- resolution
 
 
-def test_resolution_order_data_dir_env_cache(tmp_path: Path, isolated: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resolution_order_data_dir_env_cache(
+    tmp_path: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     reference = tmp_path / "reference"
     make_set(reference)
     spec = toy_spec(reference)
@@ -216,8 +234,9 @@ def test_system_location_and_describe(tmp_path: Path, monkeypatch: pytest.Monkey
     assert found.describe() == f"toy from system location {system}"
 
 
-def test_digest_mismatch_is_an_error_not_a_skip(tmp_path: Path, isolated: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_digest_mismatch_is_an_error_not_a_skip(
+    tmp_path: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake = tmp_path / "mnist"
     make_set(fake)
     actual = digests(fake)["train-images-idx3-ubyte"]
@@ -233,8 +252,9 @@ def test_digest_mismatch_is_an_error_not_a_skip(tmp_path: Path, isolated: Path,
         resolve_dataset("mnist", download=False)
 
 
-def test_another_known_data_set_is_skipped_or_rejected(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_another_known_data_set_is_skipped_or_rejected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     toy = tmp_path / "toy-files"
     make_set(toy)
     monkeypatch.setitem(sources.KNOWN_DATASETS, "toy", toy_spec(toy))
@@ -247,8 +267,9 @@ def test_another_known_data_set_is_skipped_or_rejected(tmp_path: Path,
         resolve_dataset(fashion, data_dir=toy, download=False)
 
 
-def test_not_found_lists_every_place_in_order(tmp_path: Path, isolated: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_not_found_lists_every_place_in_order(
+    tmp_path: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     partial = tmp_path / "partial"
     write_idx(partial / "train-images-idx3-ubyte", np.zeros((2, 28, 28), np.uint8))
     monkeypatch.setenv(sources.ENV_VAR, str(partial))
@@ -269,14 +290,17 @@ def test_not_found_lists_every_place_in_order(tmp_path: Path, isolated: Path,
     assert message.startswith("Fashion-MNIST data set not found; tried ") and "\n" not in message
 
 
-def test_download_is_verified_and_cached_atomically(tmp_path: Path, isolated: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_is_verified_and_cached_atomically(
+    tmp_path: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     reference = tmp_path / "reference"
     make_set(reference)
-    served = {f"https://good.invalid/{name}.gz": (reference / f"{name}.gz").read_bytes()
-              for name in FILES}
-    served.update({f"https://bad.invalid/{name}.gz": gzip.compress(b"html error page")
-                   for name in FILES})
+    served = {
+        f"https://good.invalid/{name}.gz": (reference / f"{name}.gz").read_bytes() for name in FILES
+    }
+    served.update(
+        {f"https://bad.invalid/{name}.gz": gzip.compress(b"html error page") for name in FILES}
+    )
     requested: list[str] = []
 
     class Response:
@@ -300,23 +324,27 @@ def test_download_is_verified_and_cached_atomically(tmp_path: Path, isolated: Pa
         return Response(served[url])
 
     monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
-    spec = toy_spec(reference, mirrors=("https://down.invalid/", "https://bad.invalid/",
-                                        "https://good.invalid/"))
+    spec = toy_spec(
+        reference,
+        mirrors=("https://down.invalid/", "https://bad.invalid/", "https://good.invalid/"),
+    )
     lines: list[str] = []
     found = resolve_dataset(spec, log=lines.append)
     cache = isolated / ".cache/particlesim/toy"
     assert found.origin == "download" and found.directory == cache and found.verified
     assert len(requested) == 12 and len(lines) == 12
     assert sorted(p.name for p in cache.iterdir()) == sorted(f"{n}.gz" for n in FILES)
-    np.testing.assert_array_equal(read_idx(cache / f"{FILES[0]}.gz"),
-                                  read_idx(reference / f"{FILES[0]}.gz"))
+    np.testing.assert_array_equal(
+        read_idx(cache / f"{FILES[0]}.gz"), read_idx(reference / f"{FILES[0]}.gz")
+    )
     # Next time the cache answers, without the network.
     monkeypatch.setattr(urllib.request, "urlopen", _no_network)
     assert resolve_dataset(spec).origin == "cache"
     # With every mirror failing, the download counts as "not found there".
     with pytest.raises(DataError, match=r"\(4\) download into .*: failed \(https://down"):
-        resolve_dataset(toy_spec(reference, name="toy2", folders=("toy2",),
-                                 mirrors=("https://down.invalid/",)))
+        resolve_dataset(
+            toy_spec(reference, name="toy2", folders=("toy2",), mirrors=("https://down.invalid/",))
+        )
 
 
 # --------------------------------------------------------------------------- data sets
@@ -328,8 +356,11 @@ def test_options_are_validated_with_the_argument_name() -> None:
         ({"train_fraction": 1.5}, "train_fraction: must be in (0, 1]"),
         ({"validation": 1.0}, "validation: must be in [0, 1), got 1.0"),
         ({"validation": -0.1}, "validation: must be in [0, 1)"),
-        ({"normalize": "unti"}, "normalize: must be one of 'unit', 'standard', 'none', got"
-                                " 'unti' (did you mean 'unit'?)"),
+        (
+            {"normalize": "unti"},
+            "normalize: must be one of 'unit', 'standard', 'none', got"
+            " 'unti' (did you mean 'unit'?)",
+        ),
         ({"limit_test": -1}, "limit_test: must be a non-negative integer"),
     ]:
         with pytest.raises(ValueError) as info:
@@ -342,16 +373,23 @@ def test_options_are_validated_with_the_argument_name() -> None:
 def test_constructor_signatures_are_simple_and_keyword_only() -> None:
     assert [cls.name for cls in BUILTIN_DATASETS] == ["mnist", "fashion_mnist", "idx"]
     simple = {int, float, bool, str, str | None, float | None, int | None}
-    hints = {"data_dir": str | None, "train_fraction": float, "validation": float,
-             "normalize": str, "limit_test": int | None, "download": bool}
+    hints = {
+        "data_dir": str | None,
+        "train_fraction": float,
+        "validation": float,
+        "normalize": str,
+        "limit_test": int | None,
+        "download": bool,
+    }
     for cls in BUILTIN_DATASETS:
         parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
         assert all(p.kind is p.KEYWORD_ONLY for p in parameters)
         annotations = inspect.get_annotations(cls.__init__, eval_str=True)
         for p in parameters:
             assert annotations[p.name] in simple, (cls, p.name)
-            assert annotations[p.name] == hints[p.name] or (cls is IDXFolder and p.name ==
-                                                            "data_dir")
+            assert annotations[p.name] == hints[p.name] or (
+                cls is IDXFolder and p.name == "data_dir"
+            )
     data_dir = inspect.signature(IDXFolder.__init__).parameters["data_dir"]
     assert data_dir.default is inspect.Parameter.empty  # required
     assert "download" not in inspect.signature(IDXFolder.__init__).parameters
@@ -363,7 +401,8 @@ def test_fraction_validation_sizes_and_seed_determinism(tmp_path: Path) -> None:
 
     def load(seed: int, **kwargs: object):
         return IDXFolder(data_dir=str(tmp_path / "set"), **kwargs).load(  # type: ignore[arg-type]
-            seed=seed, log=lines.append)
+            seed=seed, log=lines.append
+        )
 
     full = load(0)
     assert full.train_x.shape == (50, 784) and full.val_x.shape == (0, 784)
@@ -400,12 +439,12 @@ def test_fraction_validation_sizes_and_seed_determinism(tmp_path: Path) -> None:
 def test_normalize_modes(tmp_path: Path) -> None:
     arrays = make_set(tmp_path / "set")
     raw = torch.from_numpy(arrays["train-images-idx3-ubyte"].reshape(50, -1).astype(np.float32))
-    raw_test = torch.from_numpy(arrays["t10k-images-idx3-ubyte"].reshape(20, -1)
-                                .astype(np.float32))
+    raw_test = torch.from_numpy(arrays["t10k-images-idx3-ubyte"].reshape(20, -1).astype(np.float32))
 
     def load(mode: str):
         return IDXFolder(data_dir=str(tmp_path / "set"), normalize=mode).load(
-            seed=0, log=lambda line: None)
+            seed=0, log=lambda line: None
+        )
 
     unit, none, standard = load("unit"), load("none"), load("standard")
     torch.testing.assert_close(unit.train_x, raw / 255)

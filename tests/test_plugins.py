@@ -610,8 +610,13 @@ def test_hook_particlesim_register_models(examples_importable: None) -> None:
         builtins=[("particlesim", builtins), ("example", module)], entry_points=False
     )
     model = manager.registry("model").create("tiny_network", hidden=8)
-    system = model.build(registries=manager.registries, input_size=4, num_classes=3,
-                         generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    system = model.build(
+        registries=manager.registries,
+        input_size=4,
+        num_classes=3,
+        generator=torch.Generator().manual_seed(0),
+        dtype=torch.float64,
+    )
     assert [(g.name, g.size) for g in system.groups.values()] == [
         ("input", 4),
         ("hidden", 8),

@@ -51,22 +51,36 @@ def test_valid_scenario_resolves_defaults(registries) -> None:
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        ("[integratr]\nname='adam'", "s.toml: integratr: unknown section (did you mean 'integrator'"),
-        ("[integrator]\nname='adam'\nlearning_rate=0.1",
-         "s.toml: integrator.learning_rate: unknown key for integrator 'adam'"),
-        ("[integrator]\nname='adam'\nlr='fast'",
-         "s.toml: integrator.lr: expected a number, got 'fast' (a string)"),
-        ("[integrator]\nname='adma'",
-         "s.toml: integrator.name: unknown integrator 'adma' (did you mean 'adam'"),
+        (
+            "[integratr]\nname='adam'",
+            "s.toml: integratr: unknown section (did you mean 'integrator'",
+        ),
+        (
+            "[integrator]\nname='adam'\nlearning_rate=0.1",
+            "s.toml: integrator.learning_rate: unknown key for integrator 'adam'",
+        ),
+        (
+            "[integrator]\nname='adam'\nlr='fast'",
+            "s.toml: integrator.lr: expected a number, got 'fast' (a string)",
+        ),
+        (
+            "[integrator]\nname='adma'",
+            "s.toml: integrator.name: unknown integrator 'adma' (did you mean 'adam'",
+        ),
         ("[integrator]\nname='adam'\nlr=-1", "s.toml: integrator.lr: must be > 0, got -1"),
         ("[run]\nepochs=0", "s.toml: run.epochs: must be > 0, got 0"),
         ("[run]\nbatch_size=-5", "s.toml: run.batch_size: must be a positive integer, got -5"),
         ("[run]\nepochs=1\nsteps=3", "s.toml: run: give either epochs or steps, not both"),
-        ("[scenario]\ndtype='float16'", "s.toml: scenario.dtype: expected one of 'float32', "
-                                        "'float64', got 'float16' (a string)"),
+        (
+            "[scenario]\ndtype='float16'",
+            "s.toml: scenario.dtype: expected one of 'float32', "
+            "'float64', got 'float16' (a string)",
+        ),
         ("[scenario]\nseed=true", "s.toml: scenario.seed: expected an integer, got True"),
-        ("[[writers]]\nname='metrics'\nevery=0",
-         "s.toml: writers[0].every: expected a positive integer (steps) or \"epoch\""),
+        (
+            "[[writers]]\nname='metrics'\nevery=0",
+            's.toml: writers[0].every: expected a positive integer (steps) or "epoch"',
+        ),
         ("[[writers]]\nname='metric'", "unknown writer 'metric' (did you mean 'metrics'?)"),
         ("plugins = 'x.py'", "s.toml: plugins: expected an array of strings"),
     ],
@@ -83,8 +97,10 @@ def test_section_errors(registries, extra: str, expected: str) -> None:
         ("sizes = [16, 0, 3]", "model.sizes[1]: must be a positive integer, got 0"),
         ("sizes = [16, 8, 3]\nkernel_width = 0.0", "model.kernel_width: must be > 0"),
         ("sizes = [16, 8, 3]\ndim = 0", "model.dim: must be a positive integer, got 0"),
-        ("sizes = [16, 8, 3]\ncharge_init = 'he'", "model.charge_init: expected one of "
-                                                   "'normalized', 'normal'"),
+        (
+            "sizes = [16, 8, 3]\ncharge_init = 'he'",
+            "model.charge_init: expected one of 'normalized', 'normal'",
+        ),
         ("sizes = 'big'", "model.sizes: expected an array of integers"),
         ("sizes = [16, 8.5, 3]", "model.sizes[1]: expected an integer, got 8.5"),
         ("dim = 3", "model: missing required key 'sizes' of model 'particle_network'"),
@@ -97,8 +113,9 @@ def test_model_errors(registries, model: str, expected: str) -> None:
 
 def test_unknown_model_lists_known(registries) -> None:
     message = error_of(BASE.replace("particle_network", "particle_netwrk"), registries)
-    assert "model.name: unknown model 'particle_netwrk' (did you mean 'particle_network'?)" \
-        in message
+    assert (
+        "model.name: unknown model 'particle_netwrk' (did you mean 'particle_network'?)" in message
+    )
     assert "known: mlp, particle_network" in message
 
 
@@ -160,19 +177,34 @@ def test_explicit_groups_build_and_run(registries, tiny_data: Path) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ('kind = "modulated"', 'kind = "modulatd"',
-         "interactions[1].kind: unknown interaction 'modulatd' (did you mean 'modulated'?)"),
-        ('kernel = "gaussian"', 'kernel = "gausian"',
-         "interactions[1].kernel.name: unknown kernel 'gausian' (did you mean 'gaussian'?); "
-         "known: cauchy, exponential, gaussian"),
-        ('target = "output"', 'target = "outptu"',
-         "interactions[1].target: unknown group 'outptu' (did you mean 'output'?)"),
-        ('activation = "tanh"', 'activation = "tahn"',
-         "groups[1].activation: unknown activation 'tahn' (did you mean 'tanh'?)"),
+        (
+            'kind = "modulated"',
+            'kind = "modulatd"',
+            "interactions[1].kind: unknown interaction 'modulatd' (did you mean 'modulated'?)",
+        ),
+        (
+            'kernel = "gaussian"',
+            'kernel = "gausian"',
+            "interactions[1].kernel.name: unknown kernel 'gausian' (did you mean 'gaussian'?); "
+            "known: cauchy, exponential, gaussian",
+        ),
+        (
+            'target = "output"',
+            'target = "outptu"',
+            "interactions[1].target: unknown group 'outptu' (did you mean 'output'?)",
+        ),
+        (
+            'activation = "tanh"',
+            'activation = "tahn"',
+            "groups[1].activation: unknown activation 'tahn' (did you mean 'tanh'?)",
+        ),
         ("size = 6", "size = 0", "groups[1].size: must be a positive integer, got 0"),
         ("size = 6", "size = -6", "groups[1].size: must be a positive integer, got -6"),
-        ("width = 1.5", "width = -1.5", "interactions[0].kernel: kernel 'cauchy': width must "
-                                        "be one positive"),
+        (
+            "width = 1.5",
+            "width = -1.5",
+            "interactions[0].kernel: kernel 'cauchy': width must be one positive",
+        ),
     ],
 )
 def test_group_errors(registries, old: str, new: str, expected: str) -> None:
@@ -190,7 +222,7 @@ def test_toml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
     path.write_text("[run]\nepochs = = 3\n", encoding="utf-8")
     with pytest.raises(ScenarioError, match=r"bad.toml: invalid TOML: .*\(at line 2, column 10\)"):
         read_scenario(path)
-    with pytest.raises(ScenarioError, match="scenario file .*missing.toml not found"):
+    with pytest.raises(ScenarioError, match=r"scenario file .*missing\.toml not found"):
         read_scenario(tmp_path / "missing.toml")
 
 
@@ -215,8 +247,8 @@ def test_cuda_on_cpu_machine_is_a_scenario_error(registries, tiny_data: Path) ->
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    plan = check(GROUPS.format(data_dir=tiny_data) + '\n[scenario]\ndevice = "cuda"\n',
-                 registries)
-    with pytest.raises(ScenarioError, match="scenario.device: device 'cuda' requested but CUDA "
-                                            "is not available"):
+    plan = check(GROUPS.format(data_dir=tiny_data) + '\n[scenario]\ndevice = "cuda"\n', registries)
+    with pytest.raises(
+        ScenarioError, match=r"scenario\.device: device 'cuda' requested but CUDA is not available"
+    ):
         build(plan, log=lambda m: None)

@@ -66,19 +66,26 @@ def prepare(scenario: Path, overrides: list[str] | None, plugins: list[str] | No
     ):
         from particlesim.errors import ScenarioError
 
-        raise ScenarioError("expected an array of plugin file paths", path="plugins",
-                            source=str(scenario))
+        raise ScenarioError(
+            "expected an array of plugin file paths", path="plugins", source=str(scenario)
+        )
     manager = PluginManager()
     base_dir = scenario.resolve().parent
-    manager.load(files=[*(base_dir / p for p in scenario_plugins), *map(Path, files)],
-                 base_dir=base_dir, disable=disabled)
+    manager.load(
+        files=[*(base_dir / p for p in scenario_plugins), *map(Path, files)],
+        base_dir=base_dir,
+        disable=disabled,
+    )
     for failure in manager.failures:
-        typer.echo(f"warning: plugin {failure.name!r} ({failure.source}) failed to load: "
-                   f"{failure.error}", err=True)
+        typer.echo(
+            f"warning: plugin {failure.name!r} ({failure.source}) failed to load: {failure.error}",
+            err=True,
+        )
     for info in manager.plugins:
         if info.source.startswith("file"):
-            typer.echo(f"plugin: loaded {info.name} from {info.source.removeprefix('file ')}",
-                       err=True)
+            typer.echo(
+                f"plugin: loaded {info.name} from {info.source.removeprefix('file ')}", err=True
+            )
     plan = validate(raw, manager.registries, source=str(scenario), base_dir=base_dir)
     return plan, manager
 
@@ -97,8 +104,10 @@ def validate(
     r = plan.resolved
     network = f"model {r['model']['name']!r}" if "model" in r else f"{len(r['groups'])} groups"
     length = f"{r['run']['steps']} steps" if r["run"]["steps"] else f"{r['run']['epochs']:g} epochs"
-    typer.echo(f"ok: {scenario} is valid ({network}, data {r['data']['name']!r}, "
-               f"integrator {r['integrator']['name']!r}, {length})")
+    typer.echo(
+        f"ok: {scenario} is valid ({network}, data {r['data']['name']!r}, "
+        f"integrator {r['integrator']['name']!r}, {length})"
+    )
 
 
 def default_out_dir(plan: Any, scenario: Path) -> Path:
@@ -124,7 +133,9 @@ def run(
     scenario: Annotated[Path, typer.Argument(help="Scenario TOML file.")],
     set_: SetOption = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Output directory (default runs/<name>).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output directory (default runs/<name>).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
     plugin: PluginOption = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -152,13 +163,16 @@ def run(
     out_dir.mkdir(parents=True, exist_ok=True)
     write_resolved_scenario(plan, out_dir / "scenario.toml")
     sim = built.simulation
-    typer.echo(f"run: {sim.total_steps} steps ({sim.steps_per_epoch}/epoch) on {built.device}, "
-               f"{built.system.count_parameters():,} parameters -> {out_dir}", err=True)
+    typer.echo(
+        f"run: {sim.total_steps} steps ({sim.steps_per_epoch}/epoch) on {built.device}, "
+        f"{built.system.count_parameters():,} parameters -> {out_dir}",
+        err=True,
+    )
     status = "failed"
     error: str | None = None
     code = 0
     try:
-        with _progress_bar(sim, enabled=progress) as update:
+        with ProgressBar(sim, enabled=progress) as update:
             result = sim.run(progress=update, out_dir=out_dir)
         status = result.status
     except DivergenceError as exc:
@@ -177,7 +191,7 @@ def run(
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
-class _progress_bar:
+class ProgressBar:
     """A rich progress bar showing loss and running accuracy (no-op when disabled)."""
 
     def __init__(self, simulation: Any, enabled: bool) -> None:
@@ -188,26 +202,41 @@ class _progress_bar:
     def __enter__(self):
         if not self.enabled:
             return None
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            transient=False,
         )
         self.progress.__enter__()
-        self.task = self.progress.add_task("run", total=self.sim.total_steps, epoch=1,
-                                           loss="-", acc="-", completed=self.sim.step)
+        self.task = self.progress.add_task(
+            "run", total=self.sim.total_steps, epoch=1, loss="-", acc="-", completed=self.sim.step
+        )
         return self.update
 
     def update(self, sim: Any) -> None:
         if sim.step % self.every and sim.step != sim.total_steps:
             return
         self.progress.update(
-            self.task, completed=sim.step, epoch=min(sim.step // sim.steps_per_epoch + 1,
-                                                    -(-sim.total_steps // sim.steps_per_epoch)),
-            loss=f"{sim.running_mean('loss'):.4f}", acc=f"{sim.running_mean('correct'):.4f}",
+            self.task,
+            completed=sim.step,
+            epoch=min(
+                sim.step // sim.steps_per_epoch + 1, -(-sim.total_steps // sim.steps_per_epoch)
+            ),
+            loss=f"{sim.running_mean('loss'):.4f}",
+            acc=f"{sim.running_mean('correct'):.4f}",
         )
 
     def __exit__(self, *exc: Any) -> None:
@@ -220,7 +249,7 @@ def _summary(plan: Any, built: Any, status: str, error: str | None) -> dict[str,
 
     sim = built.simulation
     test_loss, test_accuracy = sim.evaluate("test")
-    val_loss, val_accuracy = sim.evaluate("val")
+    _, val_accuracy = sim.evaluate("val")
     return {
         "scenario": plan.resolved["scenario"]["name"] or Path(plan.source).stem,
         "status": status,
@@ -238,8 +267,11 @@ def _summary(plan: Any, built: Any, status: str, error: str | None) -> dict[str,
         "device": str(built.device),
         "data_source": built.data.source,
         "seed": plan.seed,
-        "versions": {"particlesim": __version__, "torch": torch.__version__,
-                     "python": platform.python_version()},
+        "versions": {
+            "particlesim": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

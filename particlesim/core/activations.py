@@ -44,5 +44,11 @@ Gelu = _elementwise("gelu", nn.functional.gelu, "Gaussian error linear unit.")
 Softplus = _elementwise("softplus", nn.functional.softplus, "``θ(a) = log(1+e^a)``.")
 
 BUILTIN_ACTIVATIONS: tuple[type[Activation], ...] = (
-    Identity, Tanh, Relu, Sigmoid, Swish, Gelu, Softplus,
+    Identity,
+    Tanh,
+    Relu,
+    Sigmoid,
+    Swish,
+    Gelu,
+    Softplus,
 )

@@ -23,11 +23,12 @@ def resolve_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise DeviceError(
                 f"device {name!r} requested but CUDA is not available "
-                f"(torch {torch.__version__}); use device = \"auto\" or \"cpu\""
+                f'(torch {torch.__version__}); use device = "auto" or "cpu"'
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise DeviceError(
-                f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+                f"device {name!r} requested but only {torch.cuda.device_count()} CUDA "
+                "device(s) exist"
             )
     elif device.type != "cpu":
         raise DeviceError(f"unsupported device {name!r}; expected 'auto', 'cpu' or 'cuda'")
@@ -39,4 +40,6 @@ def resolve_dtype(name: str) -> torch.dtype:
     try:
         return DTYPES[name]
     except KeyError:
-        raise OptionError("dtype", f"unknown dtype {name!r}; expected one of {list(DTYPES)}") from None
+        raise OptionError(
+            "dtype", f"unknown dtype {name!r}; expected one of {list(DTYPES)}"
+        ) from None

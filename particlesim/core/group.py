@@ -44,8 +44,9 @@ class ParticleGroup(nn.Module):
         position = fields["position"]
         if position.ndim != 2 or position.shape[0] < 1 or position.shape[1] < 1:
             raise OptionError(
-                "position", f"group {name!r}: position must be [N, D] with N, D >= 1, "
-                f"got shape {list(position.shape)}"
+                "position",
+                f"group {name!r}: position must be [N, D] with N, D >= 1, "
+                f"got shape {list(position.shape)}",
             )
         self.name = name
         self.activation = activation
@@ -57,8 +58,9 @@ class ParticleGroup(nn.Module):
         for key, value in fields.items():
             if value.shape[0] != position.shape[0]:
                 raise OptionError(
-                    key, f"group {name!r}: field {key!r} has {value.shape[0]} rows, "
-                    f"expected {position.shape[0]}"
+                    key,
+                    f"group {name!r}: field {key!r} has {value.shape[0]} rows, "
+                    f"expected {position.shape[0]}",
                 )
             tensor = value.detach().clone()
             if key in frozen:

@@ -116,8 +116,14 @@ class SGD(Integrator):
     name = "sgd"
 
     def __init__(
-        self, *, lr: float = 0.01, lr_schedule: ScheduleKind = "constant", lr_final: float = 0.0,
-        momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
+        self,
+        *,
+        lr: float = 0.01,
+        lr_schedule: ScheduleKind = "constant",
+        lr_final: float = 0.0,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
     ) -> None:
         super().__init__(lr=lr, lr_schedule=lr_schedule, lr_final=lr_final)
         if not 0 <= momentum < 1:
@@ -126,8 +132,11 @@ class SGD(Integrator):
 
     def make_optimizer(self, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
         return torch.optim.SGD(
-            parameters, lr=self.lr, momentum=self.momentum,
-            nesterov=self.nesterov and self.momentum > 0, weight_decay=self.weight_decay,
+            parameters,
+            lr=self.lr,
+            momentum=self.momentum,
+            nesterov=self.nesterov and self.momentum > 0,
+            weight_decay=self.weight_decay,
         )
 
 
@@ -138,8 +147,14 @@ class Adam(Integrator):
     optimizer_class: ClassVar[type[torch.optim.Optimizer]] = torch.optim.Adam
 
     def __init__(
-        self, *, lr: float = 0.001, lr_schedule: ScheduleKind = "constant", lr_final: float = 0.0,
-        betas: list[float] | None = None, eps: float = 1e-8, weight_decay: float = 0.0,
+        self,
+        *,
+        lr: float = 0.001,
+        lr_schedule: ScheduleKind = "constant",
+        lr_final: float = 0.0,
+        betas: list[float] | None = None,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
     ) -> None:
         super().__init__(lr=lr, lr_schedule=lr_schedule, lr_final=lr_final)
         betas = [0.9, 0.999] if betas is None else list(betas)
@@ -160,11 +175,21 @@ class AdamW(Adam):
     optimizer_class = torch.optim.AdamW
 
     def __init__(
-        self, *, lr: float = 0.001, lr_schedule: ScheduleKind = "constant", lr_final: float = 0.0,
-        betas: list[float] | None = None, eps: float = 1e-8, weight_decay: float = 0.01,
+        self,
+        *,
+        lr: float = 0.001,
+        lr_schedule: ScheduleKind = "constant",
+        lr_final: float = 0.0,
+        betas: list[float] | None = None,
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
     ) -> None:
         super().__init__(
-            lr=lr, lr_schedule=lr_schedule, lr_final=lr_final, betas=betas, eps=eps,
+            lr=lr,
+            lr_schedule=lr_schedule,
+            lr_final=lr_final,
+            betas=betas,
+            eps=eps,
             weight_decay=weight_decay,
         )
 
@@ -182,8 +207,13 @@ class OverdampedLangevin(Integrator):
     name = "langevin"
 
     def __init__(
-        self, *, lr: float = 0.01, lr_schedule: ScheduleKind = "constant", lr_final: float = 0.0,
-        temperature: float = 0.0, temperature_schedule: ScheduleKind = "constant",
+        self,
+        *,
+        lr: float = 0.01,
+        lr_schedule: ScheduleKind = "constant",
+        lr_final: float = 0.0,
+        temperature: float = 0.0,
+        temperature_schedule: ScheduleKind = "constant",
         temperature_final: float = 0.0,
     ) -> None:
         super().__init__(lr=lr, lr_schedule=lr_schedule, lr_final=lr_final)

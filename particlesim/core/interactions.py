@@ -52,8 +52,9 @@ class Interaction(nn.Module):
 def _check_kernel_dims(kernel: Kernel, source: ParticleGroup, target: ParticleGroup) -> None:
     if source.dim != target.dim:
         raise OptionError(
-            "target", f"groups {source.name!r} (dim {source.dim}) and {target.name!r} "
-            f"(dim {target.dim}) live in different dimensions"
+            "target",
+            f"groups {source.name!r} (dim {source.dim}) and {target.name!r} "
+            f"(dim {target.dim}) live in different dimensions",
         )
 
 
@@ -88,8 +89,9 @@ class KernelInteraction(Interaction):
         channels = 1 if target.charge.ndim == 1 else target.charge.shape[1]
         if channels != kernel.channels:
             raise OptionError(
-                "kernel", f"group {target.name!r} has {channels} charge channel(s) but the "
-                f"kernel has {kernel.channels} width(s)"
+                "kernel",
+                f"group {target.name!r} has {channels} charge channel(s) but the "
+                f"kernel has {kernel.channels} width(s)",
             )
         self.kernel = kernel
         self.mode = mode
@@ -99,8 +101,13 @@ class KernelInteraction(Interaction):
         from particlesim.kernels.ops import kernel_matmul
 
         return kernel_matmul(
-            b, self.kernel, target.position, source.position, charge=target.charge,
-            mode=self.mode, chunk_size=self.chunk_size,
+            b,
+            self.kernel,
+            target.position,
+            source.position,
+            charge=target.charge,
+            mode=self.mode,
+            chunk_size=self.chunk_size,
         )
 
     def effective_weight(self, source: ParticleGroup, target: ParticleGroup) -> Tensor:
@@ -142,8 +149,13 @@ class ModulatedInteraction(Interaction):
         from particlesim.kernels.ops import kernel_matmul
 
         return kernel_matmul(
-            b, self.kernel, target.position, source.position, modulation=self.weight,
-            mode=self.mode, chunk_size=self.chunk_size,
+            b,
+            self.kernel,
+            target.position,
+            source.position,
+            modulation=self.weight,
+            mode=self.mode,
+            chunk_size=self.chunk_size,
         )
 
     def effective_weight(self, source: ParticleGroup, target: ParticleGroup) -> Tensor:
@@ -179,5 +191,7 @@ class DenseInteraction(Interaction):
 
 
 BUILTIN_INTERACTIONS: tuple[type[Interaction], ...] = (
-    KernelInteraction, ModulatedInteraction, DenseInteraction,
+    KernelInteraction,
+    ModulatedInteraction,
+    DenseInteraction,
 )

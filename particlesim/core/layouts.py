@@ -29,7 +29,11 @@ def uniform(size: int, dim: int, generator: torch.Generator, *, spread: float = 
 
 
 def grid(
-    size: int, dim: int, generator: torch.Generator, *, spread: float = 1.0,
+    size: int,
+    dim: int,
+    generator: torch.Generator,
+    *,
+    spread: float = 1.0,
     shape: list[int] | None = None,
 ) -> Tensor:
     """A regular grid spanning ``[-spread, spread]`` on its first axes, 0 on the others.
@@ -47,11 +51,14 @@ def grid(
                 rows -= 1
             shape = [rows, size // rows]
     if math.prod(shape) != size:
-        raise OptionError("shape", f"grid shape {shape} holds {math.prod(shape)} points, not {size}")
+        raise OptionError(
+            "shape", f"grid shape {shape} holds {math.prod(shape)} points, not {size}"
+        )
     if len(shape) > dim:
         raise OptionError("shape", f"grid shape {shape} has more axes than dim = {dim}")
     axes = [
-        torch.linspace(-spread, spread, n, dtype=torch.float64) if n > 1
+        torch.linspace(-spread, spread, n, dtype=torch.float64)
+        if n > 1
         else torch.zeros(1, dtype=torch.float64)
         for n in shape
     ]
@@ -82,7 +89,9 @@ def from_file(size: int, dim: int, generator: torch.Generator, *, path: str) -> 
     except ValueError as exc:
         raise OptionError("path", f"{file} is not a readable .npy array: {exc}") from None
     if array.shape != (size, dim):
-        raise OptionError("path", f"{file} holds shape {list(array.shape)}, expected [{size}, {dim}]")
+        raise OptionError(
+            "path", f"{file} holds shape {list(array.shape)}, expected [{size}, {dim}]"
+        )
     return torch.as_tensor(array, dtype=torch.float64)
 
 

@@ -86,8 +86,14 @@ class MLP(Model):
         activation = registries["activation"].get(self.activation, where="activation")
         groups = [
             ParticleGroup.create(
-                name, size, self.dim, generator=generator, charge_channels=0,
-                bias=self.bias and i > 0, frozen=["position"], dtype=dtype,
+                name,
+                size,
+                self.dim,
+                generator=generator,
+                charge_channels=0,
+                bias=self.bias and i > 0,
+                frozen=["position"],
+                dtype=dtype,
             )
             for i, (name, size) in enumerate(zip(names, sizes, strict=True))
         ]
@@ -100,8 +106,9 @@ class MLP(Model):
                 bound = 1.0 / float(groups[names.index(interaction.source)].size) ** 0.5
                 with torch.no_grad():
                     group.bias.uniform_(-bound, bound, generator=generator)
-        activations = {name: activation(size=size) for name, size in zip(names[1:-1], sizes[1:-1],
-                                                                             strict=True)}
+        activations = {
+            name: activation(size=size) for name, size in zip(names[1:-1], sizes[1:-1], strict=True)
+        }
         return System(groups, interactions, activations=activations)
 
 

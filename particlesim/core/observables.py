@@ -71,11 +71,15 @@ def builtin_observables() -> list[Observable]:
         FunctionObservable("epoch", lambda s: s.step / s.steps_per_epoch, "", "epochs done"),
         FunctionObservable("loss", lambda s: s.last_loss, "nats", "data loss of the last batch"),
         FunctionObservable(
-            "train_loss", lambda s: s.running_mean("loss"), "nats",
+            "train_loss",
+            lambda s: s.running_mean("loss"),
+            "nats",
             "mean data loss over the batches of the current epoch",
         ),
         FunctionObservable(
-            "train_accuracy", lambda s: s.running_mean("correct"), "",
+            "train_accuracy",
+            lambda s: s.running_mean("correct"),
+            "",
             "accuracy over the batches of the current epoch (during training)",
         ),
         FunctionObservable("val_loss", _evaluation("val", 0), "nats", "validation loss"),
@@ -83,15 +87,19 @@ def builtin_observables() -> list[Observable]:
         FunctionObservable("test_loss", _evaluation("test", 0), "nats", "test loss"),
         FunctionObservable("test_accuracy", _evaluation("test", 1), "", "test accuracy"),
         FunctionObservable(
-            "potential_energy", lambda s: float(s.system.potential_energy().detach()), "",
+            "potential_energy",
+            lambda s: float(s.system.potential_energy().detach()),
+            "",
             "Σ c_p E_p of all potentials",
         ),
         FunctionObservable(
             "lr", lambda s: s.integrator.step_size(s.step), "", "integrator step size"
         ),
         FunctionObservable(
-            "temperature", lambda s: s.integrator.observables(s.step).get("temperature", 0.0),
-            "", "integrator temperature kT",
+            "temperature",
+            lambda s: s.integrator.observables(s.step).get("temperature", 0.0),
+            "",
+            "integrator temperature kT",
         ),
         FunctionObservable("wall_time", lambda s: s.wall_time(), "s", "seconds spent in run()"),
     ]

@@ -128,8 +128,9 @@ class Simulation:
                 if name not in self.observables:
                     known = ", ".join(sorted(self.observables))
                     raise OptionError(
-                        "observables", f"writer {writer.name!r} asks for unknown observable "
-                        f"{name!r}; known: {known}"
+                        "observables",
+                        f"writer {writer.name!r} asks for unknown observable "
+                        f"{name!r}; known: {known}",
                     )
         self.hooks = hooks
         self.record_initial = record_initial
@@ -247,8 +248,14 @@ class Simulation:
                 writer.close(status)
             self._call_hook("particlesim_simulation_finish", simulation=self, status=status)
         return RunResult(
-            status, self.step, self.step / self.steps_per_epoch, self._wall_before,
-            {"train_loss": self.running_mean("loss"), "train_accuracy": self.running_mean("correct")},
+            status,
+            self.step,
+            self.step / self.steps_per_epoch,
+            self._wall_before,
+            {
+                "train_loss": self.running_mean("loss"),
+                "train_accuracy": self.running_mean("correct"),
+            },
         )
 
     def _train_step(self, x: Tensor, y: Tensor) -> None:

@@ -105,8 +105,9 @@ class System(nn.Module):
         inputs = self.input_group
         if x.shape[-1] != inputs.size:
             raise OptionError(
-                "input", f"input has {x.shape[-1]} features but group {inputs.name!r} "
-                f"has {inputs.size} particles"
+                "input",
+                f"input has {x.shape[-1]} features but group {inputs.name!r} "
+                f"has {inputs.size} particles",
             )
         if self.input_scaling:
             charge = inputs.charge if inputs.charge.ndim == 1 else inputs.charge[:, 0]
@@ -137,7 +138,9 @@ class System(nn.Module):
     def effective_weights(self) -> dict[str, Tensor]:
         """``[M, N]`` weight of every interaction, keyed ``"source->target"``."""
         return {
-            f"{i.source}->{i.target}": i.effective_weight(self.groups[i.source], self.groups[i.target])
+            f"{i.source}->{i.target}": i.effective_weight(
+                self.groups[i.source], self.groups[i.target]
+            )
             for i in self.interactions
         }
 

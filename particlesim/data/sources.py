@@ -482,8 +482,10 @@ def _not_found_message(spec: DatasetSpec, tried: list[str]) -> str:
     names = ", ".join(f"{file}(.gz)" for file in spec.files)
     places = "; ".join(f"({i}) {place}" for i, place in enumerate(tried, 1))
     if spec.data_dir_only:
-        return f"{spec.label} data set not found; tried {places}; to fix: set data_dir in [data]" \
+        return (
+            f"{spec.label} data set not found; tried {places}; to fix: set data_dir in [data]"
             f" to a folder holding {names}"
+        )
     fix = f"set data_dir in [data] or {ENV_VAR} to a folder holding {names}"
     if spec.md5 is not None:
         if spec.system_dirs:

@@ -36,13 +36,23 @@ class MetricsWriter(Writer):
 
     name = "metrics"
     default_observables = (
-        "epoch", "train_loss", "train_accuracy", "val_accuracy", "test_loss", "test_accuracy",
-        "lr", "wall_time",
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "val_accuracy",
+        "test_loss",
+        "test_accuracy",
+        "lr",
+        "wall_time",
     )
 
     def __init__(
-        self, *, trigger: Trigger | int | None = None, observables: list[str] | None = None,
-        format: Literal["jsonl", "csv"] = "jsonl", file: str | None = None,
+        self,
+        *,
+        trigger: Trigger | int | None = None,
+        observables: list[str] | None = None,
+        format: Literal["jsonl", "csv"] = "jsonl",
+        file: str | None = None,
     ) -> None:
         super().__init__(trigger=trigger, observables=observables)
         self.format = format

@@ -20,7 +20,14 @@ from particlesim.kernels.ops import (
 )
 
 __all__ = [
-    "CauchyKernel", "ExponentialKernel", "GaussianKernel", "Kernel", "RadialKernel",
-    "effective_weight", "kernel_matmul", "kernel_matmul_chunked", "kernel_matmul_reference",
+    "CauchyKernel",
+    "ExponentialKernel",
+    "GaussianKernel",
+    "Kernel",
+    "RadialKernel",
+    "effective_weight",
+    "kernel_matmul",
+    "kernel_matmul_chunked",
+    "kernel_matmul_reference",
     "squared_distance",
 ]

@@ -59,14 +59,14 @@ class RadialKernel(Kernel):
         try:
             widths = torch.as_tensor(width, dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError) as exc:
-            raise ValueError(
-                f"kernel {self.name!r}: width must be numbers, got {width!r}"
-            ) from exc
+            raise ValueError(f"kernel {self.name!r}: width must be numbers, got {width!r}") from exc
         if widths.ndim == 0:  # a plain, numpy or 0-d tensor scalar
             widths = widths.reshape(1)
         # ``not (w > 0)`` also rejects NaN; infinite widths would make every u = 0.
-        if widths.ndim != 1 or widths.numel() == 0 or not bool(
-            ((widths > 0) & torch.isfinite(widths)).all()
+        if (
+            widths.ndim != 1
+            or widths.numel() == 0
+            or not bool(((widths > 0) & torch.isfinite(widths)).all())
         ):
             raise ValueError(
                 f"kernel {self.name!r}: width must be one positive finite number or a non-empty "

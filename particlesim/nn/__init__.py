@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -80,17 +81,21 @@ class ParticleLinear(nn.Module):
     @property
     def weight(self) -> Tensor:
         """The effective ``[M, N]`` weight (materialised on demand)."""
-        return effective_weight(self.kernel, self.position, self.source_position,
-                                charge=self.charge)
+        return effective_weight(
+            self.kernel, self.position, self.source_position, charge=self.charge
+        )
 
     def forward(self, x: Tensor) -> Tensor:
-        y = kernel_matmul(x, self.kernel, self.position, self.source_position,
-                          charge=self.charge, mode=self.mode)
+        y = kernel_matmul(
+            x, self.kernel, self.position, self.source_position, charge=self.charge, mode=self.mode
+        )
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"dim={self.dim}, bias={self.bias is not None}, mode={self.mode!r}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"dim={self.dim}, bias={self.bias is not None}, mode={self.mode!r}"
+        )
 
 
 def particle_mlp(
@@ -110,9 +115,16 @@ def particle_mlp(
         spread = math.sqrt((5.0 ** (3.0 / dim) - 1.0) / 4.0)
     layers: list[nn.Module] = []
     previous: nn.Parameter | None = None
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layer = ParticleLinear(n_in, n_out, dim=dim, source_position=previous, spread=spread,
-                               generator=generator, **layer_options)
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        layer = ParticleLinear(
+            n_in,
+            n_out,
+            dim=dim,
+            source_position=previous,
+            spread=spread,
+            generator=generator,
+            **layer_options,
+        )
         previous = layer.position
         layers.append(layer)
         if i < len(sizes) - 2:

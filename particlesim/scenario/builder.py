@@ -24,22 +24,40 @@ from particlesim.errors import OptionError, ParticlesimError, RegistryError, Sce
 from particlesim.scenario.options import check_options, check_type, defaults, type_name
 
 SECTIONS = (
-    "scenario", "data", "model", "system", "groups", "interactions", "potentials",
-    "integrator", "observables", "writers", "run", "plugins",
+    "scenario",
+    "data",
+    "model",
+    "system",
+    "groups",
+    "interactions",
+    "potentials",
+    "integrator",
+    "observables",
+    "writers",
+    "run",
+    "plugins",
 )
 
 
 # The engine's own sections declare their keys as typed signatures, like any plugin.
 def scenario_section(
-    *, name: str = "", seed: int = 0, device: str = "auto",
-    dtype: Literal["float32", "float64"] = "float32", description: str = "",
+    *,
+    name: str = "",
+    seed: int = 0,
+    device: str = "auto",
+    dtype: Literal["float32", "float64"] = "float32",
+    description: str = "",
 ) -> None:
     """``[scenario]``: name, seed, device (auto/cpu/cuda), dtype."""
 
 
 def run_section(
-    *, epochs: float | None = None, steps: int | None = None, batch_size: int = 128,
-    eval_batch_size: int = 2000, record_initial: bool = False,
+    *,
+    epochs: float | None = None,
+    steps: int | None = None,
+    batch_size: int = 128,
+    eval_batch_size: int = 2000,
+    record_initial: bool = False,
 ) -> None:
     """``[run]``: length (epochs or steps) and batch sizes."""
 
@@ -49,22 +67,37 @@ def system_section(*, input_scaling: bool = False) -> None:
 
 
 def group_section(
-    *, name: str, size: int, dim: int = 3, layout: str = "gaussian", spread: float = 1.0,
-    layout_options: dict[str, Any] | None = None, charge_channels: int = 1,
-    charge_std: float | None = None, bias: bool = False, frozen: list[str] | None = None,
+    *,
+    name: str,
+    size: int,
+    dim: int = 3,
+    layout: str = "gaussian",
+    spread: float = 1.0,
+    layout_options: dict[str, Any] | None = None,
+    charge_channels: int = 1,
+    charge_std: float | None = None,
+    bias: bool = False,
+    frozen: list[str] | None = None,
     activation: str = "identity",
 ) -> None:
     """``[[groups]]``: one particle group (see :meth:`ParticleGroup.create`)."""
 
 
 def interaction_section(
-    *, kind: str, source: str, target: str, kernel: str | dict[str, Any] | None = None,
+    *,
+    kind: str,
+    source: str,
+    target: str,
+    kernel: str | dict[str, Any] | None = None,
 ) -> None:
     """``[[interactions]]``: common keys; the rest go to the interaction class."""
 
 
 def writer_section(
-    *, name: str, every: int | str = "epoch", observables: list[str] | None = None,
+    *,
+    name: str,
+    every: int | str = "epoch",
+    observables: list[str] | None = None,
 ) -> None:
     """``[[writers]]``: ``every`` is a step period or ``"epoch"``; the rest go to the writer."""
 
@@ -95,48 +128,66 @@ class Plan:
 def _table(raw: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
     value = raw.get(key, {})
     if not isinstance(value, dict):
-        raise ScenarioError(f"expected a table [{key}], got {type_name(value)}",
-                            path=key, source=source)
+        raise ScenarioError(
+            f"expected a table [{key}], got {type_name(value)}", path=key, source=source
+        )
     return dict(value)
 
 
 def _array_of_tables(raw: Mapping[str, Any], key: str, source: str) -> list[dict[str, Any]]:
     value = raw.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise ScenarioError(f"expected an array of tables [[{key}]], got {type_name(value)}",
-                            path=key, source=source)
+        raise ScenarioError(
+            f"expected an array of tables [[{key}]], got {type_name(value)}",
+            path=key,
+            source=source,
+        )
     return [dict(v) for v in value]
 
 
 def _construct(
-    registries: Mapping[str, Any], kind: str, table: dict[str, Any], path: str, source: str,
-    *, exclude: tuple[str, ...] = (), extra: Mapping[str, Any] | None = None,
+    registries: Mapping[str, Any],
+    kind: str,
+    table: dict[str, Any],
+    path: str,
+    source: str,
+    *,
+    exclude: tuple[str, ...] = (),
+    extra: Mapping[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Look up ``table["name"]`` in the ``kind`` registry, check the rest, construct it."""
     name = table.pop("name", None)
     if name is None:
-        raise ScenarioError(f"missing required key 'name' (a registered {kind})",
-                            path=path, source=source)
+        raise ScenarioError(
+            f"missing required key 'name' (a registered {kind})", path=path, source=source
+        )
     name = check_type(name, str, f"{path}.name")
     try:
         entry = registries[kind].entry(name, where=f"{path}.name")
     except RegistryError as exc:
-        raise ScenarioError(str(exc).split(": ", 1)[1], path=f"{path}.name",
-                            source=source) from None
+        raise ScenarioError(
+            str(exc).split(": ", 1)[1], path=f"{path}.name", source=source
+        ) from None
     try:
-        options = check_options(entry.factory, table, path, exclude=exclude,
-                                what=f"{kind} {name!r}")
+        options = check_options(
+            entry.factory, table, path, exclude=exclude, what=f"{kind} {name!r}"
+        )
     except ScenarioError as exc:
-        raise ScenarioError(exc.detail + f" (plugin {entry.plugin!r})"
-                            if entry.plugin not in ("particlesim", "") else exc.detail,
-                            path=exc.path, source=source) from None
+        raise ScenarioError(
+            exc.detail + f" (plugin {entry.plugin!r})"
+            if entry.plugin not in ("particlesim", "")
+            else exc.detail,
+            path=exc.path,
+            source=source,
+        ) from None
     instance = _call(entry.factory, {**options, **(extra or {})}, path, source, entry.plugin)
     resolved = {"name": name, **defaults(entry.factory, exclude), **options}
     return instance, resolved
 
 
-def _call(factory: Callable[..., Any], kwargs: dict[str, Any], path: str, source: str,
-          plugin: str = "") -> Any:
+def _call(
+    factory: Callable[..., Any], kwargs: dict[str, Any], path: str, source: str, plugin: str = ""
+) -> Any:
     """Call a component's constructor, turning its range errors into key-path errors."""
     try:
         return factory(**kwargs)
@@ -157,8 +208,13 @@ def _kernel_table(value: str | dict[str, Any] | None, path: str, source: str) ->
     return dict(value)
 
 
-def validate(raw: Mapping[str, Any], registries: Mapping[str, Any], *, source: str = "",
-             base_dir: Path | None = None) -> Plan:
+def validate(
+    raw: Mapping[str, Any],
+    registries: Mapping[str, Any],
+    *,
+    source: str = "",
+    base_dir: Path | None = None,
+) -> Plan:
     """Check a parsed scenario against the schema and the registries; build nothing heavy."""
     if not isinstance(raw, Mapping):
         raise ScenarioError("a scenario must be a TOML table", source=source)
@@ -168,7 +224,8 @@ def validate(raw: Mapping[str, Any], registries: Mapping[str, Any], *, source: s
         if key not in SECTIONS:
             raise ScenarioError(
                 f"unknown section{close_matches(key, SECTIONS)}; sections: {', '.join(SECTIONS)}",
-                path=key, source=source,
+                path=key,
+                source=source,
             )
     resolved: dict[str, Any] = {}
     plan = Plan(resolved, registries, source=source, base_dir=base_dir or Path.cwd())
@@ -182,13 +239,15 @@ def validate(raw: Mapping[str, Any], registries: Mapping[str, Any], *, source: s
 
     resolved["scenario"] = section(scenario_section, "scenario")
     if resolved["scenario"]["seed"] < 0:
-        raise ScenarioError(f"must be >= 0, got {resolved['scenario']['seed']}",
-                            path="scenario.seed", source=source)
+        raise ScenarioError(
+            f"must be >= 0, got {resolved['scenario']['seed']}", path="scenario.seed", source=source
+        )
     resolved["run"] = run = section(run_section, "run")
     for key in ("batch_size", "eval_batch_size", "steps"):
         if run[key] is not None and run[key] < 1:
-            raise ScenarioError(f"must be a positive integer, got {run[key]}",
-                                path=f"run.{key}", source=source)
+            raise ScenarioError(
+                f"must be a positive integer, got {run[key]}", path=f"run.{key}", source=source
+            )
     if run["epochs"] is not None and not run["epochs"] > 0:
         raise ScenarioError(f"must be > 0, got {run['epochs']}", path="run.epochs", source=source)
     if run["epochs"] is not None and run["steps"] is not None:
@@ -209,8 +268,11 @@ def validate(raw: Mapping[str, Any], registries: Mapping[str, Any], *, source: s
     plan.dataset, resolved["data"] = _construct(registries, "dataset", data, "data", source)
 
     if "model" in raw and ("groups" in raw or "interactions" in raw):
-        raise ScenarioError("give either [model] or [[groups]] with [[interactions]], not both",
-                            path="model", source=source)
+        raise ScenarioError(
+            "give either [model] or [[groups]] with [[interactions]], not both",
+            path="model",
+            source=source,
+        )
     if "model" in raw:
         plan.model, resolved["model"] = _construct(
             registries, "model", _table(raw, "model", source), "model", source
@@ -219,11 +281,13 @@ def validate(raw: Mapping[str, Any], registries: Mapping[str, Any], *, source: s
     elif "groups" in raw:
         resolved["system"] = section(system_section, "system")
         resolved["groups"] = _validate_groups(raw, registries, source)
-        resolved["interactions"] = _validate_interactions(raw, registries, resolved["groups"],
-                                                          source)
+        resolved["interactions"] = _validate_interactions(
+            raw, registries, resolved["groups"], source
+        )
     else:
-        raise ScenarioError("no network: add a [model] table or [[groups]] and [[interactions]]",
-                            source=source)
+        raise ScenarioError(
+            "no network: add a [model] table or [[groups]] and [[interactions]]", source=source
+        )
 
     resolved["potentials"] = []
     for i, table in enumerate(_array_of_tables(raw, "potentials", source)):
@@ -238,8 +302,7 @@ def validate(raw: Mapping[str, Any], registries: Mapping[str, Any], *, source: s
 
     resolved["observables"] = []
     for i, table in enumerate(_array_of_tables(raw, "observables", source)):
-        observable, entry = _construct(registries, "observable", table, f"observables[{i}]",
-                                       source)
+        observable, entry = _construct(registries, "observable", table, f"observables[{i}]", source)
         plan.observables.append(observable)
         resolved["observables"].append(entry)
 
@@ -248,15 +311,23 @@ def validate(raw: Mapping[str, Any], registries: Mapping[str, Any], *, source: s
         path = f"writers[{i}]"
         every = table.pop("every", "epoch")
         trigger = _trigger(every, f"{path}.every", source)
-        writer, entry = _construct(registries, "writer", table, path, source,
-                                   exclude=("trigger",), extra={"trigger": trigger})
+        writer, entry = _construct(
+            registries,
+            "writer",
+            table,
+            path,
+            source,
+            exclude=("trigger",),
+            extra={"trigger": trigger},
+        )
         plan.writers.append(writer)
         resolved["writers"].append({**entry, "every": every})
     return plan
 
 
-def _check_named_components(options: Mapping[str, Any], registries: Mapping[str, Any],
-                            path: str, source: str) -> None:
+def _check_named_components(
+    options: Mapping[str, Any], registries: Mapping[str, Any], path: str, source: str
+) -> None:
     """Options named after a registry (``kernel = "gaussian"``) must name a registered entry."""
     for kind in ("kernel", "activation", "integrator", "potential"):
         value = options.get(kind)
@@ -272,8 +343,11 @@ def _trigger(every: Any, path: str, source: str) -> Trigger:
         return OnEpoch()
     if isinstance(every, int) and not isinstance(every, bool) and every >= 1:
         return Periodic(every)
-    raise ScenarioError(f"expected a positive integer (steps) or \"epoch\", got {type_name(every)}",
-                        path=path, source=source)
+    raise ScenarioError(
+        f'expected a positive integer (steps) or "epoch", got {type_name(every)}',
+        path=path,
+        source=source,
+    )
 
 
 def _validate_groups(raw, registries, source) -> list[dict[str, Any]]:
@@ -287,14 +361,21 @@ def _validate_groups(raw, registries, source) -> list[dict[str, Any]]:
             raise ScenarioError(exc.detail, path=exc.path, source=source) from None
         for key in ("size", "dim"):
             if entry[key] < 1:
-                raise ScenarioError(f"must be a positive integer, got {entry[key]}",
-                                    path=f"{path}.{key}", source=source)
+                raise ScenarioError(
+                    f"must be a positive integer, got {entry[key]}",
+                    path=f"{path}.{key}",
+                    source=source,
+                )
         if entry["charge_channels"] < 0:
-            raise ScenarioError(f"must be >= 0, got {entry['charge_channels']}",
-                                path=f"{path}.charge_channels", source=source)
+            raise ScenarioError(
+                f"must be >= 0, got {entry['charge_channels']}",
+                path=f"{path}.charge_channels",
+                source=source,
+            )
         if entry["name"] in names:
-            raise ScenarioError(f"duplicate group name {entry['name']!r}", path=f"{path}.name",
-                                source=source)
+            raise ScenarioError(
+                f"duplicate group name {entry['name']!r}", path=f"{path}.name", source=source
+            )
         names.add(entry["name"])
         if entry["activation"] not in registries["activation"]:
             try:
@@ -303,8 +384,9 @@ def _validate_groups(raw, registries, source) -> list[dict[str, Any]]:
                 raise ScenarioError(str(exc), path=f"{path}.activation", source=source) from None
         groups.append(entry)
     if len(groups) < 2:
-        raise ScenarioError(f"a system needs at least 2 groups, got {len(groups)}",
-                            path="groups", source=source)
+        raise ScenarioError(
+            f"a system needs at least 2 groups, got {len(groups)}", path="groups", source=source
+        )
     return groups
 
 
@@ -324,20 +406,27 @@ def _validate_interactions(raw, registries, groups, source) -> list[dict[str, An
 
                 raise ScenarioError(
                     f"unknown group {common[end]!r}{close_matches(common[end], names)}; "
-                    f"groups: {', '.join(names)}", path=f"{path}.{end}", source=source,
+                    f"groups: {', '.join(names)}",
+                    path=f"{path}.{end}",
+                    source=source,
                 )
         try:
             entry = registries["interaction"].entry(common["kind"])
         except RegistryError as exc:
             raise ScenarioError(str(exc), path=f"{path}.kind", source=source) from None
-        options = check_options(entry.factory, table, path,
-                                exclude=("source", "target", "kernel", "generator"),
-                                what=f"interaction {common['kind']!r}")
+        options = check_options(
+            entry.factory,
+            table,
+            path,
+            exclude=("source", "target", "kernel", "generator"),
+            what=f"interaction {common['kind']!r}",
+        )
         resolved = {**common, **options}
         if "kernel" in _param_names(entry.factory):
             kernel = _kernel_table(common.get("kernel"), f"{path}.kernel", source)
-            _, resolved["kernel"] = _construct(registries, "kernel", kernel, f"{path}.kernel",
-                                               source)
+            _, resolved["kernel"] = _construct(
+                registries, "kernel", kernel, f"{path}.kernel", source
+            )
         interactions.append(resolved)
     return interactions
 
@@ -359,8 +448,14 @@ class Built:
     device: torch.device
 
 
-def build(plan: Plan, *, device: str | None = None, hooks: Any = None,
-          log: Callable[[str], None] = print, extra_writers: list[Any] | None = None) -> Built:
+def build(
+    plan: Plan,
+    *,
+    device: str | None = None,
+    hooks: Any = None,
+    log: Callable[[str], None] = print,
+    extra_writers: list[Any] | None = None,
+) -> Built:
     """Load the data, create the system and the simulation described by ``plan``."""
     resolved, registries, source = plan.resolved, plan.registries, plan.source
     scenario = resolved["scenario"]
@@ -376,9 +471,13 @@ def build(plan: Plan, *, device: str | None = None, hooks: Any = None,
     input_size = int(data.train_x.shape[1])
     if plan.model is not None:
         try:
-            system = plan.model.build(registries=registries, input_size=input_size,
-                                      num_classes=data.num_classes, generator=generator,
-                                      dtype=dtype)
+            system = plan.model.build(
+                registries=registries,
+                input_size=input_size,
+                num_classes=data.num_classes,
+                generator=generator,
+                dtype=dtype,
+            )
         except OptionError as exc:
             raise ScenarioError(exc.detail, path=f"model.{exc.key}", source=source) from None
     else:
@@ -386,18 +485,27 @@ def build(plan: Plan, *, device: str | None = None, hooks: Any = None,
     potentials = []
     for i, table in enumerate(resolved["potentials"]):
         options = {k: v for k, v in table.items() if k != "name"}
-        potentials.append(_call(registries["potential"].get(table["name"]), options,
-                                f"potentials[{i}]", source))
+        potentials.append(
+            _call(registries["potential"].get(table["name"]), options, f"potentials[{i}]", source)
+        )
     for potential in potentials:
         system.potentials.append(potential)
     system = system.to(dtype)
     run = resolved["run"]
     try:
         simulation = Simulation(
-            system, plan.integrator, data, epochs=run["epochs"], steps=run["steps"],
-            batch_size=run["batch_size"], eval_batch_size=run["eval_batch_size"], seed=seed,
-            device=torch_device, observables=plan.observables,
-            writers=[*plan.writers, *(extra_writers or [])], hooks=hooks,
+            system,
+            plan.integrator,
+            data,
+            epochs=run["epochs"],
+            steps=run["steps"],
+            batch_size=run["batch_size"],
+            eval_batch_size=run["eval_batch_size"],
+            seed=seed,
+            device=torch_device,
+            observables=plan.observables,
+            writers=[*plan.writers, *(extra_writers or [])],
+            hooks=hooks,
             record_initial=run["record_initial"],
         )
     except OptionError as exc:
@@ -413,12 +521,19 @@ def _build_groups(resolved, registries, generator, dtype, source) -> System:
         activation = options.pop("activation")
         try:
             group = ParticleGroup.create(
-                name, options.pop("size"), options.pop("dim"), generator=generator,
-                layout=options.pop("layout"), spread=options.pop("spread"),
+                name,
+                options.pop("size"),
+                options.pop("dim"),
+                generator=generator,
+                layout=options.pop("layout"),
+                spread=options.pop("spread"),
                 layout_options=options.pop("layout_options"),
                 charge_channels=options.pop("charge_channels"),
-                charge_std=options.pop("charge_std"), bias=options.pop("bias"),
-                frozen=options.pop("frozen") or (), activation=activation, dtype=dtype,
+                charge_std=options.pop("charge_std"),
+                bias=options.pop("bias"),
+                frozen=options.pop("frozen") or (),
+                activation=activation,
+                dtype=dtype,
             )
         except OptionError as exc:
             raise ScenarioError(exc.detail, path=f"groups[{i}].{exc.key}", source=source) from None
@@ -433,17 +548,26 @@ def _build_groups(resolved, registries, generator, dtype, source) -> System:
         factory = registries["interaction"].get(kind)
         if isinstance(kernel_table, dict) and "kernel" in _param_names(factory):
             kernel_options = {k: v for k, v in kernel_table.items() if k != "name"}
-            options["kernel"] = _call(registries["kernel"].get(kernel_table["name"]),
-                                      kernel_options, f"interactions[{i}].kernel", source)
+            options["kernel"] = _call(
+                registries["kernel"].get(kernel_table["name"]),
+                kernel_options,
+                f"interactions[{i}].kernel",
+                source,
+            )
         if "generator" in _param_names(factory):
             options["generator"] = generator
-        interactions.append(_call(factory, {"source": src, "target": dst, **options},
-                                  f"interactions[{i}]", source))
+        interactions.append(
+            _call(factory, {"source": src, "target": dst, **options}, f"interactions[{i}]", source)
+        )
     activations = {
         g.name: registries["activation"].get(g.activation)(size=g.size) for g in groups[1:]
     }
     try:
-        return System(groups, interactions, activations=activations,
-                      input_scaling=resolved["system"]["input_scaling"])
+        return System(
+            groups,
+            interactions,
+            activations=activations,
+            input_scaling=resolved["system"]["input_scaling"],
+        )
     except OptionError as exc:
         raise ScenarioError(exc.detail, path=exc.key, source=source) from None

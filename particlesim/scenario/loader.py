@@ -22,8 +22,9 @@ def read_scenario(path: str | Path) -> dict[str, Any]:
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ScenarioError(f"not UTF-8 text ({exc.reason} at byte {exc.start})",
-                            source=str(file)) from None
+        raise ScenarioError(
+            f"not UTF-8 text ({exc.reason} at byte {exc.start})", source=str(file)
+        ) from None
     return parse_scenario(text, source=str(file))
 
 

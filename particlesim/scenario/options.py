@@ -18,14 +18,25 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from particlesim.errors import ScenarioError, close_matches
 
-_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-          type(None): "nothing"}
+_NAMES = {
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+    type(None): "nothing",
+}
 
 
 def type_name(value: Any) -> str:
     """How a TOML value is called in messages: ``'abc' (a string)``."""
-    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-             list: "an array", dict: "a table"}
+    kinds = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }
     return f"{value!r} ({kinds.get(type(value), type(value).__name__)})"
 
 
@@ -42,8 +53,11 @@ def describe(annotation: Any) -> str:
         return " or ".join(describe(a) for a in get_args(annotation) if a is not type(None))
     if origin in (list, tuple, typing.Sequence, Iterable) or annotation in (list, tuple):
         args = get_args(annotation)
-        return f"an array of {describe(args[0]).removeprefix('a ').removeprefix('an ')}s" if args \
+        return (
+            f"an array of {describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+            if args
             else "an array"
+        )
     if origin in (dict, Mapping) or annotation is dict:
         return "a table"
     return getattr(annotation, "__name__", str(annotation))
@@ -112,7 +126,8 @@ def option_parameters(
     signature = inspect.signature(target)
     skip = {"self", *exclude}
     return {
-        name: p for name, p in signature.parameters.items()
+        name: p
+        for name, p in signature.parameters.items()
         if name not in skip and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
     }
 
@@ -141,9 +156,12 @@ def check_options(
     params = option_parameters(factory, exclude)
     hints = option_hints(factory)
     checked: dict[str, Any] = {}
-    accepts_any = any(p.kind == p.VAR_KEYWORD for p in
-                      inspect.signature(factory.__init__ if inspect.isclass(factory)
-                                        else factory).parameters.values())
+    accepts_any = any(
+        p.kind == p.VAR_KEYWORD
+        for p in inspect.signature(
+            factory.__init__ if inspect.isclass(factory) else factory
+        ).parameters.values()
+    )
     for key, value in table.items():
         key_path = f"{path}.{key}" if path else key
         if key not in params:
@@ -170,6 +188,7 @@ def check_options(
 def defaults(factory: Callable[..., Any], exclude: Iterable[str] = ()) -> dict[str, Any]:
     """Default value of every option that has one (for the resolved scenario)."""
     return {
-        name: p.default for name, p in option_parameters(factory, exclude).items()
+        name: p.default
+        for name, p in option_parameters(factory, exclude).items()
         if p.default is not inspect.Parameter.empty
     }

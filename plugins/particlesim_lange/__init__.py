@@ -133,30 +133,44 @@ class ParticleNetwork(Model):
         widths = channel_widths(self.kernel_width, self.charge_channels)
         groups = [
             ParticleGroup.create(
-                names[0], sizes[0], self.dim, generator=generator, spread=spread,
-                charge_channels=1 if self.input_scaling else 0, dtype=dtype,
+                names[0],
+                sizes[0],
+                self.dim,
+                generator=generator,
+                spread=spread,
+                charge_channels=1 if self.input_scaling else 0,
+                dtype=dtype,
             )
         ]
         interactions = []
         for i in range(1, len(sizes)):
             group = ParticleGroup.create(
-                names[i], sizes[i], self.dim, generator=generator, spread=spread,
-                charge_channels=self.charge_channels, bias=self.bias, dtype=dtype,
+                names[i],
+                sizes[i],
+                self.dim,
+                generator=generator,
+                spread=spread,
+                charge_channels=self.charge_channels,
+                bias=self.bias,
+                dtype=dtype,
                 activation=self.activation if i < len(sizes) - 1 else "identity",
             )
-            kernel = kernel_class(width=widths if len(widths) > 1 else widths[0],
-                                  learnable_width=self.learnable_width)
+            kernel = kernel_class(
+                width=widths if len(widths) > 1 else widths[0], learnable_width=self.learnable_width
+            )
             self._init_charges(group, groups[-1], kernel, generator)
             groups.append(group)
-            interactions.append(KernelInteraction(groups[-2], group, kernel=kernel,
-                                                  mode=self.mode))
-        activations = {name: activation(size=size) for name, size in
-                       zip(names[1:-1], sizes[1:-1], strict=True)}
-        return System(groups, interactions, activations=activations,
-                      input_scaling=self.input_scaling)
+            interactions.append(KernelInteraction(groups[-2], group, kernel=kernel, mode=self.mode))
+        activations = {
+            name: activation(size=size) for name, size in zip(names[1:-1], sizes[1:-1], strict=True)
+        }
+        return System(
+            groups, interactions, activations=activations, input_scaling=self.input_scaling
+        )
 
-    def _init_charges(self, target: ParticleGroup, source: ParticleGroup, kernel,
-                      generator: torch.Generator) -> None:
+    def _init_charges(
+        self, target: ParticleGroup, source: ParticleGroup, kernel, generator: torch.Generator
+    ) -> None:
         """Draw the target's charges per ``charge_init`` (see the module docstring)."""
         shape = target.charge.shape
         noise = torch.randn(*shape, generator=generator, dtype=torch.float64)
