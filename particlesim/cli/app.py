@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 import sys
 import time
@@ -115,19 +114,6 @@ def default_out_dir(plan: Any, scenario: Path) -> Path:
     return Path("runs") / name
 
 
-def write_resolved_scenario(plan: Any, path: Path) -> None:
-    import tomli_w
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items() if v is not None}
-        if isinstance(value, list):
-            return [clean(v) for v in value]
-        return value
-
-    path.write_text(tomli_w.dumps(clean(plan.resolved)), encoding="utf-8")
-
-
 @app.command()
 def run(
     scenario: Annotated[Path, typer.Argument(help="Scenario TOML file.")],
@@ -157,11 +143,15 @@ def run(
         built = build(plan, device=device, hooks=manager, log=lambda m: typer.echo(m, err=True))
     except ParticlesimError as exc:
         raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail(
+            "interrupted before the run started; nothing was written", EXIT_INTERRUPTED
+        ) from None
 
     if out_dir.exists() and overwrite:
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_resolved_scenario(plan, out_dir / "scenario.toml")
+    (out_dir / "scenario.toml").write_text(plan.to_toml(), encoding="utf-8")
     sim = built.simulation
     typer.echo(
         f"run: {sim.total_steps} steps ({sim.steps_per_epoch}/epoch) on {built.device}, "
@@ -245,13 +235,12 @@ class ProgressBar:
 
 
 def _summary(plan: Any, built: Any, status: str, error: str | None) -> dict[str, Any]:
-    import torch
-
     sim = built.simulation
     test_loss, test_accuracy = sim.evaluate("test")
     _, val_accuracy = sim.evaluate("val")
+    meta = sim.metadata
     return {
-        "scenario": plan.resolved["scenario"]["name"] or Path(plan.source).stem,
+        "scenario": meta["scenario_name"],
         "status": status,
         "error": error,
         "test_accuracy": test_accuracy,
@@ -265,13 +254,10 @@ def _summary(plan: Any, built: Any, status: str, error: str | None) -> dict[str,
         "wall_time_s": sim.wall_time(),
         "seconds_per_epoch": sim.wall_time() / max(sim.step / sim.steps_per_epoch, 1e-12),
         "device": str(built.device),
-        "data_source": built.data.source,
-        "seed": plan.seed,
-        "versions": {
-            "particlesim": __version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "data_source": meta["data_source"],
+        "seed": meta["seed"],
+        "versions": meta["versions"],
+        "plugins": meta["plugins"],
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

@@ -68,6 +68,7 @@ def builtin_observables() -> list[Observable]:
     """The observables every simulation offers."""
     return [
         FunctionObservable("step", lambda s: float(s.step), "", "absolute step count"),
+        FunctionObservable("time", lambda s: s.time, "", "integrated step size Σ η"),
         FunctionObservable("epoch", lambda s: s.step / s.steps_per_epoch, "", "epochs done"),
         FunctionObservable("loss", lambda s: s.last_loss, "nats", "data loss of the last batch"),
         FunctionObservable(
@@ -111,6 +112,3 @@ def to_python(value: Tensor | float) -> float | list:
         value = value.detach().to("cpu", torch.float64)
         return value.item() if value.ndim == 0 else value.tolist()
     return float(value)
-
-
-BUILTIN_OBSERVABLES: tuple[type[Observable], ...] = ()

@@ -134,11 +134,17 @@ class Simulation:
                     )
         self.hooks = hooks
         self.record_initial = record_initial
+        #: Facts about the run that writers record (scenario text, seed, versions, data source).
+        self.metadata: dict[str, Any] = {"seed": seed, "data_source": data.source}
         self.step = 0
+        #: Integrated step size Σ_s η_s: the "physical" time of gradient flow (dt = η),
+        #: recorded as H5MD ``time`` beside ``step``.
+        self.time = 0.0
         self.last_loss = float("nan")
         self._running: dict[str, Tensor] = {}
         self._running_count = 0
         self._eval_cache: dict[tuple[int, str], tuple[float, float]] = {}
+        self._order_epoch = -1  # the epoch whose batch order is in self._order
         self._wall_start: float | None = None
         self._wall_before = 0.0
 
@@ -194,13 +200,12 @@ class Simulation:
         return torch.randperm(self.train_x.shape[0], generator=generator).to(self.device)
 
     def _report(self, step: int) -> None:
-        due = [w for w in self.writers if w.is_due(step)]
+        due = [(w, wanted) for w in self.writers if (wanted := w.wants(step)) is not None]
         if not due:
             return
-        names = sorted({name for w in due for name in w.observables})
-        values = self.measure(names)
-        for writer in due:
-            writer.report(self, step, {name: values[name] for name in writer.observables})
+        values = self.measure(sorted({name for _, wanted in due for name in wanted}))
+        for writer, wanted in due:
+            writer.report(self, step, {name: values[name] for name in wanted})
 
     def _call_hook(self, name: str, **kwargs: Any) -> None:
         if self.hooks is not None and self.hooks.has_impls(name):
@@ -223,13 +228,14 @@ class Simulation:
             while self.step < self.total_steps:
                 epoch, index = divmod(self.step, self.steps_per_epoch)
                 if index == 0:
-                    self._order = self._batch_order(epoch)
                     self._running = {}
                     self._running_count = 0
-                elif not hasattr(self, "_order"):
+                if index == 0 or self._order_epoch != epoch:
                     self._order = self._batch_order(epoch)
+                    self._order_epoch = epoch
                 rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
                 self._train_step(self.train_x[rows], self.train_y[rows])
+                self.time += self.integrator.step_size(self.step)
                 self.step += 1
                 self._report(self.step)
                 if step_end:

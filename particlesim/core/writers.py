@@ -50,6 +50,15 @@ class Writer:
     def is_due(self, step: int) -> bool:
         return self.trigger(step)
 
+    def wants(self, step: int) -> tuple[str, ...] | None:
+        """``None`` when not due at ``step``; else the observables to compute for this frame.
+
+        A writer with several element periods (particles every 100 steps,
+        observables every epoch) overrides this to ask for observables only
+        at the steps it records them.
+        """
+        return self.observables if self.trigger(step) else None
+
     def describe_next(self, simulation: Simulation) -> Request:
         """Steps until this writer is next due (scanning ahead), and what it needs."""
         step = simulation.step

@@ -1,5 +1,22 @@
-"""Input and output: metrics files, run directories (trajectories come here too)."""
+"""Input and output: metrics files, trajectories, the xarray backend.
 
-from particlesim.io.metrics import MetricsWriter
+Submodules are imported on use, so that light readers (the xarray backend)
+never pull in torch.
+"""
 
-__all__ = ["MetricsWriter"]
+from __future__ import annotations
+
+from typing import Any
+
+_LAZY = {"MetricsWriter": "particlesim.io.metrics"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'particlesim.io' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

@@ -20,7 +20,13 @@ from particlesim.core.group import ParticleGroup
 from particlesim.core.simulation import Simulation
 from particlesim.core.system import System
 from particlesim.core.triggers import OnEpoch, Periodic, Trigger
-from particlesim.errors import OptionError, ParticlesimError, RegistryError, ScenarioError
+from particlesim.errors import (
+    OptionError,
+    ParticlesimError,
+    RegistryError,
+    ScenarioError,
+    close_matches,
+)
 from particlesim.scenario.options import check_options, check_type, defaults, type_name
 
 SECTIONS = (
@@ -124,6 +130,19 @@ class Plan:
     def seed(self) -> int:
         return self.resolved["scenario"]["seed"]
 
+    def to_toml(self) -> str:
+        """The resolved scenario (defaults filled in) as TOML text that runs as it is."""
+        import tomli_w
+
+        def clean(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items() if v is not None}
+            if isinstance(value, list):
+                return [clean(v) for v in value]
+            return value
+
+        return tomli_w.dumps(clean(self.resolved))
+
 
 def _table(raw: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
     value = raw.get(key, {})
@@ -200,7 +219,7 @@ def _call(
         raise ScenarioError(f"{exc}{who}", path=path, source=source) from None
 
 
-def _kernel_table(value: str | dict[str, Any] | None, path: str, source: str) -> dict[str, Any]:
+def _kernel_table(value: str | dict[str, Any] | None) -> dict[str, Any]:
     if value is None:
         return {"name": "gaussian"}
     if isinstance(value, str):
@@ -218,8 +237,6 @@ def validate(
     """Check a parsed scenario against the schema and the registries; build nothing heavy."""
     if not isinstance(raw, Mapping):
         raise ScenarioError("a scenario must be a TOML table", source=source)
-    from particlesim.errors import close_matches
-
     for key in raw:
         if key not in SECTIONS:
             raise ScenarioError(
@@ -402,8 +419,6 @@ def _validate_interactions(raw, registries, groups, source) -> list[dict[str, An
             raise ScenarioError(exc.detail, path=exc.path, source=source) from None
         for end in ("source", "target"):
             if common[end] not in names:
-                from particlesim.errors import close_matches
-
                 raise ScenarioError(
                     f"unknown group {common[end]!r}{close_matches(common[end], names)}; "
                     f"groups: {', '.join(names)}",
@@ -423,7 +438,7 @@ def _validate_interactions(raw, registries, groups, source) -> list[dict[str, An
         )
         resolved = {**common, **options}
         if "kernel" in _param_names(entry.factory):
-            kernel = _kernel_table(common.get("kernel"), f"{path}.kernel", source)
+            kernel = _kernel_table(common.get("kernel"))
             _, resolved["kernel"] = _construct(
                 registries, "kernel", kernel, f"{path}.kernel", source
             )
@@ -510,7 +525,32 @@ def build(
         )
     except OptionError as exc:
         raise ScenarioError(exc.detail, path=exc.key, source=source) from None
+    simulation.metadata.update(run_metadata(plan, data, hooks))
     return Built(plan, system, data, simulation, torch_device)
+
+
+def run_metadata(plan: Plan, data: Any, hooks: Any = None) -> dict[str, Any]:
+    """What a run records about itself: scenario text, seed, versions, plugins, data source."""
+    import platform
+
+    from particlesim import __version__
+
+    plugins = [
+        {"name": p.name, "version": p.version, "source": p.source}
+        for p in getattr(hooks, "plugins", [])
+    ]
+    return {
+        "scenario_name": plan.resolved["scenario"]["name"] or Path(plan.source).stem,
+        "scenario_toml": plan.to_toml(),
+        "seed": plan.seed,
+        "data_source": data.source,
+        "versions": {
+            "particlesim": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "plugins": plugins,
+    }
 
 
 def _build_groups(resolved, registries, generator, dtype, source) -> System:
