@@ -15,4 +15,13 @@ except PackageNotFoundError:  # running from a source tree
 from particlesim.errors import ParticlesimError
 from particlesim.plugins.hookspecs import hookimpl
 
-__all__ = ["ParticlesimError", "__version__", "hookimpl"]
+__all__ = ["ParticlesimError", "__version__", "hookimpl", "open_trajectory"]
+
+
+def __getattr__(name: str):
+    """Lazy public names: ``open_trajectory`` pulls in h5py/xarray only when used."""
+    if name == "open_trajectory":
+        from particlesim.io.trajectory import open_trajectory
+
+        return open_trajectory
+    raise AttributeError(f"module 'particlesim' has no attribute {name!r}")
