@@ -49,16 +49,55 @@ class Interaction(nn.Module):
         return f"{self.source} -> {self.target}"
 
 
-def _check_kernel_dims(kernel: Kernel, source: ParticleGroup, target: ParticleGroup) -> None:
-    if source.dim != target.dim:
-        raise OptionError(
-            "target",
-            f"groups {source.name!r} (dim {source.dim}) and {target.name!r} "
-            f"(dim {target.dim}) live in different dimensions",
+class _KernelCoupling(Interaction):
+    """Shared machinery of interactions whose weight carries a kernel of distance.
+
+    Subclasses say what multiplies the kernel through :meth:`weight_factors`
+    (target charges, or a free weight matrix); both execution paths
+    (``reference`` / ``chunked``) come from :func:`particlesim.kernels.kernel_matmul`.
+    """
+
+    def __init__(
+        self,
+        source: ParticleGroup,
+        target: ParticleGroup,
+        *,
+        kernel: Kernel,
+        mode: Literal["auto", "reference", "chunked"],
+        chunk_size: int | None,
+    ) -> None:
+        super().__init__(source, target)
+        if source.dim != target.dim:
+            raise OptionError(
+                "target",
+                f"groups {source.name!r} (dim {source.dim}) and {target.name!r} "
+                f"(dim {target.dim}) live in different dimensions",
+            )
+        self.kernel = kernel
+        self.mode = mode
+        self.chunk_size = chunk_size
+
+    def weight_factors(self, target: ParticleGroup) -> dict[str, Tensor]:
+        """``charge=`` and/or ``modulation=`` arguments of the kernel ops."""
+        raise NotImplementedError  # pragma: no cover
+
+    def forward(self, b: Tensor, source: ParticleGroup, target: ParticleGroup) -> Tensor:
+        from particlesim.kernels.ops import kernel_matmul
+
+        return kernel_matmul(
+            b, self.kernel, target.position, source.position, mode=self.mode,
+            chunk_size=self.chunk_size, **self.weight_factors(target),
+        )  # fmt: skip
+
+    def effective_weight(self, source: ParticleGroup, target: ParticleGroup) -> Tensor:
+        from particlesim.kernels.ops import effective_weight
+
+        return effective_weight(
+            self.kernel, target.position, source.position, **self.weight_factors(target)
         )
 
 
-class KernelInteraction(Interaction):
+class KernelInteraction(_KernelCoupling):
     """Lange's particle interaction: ``W_hj = q_h · k(r_h, r_j)`` (eq. 9).
 
     With ``C`` charge channels (target charge ``[M, C]``) and a kernel of ``C``
@@ -82,8 +121,7 @@ class KernelInteraction(Interaction):
         mode: Literal["auto", "reference", "chunked"] = "auto",
         chunk_size: int | None = None,
     ) -> None:
-        super().__init__(source, target)
-        _check_kernel_dims(kernel, source, target)
+        super().__init__(source, target, kernel=kernel, mode=mode, chunk_size=chunk_size)
         if not target.has("charge"):
             raise OptionError("target", f"group {target.name!r} has no charge field")
         channels = 1 if target.charge.ndim == 1 else target.charge.shape[1]
@@ -93,30 +131,12 @@ class KernelInteraction(Interaction):
                 f"group {target.name!r} has {channels} charge channel(s) but the "
                 f"kernel has {kernel.channels} width(s)",
             )
-        self.kernel = kernel
-        self.mode = mode
-        self.chunk_size = chunk_size
 
-    def forward(self, b: Tensor, source: ParticleGroup, target: ParticleGroup) -> Tensor:
-        from particlesim.kernels.ops import kernel_matmul
-
-        return kernel_matmul(
-            b,
-            self.kernel,
-            target.position,
-            source.position,
-            charge=target.charge,
-            mode=self.mode,
-            chunk_size=self.chunk_size,
-        )
-
-    def effective_weight(self, source: ParticleGroup, target: ParticleGroup) -> Tensor:
-        from particlesim.kernels.ops import effective_weight
-
-        return effective_weight(self.kernel, target.position, source.position, charge=target.charge)
+    def weight_factors(self, target: ParticleGroup) -> dict[str, Tensor]:
+        return {"charge": target.charge}
 
 
-class ModulatedInteraction(Interaction):
+class ModulatedInteraction(_KernelCoupling):
     """Shader's positional interaction: ``W_hj = w_hj · k(r_h, r_j)`` with a free ``w``.
 
     ``w`` starts like ``nn.Linear``'s weight (uniform in ``±1/sqrt(N)``).
@@ -134,36 +154,22 @@ class ModulatedInteraction(Interaction):
         chunk_size: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        super().__init__(source, target)
-        _check_kernel_dims(kernel, source, target)
+        super().__init__(source, target, kernel=kernel, mode=mode, chunk_size=chunk_size)
         if kernel.channels != 1:
             raise OptionError("kernel", "a modulated interaction takes a single-width kernel")
-        self.kernel = kernel
-        self.mode = mode
-        self.chunk_size = chunk_size
-        bound = 1.0 / math.sqrt(source.size)
-        weight = torch.rand(target.size, source.size, generator=generator, dtype=torch.float64)
-        self.weight = nn.Parameter(((weight * 2 - 1) * bound).to(source.position.dtype))
+        self.weight = nn.Parameter(linear_init(source, target, generator))
 
-    def forward(self, b: Tensor, source: ParticleGroup, target: ParticleGroup) -> Tensor:
-        from particlesim.kernels.ops import kernel_matmul
+    def weight_factors(self, target: ParticleGroup) -> dict[str, Tensor]:
+        return {"modulation": self.weight}
 
-        return kernel_matmul(
-            b,
-            self.kernel,
-            target.position,
-            source.position,
-            modulation=self.weight,
-            mode=self.mode,
-            chunk_size=self.chunk_size,
-        )
 
-    def effective_weight(self, source: ParticleGroup, target: ParticleGroup) -> Tensor:
-        from particlesim.kernels.ops import effective_weight
-
-        return effective_weight(
-            self.kernel, target.position, source.position, modulation=self.weight
-        )
+def linear_init(
+    source: ParticleGroup, target: ParticleGroup, generator: torch.Generator | None
+) -> Tensor:
+    """An ``[M, N]`` weight uniform in ``±1/sqrt(N)``, like ``nn.Linear``'s."""
+    bound = 1.0 / math.sqrt(source.size)
+    weight = torch.rand(target.size, source.size, generator=generator, dtype=torch.float64)
+    return ((weight * 2 - 1) * bound).to(source.position.dtype)
 
 
 class DenseInteraction(Interaction):
@@ -179,9 +185,7 @@ class DenseInteraction(Interaction):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(source, target)
-        bound = 1.0 / math.sqrt(source.size)
-        weight = torch.rand(target.size, source.size, generator=generator, dtype=torch.float64)
-        self.weight = nn.Parameter(((weight * 2 - 1) * bound).to(source.position.dtype))
+        self.weight = nn.Parameter(linear_init(source, target, generator))
 
     def forward(self, b: Tensor, source: ParticleGroup, target: ParticleGroup) -> Tensor:
         return b @ self.weight.T
