@@ -70,3 +70,10 @@ class OptionError(ParticlesimError, ValueError):
         self.key = key
         self.detail = message
         super().__init__(f"{key}: {message}")
+
+
+class TrajectoryError(ParticlesimError):
+    """A trajectory file could not be written or read (not HDF5/H5MD, truncated, unknown group).
+
+    Messages start with the file's path, so the CLI's one line says which file.
+    """

@@ -295,6 +295,15 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _register_analysis_commands() -> None:
+    from particlesim.cli.analysis_commands import register
+
+    register(app)
+
+
+_register_analysis_commands()
+
+
 def main() -> None:
     """Console-script entry point: add plugin commands, then run the app."""
     try:

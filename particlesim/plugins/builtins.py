@@ -43,9 +43,10 @@ def particlesim_register_datasets():
 @hookimpl
 def particlesim_register_writers():
     from particlesim.core.writers import MemoryWriter
+    from particlesim.io.h5md import TrajectoryWriter
     from particlesim.io.metrics import MetricsWriter
 
-    return [MetricsWriter, MemoryWriter]
+    return [MetricsWriter, MemoryWriter, TrajectoryWriter]
 
 
 @hookimpl

@@ -1,0 +1,143 @@
+"""The effective weight graph of a network at one frame, and its community structure.
+
+Nodes are particles ``(group, index)`` of every group that a recorded
+interaction touches; an undirected edge joins target particle h and source
+particle j with weight ``|W_hj|``. Zero weights are never edges; ``threshold``
+and ``top_k`` keep the graph sparse. The algorithms are networkx's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import networkx as nx
+import numpy as np
+import xarray as xr
+
+from particlesim.analysis.tree import AnalysisError, endpoints, interactions
+
+Node = tuple[str, int]
+Partition = list[set[Node]]
+
+
+def weight_graph(
+    tree: xr.DataTree,
+    frame: int = -1,
+    *,
+    groups: Iterable[str] | None = None,
+    threshold: float | None = None,
+    top_k: int | None = None,
+) -> nx.Graph:
+    """Graph of effective weights ``|W_hj|`` at one recorded frame.
+
+    Args:
+        tree: the trajectory.
+        frame: index into each interaction's ``time`` axis (connectivity is
+            recorded for all interactions at the same steps); -1 is the last.
+        groups: only interactions touching these groups (default: all).
+        threshold: drop edges with ``|W_hj| < threshold``.
+        top_k: keep, per target particle, only its ``top_k`` strongest
+            incoming edges of each interaction.
+
+    Returns:
+        An undirected ``networkx.Graph``; node ``(group, i)`` has attrs
+        ``group`` and ``index``; edge attr ``weight = |W_hj|`` (summed if two
+        interactions join the same pair). Graph attrs ``step`` and ``time``
+        of the frame (from the first interaction).
+    """
+    found = interactions(tree, groups)
+    if not found:
+        raise AnalysisError(
+            "the trajectory has no connectivity to build a weight graph from; record it "
+            "with the trajectory writer's connectivity option"
+        )
+    if top_k is not None and top_k < 1:
+        raise AnalysisError(f"top_k must be a positive integer, got {top_k}")
+    graph = nx.Graph()
+    for name, ds in found.items():
+        source, target = endpoints(ds, name)
+        w = ds["weight"]
+        if "time" in w.dims:
+            n = w.sizes["time"]
+            if not -n <= frame < n:
+                raise AnalysisError(f"frame {frame} out of range for {n} frames of {name!r}")
+            w = w.isel(time=frame)
+            graph.graph.setdefault("time", float(w["time"]))
+            if "step" in w.coords:
+                graph.graph.setdefault("step", int(w["step"]))
+        values = np.abs(np.asarray(w.transpose("target", "source").values, dtype=np.float64))
+        keep = values > 0
+        if threshold is not None:
+            keep &= values >= threshold
+        if top_k is not None and top_k < values.shape[1]:
+            cut = np.partition(values, -top_k, axis=1)[:, -top_k][:, None]
+            keep &= values >= cut
+        for group, n in ((source, values.shape[1]), (target, values.shape[0])):
+            graph.add_nodes_from(((group, i), {"group": group, "index": i}) for i in range(n))
+        for h, j in zip(*np.nonzero(keep), strict=True):
+            u, v = (target, int(h)), (source, int(j))
+            if graph.has_edge(u, v):
+                graph[u][v]["weight"] += float(values[h, j])
+            else:
+                graph.add_edge(u, v, weight=float(values[h, j]))
+    return graph
+
+
+def modularity(graph: nx.Graph, partition: Iterable[Iterable[Node]]) -> float:
+    """Weighted Newman modularity ``Q = Σ_c [L_c/m - γ(d_c/2m)²]`` of ``partition``.
+
+    A thin call to ``networkx.algorithms.community.modularity`` with
+    ``weight="weight"``; NaN for a graph without edges (``m = 0``).
+    """
+    if graph.size(weight="weight") == 0:
+        return float("nan")
+    return float(nx.community.modularity(graph, [set(c) for c in partition], weight="weight"))
+
+
+def best_partition_modularity(
+    graph: nx.Graph,
+    *,
+    method: str = "louvain",
+    seed: int = 0,
+    resolution: float = 1.0,
+) -> tuple[float, Partition]:
+    """Communities of the weight graph and their modularity.
+
+    Args:
+        method: ``"louvain"`` (``networkx.community.louvain_communities``,
+            deterministic for a given ``seed``) or ``"greedy"``
+            (``greedy_modularity_communities``, Clauset–Newman–Moore).
+        resolution: γ of the modularity; > 1 favours smaller communities.
+
+    Returns:
+        ``(Q, partition)``, the partition a list of node sets, largest first.
+        A graph without edges gives ``(nan, one set per node)``.
+    """
+    if graph.size(weight="weight") == 0:
+        return float("nan"), [{n} for n in graph.nodes]
+    if method == "louvain":
+        parts = nx.community.louvain_communities(
+            graph, weight="weight", resolution=resolution, seed=seed
+        )
+    elif method == "greedy":
+        parts = nx.community.greedy_modularity_communities(
+            graph, weight="weight", resolution=resolution
+        )
+    else:
+        raise AnalysisError(f"method must be 'louvain' or 'greedy', got {method!r}")
+    partition = sorted((set(p) for p in parts), key=len, reverse=True)
+    q = nx.community.modularity(graph, partition, weight="weight", resolution=resolution)
+    return float(q), partition
+
+
+def clustering(graph: nx.Graph) -> float:
+    """Weighted average clustering coefficient (Onnela et al.), ``networkx.average_clustering``.
+
+    Edge weights are normalised by the largest weight. Note that a graph of
+    interactions between successive layers is bipartite and has no triangles:
+    its clustering is 0 unless some interaction joins a group to itself or
+    skips a layer.
+    """
+    if graph.number_of_nodes() == 0:
+        return float("nan")
+    return float(nx.average_clustering(graph, weight="weight"))

@@ -1,0 +1,537 @@
+"""Trajectory commands: ``inspect``, ``analyze``, ``plot`` and ``animate``.
+
+``register(app)`` adds them to a typer app (the main one calls it once). Every
+command opens the trajectory with :func:`particlesim.io.trajectory.open_trajectory`
+and reports any problem as one ``error: …`` line with exit status 2.
+Heavy imports (xarray, matplotlib, networkx) happen inside the commands so
+that ``particlesim --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from particlesim.errors import ParticlesimError
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+EXIT_ERROR = 2
+TABLE_SUFFIXES = (".nc", ".csv")
+FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
+PLOT_KINDS = ("both", "observables", "positions")
+
+FileArgument = Annotated[Path, typer.Argument(help="Trajectory file (H5MD, .h5).")]
+GroupOption = Annotated[
+    list[str] | None,
+    typer.Option("--group", "-g", help="Only this particle group (repeatable; default: all)."),
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    """One ``error: …`` line on stderr; the exit to raise (the app's own ``fail``)."""
+    from particlesim.cli.app import fail
+
+    return fail(message, EXIT_ERROR)
+
+
+def _reader() -> Callable[[Path], xr.DataTree]:
+    """The trajectory reader (a seam that tests can replace)."""
+    try:
+        from particlesim.io.trajectory import open_trajectory
+    except ImportError as exc:
+        raise _fail(f"the trajectory reader is not available: {exc}") from None
+    return open_trajectory
+
+
+@contextmanager
+def _opened(path: Path) -> Iterator[xr.DataTree]:
+    """Open ``path`` as a DataTree, turning every reading problem into one error line."""
+    if not path.exists():
+        raise _fail(f"{path}: no such file")
+    if path.is_dir():
+        raise _fail(f"{path} is a directory; expected a trajectory file (.h5)")
+    open_trajectory = _reader()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tree = open_trajectory(path)
+    except ParticlesimError as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"{path}: cannot read as a trajectory: {exc}") from None
+    for warning in caught:  # e.g. a file from another H5MD writer: one line each
+        typer.echo(f"warning: {warning.message}", err=True)
+    try:
+        yield tree
+    except ParticlesimError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        close = getattr(tree, "close", None)
+        if callable(close):
+            close()
+
+
+def _check_suffix(out: Path, allowed: tuple[str, ...], what: str) -> str:
+    suffix = out.suffix.lower()
+    if suffix not in allowed:
+        raise _fail(
+            f"unsupported {what} format {suffix or '(none)'!r} for {out}; "
+            f"use one of: {', '.join(allowed)}"
+        )
+    return suffix
+
+
+# --- inspect -------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """Attribute values as JSON-ready Python (numpy scalars/arrays, bytes, JSON strings)."""
+    import numpy as np
+
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, str) and value[:1] in "{[":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    return value
+
+
+def _steps(obj: Any, dim: str | None) -> list[int] | None:
+    from particlesim.analysis.tree import step_coord
+
+    if dim is None or obj.sizes.get(dim, 0) == 0:
+        return None
+    steps = step_coord(obj, dim)
+    return [int(steps[0]), int(steps[-1])]
+
+
+def describe(tree: xr.DataTree, path: Path | None = None) -> dict[str, Any]:
+    """What a trajectory holds, as a JSON-ready dict (the ``inspect --json`` output)."""
+    from particlesim.analysis import tree as t
+
+    groups = []
+    for name, ds in t.groups(tree).items():
+        fields = {}
+        for var, da in ds.data_vars.items():
+            fields[str(var)] = {
+                "dims": [str(d) for d in da.dims],
+                "shape": [int(s) for s in da.shape],
+                "frozen": "time" not in da.dims,
+            }
+        frames = int(ds.sizes.get("time", 0))
+        groups.append(
+            {
+                "name": name,
+                "particles": int(ds.sizes.get("particle", 0)),
+                "dimension": int(ds.sizes.get("spatial", ds.attrs.get("dimension", 0))),
+                "fields": fields,
+                "frames": frames,
+                "steps": _steps(ds, "time" if frames else None),
+                "attrs": {str(k): _plain(v) for k, v in ds.attrs.items()},
+            }
+        )
+    observables = []
+    obs = t.observables(tree)
+    for name, da in obs.data_vars.items():
+        dim = t.time_dim(da)
+        frames = int(da.sizes[dim]) if dim else 1
+        last = da.isel({dim: -1}) if dim and frames else da
+        observables.append(
+            {
+                "name": str(name),
+                "frames": frames,
+                "steps": _steps(obs, dim),
+                "last": _plain(last.values) if frames else None,
+                "unit": _plain(da.attrs.get("unit", da.attrs.get("units"))),
+            }
+        )
+    connectivity = []
+    for name, ds in t.interactions(tree).items():
+        source, target = t.endpoints(ds, name)
+        w = ds["weight"]
+        frames = int(w.sizes.get("time", 0))
+        connectivity.append(
+            {
+                "name": name,
+                "source": source,
+                "target": target,
+                "shape": [int(s) for s in w.shape],
+                "frames": frames,
+                "steps": _steps(ds, "time" if frames else None),
+            }
+        )
+    attrs = {str(k): _plain(v) for k, v in tree.attrs.items()}
+    scenario_name = None
+    toml_text = attrs.get("scenario_toml")
+    if isinstance(toml_text, str):
+        import tomllib
+
+        try:
+            scenario_name = tomllib.loads(toml_text).get("scenario", {}).get("name")
+        except tomllib.TOMLDecodeError:
+            scenario_name = None
+    return {
+        "file": None if path is None else str(path),
+        "scenario": scenario_name,
+        "groups": groups,
+        "observables": observables,
+        "connectivity": connectivity,
+        "parameters": attrs,
+    }
+
+
+def _short(value: Any, width: int = 60) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list) and value and all(isinstance(v, float) for v in value):
+        text = "[" + ", ".join(f"{v:.4g}" for v in value) + "]"
+    elif isinstance(value, dict | list):
+        text = json.dumps(value, separators=(", ", ": "))
+    else:
+        text = "-" if value is None else str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _span(steps: list[int] | None) -> str:
+    return "-" if steps is None else f"{steps[0]}…{steps[1]}"
+
+
+def _render(info: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table as RichTable
+
+    class Table(RichTable):
+        def add_row(self, *cells: str) -> None:  # file contents are text, not rich markup
+            super().add_row(*(escape(c) for c in cells))
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)
+    title = info["file"] or "trajectory"
+    if info["scenario"]:
+        title += f"  (scenario {info['scenario']!r})"
+    console.print(f"[bold]{escape(title)}[/bold]")
+
+    table = Table(title="particle groups", title_justify="left")
+    for col in ("group", "particles", "D", "fields", "frames", "steps"):
+        table.add_column(col, justify="right" if col in ("particles", "D", "frames") else "left")
+    for g in info["groups"]:
+        fields = ", ".join(
+            f"{name} [{', '.join(f['dims'])}]" + (" frozen" if f["frozen"] else "")
+            for name, f in g["fields"].items()
+        )
+        table.add_row(
+            g["name"],
+            str(g["particles"]),
+            str(g["dimension"]),
+            fields,
+            str(g["frames"]) if g["frames"] else "-",
+            _span(g["steps"]),
+        )
+    console.print(table)
+
+    if info["observables"]:
+        table = Table(title="observables", title_justify="left")
+        for col in ("observable", "frames", "steps", "last", "unit"):
+            table.add_column(col, justify="right" if col == "frames" else "left")
+        for o in info["observables"]:
+            table.add_row(
+                o["name"], str(o["frames"]), _span(o["steps"]), _short(o["last"]), o["unit"] or ""
+            )
+        console.print(table)
+    else:
+        console.print("observables: none recorded")
+
+    if info["connectivity"]:
+        table = Table(title="connectivity", title_justify="left")
+        for col in ("interaction", "source → target", "weight shape", "frames", "steps"):
+            table.add_column(col)
+        for c in info["connectivity"]:
+            table.add_row(
+                c["name"],
+                f"{c['source']} → {c['target']}",
+                " × ".join(map(str, c["shape"])),
+                str(c["frames"]),
+                _span(c["steps"]),
+            )
+        console.print(table)
+    else:
+        console.print("connectivity: none recorded")
+
+    table = Table(title="parameters", title_justify="left")
+    table.add_column("key")
+    table.add_column("value", overflow="fold")
+    params = dict(info["parameters"])
+    toml_text = params.pop("scenario_toml", None)
+    first = ("seed", "data_source", "versions", "plugins")
+    for key in [*(k for k in first if k in params), *(k for k in params if k not in first)]:
+        table.add_row(key, _short(params[key], 100))
+    if isinstance(toml_text, str):
+        table.add_row("scenario_toml", f"{len(toml_text.splitlines())} lines (use --json)")
+    console.print(table)
+
+
+def inspect_command(
+    file: FileArgument,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show what a trajectory holds: groups, observables, connectivity, parameters."""
+    with _opened(file) as tree:
+        info = describe(tree, file)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+    else:
+        _render(info)
+
+
+# --- analyze -------------------------------------------------------------------------------
+
+
+def _parse_value(text: str) -> Any:
+    """``20`` → 20, ``0.5`` → 0.5, ``true`` → True, ``none`` → None, ``0,5`` → [0, 5]."""
+    if text.lower() in ("none", "null"):
+        return None
+    if "," in text and not text.startswith("["):
+        return [_parse_value(part.strip()) for part in text.split(",")]
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _parse_options(items: list[str] | None) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise _fail(f"--option expects KEY=VALUE (e.g. bins=20), got {item!r}")
+        options[key.strip().replace("-", "_")] = _parse_value(value.strip())
+    return options
+
+
+def netcdf_engine() -> str:
+    """The first netCDF engine installed: netcdf4, h5netcdf, else scipy (netCDF3)."""
+    import importlib.util
+
+    for engine, module in (("netcdf4", "netCDF4"), ("h5netcdf", "h5netcdf"), ("scipy", "scipy")):
+        if importlib.util.find_spec(module) is not None:
+            return engine
+    raise ParticlesimError(
+        "writing .nc needs netCDF4, h5netcdf or scipy; install one, or write .csv"
+    )
+
+
+def _nc_attrs(attrs: dict[Any, Any]) -> dict[str, Any]:
+    """Attributes netCDF (3 included) can store: numbers, strings, 1-D numeric lists."""
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = int(value)
+        elif isinstance(value, dict) or (
+            isinstance(value, list | tuple) and not all(isinstance(v, int | float) for v in value)
+        ):
+            value = json.dumps(_plain(value))
+        out[str(key)] = value
+    return out
+
+
+def write_table(ds: xr.Dataset, out: Path) -> None:
+    """Write metric results: netCDF (``.nc``) or CSV (``.csv``).
+
+    CSV is wide (``to_dataframe().to_csv``: one column per variable, one row
+    per coordinate tuple) when every variable has the same dims; otherwise
+    long, one row per value with columns ``variable``, the dims and coords
+    that apply (empty where they don't) and ``value``.
+    """
+    import pandas as pd
+
+    if out.suffix.lower() == ".nc":
+        ds = ds.copy()
+        ds.attrs = _nc_attrs(ds.attrs)
+        for var in ds.variables.values():
+            var.attrs = _nc_attrs(var.attrs)
+        ds.to_netcdf(out, engine=netcdf_engine())
+        return
+    dims = {tuple(da.dims) for da in ds.data_vars.values()}
+    if len(dims) == 1 and next(iter(dims)):
+        ds.to_dataframe().to_csv(out)
+        return
+    frames = []
+    for name, da in ds.data_vars.items():
+        if da.ndim:
+            df = da.drop_attrs().to_dataframe(name="value").reset_index()
+        else:
+            df = pd.DataFrame({"value": [da.item()]})
+        df.insert(0, "variable", name)
+        frames.append(df)
+    table = pd.concat(frames, ignore_index=True)
+    columns = ["variable", *(c for c in table.columns if c not in ("variable", "value")), "value"]
+    table[columns].to_csv(out, index=False)
+
+
+def _metric_help() -> str:
+    from particlesim.analysis.catalog import METRIC_INFO
+
+    lines = [
+        "Compute metrics of a trajectory and write them to .nc (netCDF) or .csv.",
+        "",
+        "Metrics (options with -O KEY=VALUE, e.g. -O bins=20 -O range=0,5):",
+        "",
+    ]
+    for name, (text, options) in METRIC_INFO.items():
+        opts = ", ".join(f"{k}={v}" for k, v in options.items())
+        lines.append(f"{name}: {text}" + (f" [{opts}]" if opts else "") + "\n")
+    return "\n".join(lines)
+
+
+def analyze_command(
+    file: FileArgument,
+    metrics: Annotated[list[str], typer.Argument(help="Metric names (see above).")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Output file: .nc (netCDF) or .csv.")
+    ],
+    group: GroupOption = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-O", help="Metric option KEY=VALUE (repeatable)."),
+    ] = None,
+) -> None:
+    from particlesim.analysis.metrics import METRICS, compute_metrics
+    from particlesim.analysis.tree import unknown
+
+    _check_suffix(output, TABLE_SUFFIXES, "output")
+    for name in metrics:
+        if name not in METRICS:
+            raise _fail(unknown("metric", name, METRICS))
+    options = _parse_options(option)
+    with _opened(file) as tree:
+        ds = compute_metrics(tree, metrics, groups=group, options=options)
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            write_table(ds, output)
+        except OSError as exc:
+            raise _fail(f"{output}: cannot write: {exc}") from None
+    typer.echo(f"wrote {len(ds.data_vars)} variables to {output}: {', '.join(ds.data_vars)}")
+
+
+# --- plot, animate -------------------------------------------------------------------------
+
+
+def plot_command(
+    file: FileArgument,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Image file: .png, .svg or .pdf.")],
+    frame: Annotated[int, typer.Option(help="Frame of the positions (-1: last).")] = -1,
+    group: GroupOption = None,
+    kind: Annotated[str, typer.Option(help="both, observables or positions.")] = "both",
+    projection: Annotated[str, typer.Option(help="auto, 2d, 3d or pca (positions).")] = "auto",
+    observable: Annotated[
+        list[str] | None,
+        typer.Option("--observable", help="Only this observable (repeatable; default: all)."),
+    ] = None,
+    dpi: Annotated[int, typer.Option(help="Resolution of raster output.")] = 120,
+) -> None:
+    """Plot observables against step and/or the particles' positions at one frame."""
+    suffix = _check_suffix(output, FIGURE_SUFFIXES, "image")
+    if kind not in PLOT_KINDS:
+        raise _fail(f"unknown plot kind {kind!r}; known kinds: {', '.join(PLOT_KINDS)}")
+    from particlesim.analysis import plots
+
+    with _opened(file) as tree:
+        if kind == "observables":
+            fig = plots.plot_observables(tree, observable)
+        elif kind == "positions":
+            fig = plots.plot_positions(tree, frame, group, projection)
+        elif observable:
+            fig = plots.new_figure(figsize=(16, 6), layout="constrained")
+            left, right = fig.subfigures(1, 2)
+            plots.plot_observables(tree, observable, fig=left)
+            plots.plot_positions(tree, frame, group, projection, fig=right)
+        else:
+            fig = plots.plot_summary(tree, frame, group, projection)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(output, format=suffix[1:], dpi=dpi)
+    except OSError as exc:
+        raise _fail(f"{output}: cannot write: {exc}") from None
+    typer.echo(f"wrote {output}")
+
+
+def animate_command(
+    file: FileArgument,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Animation: .gif or .mp4.")],
+    fps: Annotated[int, typer.Option(help="Frames per second.")] = 10,
+    group: GroupOption = None,
+    every: Annotated[int, typer.Option(help="Use every K-th recorded frame.")] = 1,
+    projection: Annotated[str, typer.Option(help="auto, 2d, 3d or pca.")] = "auto",
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Animate the particles moving over training (each group its marker, colour = charge)."""
+    from particlesim.analysis import plots
+    from particlesim.analysis.tree import AnalysisError
+
+    try:
+        plots.check_animation_path(output)
+    except AnalysisError as exc:
+        raise _fail(str(exc)) from None
+    if every < 1:
+        raise _fail(f"--every must be a positive integer, got {every}")
+    with _opened(file) as tree:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        plots.animate(
+            tree,
+            output,
+            groups=group,
+            frames=slice(None, None, every),
+            fps=fps,
+            progress=progress and sys.stderr.isatty(),
+            projection=projection,
+        )
+    typer.echo(f"wrote {output}")
+
+
+COMMANDS: dict[str, Callable[..., None]] = {
+    "inspect": inspect_command,
+    "analyze": analyze_command,
+    "plot": plot_command,
+    "animate": animate_command,
+}
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``inspect``, ``analyze``, ``plot`` and ``animate`` to ``app`` (idempotent)."""
+    existing = {
+        info.name or (info.callback.__name__.replace("_", "-") if info.callback else None)
+        for info in app.registered_commands
+    }
+    for name, func in COMMANDS.items():
+        if name in existing:
+            continue
+        if name == "analyze":
+            app.command(name, help=_metric_help())(func)
+        else:
+            app.command(name)(func)

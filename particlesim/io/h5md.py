@@ -1,0 +1,722 @@
+"""H5MD 1.1 trajectory writer: particle fields, observables and effective weights over time.
+
+The file follows H5MD 1.1 (https://www.nongnu.org/h5md/h5md.html), so independent
+H5MD readers open it; :func:`particlesim.io.trajectory.open_trajectory` reads it
+back as an :class:`xarray.DataTree`::
+
+    /h5md                                  attrs version=[1, 1]
+    /h5md/author                           attrs name
+    /h5md/creator                          attrs name="particlesim", version
+    /particles/<group>/box                 attrs dimension=D, boundary=["none"]*D
+    /particles/<group>/position/step       int64   [T]      (hard links: one pair per clock)
+    /particles/<group>/position/time       float64 [T]      Σ η, the integrated step size
+    /particles/<group>/position/value      [T, N, D]
+    /particles/<group>/charge/value        [T, N] or [T, N, C]
+    /particles/<group>/<field>/value       [T, N, ...]     bias and any other learnable field
+    /particles/<group>/<frozen field>      [N, ...]        time-independent dataset, written once
+    /observables/<name>/{step, time}       shared by the observables sampled together
+    /observables/<name>/value              [T] or [T, ...], attr unit (when it has one)
+    /connectivity/<source>_to_<target>     attrs source, target, kind
+    /connectivity/<source>_to_<target>/weight/{step, time, value [T, M, N]}   effective weights
+    /parameters                            attrs seed, data_source, scenario_name,
+                                           versions (JSON), plugins (JSON), trajectory_writer
+                                           (JSON); dataset scenario_toml (string)
+
+**Clocks.** Elements sampled together share one ``step``/``time`` pair: the pair
+is created in the first element of its clock and hard-linked into the others
+(``file[a].id == file[b].id``). There are up to four clocks: particle frames
+(``trigger``), observables (``observables_every``), epoch observables (every
+epoch) and connectivity (``connectivity_every``); clocks with equal triggers
+are merged. The ``step`` dataset of each clock carries the attribute
+``particlesim_series`` (``"particles"``, ``"observables"``, ``"epoch"`` or
+``"connectivity"``), which the reader uses to name extra time dims
+(``time_epoch``).
+
+**Frozen fields** (a frozen input grid's positions) never change, so they are
+written once, as a plain ``[N, ...]`` dataset in place of the
+``step``/``time``/``value`` group; H5MD allows this for time-independent data.
+
+**Layout fixed at frame 0.** Every dataset is created in :meth:`open`, then the
+file switches to SWMR mode (single writer, multiple readers), so
+``particlesim inspect`` and :func:`open_trajectory` can read it while it grows.
+Value datasets are chunked ``(64 frames, ≤ 256 particles, rest)`` and resizable
+(``maxshape=(None, …)``): appending a frame touches ``⌈N/256⌉`` chunks, and one
+particle's full history is ``⌈T/64⌉`` small chunk reads. Scalar series use
+chunks of 1024 frames. Compression (``gzip`` level 4 or ``lzf``, with shuffle)
+is optional.
+
+**Crash safety.** Within a frame the value rows are written first and the
+clock's ``step`` last, and the file is flushed after every frame: a run killed
+with ``SIGKILL`` leaves a file that opens (with SWMR) and holds every frame up
+to the last flush; readers take ``min(len(step), len(time), len(value))``
+frames.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import math
+import platform
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import h5py
+import numpy as np
+import torch
+
+from particlesim.core.triggers import OnEpoch, Periodic, Trigger, as_trigger, bind_epoch
+from particlesim.core.writers import Request, Writer
+from particlesim.errors import OptionError, TrajectoryError
+
+if TYPE_CHECKING:
+    from particlesim.core.simulation import Simulation
+
+#: H5MD version written to ``/h5md`` attr ``version``.
+H5MD_VERSION = (1, 1)
+#: Frames per chunk of a per-particle value dataset (and of vector observables).
+FRAMES_PER_CHUNK = 64
+#: Particles per chunk of a per-particle value dataset.
+PARTICLES_PER_CHUNK = 256
+#: Frames per chunk of ``step``, ``time`` and scalar observables.
+SCALAR_FRAMES_PER_CHUNK = 1024
+#: Attribute of a clock's ``step`` dataset naming the clock (the reader's ``time_<label>``).
+SERIES_ATTR = "particlesim_series"
+#: HDF5 format bounds: SWMR needs the 1.10 format; nothing newer is required, so
+#: HDF5 ≥ 1.10 readers (h5py, MDAnalysis, VMD's H5MD plugin, …) open the file.
+LIBVER = ("v110", "latest")
+
+Compression = Literal["none", "gzip", "lzf"]
+
+
+def value_chunks(tail: tuple[int, ...]) -> tuple[int, ...]:
+    """Chunk shape of a resizable ``[T, *tail]`` value dataset.
+
+    ``[T]`` → ``(1024,)``; ``[T, N, ...]`` → ``(64, min(N, 256), ...)``: appending a
+    frame writes ``⌈N/256⌉`` chunks and reading one particle's history reads
+    ``⌈T/64⌉`` chunks of a few hundred kB.
+    """
+    if not tail:
+        return (SCALAR_FRAMES_PER_CHUNK,)
+    return (
+        FRAMES_PER_CHUNK,
+        max(1, min(tail[0], PARTICLES_PER_CHUNK)),
+        *(max(1, n) for n in tail[1:]),
+    )
+
+
+def connectivity_chunks(tail: tuple[int, int]) -> tuple[int, int, int]:
+    """Chunk shape of a ``[T, M, N]`` weight dataset: one frame, ≤ 256 × 1024 weights."""
+    return (1, max(1, min(tail[0], 256)), max(1, min(tail[1], 1024)))
+
+
+def compression_options(compression: Compression) -> dict[str, Any]:
+    """``create_dataset`` keywords for ``"none"``, ``"gzip"`` (level 4) or ``"lzf"``."""
+    if compression == "gzip":
+        return {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+    if compression == "lzf":
+        return {"compression": "lzf", "shuffle": True}
+    return {}
+
+
+def chunk_cache(shape: tuple[int, ...], chunks: tuple[int, ...], itemsize: int) -> dict[str, int]:
+    """A per-dataset chunk cache that holds every chunk one frame touches (no evictions)."""
+    per_frame = math.prod(math.ceil(n / c) for n, c in zip(shape[1:], chunks[1:], strict=True))
+    nbytes = per_frame * math.prod(chunks) * itemsize
+    return {"rdcc_nbytes": max(1 << 20, 2 * nbytes), "rdcc_nslots": max(521, 20 * per_frame + 1)}
+
+
+def write_h5md_header(file: h5py.File, *, creator_version: str, author: str | None = None) -> None:
+    """``/h5md`` with ``version=[1, 1]``, ``author/name`` and ``creator/{name, version}``."""
+    h5md = file.create_group("h5md")
+    h5md.attrs["version"] = np.array(H5MD_VERSION, dtype=np.int32)
+    h5md.create_group("author").attrs["name"] = author or _user_name()
+    creator = h5md.create_group("creator")
+    creator.attrs["name"] = "particlesim"
+    creator.attrs["version"] = creator_version
+
+
+def write_box(group: h5py.Group, dim: int) -> None:
+    """``<group>/box`` with attrs ``dimension = D`` and ``boundary = ["none"] * D`` (open space)."""
+    box = group.create_group("box")
+    box.attrs["dimension"] = np.int32(dim)
+    box.attrs.create("boundary", ["none"] * dim, dtype=h5py.string_dtype())
+
+
+def _user_name() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name in some containers
+        return "unknown"
+
+
+def _numpy_dtype(tensor: torch.Tensor) -> np.dtype:
+    """The stored dtype of a field: float16/32/64 and integers as they are, others float32."""
+    if (
+        tensor.dtype in (torch.float16, torch.float32, torch.float64)
+        or not tensor.is_floating_point()
+    ):
+        return np.dtype(str(tensor.dtype).removeprefix("torch."))
+    return np.dtype(np.float32)
+
+
+def _to_numpy(tensor: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    tensor = tensor.detach()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
+    return tensor.cpu().numpy().astype(dtype, copy=False)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+# --------------------------------------------------------------------------- clocks
+
+
+@dataclass
+class _Element:
+    """One time-dependent H5MD element: where it lives and how to read its current value."""
+
+    path: str
+    read: Callable[[Simulation, dict[str, Any]], np.ndarray]
+    value: h5py.Dataset | None = None
+    tail: tuple[int, ...] = ()  # shape of one frame
+    dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float64))
+
+
+def append_row(dataset: h5py.Dataset, n: int, data: Any, dtype: np.dtype) -> None:
+    """Grow ``dataset`` to ``n + 1`` rows and write ``data`` (one frame) as row ``n``.
+
+    Uses h5py's low-level API (``set_extent`` + one hyperslab write), about ten
+    times cheaper per call than ``resize`` + ``__setitem__``.
+    """
+    row = np.asarray(data, dtype=dtype)  # (not ascontiguousarray: it makes 0-d arrays 1-d)
+    if not row.flags.c_contiguous:
+        row = row.copy(order="C")
+    dsid = dataset.id
+    dsid.set_extent((n + 1, *row.shape))
+    file_space = dsid.get_space()
+    file_space.select_hyperslab((n, *(0 for _ in row.shape)), (1, *row.shape))
+    memory_space = h5py.h5s.create_simple((1, *row.shape))
+    dsid.write(memory_space, file_space, row.reshape(1, *row.shape))
+
+
+@dataclass
+class _Clock:
+    """A sampling clock: the ``step``/``time`` pair shared by the elements sampled together."""
+
+    label: str
+    trigger: Trigger
+    initial: bool  # records frame 0 at open time
+    elements: list[_Element] = field(default_factory=list)
+    observables: list[str] = field(default_factory=list)
+    step: h5py.Dataset | None = None
+    time: h5py.Dataset | None = None
+    frames: int = 0
+    last_step: int = -1
+
+    def due(self, step: int) -> bool:
+        """Due at ``step``: the trigger fires, the step is new, and frame 0 only when initial."""
+        if not self.elements or step <= self.last_step or (step == 0 and not self.initial):
+            return False
+        return self.trigger(step)
+
+
+# --------------------------------------------------------------------------- the writer
+
+
+class TrajectoryWriter(Writer):
+    """Write the run as an H5MD 1.1 trajectory (``<out>/trajectory.h5``), readable while it grows.
+
+    Records, each on its own clock (see the module docstring for the layout):
+
+    * every learnable field of every particle group (``position [T, N, D]``,
+      ``charge [T, N(, C)]``, ``bias [T, N]``, …) when ``trigger`` fires; frozen
+      fields once, as time-independent datasets;
+    * cheap observables (default ``loss``, ``lr``) every ``observables_every``
+      steps;
+    * expensive ``epoch_observables`` (default ``train_loss``,
+      ``train_accuracy``, ``test_accuracy``) at the end of every epoch;
+    * optionally every interaction's effective weight ``[M, N]`` every
+      ``connectivity_every`` steps.
+
+    With ``record_initial`` (default) frame 0 (particles, observables,
+    connectivity; not the epoch observables) is written when the file is
+    opened, before the first step, because where the particles start matters.
+    The file is flushed after every frame and never overwritten: an existing
+    file is a :class:`~particlesim.errors.TrajectoryError`.
+
+    Args:
+        trigger: particle frames; an ``int`` is a step period (default every 10
+            steps; a scenario's ``every`` defaults to ``"epoch"``).
+        file: file name inside the run directory (an absolute path is kept).
+        groups: particle groups to record (default all).
+        fields: fields to record (default all; names missing from a group are skipped).
+        observables: observables recorded every ``observables_every`` steps.
+        observables_every: a step period or ``"epoch"``.
+        epoch_observables: observables recorded at the end of every epoch.
+        connectivity_every: a step period or ``"epoch"`` for effective weights (``None``: off).
+        compression: ``"none"``, ``"gzip"`` or ``"lzf"`` for the value datasets.
+        record_initial: write frame 0 when the run starts at step 0.
+
+    Example:
+        >>> writer = TrajectoryWriter(trigger=100, observables=["loss"], connectivity_every="epoch")
+        >>> writer.observables
+        ('loss', 'train_loss', 'train_accuracy', 'test_accuracy')
+    """
+
+    name = "trajectory"
+    default_observables = ("loss", "lr")
+    default_epoch_observables = ("train_loss", "train_accuracy", "test_accuracy")
+
+    def __init__(
+        self,
+        *,
+        trigger: Trigger | int | None = None,
+        file: str = "trajectory.h5",
+        groups: list[str] | None = None,
+        fields: list[str] | None = None,
+        observables: list[str] | None = None,
+        observables_every: int | str = 10,
+        epoch_observables: list[str] | None = None,
+        connectivity_every: int | str | None = None,
+        compression: Compression = "none",
+        record_initial: bool = True,
+    ) -> None:
+        super().__init__(trigger=Periodic(10) if trigger is None else as_trigger(trigger))
+        if not file:
+            raise OptionError("file", "must be a file name, got an empty string")
+        if compression not in ("none", "gzip", "lzf"):
+            raise OptionError(
+                "compression", f"expected one of 'none', 'gzip', 'lzf', got {compression!r}"
+            )
+        self.file = file
+        self.groups = None if groups is None else list(groups)
+        self.fields = None if fields is None else list(fields)
+        self.step_observables = tuple(
+            dict.fromkeys(self.default_observables if observables is None else observables)
+        )
+        self.epoch_observables = tuple(
+            dict.fromkeys(
+                self.default_epoch_observables if epoch_observables is None else epoch_observables
+            )
+        )
+        twice = [n for n in self.epoch_observables if n in self.step_observables]
+        if twice:
+            raise OptionError(
+                "epoch_observables",
+                f"{twice[0]!r} is also in observables; record each observable on one clock",
+            )
+        self.observables_trigger = _period("observables_every", observables_every)
+        self.connectivity_trigger = (
+            None
+            if connectivity_every is None
+            else _period("connectivity_every", connectivity_every)
+        )
+        self.compression: Compression = compression
+        self.record_initial = record_initial
+        #: Every observable this writer needs (the simulation checks the names).
+        self.observables = self.step_observables + self.epoch_observables
+        self.path: Path | None = None
+        self._file: h5py.File | None = None
+        self._clocks: list[_Clock] = []
+        self._finalizer: weakref.finalize | None = None
+
+    # -- the writer contract -----------------------------------------------------------
+
+    def is_due(self, step: int) -> bool:
+        return any(clock.due(step) for clock in self._clocks)
+
+    def wants(self, step: int) -> tuple[str, ...] | None:
+        """``None`` when no clock is due at ``step``; else the observables of the due clocks."""
+        due = [clock for clock in self._clocks if clock.due(step)]
+        if not due:
+            return None
+        return tuple(dict.fromkeys(name for clock in due for name in clock.observables))
+
+    def describe_next(self, simulation: Simulation) -> Request:
+        step = simulation.step
+        for ahead in range(0, simulation.total_steps - step + 1):
+            wanted = self.wants(step + ahead)
+            if wanted is not None:
+                return Request(ahead, wanted)
+        return Request(simulation.total_steps - step + 1, ())
+
+    def open(self, simulation: Simulation, out_dir: Path | None) -> None:
+        """Create the file and every dataset (layout fixed), switch to SWMR, write frame 0."""
+        path = Path(self.file) if out_dir is None else Path(out_dir) / self.file
+        if path.exists():
+            raise TrajectoryError(
+                f"{path}: already exists; the trajectory writer never overwrites a file "
+                "(remove it, choose another 'file', or run with --overwrite)"
+            )
+        self._check_selection(simulation)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._clocks = self._plan_clocks(simulation)
+        try:
+            file = h5py.File(path, "w-", libver=LIBVER, track_order=True)
+        except OSError as exc:
+            raise TrajectoryError(f"{path}: cannot create the trajectory file: {exc}") from None
+        self._file = file
+        self._finalizer = weakref.finalize(self, _close_file, file)
+        try:
+            self._create_layout(simulation, file)
+            file.swmr_mode = True
+        except BaseException:
+            self.close("failed")
+            path.unlink(missing_ok=True)  # no frame was written: leave no half-made file
+            raise
+        if simulation.step == 0:
+            initial = [clock for clock in self._clocks if clock.initial and clock.due(0)]
+            if initial:
+                self._write(simulation, 0, initial, None)
+
+    def report(self, simulation: Simulation, step: int, values: dict[str, Any]) -> None:
+        due = [clock for clock in self._clocks if clock.due(step)]
+        if due:
+            self._write(simulation, step, due, values)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self, status: str) -> None:
+        if self._finalizer is not None:
+            self._finalizer()  # flushes and closes the file, once
+            self._finalizer = None
+        self._file = None
+
+    # -- layout ------------------------------------------------------------------------
+
+    def _check_selection(self, simulation: Simulation) -> None:
+        """Chosen groups, fields and observables must exist (checked before any file is made)."""
+        system = simulation.system
+        names = list(system.groups)
+        chosen = names if self.groups is None else self.groups
+        for name in chosen:
+            if name not in names:
+                raise OptionError(
+                    "groups",
+                    f"writer 'trajectory': unknown group {name!r}; groups: {', '.join(names)}",
+                )
+        if self.fields is not None:
+            present = {f for g in chosen for f in system.groups[g].field_names()}
+            for name in self.fields:
+                if name not in present:
+                    raise OptionError(
+                        "fields",
+                        f"writer 'trajectory': no chosen group has a field {name!r}; "
+                        f"fields: {', '.join(sorted(present))}",
+                    )
+        for name in self.observables:
+            if name not in simulation.observables:
+                known = ", ".join(sorted(simulation.observables))
+                raise OptionError(
+                    "observables",
+                    f"writer 'trajectory': unknown observable {name!r}; known: {known}",
+                )
+
+    def _plan_clocks(self, simulation: Simulation) -> list[_Clock]:
+        """The clocks of this run, equal triggers merged (they then share ``step``/``time``)."""
+        per_epoch = simulation.steps_per_epoch
+        clocks: list[_Clock] = []
+
+        def clock(label: str, trigger: Trigger, initial: bool) -> _Clock:
+            trigger = bind_epoch(trigger, per_epoch)
+            initial = initial and trigger(0)  # frame 0 only where the trigger fires at 0
+            for existing in clocks:
+                if existing.trigger == trigger and existing.initial == initial:
+                    return existing
+            clocks.append(_Clock(label, trigger, initial))
+            return clocks[-1]
+
+        self._particle_clock = clock("particles", self.trigger, self.record_initial)
+        self._observable_clock = clock("observables", self.observables_trigger, self.record_initial)
+        self._epoch_clock = clock("epoch", OnEpoch(), False)
+        self._connectivity_clock = (
+            None
+            if self.connectivity_trigger is None
+            else clock("connectivity", self.connectivity_trigger, self.record_initial)
+        )
+        self._observable_clock.observables.extend(self.step_observables)
+        self._epoch_clock.observables.extend(self.epoch_observables)
+        return clocks
+
+    def _element(
+        self,
+        clock: _Clock,
+        parent: h5py.Group,
+        name: str,
+        tail: tuple[int, ...],
+        dtype: np.dtype,
+        chunks: tuple[int, ...],
+        read: Callable[[Simulation, dict[str, Any]], np.ndarray],
+    ) -> h5py.Group:
+        """Create ``parent/name/{step, time, value [0, *tail]}``; step/time shared per clock."""
+        group = parent.create_group(name, track_order=True)
+        if clock.step is None:
+            clock.step = group.create_dataset(
+                "step", shape=(0,), maxshape=(None,), dtype=np.int64,
+                chunks=(SCALAR_FRAMES_PER_CHUNK,),
+            )  # fmt: skip
+            clock.step.attrs[SERIES_ATTR] = clock.label
+            clock.time = group.create_dataset(
+                "time", shape=(0,), maxshape=(None,), dtype=np.float64,
+                chunks=(SCALAR_FRAMES_PER_CHUNK,),
+            )  # fmt: skip
+        else:
+            group["step"] = clock.step  # hard links: one step/time pair per clock
+            group["time"] = clock.time
+        value = group.create_dataset(
+            "value",
+            shape=(0, *tail),
+            maxshape=(None, *tail),
+            dtype=dtype,
+            chunks=chunks,
+            **compression_options(self.compression),
+            **chunk_cache((0, *tail), chunks, dtype.itemsize),
+        )
+        clock.elements.append(_Element(group.name, read, value, tuple(tail), dtype))
+        return group
+
+    def _create_layout(self, simulation: Simulation, file: h5py.File) -> None:
+        from particlesim import __version__
+
+        write_h5md_header(file, creator_version=__version__)
+        self._write_parameters(simulation, file, __version__)
+        system = simulation.system
+        chosen = list(system.groups) if self.groups is None else self.groups
+        particles = file.create_group("particles", track_order=True)
+        for name in chosen:
+            group = system.groups[name]
+            node = particles.create_group(name, track_order=True)
+            write_box(node, group.dim)
+            for field_name in group.field_names():
+                if self.fields is not None and field_name not in self.fields:
+                    continue
+                tensor = group.field(field_name)
+                dtype = _numpy_dtype(tensor)
+                if group.is_frozen(field_name):
+                    node.create_dataset(field_name, data=_to_numpy(tensor, dtype))
+                    continue
+                tail = tuple(tensor.shape)
+                self._element(
+                    self._particle_clock, node, field_name, tail, dtype, value_chunks(tail),
+                    _field_reader(group, field_name, dtype),
+                )  # fmt: skip
+        self._create_observables(simulation, file)
+        if self._connectivity_clock is not None and len(system.interactions):
+            self._create_connectivity(simulation, file)
+
+    def _create_observables(self, simulation: Simulation, file: h5py.File) -> None:
+        names = [*self.step_observables, *self.epoch_observables]
+        if not names:
+            return
+        group = file.create_group("observables", track_order=True)
+        for clock, chosen in (
+            (self._observable_clock, self.step_observables),
+            (self._epoch_clock, self.epoch_observables),
+        ):
+            for name in chosen:
+                observable = simulation.observables[name]
+                if observable.category == "scalar":
+                    tail: tuple[int, ...] = ()
+                else:  # the shape of a vector observable is known only by computing it once
+                    tail = np.shape(simulation.measure([name])[name])
+                element = self._element(
+                    clock, group, name, tail, np.dtype(np.float64), value_chunks(tail),
+                    _observable_reader(name),
+                )  # fmt: skip
+                if observable.unit:
+                    element["value"].attrs["unit"] = observable.unit
+                if observable.description:
+                    element.attrs["description"] = observable.description
+
+    def _create_connectivity(self, simulation: Simulation, file: h5py.File) -> None:
+        system = simulation.system
+        connectivity = file.create_group("connectivity", track_order=True)
+        assert self._connectivity_clock is not None
+        for interaction in system.interactions:
+            source = system.groups[interaction.source]
+            target = system.groups[interaction.target]
+            name = base = f"{interaction.source}_to_{interaction.target}"
+            suffix = 2
+            while name in connectivity:
+                name, suffix = f"{base}_{suffix}", suffix + 1
+            node = connectivity.create_group(name, track_order=True)
+            node.attrs["source"] = interaction.source
+            node.attrs["target"] = interaction.target
+            node.attrs["kind"] = type(interaction).name or type(interaction).__name__
+            with torch.no_grad():
+                weight = interaction.effective_weight(source, target)
+            dtype = _numpy_dtype(weight)
+            tail = (int(weight.shape[0]), int(weight.shape[1]))
+            self._element(
+                self._connectivity_clock, node, "weight", tail, dtype, connectivity_chunks(tail),
+                _weight_reader(interaction, source, target, dtype),
+            )  # fmt: skip
+
+    def _write_parameters(self, simulation: Simulation, file: h5py.File, version: str) -> None:
+        """``/parameters``: scenario TOML (string dataset), seed, data source, versions, plugins."""
+        parameters = file.create_group("parameters", track_order=True)
+        metadata = dict(simulation.metadata)
+        toml_text = metadata.pop("scenario_toml", None)
+        if toml_text is not None:
+            parameters.create_dataset("scenario_toml", data=toml_text, dtype=h5py.string_dtype())
+        versions = dict(metadata.pop("versions", None) or {})
+        versions.setdefault("particlesim", version)
+        versions.setdefault("torch", torch.__version__)
+        versions.setdefault("python", platform.python_version())
+        versions.update({"h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version})
+        metadata["versions"] = versions
+        metadata.setdefault("plugins", [])
+        for key, value in metadata.items():
+            if isinstance(value, bool | int | float | str):
+                parameters.attrs[key] = value
+            else:  # dicts, lists, None: JSON text
+                parameters.attrs[key] = _json(value)
+        parameters.attrs["trajectory_writer"] = _json(
+            {
+                "trigger": repr(self._particle_clock.trigger),
+                "observables": list(self.step_observables),
+                "observables_every": repr(self._observable_clock.trigger),
+                "epoch_observables": list(self.epoch_observables),
+                "connectivity_every": None
+                if self._connectivity_clock is None
+                else repr(self._connectivity_clock.trigger),
+                "compression": self.compression,
+                "record_initial": self.record_initial,
+            }
+        )
+
+    # -- frames ------------------------------------------------------------------------
+
+    def _write(
+        self,
+        simulation: Simulation,
+        step: int,
+        clocks: list[_Clock],
+        values: dict[str, Any] | None,
+    ) -> None:
+        """Append one frame to each clock (values first, ``step`` last), then flush."""
+        if self._file is None:
+            raise TrajectoryError(f"{self.path}: the trajectory writer is not open")
+        if values is None:  # frame 0 at open time: measure what the clocks record
+            values = simulation.measure(
+                list(dict.fromkeys(n for clock in clocks for n in clock.observables))
+            )
+        for clock in clocks:
+            n = clock.frames
+            for element in clock.elements:
+                data = element.read(simulation, values)
+                if data.shape != element.tail:
+                    raise TrajectoryError(
+                        f"{self.path}: step {step}: {element.path} has shape {list(data.shape)}, "
+                        f"but the file was laid out for {list(element.tail)} at frame 0"
+                    )
+                assert element.value is not None
+                append_row(element.value, n, data, element.dtype)
+            assert clock.step is not None and clock.time is not None
+            append_row(clock.time, n, np.float64(simulation.time), np.dtype(np.float64))
+            append_row(clock.step, n, np.int64(step), np.dtype(np.int64))
+            clock.frames = n + 1
+            clock.last_step = step
+        self._file.flush()
+
+
+def _period(key: str, value: int | str) -> Trigger:
+    """``int`` → :class:`Periodic`, ``"epoch"`` → :class:`OnEpoch`."""
+    if value == "epoch":
+        return OnEpoch()
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return Periodic(value)
+    raise OptionError(key, f'expected a positive integer (steps) or "epoch", got {value!r}')
+
+
+def _field_reader(group: Any, name: str, dtype: np.dtype) -> Callable[..., np.ndarray]:
+    def read(simulation: Simulation, values: dict[str, Any]) -> np.ndarray:
+        return _to_numpy(group.field(name), dtype)
+
+    return read
+
+
+def _observable_reader(name: str) -> Callable[..., np.ndarray]:
+    def read(simulation: Simulation, values: dict[str, Any]) -> np.ndarray:
+        value = values[name]
+        return np.asarray(np.nan if value is None else value, dtype=np.float64)
+
+    return read
+
+
+def _weight_reader(interaction: Any, source: Any, target: Any, dtype: np.dtype) -> Callable:
+    def read(simulation: Simulation, values: dict[str, Any]) -> np.ndarray:
+        with torch.no_grad():
+            return _to_numpy(interaction.effective_weight(source, target), dtype)
+
+    return read
+
+
+def _close_file(file: h5py.File) -> None:
+    """Flush and close (also run by ``weakref.finalize`` at exit if :meth:`close` was not)."""
+    if file.id.valid:
+        file.flush()
+        file.close()
+
+
+def write_synthetic(
+    path: str | Path,
+    *,
+    frames: int,
+    particles: int,
+    dim: int = 3,
+    group: str = "hidden",
+    fill: bool = True,
+    block: int = 1024,
+    seed: int = 0,
+) -> Path:
+    """A trajectory in the writer's layout holding float32 random-walk positions (for benchmarks).
+
+    Writes ``/particles/<group>/position/{step, time, value [frames, particles, dim]}``
+    (plus ``/h5md`` and ``box``) in blocks of ``block`` frames, with the writer's
+    chunk shape. ``fill=False`` declares the full-size value dataset without
+    writing it (HDF5 allocates no chunks), for tests of lazy opening.
+    """
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w-", libver=LIBVER, track_order=True) as file:
+        from particlesim import __version__
+
+        write_h5md_header(file, creator_version=__version__, author="synthetic")
+        node = file.create_group("particles", track_order=True).create_group(group)
+        write_box(node, dim)
+        element = node.create_group("position")
+        steps = np.arange(frames, dtype=np.int64)
+        step = element.create_dataset(
+            "step", data=steps, maxshape=(None,), chunks=(SCALAR_FRAMES_PER_CHUNK,)
+        )
+        step.attrs[SERIES_ATTR] = "particles"
+        element.create_dataset(
+            "time", data=steps * 0.01, maxshape=(None,), chunks=(SCALAR_FRAMES_PER_CHUNK,)
+        )
+        tail = (particles, dim)
+        value = element.create_dataset(
+            "value",
+            shape=(frames, *tail),
+            maxshape=(None, *tail),
+            dtype=np.float32,
+            chunks=value_chunks(tail),
+        )
+        if fill:
+            current = rng.standard_normal(tail).astype(np.float32)
+            for start in range(0, frames, block):
+                count = min(block, frames - start)
+                walk = rng.standard_normal((count, *tail), dtype=np.float32) * 0.01
+                values = current + np.cumsum(walk, axis=0)
+                value[start : start + count] = values
+                current = values[-1]
+    return path

@@ -1,0 +1,663 @@
+"""Read H5MD trajectories as lazy :class:`xarray.DataTree` objects (no torch needed).
+
+:func:`open_trajectory` mirrors the file (see :mod:`particlesim.io.h5md` for the
+H5MD side)::
+
+    /                          attrs h5md_version [1, 1], creator, creator_version, author,
+                               and /parameters: scenario_toml, scenario_name, seed,
+                               data_source, versions (JSON), plugins (JSON), trajectory_writer
+    /particles/<group>         dims (time, particle, spatial[, channel])
+                               coords time (float64, H5MD time), step (int64, along time),
+                               particle (0..N-1)
+                               vars position (time, particle, spatial),
+                                    charge (time, particle) or (time, particle, channel),
+                                    bias (time, particle), … ;
+                                    a frozen field has no time dim: position (particle, spatial)
+                               attrs dimension (D), boundary (["none"] * D)
+    /observables               one variable per observable, on time or time_<label>
+                               (coords time/step, time_<label>/step_<label>); attr unit
+    /connectivity/<src>_to_<dst>   weight (time, target, source); attrs source, target, kind
+
+**Time dims.** Each distinct H5MD ``step`` dataset (elements sampled together
+share one through hard links) becomes one time dim of its node. The one with
+the most frames is ``time`` (ties: most elements, then file order); any other
+is ``time_<label>`` with coords ``time_<label>`` and ``step_<label>``, where
+``<label>`` is the ``particlesim_series`` attribute of its ``step`` dataset
+(``epoch`` for the per-epoch observables) or, in files from other programs,
+the name of the first field or observable on it (``time_velocity``). Each
+dim has ``min(len(step), len(time), len(value) …)`` frames, so a file being
+written (or cut short by ``kill -9``) reads consistently.
+
+**Other axes.** ``position`` (and ``velocity``, ``force``, ``image`` when they
+have D components) use ``spatial``; multi-channel ``charge`` uses ``channel``;
+any other trailing axis of a field or observable ``x`` is ``x_dim_<i>``.
+An observable named like a coordinate (``time``, ``step``) is stored as
+``<name>_observable``.
+
+**Lazy.** Opening reads only metadata and the small ``step``/``time``
+datasets; every value is an :class:`H5Array` that opens the file (with SWMR,
+so a file still being written can be read) for the duration of one read and
+holds no handle, so Datasets pickle and work with dask.
+
+Files from other H5MD writers are read as far as they follow the standard;
+what particlesim would have written but is missing is listed in the root
+attr ``missing`` and, for foreign creators, a :class:`TrajectoryWarning`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import xarray as xr
+from xarray.backends import BackendArray
+from xarray.core import indexing
+
+from particlesim.errors import TrajectoryError, close_matches
+
+__all__ = [
+    "H5Array",
+    "TrajectoryWarning",
+    "check_file",
+    "drop",
+    "open_group",
+    "open_trajectory",
+]
+
+#: Attribute of a ``step`` dataset naming its clock (written by :mod:`particlesim.io.h5md`).
+SERIES_ATTR = "particlesim_series"
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+#: Fields whose last axis is spatial when it has D components (H5MD's standard vectors).
+SPATIAL_FIELDS = ("position", "velocity", "force", "image")
+#: What a particlesim file holds in /parameters (reported in attr ``missing`` when absent).
+PARTICLESIM_PARAMETERS = ("scenario_toml", "seed", "data_source", "versions", "plugins")
+
+
+class TrajectoryWarning(UserWarning):
+    """A trajectory was read, but lacks what particlesim would have written."""
+
+
+# --------------------------------------------------------------------------- file checks
+
+
+def check_file(path: str | os.PathLike[str]) -> Path:
+    """Check that ``path`` is a complete HDF5 file; return it as a :class:`Path`.
+
+    Raises :class:`TrajectoryError` (one line naming the file) when it does not
+    exist, is not HDF5, or is shorter than its superblock's end-of-file address
+    (truncated: cut while copying, or a run killed while the file was created).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise TrajectoryError(f"{path}: no such file")
+    if path.is_dir():
+        raise TrajectoryError(f"{path}: is a directory; expected a trajectory file (.h5)")
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        base = _find_superblock(handle, size)
+        if base is None:
+            raise TrajectoryError(
+                f"{path}: not an HDF5 file (no HDF5 signature); expected an H5MD "
+                "trajectory (.h5) written by particlesim"
+            )
+        handle.seek(base)
+        eof = _stored_eof(handle.read(128))
+    if eof == -1 or (eof is not None and size < eof):
+        expected = "its superblock" if eof == -1 else f"{eof:,} bytes"
+        raise TrajectoryError(
+            f"{path}: truncated HDF5 file ({size:,} bytes, expected {expected}); it was cut "
+            "short (an interrupted copy?) and cannot be read"
+        )
+    return path
+
+
+def _find_superblock(handle: Any, size: int) -> int | None:
+    """Offset of the HDF5 signature: 0, 512, 1024, … (after a user block), or None."""
+    offset = 0
+    while offset + len(HDF5_SIGNATURE) <= size:
+        handle.seek(offset)
+        if handle.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+            return offset
+        offset = 512 if offset == 0 else offset * 2
+    return None
+
+
+def _stored_eof(head: bytes) -> int | None:
+    """Absolute end-of-file address recorded in a superblock (-1: superblock cut; None: unknown)."""
+    if len(head) < 12:
+        return -1
+    version = head[8]
+    if version in (0, 1):
+        offsets = head[13]
+        start = 24 if version == 0 else 28
+    elif version in (2, 3):
+        offsets = head[9]
+        start = 12
+    else:
+        return None
+    if offsets not in (2, 4, 8, 16) or len(head) < start + 3 * offsets:
+        return -1
+    base = int.from_bytes(head[start : start + offsets], "little")
+    eof = head[start + 2 * offsets : start + 3 * offsets]
+    if eof == b"\xff" * offsets:
+        return None
+    return base + int.from_bytes(eof, "little")
+
+
+def _open_h5(path: str | os.PathLike[str]) -> h5py.File:
+    """Open read-only with SWMR (works for files being written, or left by a killed run)."""
+    try:
+        return h5py.File(path, "r", swmr=True)
+    except OSError as first:
+        try:
+            return h5py.File(path, "r")
+        except OSError:
+            raise TrajectoryError(f"{path}: cannot open as HDF5: {first}") from None
+
+
+# --------------------------------------------------------------------------- lazy arrays
+
+
+class H5Array(BackendArray):
+    """A lazy view of the first ``shape[0]`` rows of one HDF5 dataset.
+
+    Each read opens the file (SWMR), reads one hyperslab and closes it again;
+    the object holds only the path and the dataset name, so it pickles.
+    """
+
+    def __init__(self, path: str, name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.path = path
+        self.name = name
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(
+            key, self.shape, indexing.IndexingSupport.BASIC, self._read
+        )
+
+    def _read(self, key: tuple[Any, ...]) -> np.ndarray:
+        # Slices are bounded by this array's shape: the dataset may have grown since.
+        bounded = tuple(
+            slice(*k.indices(n)) if isinstance(k, slice) else (int(k) + n if k < 0 else int(k))
+            for k, n in zip(key, self.shape, strict=False)
+        )
+        if any(isinstance(k, slice) and len(range(k.start, k.stop, k.step)) == 0 for k in bounded):
+            shape = [len(range(k.start, k.stop, k.step)) for k in bounded if isinstance(k, slice)]
+            return np.zeros((*shape, *self.shape[len(bounded) :]), dtype=self.dtype)
+        try:
+            with _open_h5(self.path) as file:
+                return np.asarray(file[self.name][bounded])
+        except (OSError, KeyError, RuntimeError) as exc:
+            raise TrajectoryError(f"{self.path}: cannot read {self.name}: {exc}") from None
+
+    def __repr__(self) -> str:
+        return f"H5Array({self.path!r}, {self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def _lazy(array: H5Array) -> indexing.LazilyIndexedArray:
+    return indexing.LazilyIndexedArray(array)
+
+
+# --------------------------------------------------------------------------- scanning
+
+
+@dataclass
+class _Clock:
+    """The step and time of one H5MD ``step`` dataset (or of a fixed-interval step)."""
+
+    steps: np.ndarray | None  # [T] int64; None for a fixed interval
+    times: np.ndarray | None  # [T] float64; None for a fixed interval or no time
+    label: str | None = None  # the step dataset's particlesim_series attribute
+    step_rule: tuple[int, int] | None = None  # fixed interval: (step, offset)
+    time_rule: tuple[float, float] | None = None  # fixed interval: (time, offset)
+    time_attrs: dict[str, Any] | None = None
+
+    @property
+    def length(self) -> int | None:
+        """Frames this clock can describe (``None``: unbounded, a fixed interval)."""
+        lengths = [len(a) for a in (self.steps, self.times) if a is not None]
+        return min(lengths) if lengths else None
+
+    def arrays(self, frames: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(step int64 [frames], time float64 [frames])``; no time at all means time = step."""
+        index = np.arange(frames, dtype=np.int64)
+        if self.steps is not None:
+            steps = np.asarray(self.steps[:frames], dtype=np.int64)
+        else:
+            assert self.step_rule is not None
+            steps = self.step_rule[1] + self.step_rule[0] * index
+        if self.times is not None:
+            times = np.asarray(self.times[:frames], dtype=np.float64)
+        elif self.time_rule is not None:
+            times = self.time_rule[1] + self.time_rule[0] * index.astype(np.float64)
+        else:
+            times = steps.astype(np.float64)
+        return steps.astype(np.int64), times
+
+
+@dataclass
+class _Element:
+    """One H5MD element: a time-dependent ``{step, time, value}`` group or a plain dataset."""
+
+    name: str
+    path: str  # HDF5 path of the value (or time-independent) dataset
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunks: tuple[int, ...] | None
+    attrs: dict[str, Any]
+    clock: Any = None  # a key into the scan's clocks; None when time-independent
+
+
+class _Scan:
+    """Reads the structure of one open file (metadata, step and time only)."""
+
+    def __init__(self, file: h5py.File, path: str) -> None:
+        self.file = file
+        self.path = path
+        self.clocks: dict[Any, _Clock] = {}
+        self.skipped: list[str] = []
+
+    def element(self, obj: h5py.Group | h5py.Dataset, name: str) -> _Element | None:
+        if isinstance(obj, h5py.Dataset):
+            return _Element(name, obj.name, obj.shape, obj.dtype, obj.chunks, _attrs(obj.attrs))
+        value, step = obj.get("value"), obj.get("step")
+        if not isinstance(value, h5py.Dataset) or not isinstance(step, h5py.Dataset):
+            self.skipped.append(obj.name)
+            return None
+        if value.ndim == 0:
+            self.skipped.append(obj.name)
+            return None
+        time = obj.get("time")
+        time = time if isinstance(time, h5py.Dataset) else None
+        key = self.clock(step, time)
+        attrs = {**_attrs(obj.attrs), **_attrs(value.attrs)}
+        return _Element(name, value.name, value.shape, value.dtype, value.chunks, attrs, key)
+
+    def clock(self, step: h5py.Dataset, time: h5py.Dataset | None) -> Any:
+        """Key of the clock of ``step``/``time`` (hard links to one dataset share a key)."""
+        key = (_address(step), None if time is None else _address(time))
+        if key in self.clocks:
+            return key
+        clock = _Clock(None, None, time_attrs=None if time is None else _attrs(time.attrs))
+        if step.ndim == 0:  # H5MD fixed interval: step of frame i = offset + step * i
+            clock.step_rule = (int(step[()]), int(step.attrs.get("offset", 0)))
+        else:
+            clock.steps = np.asarray(step[()], dtype=np.int64)
+            label = step.attrs.get(SERIES_ATTR)
+            clock.label = None if label is None else str(_plain(label))
+        if time is not None and time.ndim == 0:
+            clock.time_rule = (float(time[()]), float(time.attrs.get("offset", 0.0)))
+        elif time is not None:
+            clock.times = np.asarray(time[()], dtype=np.float64)
+        self.clocks[key] = clock
+        return key
+
+    # -- nodes -------------------------------------------------------------------------
+
+    def particle_group(self, name: str) -> xr.Dataset:
+        group = self.file["particles"][name]
+        attrs: dict[str, Any] = {}
+        missing: list[str] = []
+        box = group.get("box")
+        if isinstance(box, h5py.Group):
+            box_attrs = _attrs(box.attrs)
+            attrs["dimension"] = int(box_attrs.get("dimension", 0))
+            boundary = box_attrs.get("boundary")
+            attrs["boundary"] = (
+                [str(b) for b in np.atleast_1d(boundary)] if boundary is not None else []
+            )
+            edges = box.get("edges")
+            if isinstance(edges, h5py.Dataset):
+                attrs["edges"] = np.asarray(edges[()])
+        else:
+            missing.append("box")
+        elements = []
+        for field, obj in group.items():
+            if field == "box":
+                continue
+            element = self.element(obj, field)
+            if element is not None:
+                elements.append(element)
+        dim = attrs.get("dimension") or None
+        particles = {e.shape[1 if e.clock is not None else 0] for e in elements if _has_rows(e)}
+        if len(particles) > 1:
+            sizes = ", ".join(f"{e.name} {list(e.shape)}" for e in elements)
+            raise TrajectoryError(
+                f"{self.path}: particle group {name!r} has fields of different lengths: {sizes}"
+            )
+
+        def axes(element: _Element, tail: tuple[int, ...]) -> tuple[str, ...]:
+            """``(particle, …)``: spatial for [N, D] vectors, channel for [N, C] charges."""
+            if not tail:
+                return ()
+            rest = [f"{element.name}_dim_{i}" for i in range(len(tail) - 1)]
+            if len(tail) == 2 and element.name in SPATIAL_FIELDS and tail[1] == (dim or tail[1]):
+                rest = ["spatial"]
+            elif len(tail) == 2 and element.name == "charge":
+                rest = ["channel"]
+            return ("particle", *rest)
+
+        ds = self.node(elements, axes, attrs)
+        if particles:
+            ds = ds.assign_coords(particle=np.arange(particles.pop(), dtype=np.int64))
+        if missing:
+            ds.attrs["missing"] = missing
+        return ds
+
+    def observables(self) -> xr.Dataset:
+        elements: list[_Element] = []
+
+        def walk(group: h5py.Group, prefix: str) -> None:
+            for name, obj in group.items():
+                full = f"{prefix}{name}"
+                if isinstance(obj, h5py.Group) and "value" not in obj:
+                    walk(obj, f"{full}_")  # H5MD allows /observables/<group>/<name>
+                    continue
+                element = self.element(obj, full)
+                if element is not None:
+                    elements.append(element)
+
+        walk(self.file["observables"], "")
+
+        def axes(element: _Element, tail: tuple[int, ...]) -> tuple[str, ...]:
+            return tuple(f"{element.name}_dim_{i}" for i in range(len(tail)))
+
+        return self.node(elements, axes, {}, rename_clashes=True)
+
+    def connectivity(self, name: str) -> xr.Dataset:
+        group = self.file["connectivity"][name]
+        attrs = _attrs(group.attrs)
+        if "_to_" in name:
+            source, target = name.split("_to_", 1)
+            attrs.setdefault("source", source)
+            attrs.setdefault("target", target)
+        weight = group.get("weight")
+        elements = []
+        if weight is not None:
+            element = self.element(weight, "weight")
+            if element is not None:
+                elements.append(element)
+
+        def axes(element: _Element, tail: tuple[int, ...]) -> tuple[str, ...]:
+            if len(tail) == 2:
+                return ("target", "source")
+            return tuple(f"{element.name}_dim_{i}" for i in range(len(tail)))
+
+        return self.node(elements, axes, attrs)
+
+    def node(
+        self,
+        elements: list[_Element],
+        axes: Any,
+        attrs: dict[str, Any],
+        *,
+        rename_clashes: bool = False,
+    ) -> xr.Dataset:
+        """One Dataset: a time dim per clock, lazy variables, step/time coords."""
+        order: list[Any] = []
+        members: dict[Any, list[_Element]] = {}
+        for element in elements:
+            if element.clock is not None:
+                if element.clock not in members:
+                    order.append(element.clock)
+                    members[element.clock] = []
+                members[element.clock].append(element)
+        frames: dict[Any, int] = {}
+        for key in order:
+            lengths = [e.shape[0] for e in members[key]]
+            clock_length = self.clocks[key].length
+            if clock_length is not None:
+                lengths.append(clock_length)
+            frames[key] = min(lengths)
+        ranked = sorted(order, key=lambda k: (-frames[k], -len(members[k]), order.index(k)))
+        dims: dict[Any, str] = {}
+        for i, key in enumerate(ranked):
+            if i == 0:
+                dims[key] = "time"
+                continue
+            label = self.clocks[key].label or members[key][0].name
+            name = f"time_{label}"
+            while name in dims.values():
+                name += "_"
+            dims[key] = name
+        coords: dict[str, Any] = {}
+        for key in ranked:
+            dim = dims[key]
+            steps, times = self.clocks[key].arrays(frames[key])
+            coords[dim] = xr.Variable((dim,), times, attrs=self.clocks[key].time_attrs or {})
+            coords["step" + dim.removeprefix("time")] = xr.Variable((dim,), steps)
+        variables: dict[str, xr.Variable] = {}
+        for element in elements:
+            if element.clock is None:
+                shape, time_dims = element.shape, ()
+            else:
+                shape = (frames[element.clock], *element.shape[1:])
+                time_dims = (dims[element.clock],)
+            tail = shape[len(time_dims) :]
+            var_dims = (*time_dims, *axes(element, tail))
+            data = _lazy(H5Array(self.path, element.path, shape, element.dtype))
+            name = element.name
+            element_attrs = dict(element.attrs)
+            if rename_clashes and name in coords:
+                element_attrs["h5md_name"] = name
+                name = f"{name}_observable"
+            encoding = {}
+            if element.chunks is not None:
+                encoding["preferred_chunks"] = dict(zip(var_dims, element.chunks, strict=True))
+            variables[name] = xr.Variable(var_dims, data, attrs=element_attrs, encoding=encoding)
+        ds = xr.Dataset(variables, coords=coords, attrs=attrs)
+        ds.encoding["source"] = self.path
+        return ds
+
+    # -- root --------------------------------------------------------------------------
+
+    def root_attrs(self) -> dict[str, Any]:
+        attrs: dict[str, Any] = {}
+        missing: list[str] = []
+        h5md = self.file["h5md"]
+        version = h5md.attrs.get("version")
+        if version is None:
+            missing.append("h5md/version")
+        else:
+            attrs["h5md_version"] = np.asarray(version, dtype=np.int64)
+        creator = h5md.get("creator")
+        creator_attrs = _attrs(creator.attrs) if isinstance(creator, h5py.Group) else {}
+        attrs["creator"] = str(creator_attrs.get("name", ""))
+        attrs["creator_version"] = str(creator_attrs.get("version", ""))
+        if not attrs["creator"]:
+            missing.append("h5md/creator")
+        author = h5md.get("author")
+        author_attrs = _attrs(author.attrs) if isinstance(author, h5py.Group) else {}
+        attrs["author"] = str(author_attrs.get("name", ""))
+        if "email" in author_attrs:
+            attrs["author_email"] = str(author_attrs["email"])
+        parameters = self.file.get("parameters")
+        if isinstance(parameters, h5py.Group):
+            attrs.update(_parameters(parameters))
+        missing += [f"parameters/{k}" for k in PARTICLESIM_PARAMETERS if k not in attrs]
+        if self.skipped:
+            attrs["skipped"] = list(self.skipped)
+        if missing:
+            attrs["missing"] = missing
+        return attrs
+
+
+def _has_rows(element: _Element) -> bool:
+    return len(element.shape) >= (2 if element.clock is not None else 1)
+
+
+def _address(dataset: h5py.Dataset) -> int:
+    """Identity of an HDF5 object: hard links to one dataset share it."""
+    return h5py.h5o.get_info(dataset.id).addr
+
+
+def _plain(value: Any) -> Any:
+    """HDF5 attribute value → str / int / float / list / ndarray (bytes decoded)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "OSU":
+            return [_plain(v) for v in value.tolist()]
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _attrs(attrs: h5py.AttributeManager) -> dict[str, Any]:
+    out = {}
+    for key in attrs:
+        try:
+            out[key] = _plain(attrs[key])
+        except (OSError, TypeError):  # a datatype h5py cannot read: leave it out
+            continue
+    return out
+
+
+def _parameters(group: h5py.Group, prefix: str = "") -> dict[str, Any]:
+    """``/parameters`` attrs and small datasets, flattened (``sub/key`` for subgroups)."""
+    out = {f"{prefix}{k}": v for k, v in _attrs(group.attrs).items()}
+    for key, obj in group.items():
+        if isinstance(obj, h5py.Group):
+            out.update(_parameters(obj, f"{prefix}{key}/"))
+        elif isinstance(obj, h5py.Dataset) and obj.size <= 1 << 16:
+            out[f"{prefix}{key}"] = _plain(obj[()])
+    return out
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _nodes(file: h5py.File) -> dict[str, list[str]]:
+    """Names of the particle groups, the connectivity entries, and whether there are observables."""
+    particles = file.get("particles")
+    connectivity = file.get("connectivity")
+    return {
+        "particles": [
+            k for k, v in particles.items() if isinstance(v, h5py.Group)
+        ] if isinstance(particles, h5py.Group) else [],
+        "connectivity": [
+            k for k, v in connectivity.items() if isinstance(v, h5py.Group)
+        ] if isinstance(connectivity, h5py.Group) else [],
+        "observables": ["observables"] if isinstance(file.get("observables"), h5py.Group) else [],
+    }  # fmt: skip
+
+
+def _open_checked(path: str | os.PathLike[str]) -> tuple[h5py.File, str]:
+    checked = check_file(path)
+    name = os.fspath(checked.resolve())
+    file = _open_h5(name)
+    if not isinstance(file.get("h5md"), h5py.Group):
+        file.close()
+        raise TrajectoryError(
+            f"{path}: not an H5MD file (no /h5md group); expected a trajectory written by "
+            "particlesim or another H5MD writer"
+        )
+    return file, name
+
+
+def _fail(path: Any, exc: Exception) -> TrajectoryError:
+    return TrajectoryError(f"{path}: cannot read the trajectory: {exc}")
+
+
+def open_trajectory(path: str | os.PathLike[str]) -> xr.DataTree:
+    """Open an H5MD trajectory as a lazy DataTree (layout in the module docstring).
+
+    Reads only metadata and ``step``/``time``; values load on ``.values`` /
+    ``.load()``. Works on files still being written (SWMR) and on files left
+    by a killed run. Raises :class:`TrajectoryError` for a missing, non-HDF5,
+    non-H5MD or truncated file.
+
+    Example:
+        >>> tree = open_trajectory("run/trajectory.h5")  # doctest: +SKIP
+        >>> tree["particles/hidden"].position.isel(particle=3).values  # [T, D]  # doctest: +SKIP
+    """
+    file, name = _open_checked(path)
+    with file:
+        try:
+            scan = _Scan(file, name)
+            nodes = _nodes(file)
+            datasets: dict[str, xr.Dataset] = {}
+            if nodes["particles"]:
+                datasets["particles"] = xr.Dataset()
+            for group in nodes["particles"]:
+                datasets[f"particles/{group}"] = scan.particle_group(group)
+            if nodes["observables"]:
+                datasets["observables"] = scan.observables()
+            if nodes["connectivity"]:
+                datasets["connectivity"] = xr.Dataset()
+            for entry in nodes["connectivity"]:
+                datasets[f"connectivity/{entry}"] = scan.connectivity(entry)
+            attrs = scan.root_attrs()
+        except TrajectoryError:
+            raise
+        except (OSError, KeyError, RuntimeError, ValueError) as exc:
+            raise _fail(path, exc) from None
+    _warn_foreign(path, attrs)
+    root = xr.Dataset(attrs=attrs)
+    root.encoding["source"] = name
+    return xr.DataTree.from_dict({"/": root, **datasets})
+
+
+def open_group(path: str | os.PathLike[str], group: str) -> xr.Dataset:
+    """Open one node as a lazy Dataset.
+
+    ``group`` is a particle group's name (``"hidden1"``) or a node path:
+    ``"particles/hidden1"``, ``"observables"``, ``"connectivity/input_to_hidden1"``
+    (or just ``"input_to_hidden1"``). An unknown name is a
+    :class:`TrajectoryError` listing the nodes that exist.
+    """
+    file, name = _open_checked(path)
+    with file:
+        nodes = _nodes(file)
+        key = group.strip("/")
+        scan = _Scan(file, name)
+        try:
+            if key == "observables" and nodes["observables"]:
+                return scan.observables()
+            for kind in ("particles", "connectivity"):
+                entry = key.removeprefix(f"{kind}/")
+                if entry in nodes[kind] and (entry == key or key.startswith(f"{kind}/")):
+                    if kind == "particles":
+                        return scan.particle_group(entry)
+                    return scan.connectivity(entry)
+        except TrajectoryError:
+            raise
+        except (OSError, KeyError, RuntimeError, ValueError) as exc:
+            raise _fail(path, exc) from None
+    known = [
+        *nodes["particles"],
+        *nodes["observables"],
+        *(f"connectivity/{c}" for c in nodes["connectivity"]),
+    ]
+    listing = ", ".join(known) if known else "none"
+    raise TrajectoryError(
+        f"{path}: no group {group!r}{close_matches(key, known)}; groups: {listing}"
+    )
+
+
+def _warn_foreign(path: Any, attrs: dict[str, Any]) -> None:
+    creator = attrs.get("creator", "")
+    if creator != "particlesim":
+        missing = ", ".join(attrs.get("missing", [])) or "nothing"
+        warnings.warn(
+            f"{path}: H5MD file written by {creator or 'an unknown program'!r}, not particlesim; "
+            f"read what is standard (missing: {missing})",
+            TrajectoryWarning,
+            stacklevel=3,
+        )
+
+
+def drop(ds: xr.Dataset, names: str | Iterable[str] | None) -> xr.Dataset:
+    """``ds`` without the variables ``names`` (a name, a list or None); unknown names pass."""
+    if names is None:
+        return ds
+    names = [names] if isinstance(names, str) else list(names)
+    return ds.drop_vars([n for n in names if n in ds.variables])
