@@ -246,6 +246,17 @@ def test_connection_length_inner_joins_time() -> None:
     np.testing.assert_allclose(length.values, [math.sqrt(2)])
 
 
+def test_connection_length_without_common_steps_is_an_error() -> None:
+    source = group_ds(np.zeros((3, 1, 2)))
+    target = group_ds(np.ones((3, 1, 2)))
+    w = xr.Dataset(
+        {"weight": (("time", "target", "source"), np.ones((1, 1, 1)))},
+        coords={"time": [1.0], "step": ("time", [469])},  # positions are at steps 0, 1, 2
+    )
+    with pytest.raises(ParticlesimError, match="never recorded at the same step"):
+        connection_length(w, source, target)
+
+
 def test_weight_distance_correlation_sign() -> None:
     source = group_ds(np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [5.0, 0.0]]))
     target = group_ds(np.array([[[0.0, 1.0], [0.5, 2.0]]]))

@@ -82,6 +82,12 @@ def _frames(
         others = {str(d) for i in timed for d in arrays[i].dims} - {"time"}
         keyed = [arrays[i] if key == "time" else arrays[i].swap_dims(time="step") for i in timed]
         aligned = xr.align(*keyed, join="inner", exclude=others)
+        if aligned[0].sizes[key] == 0 and all(arrays[i].sizes["time"] for i in timed):
+            names = ", ".join(str(arrays[i].name) for i in timed)
+            raise AnalysisError(
+                f"{names} were never recorded at the same {key}; record them at common "
+                "steps (e.g. a trajectory writer's connectivity_every a multiple of every)"
+            )
         for i, a in zip(timed, aligned, strict=True):
             arrays[i] = a if key == "time" else a.swap_dims(step="time")
     coords = _time_coords(arrays[timed[0]]) if timed else None
