@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_splits
 
 from particlesim.core import (
     SGD,
@@ -30,7 +31,6 @@ from particlesim.core.device import resolve_device, resolve_dtype
 from particlesim.core.layouts import from_file, grid, ring
 from particlesim.core.model import MLP
 from particlesim.core.triggers import as_trigger, bind_epoch
-from particlesim.data.datasets import DataSplits
 from particlesim.errors import DeviceError, DivergenceError, OptionError
 from particlesim.kernels import GaussianKernel
 from particlesim.plugins.manager import PluginManager
@@ -258,25 +258,6 @@ def test_device_and_dtype_resolution() -> None:
 # -- simulation -----------------------------------------------------------------------------
 
 
-def tiny_splits(n: int = 90, features: int = 6, seed: int = 0) -> DataSplits:
-    g = gen(seed)
-    y = torch.arange(n) % 3
-    x = torch.rand(n, features, generator=g) * 0.3
-    x[torch.arange(n), y] += 1.0
-    empty = torch.zeros(0, features)
-    return DataSplits(
-        train_x=x,
-        train_y=y,
-        val_x=empty,
-        val_y=torch.zeros(0, dtype=torch.int64),
-        test_x=x[:30],
-        test_y=y[:30],
-        num_classes=3,
-        input_shape=(features,),
-        source="test",
-    )
-
-
 def mlp_system(seed: int = 0) -> System:
     registries = PluginManager().load(entry_points=False).registries
     return MLP(sizes=[6, 8, 3]).build(
@@ -289,7 +270,7 @@ def test_simulation_learns_and_reports_on_schedule() -> None:
     sim = Simulation(
         mlp_system(),
         Adam(lr=0.05),
-        tiny_splits(),
+        tiny_splits(90, n_test=30),
         epochs=4,
         batch_size=15,
         writers=[writer],
@@ -306,7 +287,7 @@ def test_simulation_is_deterministic_per_seed() -> None:
     finals = []
     for _ in range(2):
         sim = Simulation(
-            mlp_system(), Adam(lr=0.05), tiny_splits(), epochs=2, batch_size=16, seed=5
+            mlp_system(), Adam(lr=0.05), tiny_splits(90, n_test=30), epochs=2, batch_size=16, seed=5
         )
         sim.run()
         finals.append(torch.cat([p.detach().flatten() for p in sim.system.parameters()]))
@@ -316,7 +297,12 @@ def test_simulation_is_deterministic_per_seed() -> None:
 def test_simulation_interrupt_is_clean() -> None:
     writer = MemoryWriter(trigger=1, observables=["loss"])
     sim = Simulation(
-        mlp_system(), Adam(lr=0.05), tiny_splits(), epochs=3, batch_size=16, writers=[writer]
+        mlp_system(),
+        Adam(lr=0.05),
+        tiny_splits(90, n_test=30),
+        epochs=3,
+        batch_size=16,
+        writers=[writer],
     )
 
     def stop(s: Simulation) -> None:
@@ -332,7 +318,7 @@ def test_simulation_divergence_names_the_step() -> None:
     system = mlp_system()
     with torch.no_grad():
         system.interactions[0].weight.fill_(float("nan"))
-    sim = Simulation(system, Adam(lr=0.05), tiny_splits(), epochs=1, batch_size=16)
+    sim = Simulation(system, Adam(lr=0.05), tiny_splits(90, n_test=30), epochs=1, batch_size=16)
     with pytest.raises(DivergenceError, match="step 1: the loss became nan"):
         sim.run()
 
@@ -340,4 +326,4 @@ def test_simulation_divergence_names_the_step() -> None:
 def test_simulation_rejects_unknown_observable() -> None:
     writer = MemoryWriter(observables=["energy_of_nothing"])
     with pytest.raises(OptionError, match="unknown observable 'energy_of_nothing'"):
-        Simulation(mlp_system(), Adam(), tiny_splits(), writers=[writer])
+        Simulation(mlp_system(), Adam(), tiny_splits(90, n_test=30), writers=[writer])

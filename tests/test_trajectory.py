@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from tiny import tiny_splits
 
 from particlesim.core import (
     Adam,
@@ -29,7 +30,6 @@ from particlesim.core import (
     System,
     Writer,
 )
-from particlesim.data.datasets import DataSplits
 from particlesim.errors import OptionError, ScenarioError, TrajectoryError
 from particlesim.io.h5md import (
     SERIES_ATTR,
@@ -55,26 +55,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def tiny_splits(n: int = 48, features: int = 6, seed: int = 0) -> DataSplits:
-    """3 classes, 48 rows: 3 steps per epoch at batch size 16."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 3
-    x = torch.rand(n, features, generator=g) * 0.3
-    x[torch.arange(n), y] += 1.0
-    empty = torch.zeros(0, features)
-    return DataSplits(
-        train_x=x,
-        train_y=y,
-        val_x=empty,
-        val_y=torch.zeros(0, dtype=torch.int64),
-        test_x=x[:24],
-        test_y=y[:24],
-        num_classes=3,
-        input_shape=(features,),
-        source="tiny test data",
-    )
 
 
 def tiny_system(seed: int = 1) -> System:
