@@ -77,3 +77,7 @@ class TrajectoryError(ParticlesimError):
 
     Messages start with the file's path, so the CLI's one line says which file.
     """
+
+
+class AnalysisError(ParticlesimError):
+    """An analysis request that the trajectory cannot answer (unknown group, metric, option…)."""

@@ -23,11 +23,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import xarray as xr
 
-from particlesim.errors import ParticlesimError, close_matches
-
-
-class AnalysisError(ParticlesimError):
-    """An analysis request that the trajectory cannot answer (unknown group, metric, option…)."""
+from particlesim.errors import AnalysisError, close_matches
 
 
 def group_names(tree: xr.DataTree) -> list[str]:

@@ -16,7 +16,7 @@ from particlesim.errors import DivergenceError, ParticlesimError
 
 app = typer.Typer(
     name="particlesim",
-    help="Neural networks as particle systems: run scenarios, check them, list plugins.",
+    help="Neural networks as particle systems: run scenarios, then inspect and plot trajectories.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

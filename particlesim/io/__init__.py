@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-_LAZY = {"MetricsWriter": "particlesim.io.metrics"}
+_LAZY = {
+    "MetricsWriter": "particlesim.io.metrics",
+    "TrajectoryWriter": "particlesim.io.h5md",
+    "open_trajectory": "particlesim.io.trajectory",
+    "open_group": "particlesim.io.trajectory",
+}
 
 
 def __getattr__(name: str) -> Any:
