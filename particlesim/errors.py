@@ -23,9 +23,9 @@ class ScenarioError(ParticlesimError):
     """
 
     def __init__(self, message: str, *, path: str = "", source: str = "") -> None:
-        self.path = path
+        self.path = path = printable(path)
         self.source = source
-        self.detail = message
+        self.detail = message = printable(message)
         where = ": ".join(part for part in (source, path) if part)
         super().__init__(f"{where}: {message}" if where else message)
 
@@ -48,6 +48,13 @@ class DeviceError(ParticlesimError):
 
 class DivergenceError(ParticlesimError):
     """NaN or Inf appeared in the loss, a gradient or a particle field."""
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``), so an error stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def close_matches(word: str, choices: Iterable[str], n: int = 3) -> str:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from particlesim import __version__
-from particlesim.errors import DivergenceError, ParticlesimError
+from particlesim.errors import DivergenceError, ParticlesimError, printable
 
 app = typer.Typer(
     name="particlesim",
@@ -38,7 +38,7 @@ PluginOption = Annotated[
 
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
     """Print a one-line error to stderr and return the exit to raise."""
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {printable(message)}", err=True)
     return typer.Exit(code)
 
 
@@ -169,6 +169,9 @@ def run(
         error, code = str(exc), EXIT_DIVERGED
     except ParticlesimError as exc:
         error, code = str(exc), EXIT_ERROR
+    except (MemoryError, RuntimeError) as exc:  # e.g. out of memory on the device
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        error, code = f"step {sim.step + 1}: {type(exc).__name__}: {first}", EXIT_ERROR
     summary = _summary(plan, built, status, error)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     if error is not None:

@@ -484,19 +484,14 @@ def build(
     data = plan.dataset.load(seed=seed, log=log)
     generator = torch.Generator().manual_seed(seed)
     input_size = int(data.train_x.shape[1])
-    if plan.model is not None:
-        try:
-            system = plan.model.build(
-                registries=registries,
-                input_size=input_size,
-                num_classes=data.num_classes,
-                generator=generator,
-                dtype=dtype,
-            )
-        except OptionError as exc:
-            raise ScenarioError(exc.detail, path=f"model.{exc.key}", source=source) from None
-    else:
-        system = _build_groups(resolved, registries, generator, dtype, source)
+    try:
+        system = _build_system(plan, registries, input_size, data, generator, dtype, source)
+    except (MemoryError, RuntimeError) as exc:
+        where = "model" if plan.model is not None else "groups"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ScenarioError(
+            f"could not build the network: {first}", path=where, source=source
+        ) from None
     potentials = []
     for i, table in enumerate(resolved["potentials"]):
         options = {k: v for k, v in table.items() if k != "name"}
@@ -551,6 +546,22 @@ def run_metadata(plan: Plan, data: Any, hooks: Any = None) -> dict[str, Any]:
         },
         "plugins": plugins,
     }
+
+
+def _build_system(plan, registries, input_size, data, generator, dtype, source) -> System:
+    """The network of a plan: the model shorthand's ``build`` or the explicit groups."""
+    if plan.model is None:
+        return _build_groups(plan.resolved, registries, generator, dtype, source)
+    try:
+        return plan.model.build(
+            registries=registries,
+            input_size=input_size,
+            num_classes=data.num_classes,
+            generator=generator,
+            dtype=dtype,
+        )
+    except OptionError as exc:
+        raise ScenarioError(exc.detail, path=f"model.{exc.key}", source=source) from None
 
 
 def _build_groups(resolved, registries, generator, dtype, source) -> System:
