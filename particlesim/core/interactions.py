@@ -63,7 +63,7 @@ class _KernelCoupling(Interaction):
         target: ParticleGroup,
         *,
         kernel: Kernel,
-        mode: Literal["auto", "reference", "chunked"],
+        mode: Literal["auto", "reference", "chunked", "fused"],
         chunk_size: int | None,
     ) -> None:
         super().__init__(source, target)
@@ -118,7 +118,7 @@ class KernelInteraction(_KernelCoupling):
         target: ParticleGroup,
         *,
         kernel: Kernel,
-        mode: Literal["auto", "reference", "chunked"] = "auto",
+        mode: Literal["auto", "reference", "chunked", "fused"] = "auto",
         chunk_size: int | None = None,
     ) -> None:
         super().__init__(source, target, kernel=kernel, mode=mode, chunk_size=chunk_size)
@@ -150,7 +150,7 @@ class ModulatedInteraction(_KernelCoupling):
         target: ParticleGroup,
         *,
         kernel: Kernel,
-        mode: Literal["auto", "reference", "chunked"] = "auto",
+        mode: Literal["auto", "reference", "chunked", "fused"] = "auto",
         chunk_size: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:

@@ -59,7 +59,7 @@ BLOCK_ELEMENTS: int = 2**20
 #: the chunked path above it, where the O(M·N) weight matrix is what must be avoided.
 AUTO_REFERENCE_MAX_ELEMENTS: int = 2**22
 
-Mode = Literal["auto", "reference", "chunked"]
+Mode = Literal["auto", "reference", "chunked", "fused"]
 
 # A radial block's squared distances are summed one coordinate at a time (no [m, N, D]
 # transient) up to this many dimensions; above it the vectorised base helper is used.
@@ -639,7 +639,9 @@ def kernel_matmul(
     ``mode="auto"`` uses the reference path when ``M·N ≤`` :data:`AUTO_REFERENCE_MAX_ELEMENTS`
     (2^22: a weight matrix of at most 16 MiB in float32, where one big matmul is fastest) and
     the chunked path above it (where the O(M·N) matrix is what must be avoided). ``"reference"``
-    and ``"chunked"`` force a path; ``chunk_size`` only affects the chunked path.
+    and ``"chunked"`` force a path; ``chunk_size`` only affects the chunked path. ``"fused"``
+    runs the Triton kernels of :mod:`particlesim.kernels.fused` (built-in radial kernels,
+    float32, CUDA tensors or ``TRITON_INTERPRET=1``); ``"auto"`` never picks it.
 
     Args:
         x: ``[B, N]``; the other arguments as in :func:`effective_weight`.
@@ -656,4 +658,8 @@ def kernel_matmul(
         return kernel_matmul_chunked(
             x, kernel, target_pos, source_pos, charge, modulation, chunk_size=chunk_size
         )
-    raise ValueError(f"mode must be 'auto', 'reference' or 'chunked', got {mode!r}")
+    if mode == "fused":  # Triton is imported lazily by the fused module
+        from particlesim.kernels.fused import kernel_matmul_fused
+
+        return kernel_matmul_fused(x, kernel, target_pos, source_pos, charge, modulation)
+    raise ValueError(f"mode must be 'auto', 'reference', 'chunked' or 'fused', got {mode!r}")

@@ -95,7 +95,7 @@ class ParticleNetwork(Model):
         position_spread: float | None = None,
         charge_init: Literal["normalized", "normal"] = "normalized",
         charge_gain: float = 1.0,
-        mode: Literal["auto", "reference", "chunked"] = "auto",
+        mode: Literal["auto", "reference", "chunked", "fused"] = "auto",
     ) -> None:
         if len(sizes) < 2:
             raise OptionError("sizes", f"needs at least an input and an output size, got {sizes}")
