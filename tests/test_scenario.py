@@ -205,6 +205,13 @@ def test_explicit_groups_build_and_run(registries, tiny_data: Path) -> None:
             "width = -1.5",
             "interactions[0].kernel: kernel 'cauchy': width must be one positive",
         ),
+        (
+            'kind = "kernel"',
+            'kind = "kernel"\nmode = "fast"',
+            "s.toml: interactions[0].mode: expected one of 'auto', 'reference', 'chunked'",
+        ),
+        ("size = 6", 'size = "six"', "s.toml: groups[1].size: expected an integer"),
+        ('name = "idx"', "name = 5", "s.toml: data.name: expected a string, got 5"),
     ],
 )
 def test_group_errors(registries, old: str, new: str, expected: str) -> None:

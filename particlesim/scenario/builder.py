@@ -180,7 +180,7 @@ def _construct(
         raise ScenarioError(
             f"missing required key 'name' (a registered {kind})", path=path, source=source
         )
-    name = check_type(name, str, f"{path}.name")
+    name = check_type(name, str, f"{path}.name", source=source)
     try:
         entry = registries[kind].entry(name, where=f"{path}.name")
     except RegistryError as exc:
@@ -189,15 +189,13 @@ def _construct(
         ) from None
     try:
         options = check_options(
-            entry.factory, table, path, exclude=exclude, what=f"{kind} {name!r}"
+            entry.factory, table, path, exclude=exclude, what=f"{kind} {name!r}", source=source
         )
     except ScenarioError as exc:
+        if entry.plugin in ("particlesim", ""):
+            raise
         raise ScenarioError(
-            exc.detail + f" (plugin {entry.plugin!r})"
-            if entry.plugin not in ("particlesim", "")
-            else exc.detail,
-            path=exc.path,
-            source=source,
+            f"{exc.detail} (plugin {entry.plugin!r})", path=exc.path, source=source
         ) from None
     instance = _call(entry.factory, {**options, **(extra or {})}, path, source, entry.plugin)
     resolved = {"name": name, **defaults(entry.factory, exclude), **options}
@@ -248,10 +246,7 @@ def validate(
     plan = Plan(resolved, registries, source=source, base_dir=base_dir or Path.cwd())
 
     def section(func, key: str) -> dict[str, Any]:
-        try:
-            table = check_options(func, _table(raw, key, source), key)
-        except ScenarioError as exc:
-            raise ScenarioError(exc.detail, path=exc.path, source=source) from None
+        table = check_options(func, _table(raw, key, source), key, source=source)
         return {**defaults(func), **table}
 
     resolved["scenario"] = section(scenario_section, "scenario")
@@ -273,10 +268,7 @@ def validate(
         run["epochs"] = 1.0
 
     plugins = raw.get("plugins", [])
-    try:
-        resolved["plugins"] = check_type(plugins, list[str], "plugins")
-    except ScenarioError as exc:
-        raise ScenarioError(exc.detail, path=exc.path, source=source) from None
+    resolved["plugins"] = check_type(plugins, list[str], "plugins", source=source)
 
     data = _table(raw, "data", source)
     data.setdefault("name", "mnist")
@@ -372,10 +364,10 @@ def _validate_groups(raw, registries, source) -> list[dict[str, Any]]:
     names: set[str] = set()
     for i, table in enumerate(_array_of_tables(raw, "groups", source)):
         path = f"groups[{i}]"
-        try:
-            entry = {**defaults(group_section), **check_options(group_section, table, path)}
-        except ScenarioError as exc:
-            raise ScenarioError(exc.detail, path=exc.path, source=source) from None
+        entry = {
+            **defaults(group_section),
+            **check_options(group_section, table, path, source=source),
+        }
         for key in ("size", "dim"):
             if entry[key] < 1:
                 raise ScenarioError(
@@ -413,10 +405,7 @@ def _validate_interactions(raw, registries, groups, source) -> list[dict[str, An
     for i, table in enumerate(_array_of_tables(raw, "interactions", source)):
         path = f"interactions[{i}]"
         common = {k: table.pop(k) for k in ("kind", "source", "target", "kernel") if k in table}
-        try:
-            common = check_options(interaction_section, common, path)
-        except ScenarioError as exc:
-            raise ScenarioError(exc.detail, path=exc.path, source=source) from None
+        common = check_options(interaction_section, common, path, source=source)
         for end in ("source", "target"):
             if common[end] not in names:
                 raise ScenarioError(
@@ -435,6 +424,7 @@ def _validate_interactions(raw, registries, groups, source) -> list[dict[str, An
             path,
             exclude=("source", "target", "kernel", "generator"),
             what=f"interaction {common['kind']!r}",
+            source=source,
         )
         resolved = {**common, **options}
         if "kernel" in _param_names(entry.factory):

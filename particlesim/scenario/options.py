@@ -63,8 +63,25 @@ def describe(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def check_type(value: Any, annotation: Any, path: str) -> Any:
-    """Return ``value`` (ints widened to float where a float is expected) or raise ScenarioError."""
+def with_source(error: ScenarioError, source: str) -> ScenarioError:
+    """``error`` naming the scenario file ``source`` too (unchanged if it already names one)."""
+    if not source or error.source:
+        return error
+    return ScenarioError(error.detail, path=error.path, source=source)
+
+
+def check_type(value: Any, annotation: Any, path: str, *, source: str = "") -> Any:
+    """Return ``value`` (ints widened to float where a float is expected) or raise ScenarioError.
+
+    The error names the key ``path`` and, when given, the scenario file ``source``.
+    """
+    try:
+        return _check_type(value, annotation, path)
+    except ScenarioError as exc:
+        raise with_source(exc, source) from None
+
+
+def _check_type(value: Any, annotation: Any, path: str) -> Any:
     origin = get_origin(annotation)
     if annotation is Any or annotation is inspect.Parameter.empty:
         return value
@@ -76,7 +93,7 @@ def check_type(value: Any, annotation: Any, path: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return check_type(value, option, path)
+                return _check_type(value, option, path)
             except ScenarioError:
                 continue
         raise ScenarioError(f"expected {describe(annotation)}, got {type_name(value)}", path=path)
@@ -106,12 +123,12 @@ def check_type(value: Any, annotation: Any, path: str) -> Any:
             args = get_args(annotation)
             if not args:
                 return value
-            return [check_type(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
+            return [_check_type(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
     elif origin in (dict, Mapping) or annotation is dict:
         if isinstance(value, dict):
             args = get_args(annotation)
             if len(args) == 2:
-                return {k: check_type(v, args[1], f"{path}.{k}") for k, v in value.items()}
+                return {k: _check_type(v, args[1], f"{path}.{k}") for k, v in value.items()}
             return value
     else:
         return value  # an annotation we do not police (a tensor, a module…)
@@ -147,12 +164,28 @@ def check_options(
     *,
     exclude: Iterable[str] = (),
     what: str = "",
+    source: str = "",
 ) -> dict[str, Any]:
     """Validate ``table`` against ``factory``'s keyword options; return the checked kwargs.
 
     Raises :class:`ScenarioError` for an unknown key (suggesting close ones and
-    listing the valid keys), a missing required option, or a wrong type.
+    listing the valid keys), a missing required option, or a wrong type; the
+    error names the key path and, when given, the scenario file ``source``.
     """
+    try:
+        return _check_options(factory, table, path, exclude=exclude, what=what)
+    except ScenarioError as exc:
+        raise with_source(exc, source) from None
+
+
+def _check_options(
+    factory: Callable[..., Any],
+    table: Mapping[str, Any],
+    path: str,
+    *,
+    exclude: Iterable[str],
+    what: str,
+) -> dict[str, Any]:
     params = option_parameters(factory, exclude)
     hints = option_hints(factory)
     checked: dict[str, Any] = {}
@@ -174,7 +207,7 @@ def check_options(
                 f"unknown key{label}{close_matches(key, params)}; valid keys: {valid}",
                 path=key_path,
             )
-        checked[key] = check_type(value, hints.get(key, Any), key_path)
+        checked[key] = _check_type(value, hints.get(key, Any), key_path)
     for name, p in params.items():
         if p.default is inspect.Parameter.empty and name not in checked:
             label = f" of {what}" if what else ""
