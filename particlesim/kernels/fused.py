@@ -495,7 +495,7 @@ def _check_fused_inputs(tensors: dict[str, Tensor | None], kernel: Kernel) -> in
 
     Raises:
         NotImplementedError: ``kernel`` is not a built-in radial kernel.
-        ValueError: a tensor is on another device, is not float32, or ``D`` differs.
+        ValueError: a tensor is on another device or is not float32.
     """
     kid = _KERNEL_IDS.get(type(kernel))
     if kid is None:
@@ -516,13 +516,7 @@ def _check_fused_inputs(tensors: dict[str, Tensor | None], kernel: Kernel) -> in
             raise ValueError(f"{name} must be float32 for the fused path, got {t.dtype}")
     if kernel.log_width.device != device:
         raise ValueError(f"kernel width is on {kernel.log_width.device} but x is on {device}")
-    tp, sp = present["target_pos"], present["source_pos"]
-    if tp.ndim == 2 and sp.ndim == 2 and tp.shape[1] != sp.shape[1]:
-        raise ValueError(
-            f"target_pos and source_pos must share the dimension D, got "
-            f"{tp.shape[1]} (target_pos) and {sp.shape[1]} (source_pos)"
-        )
-    return kid
+    return kid  # shapes and D are checked by ops._validate
 
 
 def kernel_matmul_fused(
