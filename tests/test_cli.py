@@ -303,3 +303,11 @@ def test_installed_plugin_distribution(tmp_path: Path, tiny_scenario: Path) -> N
     )
     assert run.returncode == 0, run.stderr
     assert 'kernel = "softbox"' in (out / "scenario.toml").read_text()
+
+
+def test_plugins_key_of_the_wrong_type(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text('plugins = "x.py"\n')
+    assert_one_line_error(
+        invoke("validate", path), "s.toml: plugins: expected an array of strings, got 'x.py'"
+    )

@@ -54,20 +54,16 @@ def prepare(scenario: Path, overrides: list[str] | None, plugins: list[str] | No
     from particlesim.plugins.manager import PluginManager
     from particlesim.scenario.builder import validate
     from particlesim.scenario.loader import apply_override, read_scenario
+    from particlesim.scenario.options import check_type
 
     raw = read_scenario(scenario)
     for assignment in overrides or []:
         apply_override(raw, assignment)
     files, disabled = _split_plugin_options(plugins)
-    scenario_plugins = raw.get("plugins", [])
-    if not isinstance(scenario_plugins, list) or not all(
-        isinstance(p, str) for p in scenario_plugins
-    ):
-        from particlesim.errors import ScenarioError
-
-        raise ScenarioError(
-            "expected an array of plugin file paths", path="plugins", source=str(scenario)
-        )
+    # Checked before validation because the plugin files must load first.
+    scenario_plugins = check_type(
+        raw.get("plugins", []), list[str], "plugins", source=str(scenario)
+    )
     manager = PluginManager()
     base_dir = scenario.resolve().parent
     manager.load(
