@@ -1,0 +1,1 @@
+"""Milletari's ESP activation and Hessian-index experiments."""

@@ -1,0 +1,1 @@
+"""Rotskoff & Vanden-Eijnden's mean-field networks."""

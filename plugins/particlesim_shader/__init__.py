@@ -1,0 +1,1 @@
+"""Shader's positional neuron layers."""

@@ -1,0 +1,1 @@
+"""Wołczyk et al.'s spatial neural networks."""
