@@ -514,7 +514,7 @@ def test_disable_entry_points(fake_distribution: Path) -> None:
 
 
 def test_every_hook_has_a_test() -> None:
-    assert len(HOOK_NAMES) == 13
+    assert len(HOOK_NAMES) == 14
     missing = [name for name in HOOK_NAMES if f"test_hook_{name}" not in globals()]
     assert missing == []
 
@@ -597,6 +597,14 @@ def test_hook_particlesim_register_activations(examples_importable: None) -> Non
     activation = manager.registry("activation").create("softsign")
     x = torch.linspace(-3, 3, 7)
     torch.testing.assert_close(activation(x), torch.nn.functional.softsign(x))
+
+
+def test_hook_particlesim_register_losses(examples_importable: None) -> None:
+    _, manager = load_example("particlesim_register_losses")
+    loss = manager.registry("loss").create("huber", delta=0.5)
+    outputs, targets = torch.tensor([[0.0], [2.0]]), torch.tensor([0.1, 0.0])
+    expected = torch.nn.functional.huber_loss(outputs[:, 0], targets, delta=0.5)
+    torch.testing.assert_close(loss(outputs, targets), expected)
 
 
 def test_hook_particlesim_register_models(examples_importable: None) -> None:

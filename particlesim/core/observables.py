@@ -102,6 +102,12 @@ def builtin_observables() -> list[Observable]:
             "",
             "integrator temperature kT",
         ),
+        FunctionObservable(
+            "batch_size",
+            lambda s: float(s.batch_size_at(max(s.step - 1, 0))),
+            "",
+            "rows in the last training batch (batch_schedule applied)",
+        ),
         FunctionObservable("wall_time", lambda s: s.wall_time(), "s", "seconds spent in run()"),
     ]
 

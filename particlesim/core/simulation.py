@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from particlesim.core.integrators import Integrator
+from particlesim.core.losses import CrossEntropy, Loss
 from particlesim.core.observables import Observable, builtin_observables, to_python
 from particlesim.core.system import System
 from particlesim.core.triggers import bind_epoch
@@ -45,8 +45,9 @@ class Simulation:
 
         if record_initial and step == 0: due writers report frame 0
         while step < total_steps:
-            x, y  = next batch (the epoch's permutation is drawn from (seed, epoch))
-            U     = cross_entropy(system(x), y) + Σ_p c_p E_p(system)
+            x, y  = next batch (the epoch's permutation is drawn from (seed, epoch);
+                    an online data set draws a fresh batch from its sampler instead)
+            U     = loss(system(x), y) + Σ_p c_p E_p(system)
             U.backward();  integrator.step(step);  step += 1
             due writers: compute the union of their observables once, report
             plugin hook particlesim_step_end(simulation, step)
@@ -61,6 +62,10 @@ class Simulation:
         data: training/validation/test tensors.
         epochs, steps: run length (exactly one of them, or ``epochs`` by default 1).
         batch_size: training batch size.
+        batch_schedule: ``[(step, size), …]``: from ``step`` on, batches have ``size``
+            rows (e.g. a quench that raises the batch size at a given time). Online data
+            sets only, since a fixed set's epochs are counted in batches of ``batch_size``.
+        loss: the data loss (default: softmax cross-entropy on class indices).
         eval_batch_size: batch size of evaluation passes (no gradients).
         seed: seeds the batch order (and the integrator's noise).
         device: where to run (a resolved :class:`torch.device`).
@@ -79,6 +84,8 @@ class Simulation:
         epochs: float | None = None,
         steps: int | None = None,
         batch_size: int = 128,
+        batch_schedule: Sequence[tuple[int, int]] = (),
+        loss: Loss | None = None,
         eval_batch_size: int = 2000,
         seed: int = 0,
         device: torch.device | str = "cpu",
@@ -98,6 +105,19 @@ class Simulation:
         self.train_x = data.train_x.to(self.device, self.dtype)
         self.train_y = data.train_y.to(self.device)
         self.batch_size = batch_size
+        self.batch_schedule = sorted((int(step), int(size)) for step, size in batch_schedule)
+        for step, size in self.batch_schedule:
+            if step < 0 or size < 1:
+                raise OptionError(
+                    "batch_schedule", f"entries are [step >= 0, size >= 1], got [{step}, {size}]"
+                )
+        if self.batch_schedule and data.sampler is None:
+            raise OptionError(
+                "batch_schedule",
+                "needs an online data set (one that draws fresh batches each step); "
+                f"{data.source!r} is a fixed training set",
+            )
+        self.loss = loss if loss is not None else CrossEntropy()
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         n_train = self.train_x.shape[0]
@@ -115,6 +135,8 @@ class Simulation:
             self.total_steps = max(1, round(epochs * self.steps_per_epoch))
         self.integrator = integrator
         self.noise_generator = torch.Generator().manual_seed(seed + 1)
+        #: Draws the batches of an online data set (its state is part of a checkpoint).
+        self.data_generator = torch.Generator().manual_seed(seed * 1_000_003 + 999_983)
         integrator.attach(
             system.parameters(), total_steps=self.total_steps, generator=self.noise_generator
         )
@@ -176,15 +198,17 @@ class Simulation:
             was_training = self.system.training
             self.system.eval()
             loss = torch.zeros((), dtype=torch.float64, device=self.device)
-            correct = torch.zeros((), dtype=torch.int64, device=self.device)
+            correct: Tensor | None = torch.zeros((), dtype=torch.float64, device=self.device)
             for start in range(0, x.shape[0], self.eval_batch_size):
                 xb = x[start : start + self.eval_batch_size].to(self.device, self.dtype)
                 yb = y[start : start + self.eval_batch_size].to(self.device)
                 logits = self.system(xb)
-                loss += F.cross_entropy(logits.float(), yb, reduction="sum").double()
-                correct += (logits.argmax(-1) == yb).sum()
+                loss += self.loss(logits, yb, reduction="sum").double()
+                hits = self.loss.correct(logits, yb)
+                correct = None if hits is None or correct is None else correct + hits.double()
             self.system.train(was_training)
-            result = (float(loss) / x.shape[0], float(correct) / x.shape[0])
+            accuracy = float("nan") if correct is None else float(correct) / x.shape[0]
+            result = (float(loss) / x.shape[0], accuracy)
         self._eval_cache = {k: v for k, v in self._eval_cache.items() if k[0] == self.step}
         self._eval_cache[key] = result
         return result
@@ -194,6 +218,26 @@ class Simulation:
         return {name: to_python(self.observables[name].compute(self)) for name in names}
 
     # -- the loop -----------------------------------------------------------------------
+
+    def batch_size_at(self, step: int) -> int:
+        """The batch size of the update that starts at ``step`` (``batch_schedule`` applied)."""
+        size = self.batch_size
+        for start, scheduled in self.batch_schedule:
+            if step >= start:
+                size = scheduled
+        return size
+
+    def _next_batch(self) -> tuple[Tensor, Tensor]:
+        """The training batch of the current step: fresh samples, or the next rows in order."""
+        if self.data.sampler is not None:
+            x, y = self.data.sampler(self.batch_size_at(self.step), self.data_generator)
+            return x.to(self.device, self.dtype), y.to(self.device)
+        epoch, index = divmod(self.step, self.steps_per_epoch)
+        if index == 0 or self._order_epoch != epoch:
+            self._order = self._batch_order(epoch)
+            self._order_epoch = epoch
+        rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        return self.train_x[rows], self.train_y[rows]
 
     def _batch_order(self, epoch: int) -> Tensor:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -226,15 +270,10 @@ class Simulation:
                 self._report(0)
             self.system.train()
             while self.step < self.total_steps:
-                epoch, index = divmod(self.step, self.steps_per_epoch)
-                if index == 0:
+                if self.step % self.steps_per_epoch == 0:
                     self._running = {}
                     self._running_count = 0
-                if index == 0 or self._order_epoch != epoch:
-                    self._order = self._batch_order(epoch)
-                    self._order_epoch = epoch
-                rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
-                self._train_step(self.train_x[rows], self.train_y[rows])
+                self._train_step(*self._next_batch())
                 self.time += self.integrator.step_size(self.step)
                 self.step += 1
                 self._report(self.step)
@@ -267,7 +306,7 @@ class Simulation:
     def _train_step(self, x: Tensor, y: Tensor) -> None:
         self.integrator.zero_grad()
         logits = self.system(x)
-        loss = F.cross_entropy(logits.float(), y)
+        loss = self.loss(logits, y)
         total = loss + self.system.potential_energy() if len(self.system.potentials) else loss
         total.backward()
         loss_value = loss.detach()
@@ -277,11 +316,16 @@ class Simulation:
                 "(integrator.lr) or check the initial spreads"
             )
         self.integrator.step(self.step)
-        correct = (logits.detach().argmax(-1) == y).sum()
+        hits = self.loss.correct(logits.detach(), y)
+        fraction = (
+            torch.full((), float("nan"), dtype=torch.float64, device=loss_value.device)
+            if hits is None
+            else hits.double() / y.shape[0]
+        )
         if self._running:
             self._running["loss"] += loss_value.double()
-            self._running["correct"] += correct.double() / y.shape[0]
+            self._running["correct"] += fraction
         else:
-            self._running = {"loss": loss_value.double(), "correct": correct.double() / y.shape[0]}
+            self._running = {"loss": loss_value.double(), "correct": fraction}
         self._running_count += 1
         self.last_loss = loss_value

@@ -18,9 +18,9 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -44,12 +44,14 @@ NORMALIZE_MODES = ("unit", "standard", "none")
 
 @dataclass
 class DataSplits:
-    """The tensors of a classification data set, ready for training.
+    """The tensors of a data set, ready for training.
 
     ``*_x`` are ``[n, F]`` float32 (images flattened; ``input_shape`` keeps
-    their shape), ``*_y`` are ``[n]`` int64 class indices. The validation
-    split may have 0 rows. ``source`` says where the data came from; it is
-    printed and recorded in the trajectory.
+    their shape); ``*_y`` are the targets: ``[n]`` int64 class indices for
+    classification, real values for regression, ``[n, H]`` for several heads —
+    ``loss`` names the loss that reads them and ``num_classes`` is the number of
+    network outputs they need. The validation split may have 0 rows. ``source``
+    says where the data came from; it is printed and recorded in the trajectory.
     """
 
     train_x: Tensor
@@ -61,6 +63,13 @@ class DataSplits:
     num_classes: int
     input_shape: tuple[int, ...]
     source: str
+    #: The registered loss that scores these targets (the scenario's ``[run] loss = "auto"``).
+    loss: str = "cross_entropy"
+    #: Options of that loss (e.g. ``{"heads": [10, 10]}``).
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    #: Online data: ``sampler(batch_size, generator) -> (x, y)`` draws a fresh training batch
+    #: each step (the ``train_*`` tensors then only size an epoch); ``None`` for a fixed set.
+    sampler: Callable[[int, torch.Generator], tuple[Tensor, Tensor]] | None = None
 
 
 # --------------------------------------------------------------------------- array cache

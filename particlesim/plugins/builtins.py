@@ -61,3 +61,10 @@ def particlesim_register_models():
     from particlesim.core.model import BUILTIN_MODELS
 
     return list(BUILTIN_MODELS)
+
+
+@hookimpl
+def particlesim_register_losses():
+    from particlesim.core.losses import BUILTIN_LOSSES
+
+    return list(BUILTIN_LOSSES)

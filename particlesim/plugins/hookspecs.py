@@ -397,6 +397,51 @@ def particlesim_register_activations() -> Sequence[NamedFactory]:
 
 
 @hookspec
+def particlesim_register_losses() -> Sequence[NamedFactory]:
+    """Register data losses (how outputs are scored against targets) by name.
+
+    Called once per :meth:`PluginManager.load`, after every plugin is
+    registered, one implementation at a time. Takes no arguments.
+
+    Return a list of loss classes with a snake_case ``name``, subclasses of
+    ``particlesim.core.losses.Loss``: ``__call__(outputs, targets, reduction)``
+    returns the mean (or summed) loss and ``correct(outputs, targets)`` the
+    number of right rows (``None`` when accuracy means nothing). A data set
+    names its default loss; the scenario's ``[loss]`` table selects another
+    with ``name = "<name>"`` and passes its other keys as keywords. Return
+    ``[]`` to register nothing.
+
+    Example:
+
+    .. code-block:: python
+
+        import torch
+
+        from particlesim import hookimpl
+        from particlesim.core.losses import Loss
+
+
+        class Huber(Loss):
+            \"\"\"Huber loss of real targets: quadratic near 0, linear beyond ``delta``.\"\"\"
+
+            name = "huber"
+
+            def __init__(self, *, delta: float = 1.0) -> None:
+                self.delta = delta
+
+            def __call__(self, outputs, targets, reduction="mean"):
+                return torch.nn.functional.huber_loss(
+                    outputs.reshape(targets.shape), targets, reduction=reduction, delta=self.delta
+                )
+
+
+        @hookimpl
+        def particlesim_register_losses():
+            return [Huber]
+    """
+
+
+@hookspec
 def particlesim_register_models() -> Sequence[NamedFactory]:
     """Register models: scenario shorthands that expand into a whole system.
 

@@ -57,6 +57,7 @@ REGISTRY_KINDS: tuple[str, ...] = (
     "dataset",
     "writer",
     "activation",
+    "loss",
     "model",
 )
 """Extension kinds; kind ``k`` is filled by the hook ``particlesim_register_<k>s``."""
@@ -75,7 +76,8 @@ _HOOK_PREFIX = "particlesim_"
 
 def registration_hook(kind: str) -> str:
     """The name of the hook that fills registry ``kind`` (``"kernel"`` → ``…_register_kernels``)."""
-    return f"{_HOOK_PREFIX}register_{kind}s"
+    plural = f"{kind}es" if kind.endswith("s") else f"{kind}s"
+    return f"{_HOOK_PREFIX}register_{plural}"
 
 
 class PluginWarning(UserWarning):

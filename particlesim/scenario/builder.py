@@ -38,6 +38,7 @@ SECTIONS = (
     "interactions",
     "potentials",
     "integrator",
+    "loss",
     "observables",
     "writers",
     "run",
@@ -62,10 +63,15 @@ def run_section(
     epochs: float | None = None,
     steps: int | None = None,
     batch_size: int = 128,
+    batch_schedule: list[list[int]] | None = None,
     eval_batch_size: int = 2000,
     record_initial: bool = False,
 ) -> None:
-    """``[run]``: length (epochs or steps) and batch sizes."""
+    """``[run]``: length (epochs or steps) and batch sizes.
+
+    ``batch_schedule = [[step, size], …]`` changes the batch size from ``step`` on
+    (online data sets only).
+    """
 
 
 def system_section(*, input_scaling: bool = False) -> None:
@@ -123,6 +129,7 @@ class Plan:
     dataset: Any = None
     model: Any = None
     integrator: Any = None
+    loss: Any = None
     writers: list[Any] = field(default_factory=list)
     observables: list[Any] = field(default_factory=list)
 
@@ -266,6 +273,13 @@ def validate(
         raise ScenarioError("give either epochs or steps, not both", path="run", source=source)
     if run["epochs"] is None and run["steps"] is None:
         run["epochs"] = 1.0
+    for i, entry in enumerate(run["batch_schedule"] or []):
+        if len(entry) != 2 or entry[0] < 0 or entry[1] < 1:
+            raise ScenarioError(
+                f"expected [step >= 0, size >= 1], got {entry}",
+                path=f"run.batch_schedule[{i}]",
+                source=source,
+            )
 
     plugins = raw.get("plugins", [])
     resolved["plugins"] = check_type(plugins, list[str], "plugins", source=source)
@@ -308,6 +322,11 @@ def validate(
     plan.integrator, resolved["integrator"] = _construct(
         registries, "integrator", integrator, "integrator", source
     )
+
+    if "loss" in raw:
+        plan.loss, resolved["loss"] = _construct(
+            registries, "loss", _table(raw, "loss", source), "loss", source
+        )
 
     resolved["observables"] = []
     for i, table in enumerate(_array_of_tables(raw, "observables", source)):
@@ -492,6 +511,14 @@ def build(
         system.potentials.append(potential)
     system = system.to(dtype)
     run = resolved["run"]
+    loss = plan.loss
+    if loss is None:  # the data set's own loss
+        try:
+            loss = registries["loss"].get(data.loss)(**data.loss_options)
+        except (RegistryError, OptionError) as exc:
+            raise ScenarioError(
+                f"the data set asks for loss {data.loss!r}: {exc}", path="data", source=source
+            ) from None
     try:
         simulation = Simulation(
             system,
@@ -500,6 +527,8 @@ def build(
             epochs=run["epochs"],
             steps=run["steps"],
             batch_size=run["batch_size"],
+            batch_schedule=[tuple(entry) for entry in run["batch_schedule"] or []],
+            loss=loss,
             eval_batch_size=run["eval_batch_size"],
             seed=seed,
             device=torch_device,

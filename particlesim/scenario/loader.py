@@ -49,7 +49,7 @@ def split_path(path: str) -> list[str | int]:
     """``"groups[1].size"`` or ``"groups.1.size"`` → ``["groups", 1, "size"]``."""
     parts: list[str | int] = []
     for piece in path.split("."):
-        if piece.lstrip("-").isdigit():
+        if re.fullmatch(r"-?[0-9]+", piece):  # ASCII digits only: "²".isdigit() is true
             parts.append(int(piece))
             continue
         match = _INDEX.match(piece)
