@@ -88,3 +88,7 @@ class TrajectoryError(ParticlesimError):
 
 class AnalysisError(ParticlesimError):
     """An analysis request that the trajectory cannot answer (unknown group, metric, option…)."""
+
+
+class CheckpointError(ParticlesimError):
+    """A checkpoint could not be written, read, or does not fit the run it should continue."""

@@ -75,6 +75,11 @@ def _opened(path: Path) -> Iterator[xr.DataTree]:
         yield tree
     except ParticlesimError as exc:
         raise _fail(str(exc)) from None
+    except (ValueError, TypeError, MemoryError) as exc:  # values no analysis can use (all NaN…)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise _fail(
+            f"{path}: cannot use this trajectory's values: {type(exc).__name__}: {first}"
+        ) from None
     finally:
         close = getattr(tree, "close", None)
         if callable(close):

@@ -4,6 +4,13 @@ The simulation asks each writer :meth:`Writer.describe_next` for a
 :class:`Request` (steps until due, which observables); at a due step it
 computes the union of requested observables once and hands the same values to
 every due writer's :meth:`Writer.report`.
+
+**Resume.** A writer that keeps a file says how far it got in
+:meth:`Writer.state_dict` (frames, lines); a checkpoint stores that, and a
+resumed run calls :meth:`Writer.resume` instead of :meth:`Writer.open`: the
+writer reopens its file, drops whatever was written after the checkpoint and
+appends from there, so the continued file equals the one an uninterrupted run
+would have written.
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ class Writer:
 
     name: ClassVar[str] = ""
     default_observables: ClassVar[tuple[str, ...]] = ()
+    #: Writers report in ascending ``order`` (stable): a checkpoint writer (order 100)
+    #: reports after every file writer, so the frame counts it saves include this step.
+    order: ClassVar[int] = 0
 
     def __init__(
         self, *, trigger: Trigger | int | None = None, observables: list[str] | None = None
@@ -72,6 +82,17 @@ class Writer:
 
     def flush(self) -> None:
         """Push buffered output to disk."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """How far this writer got (plain values: frame or line counts); ``{}`` by default."""
+        return {}
+
+    def resume(self, simulation: Simulation, out_dir: Path | None, state: dict[str, Any]) -> None:
+        """Continue a checkpointed run: reopen, trim to ``state``, append from there.
+
+        The default (writers without files) just calls :meth:`open`.
+        """
+        self.open(simulation, out_dir)
 
     def close(self, status: str) -> None:
         """Called once when the run ends (``completed``, ``interrupted`` or ``failed``)."""

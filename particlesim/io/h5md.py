@@ -50,6 +50,14 @@ clock's ``step`` last, and the file is flushed after every frame: a run killed
 with ``SIGKILL`` leaves a file that opens (with SWMR) and holds every frame up
 to the last flush; readers take ``min(len(step), len(time), len(value))``
 frames.
+
+**Resume.** :meth:`TrajectoryWriter.state_dict` records each clock's frame
+count; :meth:`TrajectoryWriter.resume` reopens the file (``r+``; the
+"open for writing" flags a killed SWMR writer leaves in the superblock are
+cleared first, as ``h5clear -s`` does), checks that its layout is the one this
+run would create, shrinks every time series of a clock to the checkpoint's
+frame count (frames written after the checkpoint are dropped consistently)
+and appends from there. Nothing before the checkpoint is rewritten.
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ from __future__ import annotations
 import getpass
 import json
 import math
+import os
 import platform
 import weakref
 from collections.abc import Callable
@@ -325,6 +334,7 @@ class TrajectoryWriter(Writer):
         self._file: h5py.File | None = None
         self._clocks: list[_Clock] = []
         self._finalizer: weakref.finalize | None = None
+        self._binding = False  # True while resume() binds to an existing file's datasets
 
     # -- the writer contract -----------------------------------------------------------
 
@@ -375,6 +385,86 @@ class TrajectoryWriter(Writer):
             initial = [clock for clock in self._clocks if clock.initial and clock.due(0)]
             if initial:
                 self._write(simulation, 0, initial, None)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The file and each clock's frame count and last step (what a checkpoint keeps)."""
+        return {
+            "file": None if self.path is None else str(self.path),
+            "clocks": [
+                {"label": c.label, "frames": c.frames, "last_step": c.last_step}
+                for c in self._clocks
+            ],
+        }
+
+    def resume(self, simulation: Simulation, out_dir: Path | None, state: dict[str, Any]) -> None:
+        """Reopen the trajectory of a checkpointed run, trim it to ``state``, append from there.
+
+        Raises :class:`TrajectoryError` when the file is missing, has fewer frames than
+        the checkpoint recorded, or was laid out differently from this run.
+        """
+        path = Path(self.file) if out_dir is None else Path(out_dir) / self.file
+        if not path.is_file():
+            raise TrajectoryError(
+                f"{path}: missing; the checkpoint expects the trajectory of the run it continues"
+            )
+        self._check_selection(simulation)
+        self.path = path
+        self._clocks = self._plan_clocks(simulation)
+        try:
+            clear_status_flags(path)
+            file = h5py.File(path, "r+", libver=LIBVER)
+        except OSError as exc:
+            raise TrajectoryError(f"{path}: cannot reopen the trajectory: {exc}") from None
+        self._file = file
+        self._finalizer = weakref.finalize(self, _close_file, file)
+        self._binding = True
+        try:
+            self._create_layout(simulation, file)
+            self._trim(state)
+            file.flush()
+            file.swmr_mode = True
+        except TrajectoryError:
+            self.close("failed")
+            raise
+        except (KeyError, ValueError, TypeError, OSError) as exc:
+            self.close("failed")
+            raise TrajectoryError(
+                f"{path}: does not have the layout of the run being resumed: {exc}"
+            ) from None
+        finally:
+            self._binding = False
+
+    def _trim(self, state: dict[str, Any]) -> None:
+        """Shrink every time series to the checkpoint's frame count (clock by clock)."""
+        saved = list(state.get("clocks", []))
+        labels = [clock.label for clock in self._clocks]
+        if [c.get("label") for c in saved] != labels:
+            raise TrajectoryError(
+                f"{self.path}: the checkpoint's clocks {[c.get('label') for c in saved]} "
+                f"differ from this run's {labels}"
+            )
+        for clock, entry in zip(self._clocks, saved, strict=True):
+            frames, last_step = int(entry["frames"]), int(entry["last_step"])
+            if clock.step is None or clock.time is None:  # a clock with nothing to record
+                continue
+            series = [clock.step, clock.time, *(e.value for e in clock.elements)]
+            have = min(int(d.shape[0]) for d in series if d is not None)
+            if have < frames:
+                raise TrajectoryError(
+                    f"{self.path}: the {clock.label} series has {have} frames, but the "
+                    f"checkpoint recorded {frames}; the file does not belong to this checkpoint"
+                )
+            if frames and int(clock.step[frames - 1]) != last_step:
+                raise TrajectoryError(
+                    f"{self.path}: frame {frames - 1} of the {clock.label} series is step "
+                    f"{int(clock.step[frames - 1])}, the checkpoint says {last_step}"
+                )
+            for dataset in series:
+                assert dataset is not None
+                if dataset.shape[0] != frames:
+                    dataset.resize(frames, axis=0)
+            clock.frames = frames
+            clock.last_step = last_step
 
     def report(self, simulation: Simulation, step: int, values: dict[str, Any]) -> None:
         due = [clock for clock in self._clocks if clock.due(step)]
@@ -457,7 +547,13 @@ class TrajectoryWriter(Writer):
         chunks: tuple[int, ...],
         read: Callable[[Simulation, dict[str, Any]], np.ndarray],
     ) -> h5py.Group:
-        """Create ``parent/name/{step, time, value [0, *tail]}``; step/time shared per clock."""
+        """Create ``parent/name/{step, time, value [0, *tail]}``; step/time shared per clock.
+
+        While resuming, bind to the existing datasets instead (``tail=None``: the file's).
+        """
+        if self._binding:
+            return self._bind_element(clock, parent, name, tail, dtype, chunks, read)
+        assert tail is not None
         group = parent.create_group(name, track_order=True)
         if clock.step is None:
             clock.step = group.create_dataset(
@@ -484,25 +580,69 @@ class TrajectoryWriter(Writer):
         clock.elements.append(_Element(group.name, read, value, tuple(tail), dtype))
         return group
 
+    def _bind_element(
+        self,
+        clock: _Clock,
+        parent: h5py.Group,
+        name: str,
+        tail: tuple[int, ...] | None,
+        dtype: np.dtype,
+        chunks: tuple[int, ...],
+        read: Callable[[Simulation, dict[str, Any]], np.ndarray],
+    ) -> h5py.Group:
+        """Attach an element to the existing ``parent/name/{step, time, value}`` datasets."""
+        group = parent[name]
+        step, time = group["step"], group["time"]
+        if clock.step is None:
+            clock.step, clock.time = step, time
+        elif _address(step) != _address(clock.step):
+            raise TrajectoryError(
+                f"{self.path}: {group.name}/step is not the {clock.label} clock's step "
+                "(the file was written with other writer options)"
+            )
+        found = group["value"]
+        if tail is None:
+            tail = tuple(found.shape[1:])
+        if tuple(found.shape[1:]) != tuple(tail) or found.dtype != dtype:
+            raise TrajectoryError(
+                f"{self.path}: {found.name} holds {list(found.shape[1:])} {found.dtype} "
+                f"frames, this run writes {list(tail)} {dtype}"
+            )
+        cache = chunk_cache((0, *tail), found.chunks or chunks, dtype.itemsize)
+        access = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+        access.set_chunk_cache(cache["rdcc_nslots"], cache["rdcc_nbytes"], 0.75)
+        value = h5py.Dataset(h5py.h5d.open(group.id, b"value", access))
+        clock.elements.append(_Element(group.name, read, value, tuple(tail), dtype))
+        return group
+
+    def _node(self, parent: h5py.Group, name: str) -> h5py.Group:
+        """``parent/name``: created, or (while resuming) the existing group."""
+        if self._binding:
+            return parent[name]
+        return parent.create_group(name, track_order=True)
+
     def _create_layout(self, simulation: Simulation, file: h5py.File) -> None:
         from particlesim import __version__
 
-        write_h5md_header(file, creator_version=__version__)
-        self._write_parameters(simulation, file, __version__)
+        if not self._binding:
+            write_h5md_header(file, creator_version=__version__)
+            self._write_parameters(simulation, file, __version__)
         system = simulation.system
         chosen = list(system.groups) if self.groups is None else self.groups
-        particles = file.create_group("particles", track_order=True)
+        particles = self._node(file, "particles")
         for name in chosen:
             group = system.groups[name]
-            node = particles.create_group(name, track_order=True)
-            write_box(node, group.dim)
+            node = self._node(particles, name)
+            if not self._binding:
+                write_box(node, group.dim)
             for field_name in group.field_names():
                 if self.fields is not None and field_name not in self.fields:
                     continue
                 tensor = group.field(field_name)
                 dtype = _numpy_dtype(tensor)
                 if group.is_frozen(field_name):
-                    node.create_dataset(field_name, data=_to_numpy(tensor, dtype))
+                    if not self._binding:
+                        node.create_dataset(field_name, data=_to_numpy(tensor, dtype))
                     continue
                 tail = tuple(tensor.shape)
                 self._element(
@@ -517,21 +657,24 @@ class TrajectoryWriter(Writer):
         names = [*self.step_observables, *self.epoch_observables]
         if not names:
             return
-        group = file.create_group("observables", track_order=True)
+        group = self._node(file, "observables")
         for clock, chosen in (
             (self._observable_clock, self.step_observables),
             (self._epoch_clock, self.epoch_observables),
         ):
             for name in chosen:
                 observable = simulation.observables[name]
-                if observable.category == "scalar":
-                    tail: tuple[int, ...] = ()
-                else:  # the shape of a vector observable is known only by computing it once
-                    tail = np.shape(simulation.measure([name])[name])
+                tail: tuple[int, ...] | None = ()
+                if observable.category != "scalar":
+                    # the shape of a vector observable is known only by computing it once
+                    # (or, while resuming, from the file)
+                    tail = None if self._binding else np.shape(simulation.measure([name])[name])
                 element = self._element(
-                    clock, group, name, tail, np.dtype(np.float64), value_chunks(tail),
+                    clock, group, name, tail, np.dtype(np.float64), value_chunks(tail or ()),
                     _observable_reader(name),
                 )  # fmt: skip
+                if self._binding:
+                    continue
                 if observable.unit:
                     element["value"].attrs["unit"] = observable.unit
                 if observable.description:
@@ -539,19 +682,22 @@ class TrajectoryWriter(Writer):
 
     def _create_connectivity(self, simulation: Simulation, file: h5py.File) -> None:
         system = simulation.system
-        connectivity = file.create_group("connectivity", track_order=True)
+        connectivity = self._node(file, "connectivity")
         assert self._connectivity_clock is not None
+        used: set[str] = set()
         for interaction in system.interactions:
             source = system.groups[interaction.source]
             target = system.groups[interaction.target]
             name = base = f"{interaction.source}_to_{interaction.target}"
             suffix = 2
-            while name in connectivity:
+            while name in used:
                 name, suffix = f"{base}_{suffix}", suffix + 1
-            node = connectivity.create_group(name, track_order=True)
-            node.attrs["source"] = interaction.source
-            node.attrs["target"] = interaction.target
-            node.attrs["kind"] = type(interaction).name or type(interaction).__name__
+            used.add(name)
+            node = self._node(connectivity, name)
+            if not self._binding:
+                node.attrs["source"] = interaction.source
+                node.attrs["target"] = interaction.target
+                node.attrs["kind"] = type(interaction).name or type(interaction).__name__
             with torch.no_grad():
                 weight = interaction.effective_weight(source, target)
             dtype = _numpy_dtype(weight)
@@ -627,6 +773,88 @@ class TrajectoryWriter(Writer):
             clock.frames = n + 1
             clock.last_step = step
         self._file.flush()
+
+
+def _address(dataset: h5py.Dataset) -> int:
+    """Identity of an HDF5 object: hard links to one dataset share it."""
+    return h5py.h5o.get_info(dataset.id).addr
+
+
+def _lookup3(data: bytes, initval: int = 0) -> int:
+    """Bob Jenkins' lookup3 ``hashlittle``: HDF5's metadata checksum (``H5_checksum_lookup3``)."""
+    mask = 0xFFFFFFFF
+
+    def rot(x: int, k: int) -> int:
+        return ((x << k) | (x >> (32 - k))) & mask
+
+    length = len(data)
+    a = b = c = (0xDEADBEEF + length + initval) & mask
+    i = 0
+    while length > 12:
+        a = (a + int.from_bytes(data[i : i + 4], "little")) & mask
+        b = (b + int.from_bytes(data[i + 4 : i + 8], "little")) & mask
+        c = (c + int.from_bytes(data[i + 8 : i + 12], "little")) & mask
+        a = (a - c) & mask ^ rot(c, 4)
+        c = (c + b) & mask
+        b = (b - a) & mask ^ rot(a, 6)
+        a = (a + c) & mask
+        c = (c - b) & mask ^ rot(b, 8)
+        b = (b + a) & mask
+        a = (a - c) & mask ^ rot(c, 16)
+        c = (c + b) & mask
+        b = (b - a) & mask ^ rot(a, 19)
+        a = (a + c) & mask
+        c = (c - b) & mask ^ rot(b, 4)
+        b = (b + a) & mask
+        length -= 12
+        i += 12
+    if length == 0:
+        return c
+    tail = data[i : i + length].ljust(12, b"\0")
+    a = (a + int.from_bytes(tail[0:4], "little")) & mask
+    b = (b + int.from_bytes(tail[4:8], "little")) & mask
+    c = (c + int.from_bytes(tail[8:12], "little")) & mask
+    c = (c ^ b) - rot(b, 14) & mask
+    a = (a ^ c) - rot(c, 11) & mask
+    b = (b ^ a) - rot(a, 25) & mask
+    c = (c ^ b) - rot(b, 16) & mask
+    a = (a ^ c) - rot(c, 4) & mask
+    b = (b ^ a) - rot(a, 14) & mask
+    c = (c ^ b) - rot(b, 24) & mask
+    return c
+
+
+def clear_status_flags(path: str | os.PathLike[str]) -> bool:
+    """Clear the "open for (SWMR) writing" flags a killed writer left; True if any were set.
+
+    HDF5 refuses to reopen such a file for writing (h5py#1807; ``h5clear -s``
+    fixes it). This does the same for superblock versions 2 and 3: it sets the
+    consistency-flags byte to 0 and rewrites the superblock checksum. The
+    checksum is verified first, so a file that is not what it seems is left
+    alone. Only call it when no process is writing the file (the CLI holds a
+    lock on the run directory).
+    """
+    with open(path, "r+b") as handle:
+        head = handle.read(12)
+        if len(head) < 12 or head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] not in (2, 3):
+            return False
+        size_of_offsets = head[9]
+        if size_of_offsets not in (2, 4, 8, 16):
+            return False
+        end = 12 + 4 * size_of_offsets
+        handle.seek(0)
+        block = handle.read(end + 4)
+        if len(block) < end + 4 or block[11] == 0:
+            return False
+        if int.from_bytes(block[end:], "little") != _lookup3(block[:end]):
+            return False
+        cleared = bytearray(block[:end])
+        cleared[11] = 0
+        handle.seek(0)
+        handle.write(bytes(cleared) + _lookup3(bytes(cleared)).to_bytes(4, "little"))
+        handle.flush()
+        os.fsync(handle.fileno())
+    return True
 
 
 def _period(key: str, value: int | str) -> Trigger:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from particlesim.core.triggers import Trigger
 from particlesim.core.writers import Writer
+from particlesim.errors import CheckpointError
 
 if TYPE_CHECKING:
     from particlesim.core.simulation import Simulation
@@ -26,6 +28,8 @@ class MetricsWriter(Writer):
 
     Each row is flushed as it is written, so a killed run keeps every row up to
     the last. Non-finite numbers are written as ``null`` (JSON) or empty (CSV).
+    A resumed run truncates the file to the rows (bytes) it had at the
+    checkpoint and appends from there.
 
     Args:
         trigger: when to write (default: end of each epoch).
@@ -61,6 +65,8 @@ class MetricsWriter(Writer):
         self._handle = None
         self._csv = None
         self.rows: list[dict[str, Any]] = []
+        self._bytes = 0  # size of the file after the last complete row
+        self._written = 0  # rows in the file
 
     def open(self, simulation: Simulation, out_dir: Path | None) -> None:
         if out_dir is None:
@@ -71,6 +77,32 @@ class MetricsWriter(Writer):
             self._csv = csv.DictWriter(self._handle, fieldnames=["step", *self.observables])
             if self.path.stat().st_size == 0:
                 self._csv.writeheader()
+                self._handle.flush()
+        self._bytes = os.fstat(self._handle.fileno()).st_size
+
+    def state_dict(self) -> dict[str, Any]:
+        """The file, its rows and its size in bytes after the last complete row."""
+        return {
+            "file": None if self.path is None else str(self.path),
+            "rows": self._written,
+            "bytes": self._bytes,
+        }
+
+    def resume(self, simulation: Simulation, out_dir: Path | None, state: dict[str, Any]) -> None:
+        """Truncate the file to its size at the checkpoint (rows after it go), then append."""
+        if out_dir is not None:
+            path = Path(out_dir) / self.file_name
+            size = int(state.get("bytes", 0))
+            have = path.stat().st_size if path.is_file() else 0
+            if have < size:
+                raise CheckpointError(
+                    f"{path}: has {have} bytes, but the checkpoint recorded {size}; "
+                    "the file does not belong to this checkpoint"
+                )
+            if path.is_file():
+                os.truncate(path, size)
+        self.open(simulation, out_dir)
+        self._written = int(state.get("rows", 0))
 
     def report(self, simulation: Simulation, step: int, values: dict[str, Any]) -> None:
         row = {"step": step, **values}
@@ -82,6 +114,8 @@ class MetricsWriter(Writer):
         else:
             self._handle.write(json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n")
         self._handle.flush()
+        self._bytes = os.fstat(self._handle.fileno()).st_size
+        self._written += 1
 
     def close(self, status: str) -> None:
         if self._handle is not None:

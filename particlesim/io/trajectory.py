@@ -42,11 +42,24 @@ holds no handle, so Datasets pickle and work with dask.
 Files from other H5MD writers are read as far as they follow the standard;
 what particlesim would have written but is missing is listed in the root
 attr ``missing`` and, for foreign creators, a :class:`TrajectoryWarning`.
+
+**Untrusted files.** A trajectory may come from anywhere, so the reader only
+reads what is inside the file and refuses, with one :class:`TrajectoryError`
+line, what would reach outside it or exhaust the machine: external links,
+virtual datasets and external raw storage (which could point at any file),
+paths that are not regular files (a FIFO would block, a device never ends),
+``step`` datasets that are not 1-D integers, and any read larger than the
+machine's memory (a 12-byte header can declare a terabyte dataset; set
+``PARTICLESIM_MAX_READ_BYTES`` to lower the limit). Elements whose values are
+not numbers are skipped (listed in the root attr ``skipped``); link cycles and
+groups nested deeper than :data:`MAX_DEPTH` are not followed.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import stat
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -77,6 +90,12 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 SPATIAL_FIELDS = ("position", "velocity", "force", "image")
 #: What a particlesim file holds in /parameters (reported in attr ``missing`` when absent).
 PARTICLESIM_PARAMETERS = ("scenario_toml", "seed", "data_source", "versions", "plugins")
+#: Deepest group nesting followed below /observables and /parameters.
+MAX_DEPTH = 16
+#: Environment variable capping the bytes of any single read (default: physical memory).
+MAX_READ_ENV = "PARTICLESIM_MAX_READ_BYTES"
+#: dtype kinds read as values (bool, integers, floats, complex).
+NUMERIC_KINDS = "biufc"
 
 
 class TrajectoryWarning(UserWarning):
@@ -94,11 +113,20 @@ def check_file(path: str | os.PathLike[str]) -> Path:
     (truncated: cut while copying, or a run killed while the file was created).
     """
     path = Path(path)
-    if not path.exists():
-        raise TrajectoryError(f"{path}: no such file")
-    if path.is_dir():
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise TrajectoryError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise TrajectoryError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(info.st_mode):
         raise TrajectoryError(f"{path}: is a directory; expected a trajectory file (.h5)")
-    size = path.stat().st_size
+    if not stat.S_ISREG(info.st_mode):
+        raise TrajectoryError(
+            f"{path}: not a regular file (a device, pipe or socket); expected a trajectory "
+            "file (.h5)"
+        )
+    size = info.st_size
     with path.open("rb") as handle:
         base = _find_superblock(handle, size)
         if base is None:
@@ -150,6 +178,77 @@ def _stored_eof(head: bytes) -> int | None:
     return base + int.from_bytes(eof, "little")
 
 
+def read_limit() -> int:
+    """Bytes one read may take: ``PARTICLESIM_MAX_READ_BYTES`` or the physical memory."""
+    text = os.environ.get(MAX_READ_ENV)
+    if text:
+        try:
+            return max(1, int(text))
+        except ValueError:
+            pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # not POSIX: a conservative 16 GiB
+        return 16 << 30
+
+
+def check_read_size(path: Any, name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Raise TrajectoryError when reading ``shape`` of ``dtype`` would exceed :func:`read_limit`."""
+    nbytes = math.prod(int(n) for n in shape) * np.dtype(dtype).itemsize
+    limit = read_limit()
+    if nbytes > limit:
+        raise TrajectoryError(
+            f"{path}: reading {name} {list(shape)} ({np.dtype(dtype)}) needs "
+            f"{nbytes / 2**30:,.1f} GiB, more than the {limit / 2**30:,.1f} GiB of memory "
+            f"allowed ({MAX_READ_ENV}); select fewer frames or particles"
+        )
+
+
+def _child(path: Any, group: h5py.Group, name: str) -> h5py.Group | h5py.Dataset | None:
+    """``group[name]`` without leaving the file: external links are an error, dangling None."""
+    try:
+        link = group.get(name, getlink=True)
+    except (KeyError, OSError, RuntimeError, ValueError):
+        return None
+    if link is None:
+        return None
+    if isinstance(link, h5py.ExternalLink):
+        raise TrajectoryError(
+            f"{path}: {group.name.rstrip('/')}/{name} is an external link to "
+            f"{link.filename}:{link.path}; particlesim reads only self-contained trajectories"
+        )
+    try:
+        obj = group.get(name)
+    except (KeyError, OSError, RuntimeError, ValueError):  # a dangling or broken soft link
+        return None
+    return obj if isinstance(obj, h5py.Group | h5py.Dataset) else None
+
+
+def _members(path: Any, group: h5py.Group) -> list[tuple[str, h5py.Group | h5py.Dataset]]:
+    """The members of ``group`` that resolve inside the file (see :func:`_child`)."""
+    members = []
+    for name in group:
+        obj = _child(path, group, name)
+        if obj is not None:
+            members.append((name, obj))
+    return members
+
+
+def _check_storage(path: Any, dataset: h5py.Dataset) -> None:
+    """Refuse datasets whose values live outside the file (virtual or external storage)."""
+    if dataset.is_virtual:
+        raise TrajectoryError(
+            f"{path}: {dataset.name} is a virtual dataset (its values live in other files); "
+            "particlesim reads only self-contained trajectories"
+        )
+    if dataset.external:
+        files = ", ".join(sorted({str(entry[0]) for entry in dataset.external}))
+        raise TrajectoryError(
+            f"{path}: {dataset.name} keeps its values in external raw storage ({files}); "
+            "particlesim reads only self-contained trajectories"
+        )
+
+
 def _open_h5(path: str | os.PathLike[str]) -> h5py.File:
     """Open read-only with SWMR (works for files being written, or left by a killed run)."""
     try:
@@ -191,10 +290,12 @@ class H5Array(BackendArray):
         if any(isinstance(k, slice) and len(range(k.start, k.stop, k.step)) == 0 for k in bounded):
             shape = [len(range(k.start, k.stop, k.step)) for k in bounded if isinstance(k, slice)]
             return np.zeros((*shape, *self.shape[len(bounded) :]), dtype=self.dtype)
+        wanted = [len(range(k.start, k.stop, k.step)) for k in bounded if isinstance(k, slice)]
+        check_read_size(self.path, self.name, (*wanted, *self.shape[len(bounded) :]), self.dtype)
         try:
             with _open_h5(self.path) as file:
                 return np.asarray(file[self.name][bounded])
-        except (OSError, KeyError, RuntimeError) as exc:
+        except (OSError, KeyError, RuntimeError, TypeError, ValueError, MemoryError) as exc:
             raise TrajectoryError(f"{self.path}: cannot read {self.name}: {exc}") from None
 
     def __repr__(self) -> str:
@@ -266,15 +367,20 @@ class _Scan:
 
     def element(self, obj: h5py.Group | h5py.Dataset, name: str) -> _Element | None:
         if isinstance(obj, h5py.Dataset):
+            _check_storage(self.path, obj)
+            if obj.dtype.kind not in NUMERIC_KINDS or obj.shape is None:
+                self.skipped.append(obj.name)
+                return None
             return _Element(name, obj.name, obj.shape, obj.dtype, obj.chunks, _attrs(obj.attrs))
-        value, step = obj.get("value"), obj.get("step")
+        value, step = _child(self.path, obj, "value"), _child(self.path, obj, "step")
         if not isinstance(value, h5py.Dataset) or not isinstance(step, h5py.Dataset):
             self.skipped.append(obj.name)
             return None
-        if value.ndim == 0:
+        _check_storage(self.path, value)
+        if value.ndim == 0 or value.dtype.kind not in NUMERIC_KINDS:
             self.skipped.append(obj.name)
             return None
-        time = obj.get("time")
+        time = _child(self.path, obj, "time")
         time = time if isinstance(time, h5py.Dataset) else None
         key = self.clock(step, time)
         attrs = {**_attrs(obj.attrs), **_attrs(value.attrs)}
@@ -285,6 +391,23 @@ class _Scan:
         key = (_address(step), None if time is None else _address(time))
         if key in self.clocks:
             return key
+        for series, kinds, what in ((step, "iu", "integers"), (time, "iuf", "numbers")):
+            if series is None:
+                continue
+            _check_storage(self.path, series)
+            if series.dtype.kind not in kinds or series.ndim > 1:
+                raise TrajectoryError(
+                    f"{self.path}: {series.name} holds {series.dtype} values of shape "
+                    f"{list(series.shape)}, not integers"
+                    if what == "integers"
+                    else f"{self.path}: {series.name} holds {series.dtype} values of shape "
+                    f"{list(series.shape)}, not 1-D numbers"
+                )
+            if series.ndim == 1 and series.shape[0] * series.dtype.itemsize > read_limit():
+                raise TrajectoryError(
+                    f"{self.path}: {series.name} declares {series.shape[0]} frames, more than "
+                    "fit in memory; the file is damaged or was not written by an H5MD writer"
+                )
         clock = _Clock(None, None, time_attrs=None if time is None else _attrs(time.attrs))
         if step.ndim == 0:  # H5MD fixed interval: step of frame i = offset + step * i
             clock.step_rule = (int(step[()]), int(step.attrs.get("offset", 0)))
@@ -305,21 +428,30 @@ class _Scan:
         group = self.file["particles"][name]
         attrs: dict[str, Any] = {}
         missing: list[str] = []
-        box = group.get("box")
+        box = _child(self.path, group, "box")
         if isinstance(box, h5py.Group):
             box_attrs = _attrs(box.attrs)
-            attrs["dimension"] = int(box_attrs.get("dimension", 0))
+            try:
+                attrs["dimension"] = int(np.asarray(box_attrs.get("dimension", 0)).item())
+            except (TypeError, ValueError):  # not one integer: unknown dimension
+                attrs["dimension"] = 0
+                missing.append("box/dimension")
             boundary = box_attrs.get("boundary")
             attrs["boundary"] = (
                 [str(b) for b in np.atleast_1d(boundary)] if boundary is not None else []
             )
-            edges = box.get("edges")
-            if isinstance(edges, h5py.Dataset):
+            edges = _child(self.path, box, "edges")
+            if (
+                isinstance(edges, h5py.Dataset)
+                and edges.dtype.kind in NUMERIC_KINDS
+                and edges.size <= 64
+            ):
+                _check_storage(self.path, edges)
                 attrs["edges"] = np.asarray(edges[()])
         else:
             missing.append("box")
         elements = []
-        for field, obj in group.items():
+        for field, obj in _members(self.path, group):
             if field == "box":
                 continue
             element = self.element(obj, field)
@@ -344,6 +476,11 @@ class _Scan:
                 rest = ["channel"]
             return ("particle", *rest)
 
+        if particles and next(iter(particles)) * 8 > read_limit():
+            raise TrajectoryError(
+                f"{self.path}: particle group {name!r} declares {next(iter(particles))} "
+                "particles, more than fit in memory; the file is damaged or hostile"
+            )
         ds = self.node(elements, axes, attrs)
         if particles:
             ds = ds.assign_coords(particle=np.arange(particles.pop(), dtype=np.int64))
@@ -353,18 +490,23 @@ class _Scan:
 
     def observables(self) -> xr.Dataset:
         elements: list[_Element] = []
+        seen: set[int] = set()
 
-        def walk(group: h5py.Group, prefix: str) -> None:
-            for name, obj in group.items():
+        def walk(group: h5py.Group, prefix: str, depth: int) -> None:
+            seen.add(_address(group))
+            for name, obj in _members(self.path, group):
                 full = f"{prefix}{name}"
                 if isinstance(obj, h5py.Group) and "value" not in obj:
-                    walk(obj, f"{full}_")  # H5MD allows /observables/<group>/<name>
+                    if depth >= MAX_DEPTH or _address(obj) in seen:  # too deep, or a cycle
+                        self.skipped.append(obj.name)
+                        continue
+                    walk(obj, f"{full}_", depth + 1)  # H5MD allows /observables/<group>/<name>
                     continue
                 element = self.element(obj, full)
                 if element is not None:
                     elements.append(element)
 
-        walk(self.file["observables"], "")
+        walk(self.file["observables"], "", 0)
 
         def axes(element: _Element, tail: tuple[int, ...]) -> tuple[str, ...]:
             return tuple(f"{element.name}_dim_{i}" for i in range(len(tail)))
@@ -378,7 +520,7 @@ class _Scan:
             source, target = name.split("_to_", 1)
             attrs.setdefault("source", source)
             attrs.setdefault("target", target)
-        weight = group.get("weight")
+        weight = _child(self.path, group, "weight")
         elements = []
         if weight is not None:
             element = self.element(weight, "weight")
@@ -463,24 +605,28 @@ class _Scan:
         missing: list[str] = []
         h5md = self.file["h5md"]
         version = h5md.attrs.get("version")
+        try:
+            version = None if version is None else np.asarray(version, dtype=np.int64)
+        except (TypeError, ValueError):
+            version = None
         if version is None:
             missing.append("h5md/version")
         else:
             attrs["h5md_version"] = np.asarray(version, dtype=np.int64)
-        creator = h5md.get("creator")
+        creator = _child(self.path, h5md, "creator")
         creator_attrs = _attrs(creator.attrs) if isinstance(creator, h5py.Group) else {}
         attrs["creator"] = str(creator_attrs.get("name", ""))
         attrs["creator_version"] = str(creator_attrs.get("version", ""))
         if not attrs["creator"]:
             missing.append("h5md/creator")
-        author = h5md.get("author")
+        author = _child(self.path, h5md, "author")
         author_attrs = _attrs(author.attrs) if isinstance(author, h5py.Group) else {}
         attrs["author"] = str(author_attrs.get("name", ""))
         if "email" in author_attrs:
             attrs["author_email"] = str(author_attrs["email"])
-        parameters = self.file.get("parameters")
+        parameters = _child(self.path, self.file, "parameters")
         if isinstance(parameters, h5py.Group):
-            attrs.update(_parameters(parameters))
+            attrs.update(_parameters(self.path, parameters))
         missing += [f"parameters/{k}" for k in PARTICLESIM_PARAMETERS if k not in attrs]
         if self.skipped:
             attrs["skipped"] = list(self.skipped)
@@ -521,32 +667,46 @@ def _attrs(attrs: h5py.AttributeManager) -> dict[str, Any]:
     return out
 
 
-def _parameters(group: h5py.Group, prefix: str = "") -> dict[str, Any]:
-    """``/parameters`` attrs and small datasets, flattened (``sub/key`` for subgroups)."""
+def _parameters(
+    path: Any, group: h5py.Group, prefix: str = "", seen: set[int] | None = None
+) -> dict[str, Any]:
+    """``/parameters`` attrs and small datasets, flattened (``sub/key`` for subgroups).
+
+    Datasets stored outside the file, of more than 64 Ki elements, or nested deeper
+    than :data:`MAX_DEPTH` are left out; link cycles are followed once.
+    """
+    seen = set() if seen is None else seen
+    seen.add(_address(group))
     out = {f"{prefix}{k}": v for k, v in _attrs(group.attrs).items()}
-    for key, obj in group.items():
+    for key, obj in _members(path, group):
         if isinstance(obj, h5py.Group):
-            out.update(_parameters(obj, f"{prefix}{key}/"))
-        elif isinstance(obj, h5py.Dataset) and obj.size <= 1 << 16:
-            out[f"{prefix}{key}"] = _plain(obj[()])
+            if prefix.count("/") < MAX_DEPTH and _address(obj) not in seen:
+                out.update(_parameters(path, obj, f"{prefix}{key}/", seen))
+        elif isinstance(obj, h5py.Dataset) and obj.size is not None and obj.size <= 1 << 16:
+            _check_storage(path, obj)
+            try:
+                out[f"{prefix}{key}"] = _plain(obj[()])
+            except (OSError, TypeError, ValueError):  # a datatype h5py cannot read
+                continue
     return out
 
 
 # --------------------------------------------------------------------------- public API
 
 
-def _nodes(file: h5py.File) -> dict[str, list[str]]:
+def _nodes(file: h5py.File, path: Any) -> dict[str, list[str]]:
     """Names of the particle groups, the connectivity entries, and whether there are observables."""
-    particles = file.get("particles")
-    connectivity = file.get("connectivity")
+    particles = _child(path, file, "particles")
+    connectivity = _child(path, file, "connectivity")
+    observables = _child(path, file, "observables")
     return {
         "particles": [
-            k for k, v in particles.items() if isinstance(v, h5py.Group)
+            k for k, v in _members(path, particles) if isinstance(v, h5py.Group)
         ] if isinstance(particles, h5py.Group) else [],
         "connectivity": [
-            k for k, v in connectivity.items() if isinstance(v, h5py.Group)
+            k for k, v in _members(path, connectivity) if isinstance(v, h5py.Group)
         ] if isinstance(connectivity, h5py.Group) else [],
-        "observables": ["observables"] if isinstance(file.get("observables"), h5py.Group) else [],
+        "observables": ["observables"] if isinstance(observables, h5py.Group) else [],
     }  # fmt: skip
 
 
@@ -554,7 +714,12 @@ def _open_checked(path: str | os.PathLike[str]) -> tuple[h5py.File, str]:
     checked = check_file(path)
     name = os.fspath(checked.resolve())
     file = _open_h5(name)
-    if not isinstance(file.get("h5md"), h5py.Group):
+    try:
+        h5md = _child(path, file, "h5md")
+    except TrajectoryError:
+        file.close()
+        raise
+    if not isinstance(h5md, h5py.Group):
         file.close()
         raise TrajectoryError(
             f"{path}: not an H5MD file (no /h5md group); expected a trajectory written by "
@@ -583,7 +748,7 @@ def open_trajectory(path: str | os.PathLike[str]) -> xr.DataTree:
     with file:
         try:
             scan = _Scan(file, name)
-            nodes = _nodes(file)
+            nodes = _nodes(file, path)
             datasets: dict[str, xr.Dataset] = {}
             if nodes["particles"]:
                 datasets["particles"] = xr.Dataset()
@@ -598,7 +763,7 @@ def open_trajectory(path: str | os.PathLike[str]) -> xr.DataTree:
             attrs = scan.root_attrs()
         except TrajectoryError:
             raise
-        except (OSError, KeyError, RuntimeError, ValueError) as exc:
+        except (OSError, KeyError, RuntimeError, ValueError, TypeError, MemoryError) as exc:
             raise _fail(path, exc) from None
     _warn_foreign(path, attrs)
     root = xr.Dataset(attrs=attrs)
@@ -616,7 +781,10 @@ def open_group(path: str | os.PathLike[str], group: str) -> xr.Dataset:
     """
     file, name = _open_checked(path)
     with file:
-        nodes = _nodes(file)
+        try:
+            nodes = _nodes(file, path)
+        except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise _fail(path, exc) from None
         key = group.strip("/")
         scan = _Scan(file, name)
         try:
@@ -630,7 +798,7 @@ def open_group(path: str | os.PathLike[str], group: str) -> xr.Dataset:
                     return scan.connectivity(entry)
         except TrajectoryError:
             raise
-        except (OSError, KeyError, RuntimeError, ValueError) as exc:
+        except (OSError, KeyError, RuntimeError, ValueError, TypeError, MemoryError) as exc:
             raise _fail(path, exc) from None
     known = [
         *nodes["particles"],

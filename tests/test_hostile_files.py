@@ -1,0 +1,445 @@
+"""Malformed and hostile trajectory files: every reader path ends in one clear line, never a hang.
+
+Each case builds a file (or a path) that is broken or crafted: not HDF5, cut
+short, wrong types and shapes, missing pieces, shapes declared in the
+terabytes, external links and external raw storage pointing elsewhere, a
+link cycle, a FIFO. The Python reader must either read what is sound or raise
+:class:`TrajectoryError`; ``particlesim inspect`` and ``plot`` must either
+succeed or print exactly one ``error:`` line, exit 2 and show no traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from particlesim.cli.app import app
+from particlesim.errors import TrajectoryError
+from particlesim.io.h5md import LIBVER, SERIES_ATTR, write_box, write_h5md_header
+from particlesim.io.trajectory import TrajectoryWarning, open_group, open_trajectory
+
+runner = CliRunner()
+
+
+# --------------------------------------------------------------------------- file makers
+
+
+def _sound(path: Path, *, frames: int = 4, particles: int = 5, dim: int = 2) -> Path:
+    """A small valid trajectory in the writer's layout (one group, one observable)."""
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w", libver=LIBVER, track_order=True) as file:
+        write_h5md_header(file, creator_version="test", author="test")
+        node = file.create_group("particles").create_group("hidden")
+        write_box(node, dim)
+        element = node.create_group("position")
+        step = element.create_dataset("step", data=np.arange(frames, dtype=np.int64) * 10)
+        step.attrs[SERIES_ATTR] = "particles"
+        element.create_dataset("time", data=np.arange(frames, dtype=np.float64))
+        element.create_dataset("value", data=rng.standard_normal((frames, particles, dim)))
+        charge = node.create_group("charge")
+        charge["step"] = step
+        charge["time"] = element["time"]
+        charge.create_dataset("value", data=rng.standard_normal((frames, particles)))
+        loss = file.create_group("observables").create_group("loss")
+        loss["step"] = step
+        loss["time"] = element["time"]
+        loss.create_dataset("value", data=rng.random(frames))
+        parameters = file.create_group("parameters")
+        parameters.create_dataset("scenario_toml", data="[scenario]\nname = 'x'\n")
+        parameters.attrs["seed"] = 0
+    return path
+
+
+def random_bytes(path: Path) -> Path:
+    path.write_bytes(np.random.default_rng(1).bytes(4096))
+    return path
+
+
+def empty_file(path: Path) -> Path:
+    path.write_bytes(b"")
+    return path
+
+
+def truncated(path: Path) -> Path:
+    _sound(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def superblock_only(path: Path) -> Path:
+    _sound(path)
+    path.write_bytes(path.read_bytes()[:40])
+    return path
+
+
+def plain_hdf5(path: Path) -> Path:
+    with h5py.File(path, "w") as file:
+        file.create_dataset("x", data=np.arange(3))
+    return path
+
+
+def h5md_is_a_dataset(path: Path) -> Path:
+    with h5py.File(path, "w") as file:
+        file.create_dataset("h5md", data=np.arange(3))
+    return path
+
+
+def particles_is_a_dataset(path: Path) -> Path:
+    with h5py.File(path, "w") as file:
+        write_h5md_header(file, creator_version="test")
+        file.create_dataset("particles", data=np.arange(3))
+    return path
+
+
+def string_values(path: Path) -> Path:
+    _sound(path)
+    with h5py.File(path, "a") as file:
+        del file["particles/hidden/charge/value"]
+        file["particles/hidden/charge"].create_dataset(
+            "value", data=np.array([[b"a"] * 5] * 4), dtype=h5py.string_dtype()
+        )
+    return path
+
+
+def compound_values(path: Path) -> Path:
+    _sound(path)
+    with h5py.File(path, "a") as file:
+        del file["observables/loss/value"]
+        kind = np.dtype([("a", np.float64), ("b", np.int32)])
+        file["observables/loss"].create_dataset("value", data=np.zeros(4, dtype=kind))
+    return path
+
+
+def string_steps(path: Path) -> Path:
+    _sound(path)
+    with h5py.File(path, "a") as file:
+        del file["observables/loss/step"]
+        file["observables/loss"].create_dataset(
+            "step", data=np.array([b"x", b"y", b"z", b"w"]), dtype=h5py.string_dtype()
+        )
+    return path
+
+
+def missing_step(path: Path) -> Path:
+    _sound(path)
+    with h5py.File(path, "a") as file:
+        del file["particles/hidden/position/step"]
+    return path
+
+
+def scalar_value(path: Path) -> Path:
+    _sound(path)
+    with h5py.File(path, "a") as file:
+        del file["observables/loss/value"]
+        file["observables/loss"].create_dataset("value", data=1.0)
+    return path
+
+
+def mismatched_lengths(path: Path) -> Path:
+    _sound(path)
+    with h5py.File(path, "a") as file:
+        del file["particles/hidden/charge/value"]
+        file["particles/hidden/charge"].create_dataset("value", data=np.zeros((4, 7)))
+    return path
+
+
+def huge_frame(path: Path) -> Path:
+    """A value dataset declaring 10^10 particles (nothing allocated): 120 GB a frame."""
+    _sound(path)
+    with h5py.File(path, "a") as file:
+        del file["particles/hidden/position/value"]
+        del file["particles/hidden/charge"]
+        file["particles/hidden/position"].create_dataset(
+            "value", shape=(4, 10**10, 3), dtype=np.float32, chunks=(1, 1024, 3)
+        )
+    return path
+
+
+def huge_steps(path: Path) -> Path:
+    """A ``step`` dataset declaring 10^12 frames (8 TB if read whole)."""
+    _sound(path)
+    with h5py.File(path, "a") as file:
+        del file["observables/loss"]
+        loss = file["observables"].create_group("loss")
+        loss.create_dataset("step", shape=(10**12,), dtype=np.int64, chunks=(1024,))
+        loss.create_dataset("value", shape=(10**12,), dtype=np.float64, chunks=(1024,))
+    return path
+
+
+def external_link(path: Path) -> Path:
+    other = _sound(path.with_name("other.h5"))
+    _sound(path)
+    with h5py.File(path, "a") as file:
+        del file["particles/hidden"]
+        file["particles/hidden"] = h5py.ExternalLink(str(other), "/particles/hidden")
+    return path
+
+
+def dangling_external_link(path: Path) -> Path:
+    _sound(path)
+    with h5py.File(path, "a") as file:
+        file["observables/elsewhere"] = h5py.ExternalLink("/nonexistent/file.h5", "/x")
+    return path
+
+
+def external_storage(path: Path) -> Path:
+    """Raw data kept in another file (here a text file): a reader must not follow it."""
+    secret = path.with_name("secret.txt")
+    secret.write_bytes(b"top secret " * 100)
+    _sound(path)
+    with h5py.File(path, "a") as file:
+        del file["observables/loss/value"]
+        file["observables/loss"].create_dataset(
+            "value", shape=(4,), dtype=np.float64, external=[(str(secret), 0, 32)]
+        )
+    return path
+
+
+def virtual_dataset(path: Path) -> Path:
+    other = _sound(path.with_name("source.h5"))
+    _sound(path)
+    layout = h5py.VirtualLayout(shape=(4,), dtype=np.float64)
+    layout[:] = h5py.VirtualSource(str(other), "observables/loss/value", shape=(4,))
+    with h5py.File(path, "a") as file:
+        del file["observables/loss/value"]
+        file["observables/loss"].create_virtual_dataset("value", layout)
+    return path
+
+
+def link_cycle(path: Path) -> Path:
+    _sound(path)
+    with h5py.File(path, "a") as file:
+        file["observables/loop"] = file["observables"]  # a hard link to its own parent
+    return path
+
+
+def deep_nesting(path: Path) -> Path:
+    _sound(path)
+    with h5py.File(path, "a") as file:
+        group = file["parameters"]
+        for i in range(300):
+            group = group.create_group(f"d{i}")
+        group.attrs["bottom"] = 1
+    return path
+
+
+def bad_box(path: Path) -> Path:
+    _sound(path)
+    with h5py.File(path, "a") as file:
+        file["particles/hidden/box"].attrs["dimension"] = "three"
+    return path
+
+
+def odd_names(path: Path) -> Path:
+    _sound(path)
+    with h5py.File(path, "a") as file:
+        file["particles"].move("hidden", "hid\nden\u202e\x1b[31m")
+        file["h5md/creator"].attrs["name"] = np.bytes_(b"\xff\xfe bad")
+    return path
+
+
+def non_finite_values(path: Path) -> Path:
+    _sound(path)
+    with h5py.File(path, "a") as file:
+        file["particles/hidden/position/value"][...] = np.nan
+        file["observables/loss/value"][...] = np.inf
+    return path
+
+
+def garbage_scenario(path: Path) -> Path:
+    _sound(path)
+    with h5py.File(path, "a") as file:
+        del file["parameters/scenario_toml"]
+        file["parameters"].create_dataset("scenario_toml", data="[[[ not toml \x01")
+    return path
+
+
+def a_directory(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def a_fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def a_device(path: Path) -> Path:
+    path.symlink_to("/dev/zero")
+    return path
+
+
+def a_symlink_loop(path: Path) -> Path:
+    path.symlink_to(path)
+    return path
+
+
+Maker = Callable[[Path], Path]
+
+#: (maker, what the reader does: "ok" or a regular expression of the TrajectoryError)
+CASES: dict[str, tuple[Maker, str]] = {
+    "random_bytes": (random_bytes, "not an HDF5 file"),
+    "empty_file": (empty_file, "not an HDF5 file"),
+    "truncated": (truncated, "truncated HDF5 file"),
+    "superblock_only": (superblock_only, "truncated HDF5 file"),
+    "plain_hdf5": (plain_hdf5, "not an H5MD file"),
+    "h5md_is_a_dataset": (h5md_is_a_dataset, "not an H5MD file"),
+    "particles_is_a_dataset": (particles_is_a_dataset, "ok"),
+    "string_values": (string_values, "ok"),
+    "compound_values": (compound_values, "ok"),
+    "string_steps": (string_steps, "step.*not integers"),
+    "missing_step": (missing_step, "ok"),
+    "scalar_value": (scalar_value, "ok"),
+    "mismatched_lengths": (mismatched_lengths, "fields of different lengths"),
+    "huge_frame": (huge_frame, "declares 10000000000 particles"),
+    "huge_steps": (huge_steps, "declares 1000000000000 frames"),
+    "external_link": (external_link, "external link"),
+    "dangling_external_link": (dangling_external_link, "external link"),
+    "external_storage": (external_storage, "external raw storage"),
+    "virtual_dataset": (virtual_dataset, "virtual dataset"),
+    "link_cycle": (link_cycle, "ok"),
+    "deep_nesting": (deep_nesting, "ok"),
+    "bad_box": (bad_box, "ok"),
+    "odd_names": (odd_names, "ok"),
+    "non_finite_values": (non_finite_values, "ok"),
+    "garbage_scenario": (garbage_scenario, "ok"),
+    "a_directory": (a_directory, "is a directory"),
+    "a_fifo": (a_fifo, "not a regular file"),
+    "a_device": (a_device, "not a regular file"),
+    "a_symlink_loop": (a_symlink_loop, "cannot be read|no such file|symbolic links"),
+}
+
+
+@pytest.fixture(params=sorted(CASES))
+def hostile(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Path, str]:
+    name = request.param
+    maker, expected = CASES[name]
+    return name, maker(tmp_path / "trajectory.h5"), expected
+
+
+def _load_everything(path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TrajectoryWarning)  # a foreign creator name
+        tree = open_trajectory(path)
+    for node in tree.subtree:
+        ds = node.to_dataset()
+        for var in ds.data_vars.values():
+            if var.size < 10**7:
+                var.load()
+
+
+def test_reader_reads_what_is_sound_or_raises_one_line(hostile) -> None:
+    _, path, expected = hostile
+    if expected == "ok":
+        _load_everything(path)
+        return
+    with pytest.raises(TrajectoryError) as caught:
+        _load_everything(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert re.search(expected, message), message
+
+
+def _assert_clean(result, name: str) -> None:
+    """Exit 0, or exit 2 with exactly one ``error:`` line; never a traceback."""
+    assert "Traceback" not in result.output, f"{name}: {result.output}"
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        f"{name}: {result.exception!r}"
+    )
+    if result.exit_code != 0:
+        assert result.exit_code == 2, f"{name}: exit {result.exit_code}: {result.output}"
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, f"{name}: {result.stderr}"
+
+
+@pytest.mark.filterwarnings("ignore:Glyph .* missing from font")  # control characters in names
+def test_cli_inspect_and_plot_end_cleanly(hostile, tmp_path: Path) -> None:
+    name, path, expected = hostile
+    inspected = runner.invoke(app, ["inspect", str(path), "--json"])
+    _assert_clean(inspected, name)
+    assert (inspected.exit_code == 0) == (expected == "ok"), f"{name}: {inspected.output}"
+    if expected != "ok":
+        return
+    figure = tmp_path / "figure.png"
+    plotted = runner.invoke(
+        app, ["plot", str(path), "-o", str(figure), "--kind", "positions", "--dpi", "20"]
+    )
+    _assert_clean(plotted, name)
+
+
+def test_a_read_larger_than_allowed_is_refused_before_allocating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _sound(tmp_path / "trajectory.h5")
+    with h5py.File(path, "a") as file:
+        del file["particles/hidden/position/value"]
+        del file["particles/hidden/charge"]
+        file["particles/hidden/position"].create_dataset(
+            "value", shape=(4, 10**6, 3), dtype=np.float32, chunks=(1, 1024, 3)
+        )
+    monkeypatch.setenv("PARTICLESIM_MAX_READ_BYTES", str(10**7))  # 10 MB; a frame is 12 MB
+    ds = open_group(path, "hidden")
+    assert ds.position.shape == (4, 10**6, 3)  # declared, not read
+    with pytest.raises(TrajectoryError, match=r"position/value \[1000000, 3\].* more than"):
+        ds.position.isel(time=-1).values  # noqa: B018
+    assert ds.position.isel(time=0, particle=slice(0, 3)).values.shape == (3, 3)
+
+
+def test_external_storage_is_never_read(tmp_path: Path) -> None:
+    path = external_storage(tmp_path / "trajectory.h5")
+    with pytest.raises(TrajectoryError, match="external raw storage") as caught:
+        open_trajectory(path)
+    assert "top secret" not in str(caught.value)
+
+
+def test_xarray_engine_reports_hostile_files_as_trajectory_errors(tmp_path: Path) -> None:
+    import xarray as xr
+
+    for maker in (random_bytes, truncated, external_link):
+        path = maker(tmp_path / f"{maker.__name__}.h5")
+        with pytest.raises(TrajectoryError):
+            xr.open_dataset(path, engine="particlesim", group="hidden")
+
+
+def test_no_eval_exec_or_pickle_of_user_files() -> None:
+    """The engine never evaluates scenario text nor unpickles user files."""
+    root = Path(__file__).resolve().parents[1]
+    pattern = re.compile(
+        r"(?<![.\w])eval\(|(?<![.\w])exec\(|pickle\.loads?\(|weights_only\s*=\s*False"
+        r"|allow_pickle\s*=\s*True"
+    )
+    offenders = []
+    for folder in ("particlesim", "plugins"):
+        for source in (root / folder).rglob("*.py"):
+            for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
+                if pattern.search(line):
+                    offenders.append(f"{source.relative_to(root)}:{number}: {line.strip()}")
+            text = source.read_text(encoding="utf-8")
+            for call in re.finditer(r"torch\.load\(([^)]*)\)", text):
+                if "weights_only=True" not in call.group(1):
+                    offenders.append(f"{source.relative_to(root)}: torch.load({call.group(1)})")
+    assert offenders == []
+
+
+def test_cli_names_every_plugin_file_it_loads(tiny_scenario: Path, tmp_path: Path) -> None:
+    """Plugin files run only when a scenario or ``-p`` names them, and the CLI says so."""
+    plugin = tmp_path / "announced.py"
+    plugin.write_text("from particlesim import hookimpl\n")
+    silent = runner.invoke(app, ["validate", str(tiny_scenario)])
+    assert silent.exit_code == 0 and "plugin: loaded" not in silent.stderr
+    named = tiny_scenario.read_text().replace(
+        "[scenario]", 'plugins = ["announced.py"]\n\n[scenario]'
+    )
+    (tmp_path / "named.toml").write_text(named)
+    loaded = runner.invoke(app, ["validate", str(tmp_path / "named.toml")])
+    assert loaded.exit_code == 0, loaded.output
+    assert f"plugin: loaded announced from {plugin}" in loaded.stderr
