@@ -63,6 +63,8 @@ class Integrator:
         self.lr_final = float(lr_final)
         self.optimizer: torch.optim.Optimizer | None = None
         self.schedule: Schedule = Constant(self.lr)
+        #: Multiplies the scheduled step size (a divergence back-off lowers it; 1 otherwise).
+        self.step_scale = 1.0
 
     def make_optimizer(self, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
         raise NotImplementedError  # pragma: no cover
@@ -82,8 +84,8 @@ class Integrator:
         self.generator = generator
 
     def step_size(self, step: int) -> float:
-        """η at the absolute step ``step``."""
-        return self.schedule(step)
+        """η at the absolute step ``step`` (the schedule times :attr:`step_scale`)."""
+        return self.step_scale * self.schedule(step)
 
     def zero_grad(self) -> None:
         assert self.optimizer is not None
@@ -102,12 +104,23 @@ class Integrator:
         return {"lr": self.step_size(step)}
 
     def state_dict(self) -> dict[str, Any]:
+        """Optimiser state, step-size scale and noise generator state (schedules are
+        pure functions of the step, so the step alone places them)."""
         assert self.optimizer is not None
-        return {"optimizer": self.optimizer.state_dict()}
+        state: dict[str, Any] = {
+            "optimizer": self.optimizer.state_dict(),
+            "step_scale": self.step_scale,
+        }
+        if getattr(self, "generator", None) is not None:
+            state["generator"] = self.generator.get_state()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         assert self.optimizer is not None
         self.optimizer.load_state_dict(state["optimizer"])
+        self.step_scale = float(state.get("step_scale", 1.0))
+        if "generator" in state and getattr(self, "generator", None) is not None:
+            self.generator.set_state(state["generator"])
 
 
 class SGD(Integrator):
@@ -197,11 +210,35 @@ class AdamW(Adam):
 class OverdampedLangevin(Integrator):
     """Overdamped Langevin dynamics / SGLD: gradient descent plus noise ``sqrt(2 η kT) ξ``.
 
+    One step of size ``η = Δt`` (Euler–Maruyama) of
+
+    .. math:: dz = -n ∇U(z)\\, dt + kT ∇\\log m(z)\\, dt + \\sqrt{2 kT}\\, dW
+
+    where ``U`` is the simulation's energy (data loss plus potentials), ``n`` is
+    ``particles`` and ``m`` an optional Gaussian reference measure. Its stationary law is
+    ``∝ exp(-n U / kT) · m`` (the Gibbs measure; for ``η → 0``).
+
+    Mean-field networks (Rotskoff & Vanden-Eijnden 2018, "Error scaling — CLT" slide)
+    descend ``L = n·ℓ`` at temperature ``(βn)^{-1}``: give ``particles = n`` and ``beta``.
+    With ``temperature = 0`` (the default) this is plain gradient descent on ``n·U``; with
+    an online data set it is SGD with batch ``P`` whose own noise is ``θ = Δt/P``
+    (observable ``effective_noise``). The ``sgd`` integrator does the same descent with
+    ``lr = n·Δt``, but then its step size is not the time step ``Δt``.
+
     Args:
-        temperature: ``k_B T`` (the paper-specific ``(βn)^{-1}`` is a choice of
-            this number); 0 gives plain gradient descent.
+        temperature: ``k_B T`` directly; 0 gives plain gradient descent. Not with ``beta``.
         temperature_schedule: ``"constant"``, ``"cosine"`` or ``"linear"`` from
             ``temperature`` to ``temperature_final`` over the run (annealing).
+        temperature_final: the temperature reached at the end of the schedule.
+        beta: β of the mean-field temperature ``kT = 1/(β·particles)`` (instead of
+            ``temperature``); ``inf`` is zero temperature.
+        beta_final: the β reached at the end of ``temperature_schedule`` (instead of
+            ``temperature_final``).
+        particles: ``n``, the number the energy's gradient is multiplied by (gradient
+            descent on ``L = n·U``); 1 leaves the gradient as it is.
+        reference_std: ``s`` of a Gaussian reference measure ``m = N(0, s² I)`` on every
+            learnable parameter, adding the confining drift ``kT ∇log m = -kT z/s²``
+            (the slides' ``(βn)^{-1} ∇ log m``); ``None``: no reference measure (``m = 1``).
     """
 
     name = "langevin"
@@ -215,10 +252,36 @@ class OverdampedLangevin(Integrator):
         temperature: float = 0.0,
         temperature_schedule: ScheduleKind = "constant",
         temperature_final: float = 0.0,
+        beta: float | None = None,
+        beta_final: float | None = None,
+        particles: int = 1,
+        reference_std: float | None = None,
     ) -> None:
         super().__init__(lr=lr, lr_schedule=lr_schedule, lr_final=lr_final)
-        if temperature < 0:
+        if not temperature >= 0:
             raise OptionError("temperature", f"must be >= 0, got {temperature}")
+        if not temperature_final >= 0:
+            raise OptionError("temperature_final", f"must be >= 0, got {temperature_final}")
+        if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
+            raise OptionError("particles", f"must be a positive integer, got {particles!r}")
+        if reference_std is not None and not (0 < reference_std < math.inf):
+            raise OptionError("reference_std", f"must be > 0 and finite, got {reference_std}")
+        for key, value in (("beta", beta), ("beta_final", beta_final)):
+            if value is not None and not value > 0:
+                raise OptionError(
+                    key, f"must be > 0 (the temperature is 1/(beta·particles)), got {value}"
+                )
+        if beta is not None and temperature != 0:
+            raise OptionError("beta", "give either temperature or beta, not both")
+        if beta_final is not None and temperature_final != 0:
+            raise OptionError("beta_final", "give either temperature_final or beta_final, not both")
+        self.beta, self.beta_final = beta, beta_final
+        self.particles = int(particles)
+        self.reference_std = reference_std
+        if beta is not None:
+            temperature = 1.0 / (beta * particles)
+        if beta_final is not None:
+            temperature_final = 1.0 / (beta_final * particles)
         self.temperature = float(temperature)
         self.temperature_schedule_kind = temperature_schedule
         self.temperature_final = float(temperature_final)
@@ -234,8 +297,18 @@ class OverdampedLangevin(Integrator):
         )
 
     def step(self, step: int) -> None:
-        super().step(step)
         kT = self.kT(step)
+        if self.particles != 1 or (self.reference_std is not None and kT > 0):
+            confinement = 0.0 if self.reference_std is None else kT / self.reference_std**2
+            with torch.no_grad():
+                for p in self.parameters:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    if self.particles != 1:
+                        p.grad.mul_(self.particles)
+                    if confinement:
+                        p.grad.add_(p, alpha=confinement)  # -kT ∇log m = kT z / s²
+        super().step(step)
         if kT <= 0:
             return
         scale = math.sqrt(2.0 * self.step_size(step) * kT)
