@@ -144,6 +144,24 @@ class ParticleGroup(nn.Module):
     def is_frozen(self, field: str) -> bool:
         return field in self._field_names and field not in self._parameters
 
+    def attach_field(self, field: str, parameter: nn.Parameter) -> None:
+        """Show an existing per-particle parameter ``[N, ...]`` as a learnable field.
+
+        The tensor is shared, not copied: an activation with one parameter per
+        neuron (ESP's β) keeps it, and the group lists it so that integrators see
+        it once and trajectories record it with the other fields.
+        """
+        if field in self._field_names:
+            raise OptionError(field, f"group {self.name!r} already has a field {field!r}")
+        if parameter.ndim < 1 or parameter.shape[0] != self.size:
+            raise OptionError(
+                field,
+                f"group {self.name!r}: field {field!r} has shape {list(parameter.shape)}, "
+                f"expected {self.size} rows",
+            )
+        self.register_parameter(field, parameter)
+        self._field_names.append(field)
+
     def extra_repr(self) -> str:
         fields = ", ".join(
             f"{k}{list(self.field(k).shape)}{'*' if self.is_frozen(k) else ''}"

@@ -24,6 +24,11 @@ from particlesim.errors import OptionError
 Reduction = Literal["mean", "sum"]
 
 
+def scoring_precision(outputs: Tensor) -> Tensor:
+    """``outputs`` in float32, or float64 when they already are (a Hessian needs float64)."""
+    return outputs if outputs.dtype == torch.float64 else outputs.float()
+
+
 class Loss:
     """Base class: ``loss(outputs, targets, reduction)`` and ``correct(outputs, targets)``.
 
@@ -51,7 +56,7 @@ class CrossEntropy(Loss):
     name = "cross_entropy"
 
     def __call__(self, outputs: Tensor, targets: Tensor, reduction: Reduction = "mean") -> Tensor:
-        return F.cross_entropy(outputs.float(), targets, reduction=reduction)
+        return F.cross_entropy(scoring_precision(outputs), targets, reduction=reduction)
 
     def correct(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return (outputs.argmax(-1) == targets).sum().float()
@@ -72,7 +77,7 @@ class MeanSquaredError(Loss):
         self.scale = float(scale)
 
     def __call__(self, outputs: Tensor, targets: Tensor, reduction: Reduction = "mean") -> Tensor:
-        outputs = outputs.float()
+        outputs = scoring_precision(outputs)
         targets = targets.to(outputs.dtype).reshape(outputs.shape[0], -1)
         per_row = (outputs.reshape(outputs.shape[0], -1) - targets).pow(2).sum(-1)
         total = per_row.mean() if reduction == "mean" else per_row.sum()
@@ -88,13 +93,13 @@ class BinaryCrossEntropy(Loss):
     name = "binary_cross_entropy"
 
     def __call__(self, outputs: Tensor, targets: Tensor, reduction: Reduction = "mean") -> Tensor:
-        logits = outputs.float().reshape(outputs.shape[0], -1)
+        logits = scoring_precision(outputs).reshape(outputs.shape[0], -1)
         if logits.shape[1] != 1:
             raise OptionError(
                 "loss", f"binary_cross_entropy needs one output per example, got {logits.shape[1]}"
             )
         return F.binary_cross_entropy_with_logits(
-            logits[:, 0], targets.float(), reduction=reduction
+            logits[:, 0], targets.to(logits.dtype), reduction=reduction
         )
 
     def correct(self, outputs: Tensor, targets: Tensor) -> Tensor:
@@ -136,11 +141,15 @@ class MultiHeadCrossEntropy(Loss):
                 "loss", f"{len(self.heads)} heads need {len(self.heads)} targets per example"
             )
         return list(
-            zip(outputs.float().split(self.heads, dim=-1), targets.unbind(-1), strict=True)
+            zip(
+                scoring_precision(outputs).split(self.heads, dim=-1),
+                targets.unbind(-1),
+                strict=True,
+            )
         )
 
     def __call__(self, outputs: Tensor, targets: Tensor, reduction: Reduction = "mean") -> Tensor:
-        total = outputs.new_zeros((), dtype=torch.float32)
+        total = outputs.new_zeros((), dtype=scoring_precision(outputs).dtype)
         for logits, target in self._split(outputs, targets):
             labelled = target >= 0
             count = labelled.sum()

@@ -76,6 +76,10 @@ class System(nn.Module):
         self.activations = nn.ModuleDict(
             {name: (activations or {}).get(name, nn.Identity()) for name in list(self.groups)[1:]}
         )
+        for name, activation in self.activations.items():
+            fields = getattr(activation, "particle_fields", None)
+            for field_name, parameter in (fields() if callable(fields) else {}).items():
+                self.groups[name].attach_field(field_name, parameter)  # shared: one tensor
         self.input_scaling = input_scaling
         if input_scaling and not self.input_group.has("charge"):
             raise OptionError("input_scaling", "the input group has no charge field to scale by")
