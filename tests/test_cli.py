@@ -80,7 +80,7 @@ def test_existing_output_is_not_overwritten(tiny_scenario: Path, tmp_path: Path)
         (
             "model.kernel=gausian",
             "model.kernel: unknown kernel 'gausian' (did you mean "
-            "'gaussian'?); known: cauchy, exponential, gaussian",
+            "'gaussian'?); known: cauchy, dot_product, exponential, gaussian",
         ),
         ("model.sizes=[0, -4, 0]", "model.sizes[1]: must be a positive integer, got -4"),
         (
@@ -310,4 +310,34 @@ def test_plugins_key_of_the_wrong_type(tmp_path: Path) -> None:
     path.write_text('plugins = "x.py"\n')
     assert_one_line_error(
         invoke("validate", path), "s.toml: plugins: expected an array of strings, got 'x.py'"
+    )
+
+
+def test_a_broken_command_hook_costs_only_its_own_commands(monkeypatch, capsys) -> None:
+    """main() warns about a plugin whose add_commands raises and still runs the app."""
+    import types
+
+    from particlesim.cli import app as app_module
+    from particlesim.plugins import builtins
+    from particlesim.plugins.hookspecs import hookimpl
+    from particlesim.plugins.manager import PluginManager
+
+    broken = types.ModuleType("broken_commands")
+
+    @hookimpl
+    def particlesim_add_commands(app):
+        raise ImportError("no module named 'missing_piece'")
+
+    broken.particlesim_add_commands = particlesim_add_commands
+    manager = PluginManager().load(
+        builtins=[("particlesim", builtins), ("broken_commands", broken)], entry_points=False
+    )
+    monkeypatch.setattr(PluginManager, "load", lambda self, *a, **k: manager)
+    monkeypatch.setattr(app_module, "app", lambda: print("app ran"))
+    app_module.main()
+    out, err = capsys.readouterr()
+    assert "app ran" in out
+    assert (
+        "warning: plugin 'broken_commands' could not add its commands: "
+        "ImportError: no module named 'missing_piece'" in err
     )

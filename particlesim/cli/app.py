@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -103,6 +104,11 @@ def validate(
         f"ok: {scenario} is valid ({network}, data {r['data']['name']!r}, "
         f"integrator {r['integrator']['name']!r}, {length})"
     )
+    if plan.sweep is not None:
+        typer.echo(
+            f"sweep: {plan.sweep.size} points; `particlesim sweep {scenario} --dry-run` "
+            "checks every one"
+        )
 
 
 def default_out_dir(plan: Any, scenario: Path) -> Path:
@@ -112,7 +118,10 @@ def default_out_dir(plan: Any, scenario: Path) -> Path:
 
 @app.command()
 def run(
-    scenario: Annotated[Path, typer.Argument(help="Scenario TOML file.")],
+    scenario: Annotated[
+        Path | None,
+        typer.Argument(help="Scenario TOML file (with --resume: DIR/scenario.toml by default)."),
+    ] = None,
     set_: SetOption = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     out: Annotated[
@@ -121,55 +130,199 @@ def run(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
     plugin: PluginOption = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue the run in this directory from its checkpoint.pt (a killed or "
+            "interrupted run; with --set run.epochs=… a finished one).",
+            metavar="DIR",
+        ),
+    ] = None,
+    distributed: Annotated[
+        bool,
+        typer.Option(
+            help="Be one of several processes started by torchrun "
+            "(torchrun --nproc_per_node N -m particlesim run FILE --distributed)."
+        ),
+    ] = False,
 ) -> None:
-    """Run a scenario: train, record metrics, write a summary."""
+    """Run a scenario: train, record metrics, write a summary; --resume continues a run."""
+    context = None
+    if distributed:
+        from particlesim.distributed import init_distributed
+
+        try:
+            context = init_distributed(device or "auto")
+        except ParticlesimError as exc:
+            raise fail(str(exc)) from None
+    try:
+        with contextlib.ExitStack() as stack:
+            _run(stack, scenario, set_, device, out, overwrite, plugin, progress, resume, context)
+    finally:
+        if context is not None:
+            from particlesim.distributed import shutdown
+
+            shutdown()
+
+
+def _run(
+    stack: contextlib.ExitStack,
+    scenario: Path | None,
+    overrides: list[str] | None,
+    device: str | None,
+    out: Path | None,
+    overwrite: bool,
+    plugin: list[str] | None,
+    progress: bool,
+    resume: Path | None,
+    context: Any,
+) -> None:
+    """The body of ``run``: set up (every rank agrees it worked), run, summarise."""
+    from particlesim.io.checkpoint import (
+        CHECKPOINT_FILE,
+        DIVERGED_FILE,
+        CheckpointWriter,
+        load_checkpoint,
+        run_lock,
+        save_checkpoint,
+        scenario_fingerprint,
+    )
     from particlesim.io.metrics import MetricsWriter
     from particlesim.scenario.builder import build
 
+    main = context is None or context.is_main
+
+    def say(message: str) -> None:
+        if main:
+            typer.echo(message, err=True)
+
+    setup_error: str | None = None
     try:
-        plan, manager = prepare(scenario, set_, plugin)
-        out_dir = out or default_out_dir(plan, scenario)
-        if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        checkpoint = None
+        if resume is not None:
+            if not resume.is_dir():
+                raise ParticlesimError(f"--resume {resume}: no such run directory")
+            checkpoint = resume / CHECKPOINT_FILE
+            if not checkpoint.is_file():
+                raise ParticlesimError(
+                    f"--resume {resume}: holds no {CHECKPOINT_FILE} (the run stopped before "
+                    "its first checkpoint); start it again with --overwrite"
+                )
+            if out is not None and out.resolve() != resume.resolve():
+                raise ParticlesimError(
+                    f"--out {out} and --resume {resume} differ; a resumed run continues in "
+                    "the directory it resumes"
+                )
+            scenario = scenario or resume / "scenario.toml"
+        elif scenario is None:
+            raise ParticlesimError("give a scenario FILE to run, or --resume DIR to continue one")
+        plan, manager = prepare(scenario, overrides, plugin)
+        if plan.sweep is not None:
+            say(
+                f"note: running the base point of {scenario} only; "
+                f"`particlesim sweep {scenario}` runs its {plan.sweep.size} sweep points"
+            )
+        out_dir = resume or out or default_out_dir(plan, scenario)
+        if resume is None and out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+            hint = (
+                f"; it holds a checkpoint: continue that run with --resume {out_dir}"
+                if (out_dir / CHECKPOINT_FILE).is_file()
+                else ""
+            )
             raise ParticlesimError(
                 f"output directory {out_dir} exists and is not empty; "
-                "use --overwrite to replace it or --out to choose another"
+                f"use --overwrite to replace it or --out to choose another{hint}"
             )
-        if not any(isinstance(w, MetricsWriter) for w in plan.writers):
-            plan.writers.append(MetricsWriter())
-        built = build(plan, device=device, hooks=manager, log=lambda m: typer.echo(m, err=True))
+        fingerprint = scenario_fingerprint(plan.resolved)
+        extra_writers: list[Any] = []
+        if main:
+            if not any(isinstance(w, MetricsWriter) for w in plan.writers):
+                plan.writers.append(MetricsWriter())
+            every = plan.resolved["run"]["checkpoint_every"]
+            extra_writers.append(
+                CheckpointWriter(
+                    trigger=None if every is False or every == 0 else every,
+                    extra={"scenario_toml": plan.to_toml(), "fingerprint": fingerprint},
+                )
+            )
+        else:
+            plan.writers.clear()  # rank 0 alone writes
+        run_device = device
+        if context is not None:
+            run_device = context.device
+        built = build(plan, device=run_device, hooks=manager, log=say, extra_writers=extra_writers)
+        sim = built.simulation
+        if context is not None:
+            sim.distribute(context.rank, context.world_size)
+        if checkpoint is not None:
+            load_checkpoint(checkpoint, sim, fingerprint=fingerprint)
+        if main:
+            if out_dir.exists() and overwrite and resume is None:
+                shutil.rmtree(out_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(run_lock(out_dir))
     except ParticlesimError as exc:
-        raise fail(str(exc)) from None
+        setup_error = str(exc)
     except KeyboardInterrupt:
         raise fail(
             "interrupted before the run started; nothing was written", EXIT_INTERRUPTED
         ) from None
+    if context is not None and not context.agree(setup_error is None) and setup_error is None:
+        setup_error = "another process of the distributed run failed to start (see its error)"
+    if setup_error is not None:
+        raise fail(setup_error)
 
-    if out_dir.exists() and overwrite:
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "scenario.toml").write_text(plan.to_toml(), encoding="utf-8")
-    sim = built.simulation
-    typer.echo(
-        f"run: {sim.total_steps} steps ({sim.steps_per_epoch}/epoch) on {built.device}, "
-        f"{built.system.count_parameters():,} parameters -> {out_dir}",
-        err=True,
+    if resume is not None and sim.step >= sim.total_steps:
+        if main:
+            typer.echo(
+                f"{resume}: the run already completed {sim.step} steps; nothing to do "
+                "(raise run.epochs or run.steps with --set to continue it)"
+            )
+        return
+    if main:
+        (out_dir / "scenario.toml").write_text(plan.to_toml(), encoding="utf-8")
+    processes = "" if context is None else f" x {context.world_size} processes"
+    action = f"resumed at step {sim.step}" if resume is not None else "run"
+    say(
+        f"{action}: {sim.total_steps} steps ({sim.steps_per_epoch}/epoch) on {built.device}"
+        f"{processes}, {built.system.count_parameters():,} parameters -> {out_dir}"
     )
     status = "failed"
     error: str | None = None
     code = 0
     try:
-        with ProgressBar(sim, enabled=progress) as update:
-            result = sim.run(progress=update, out_dir=out_dir)
+        with ProgressBar(sim, enabled=progress and main) as update:
+            result = sim.run(progress=update, out_dir=out_dir if main else None)
         status = result.status
     except DivergenceError as exc:
         error, code = str(exc), EXIT_DIVERGED
+        if main and sim.last_good_state is not None:
+            try:
+                saved = save_checkpoint(
+                    out_dir / DIVERGED_FILE,
+                    sim,
+                    state=sim.last_good_state,
+                    extra={"fingerprint": fingerprint, "status": "diverged"},
+                )
+                error += f"; the last good state (step {sim.last_good_state['step']}) is in {saved}"
+            except ParticlesimError as save_error:
+                error += f"; the last good state could not be saved: {save_error}"
     except ParticlesimError as exc:
         error, code = str(exc), EXIT_ERROR
     except (MemoryError, RuntimeError) as exc:  # e.g. out of memory on the device
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         error, code = f"step {sim.step + 1}: {type(exc).__name__}: {first}", EXIT_ERROR
+    if not main:
+        if error is not None:
+            raise fail(error, code)
+        if status == "interrupted":
+            raise typer.Exit(EXIT_INTERRUPTED)
+        return
     summary = _summary(plan, built, status, error)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    # Written whole, then renamed: a sweep reading it never sees half a file.
+    partial = out_dir / ".summary.json.partial"
+    partial.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    partial.replace(out_dir / "summary.json")
     if error is not None:
         raise fail(error, code)
     typer.echo(
@@ -303,14 +456,41 @@ def _register_analysis_commands() -> None:
 _register_analysis_commands()
 
 
+def _register_sweep_command() -> None:
+    from particlesim.cli.sweep_command import register
+
+    register(app)
+
+
+_register_sweep_command()
+
+
+def _register_prune_command() -> None:
+    from particlesim.cli.prune_command import register
+
+    register(app)
+
+
+_register_prune_command()
+
+
 def main() -> None:
     """Console-script entry point: add plugin commands, then run the app."""
     try:
         from particlesim.plugins.manager import PluginManager
 
         manager = PluginManager().load()
-        if manager.has_impls("particlesim_add_commands"):
-            manager.hook.particlesim_add_commands(app=app)
     except ParticlesimError as exc:
         typer.echo(f"warning: {exc}", err=True)
+    else:
+        # One plugin at a time, so a broken command hook costs only its own commands.
+        for impl in manager.pm.hook.particlesim_add_commands.get_hookimpls():
+            try:
+                impl.function(app=app)
+            except Exception as exc:
+                typer.echo(
+                    f"warning: plugin {impl.plugin_name!r} could not add its commands: "
+                    f"{type(exc).__name__}: {exc}",
+                    err=True,
+                )
     app()

@@ -7,16 +7,18 @@ from particlesim.plugins.hookspecs import hookimpl
 
 @hookimpl
 def particlesim_register_kernels():
+    from particlesim.core.mean_field import MEAN_FIELD_KERNELS
     from particlesim.kernels.base import BUILTIN_KERNELS
 
-    return list(BUILTIN_KERNELS)
+    return [*BUILTIN_KERNELS, *MEAN_FIELD_KERNELS]
 
 
 @hookimpl
 def particlesim_register_interactions():
     from particlesim.core.interactions import BUILTIN_INTERACTIONS
+    from particlesim.core.mean_field import MEAN_FIELD_INTERACTIONS
 
-    return list(BUILTIN_INTERACTIONS)
+    return [*BUILTIN_INTERACTIONS, *MEAN_FIELD_INTERACTIONS]
 
 
 @hookimpl
@@ -36,8 +38,9 @@ def particlesim_register_integrators():
 @hookimpl
 def particlesim_register_datasets():
     from particlesim.data.datasets import BUILTIN_DATASETS
+    from particlesim.data.multitask import MultiTask
 
-    return list(BUILTIN_DATASETS)
+    return [*BUILTIN_DATASETS, MultiTask]
 
 
 @hookimpl
@@ -68,3 +71,12 @@ def particlesim_register_losses():
     from particlesim.core.losses import BUILTIN_LOSSES
 
     return list(BUILTIN_LOSSES)
+
+
+@hookimpl
+def particlesim_register_observables():
+    from particlesim.core.activations import ActivationBeta
+    from particlesim.core.hessian import HESSIAN_OBSERVABLES
+    from particlesim.core.mean_field import MEAN_FIELD_OBSERVABLES
+
+    return [ActivationBeta, *HESSIAN_OBSERVABLES, *MEAN_FIELD_OBSERVABLES]

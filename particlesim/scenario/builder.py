@@ -17,7 +17,7 @@ import torch
 
 from particlesim.core.device import resolve_device, resolve_dtype
 from particlesim.core.group import ParticleGroup
-from particlesim.core.simulation import Simulation
+from particlesim.core.simulation import Backoff, Simulation
 from particlesim.core.system import System
 from particlesim.core.triggers import OnEpoch, Periodic, Trigger
 from particlesim.errors import (
@@ -43,6 +43,7 @@ SECTIONS = (
     "writers",
     "run",
     "plugins",
+    "sweep",
 )
 
 
@@ -66,11 +67,17 @@ def run_section(
     batch_schedule: list[list[int]] | None = None,
     eval_batch_size: int = 2000,
     record_initial: bool = False,
+    checkpoint_every: int | str | bool = "epoch",
+    clip_grad_norm: float | None = None,
+    backoff: dict[str, Any] | None = None,
 ) -> None:
-    """``[run]``: length (epochs or steps) and batch sizes.
+    """``[run]``: length (epochs or steps), batch sizes, checkpoints and the divergence guard.
 
     ``batch_schedule = [[step, size], …]`` changes the batch size from ``step`` on
-    (online data sets only).
+    (online data sets only). ``checkpoint_every`` is a step period or ``"epoch"``
+    (``0`` or ``false``: no periodic checkpoints; a clean stop always writes one).
+    ``clip_grad_norm`` clips the total gradient norm; ``backoff = {factor = 0.5,
+    retries = 3}`` retries a diverging step with the step size scaled by ``factor``.
     """
 
 
@@ -132,6 +139,10 @@ class Plan:
     loss: Any = None
     writers: list[Any] = field(default_factory=list)
     observables: list[Any] = field(default_factory=list)
+    #: The parsed ``[sweep]`` table (a :class:`particlesim.sweeps.SweepSpec`), if any.
+    sweep: Any = None
+    #: The ``[run]`` keys the scenario sets itself (the others are defaults).
+    run_keys_given: frozenset[str] = frozenset()
 
     @property
     def seed(self) -> int:
@@ -251,6 +262,10 @@ def validate(
             )
     resolved: dict[str, Any] = {}
     plan = Plan(resolved, registries, source=source, base_dir=base_dir or Path.cwd())
+    if "sweep" in raw:  # `particlesim sweep` expands it; here only its shape is checked
+        from particlesim.sweeps import parse_sweep
+
+        plan.sweep = parse_sweep(raw["sweep"], source=source)
 
     def section(func, key: str) -> dict[str, Any]:
         table = check_options(func, _table(raw, key, source), key, source=source)
@@ -262,6 +277,7 @@ def validate(
             f"must be >= 0, got {resolved['scenario']['seed']}", path="scenario.seed", source=source
         )
     resolved["run"] = run = section(run_section, "run")
+    plan.run_keys_given = frozenset(_table(raw, "run", source))
     for key in ("batch_size", "eval_batch_size", "steps"):
         if run[key] is not None and run[key] < 1:
             raise ScenarioError(
@@ -273,6 +289,7 @@ def validate(
         raise ScenarioError("give either epochs or steps, not both", path="run", source=source)
     if run["epochs"] is None and run["steps"] is None:
         run["epochs"] = 1.0
+    _check_guard_options(run, source)
     for i, entry in enumerate(run["batch_schedule"] or []):
         if len(entry) != 2 or entry[0] < 0 or entry[1] < 1:
             raise ScenarioError(
@@ -351,6 +368,32 @@ def validate(
         plan.writers.append(writer)
         resolved["writers"].append({**entry, "every": every})
     return plan
+
+
+def _check_guard_options(run: dict[str, Any], source: str) -> None:
+    """``[run]`` checkpoint_every, clip_grad_norm and backoff (filled with its defaults)."""
+    every = run["checkpoint_every"]
+    if (
+        every is True
+        or (isinstance(every, str) and every != "epoch")
+        or (isinstance(every, int) and not isinstance(every, bool) and every < 0)
+    ):
+        raise ScenarioError(
+            f'expected a step count >= 0, "epoch" or false, got {type_name(every)}',
+            path="run.checkpoint_every",
+            source=source,
+        )
+    clip = run["clip_grad_norm"]
+    if clip is not None and not 0 < clip < float("inf"):
+        raise ScenarioError(
+            f"must be a positive finite number, got {clip}",
+            path="run.clip_grad_norm",
+            source=source,
+        )
+    if run["backoff"] is not None:
+        options = check_options(Backoff, run["backoff"], "run.backoff", source=source)
+        backoff = _call(Backoff, options, "run", source)
+        run["backoff"] = {"factor": backoff.factor, "retries": backoff.retries}
 
 
 def _check_named_components(
@@ -519,6 +562,7 @@ def build(
             raise ScenarioError(
                 f"the data set asks for loss {data.loss!r}: {exc}", path="data", source=source
             ) from None
+    _check_batch_size(plan, data, run["batch_size"])
     try:
         simulation = Simulation(
             system,
@@ -536,11 +580,30 @@ def build(
             writers=[*plan.writers, *(extra_writers or [])],
             hooks=hooks,
             record_initial=run["record_initial"],
+            clip_grad_norm=run.get("clip_grad_norm"),
+            backoff=None if not run.get("backoff") else Backoff(**run["backoff"]),
+            log=log,
         )
     except OptionError as exc:
         raise ScenarioError(exc.detail, path=exc.key, source=source) from None
     simulation.metadata.update(run_metadata(plan, data, hooks))
     return Built(plan, system, data, simulation, torch_device)
+
+
+def _check_batch_size(plan: Plan, data: Any, batch_size: int) -> None:
+    """A ``run.batch_size`` the scenario asks for must fit in a fixed training set.
+
+    (The default batch size quietly means the whole set when the set is smaller; online
+    data sets draw any number of fresh points.)
+    """
+    rows = int(data.train_x.shape[0])
+    if "batch_size" in plan.run_keys_given and data.sampler is None and batch_size > rows:
+        raise ScenarioError(
+            f"{batch_size} is larger than the training set ({rows} rows of {data.source!r}); "
+            f"use a batch of at most {rows} (all of it: full-batch gradient descent)",
+            path="run.batch_size",
+            source=plan.source,
+        )
 
 
 def run_metadata(plan: Plan, data: Any, hooks: Any = None) -> dict[str, Any]:
