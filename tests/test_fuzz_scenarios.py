@@ -47,7 +47,7 @@ scalars = st.one_of(
     st.none().map(lambda _: "null"),  # TOML has no null: becomes a string
     st.booleans(),
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=False),
     st.text(max_size=12),
 )
 values = st.recursive(
