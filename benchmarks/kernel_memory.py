@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SIZES = ("128,1024,1024", "128,2048,2048", "128,4096,4096")
-MODES = ("reference", "chunked")
+BACKENDS = ("reference", "chunked")
 
 
 def _parse_size(text: str) -> tuple[int, int, int]:
@@ -52,7 +52,7 @@ def _parse_size(text: str) -> tuple[int, int, int]:
 
 def _measure(
     size: tuple[int, int, int],
-    mode: str,
+    backend: str,
     dim: int,
     repeats: int,
     chunk_size: int | None,
@@ -84,7 +84,7 @@ def _measure(
         ]
 
     def step(x: torch.Tensor, rh: torch.Tensor, rj: torch.Tensor, q: torch.Tensor) -> None:
-        y = kernel_matmul(x, kernel, rh, rj, q, mode=mode, chunk_size=chunk_size)  # type: ignore[arg-type]
+        y = kernel_matmul(x, kernel, rh, rj, q, backend=backend, chunk_size=chunk_size)  # type: ignore[arg-type]
         torch.autograd.grad(y.square().mean(), [x, rh, rj, q, kernel.log_width])
 
     step(*inputs(4, 16, 16))  # warm-up: thread pools, BLAS, autograd engine
@@ -144,8 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for size in sizes:
         result = {
-            m: _run_isolated(size, m, args.dim, args.repeats, args.chunk_size, args.threads)
-            for m in MODES
+            b: _run_isolated(size, b, args.dim, args.repeats, args.chunk_size, args.threads)
+            for b in BACKENDS
         }
         rows.append((size, result))
 

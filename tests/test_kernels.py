@@ -17,14 +17,22 @@ What is checked, and against what:
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+import re
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
 
+from particlesim.core.group import ParticleGroup
+from particlesim.core.interactions import KernelInteraction
+from particlesim.errors import OptionError, ScenarioError
 from particlesim.kernels import ops
 from particlesim.kernels.base import (
     CauchyKernel,
@@ -32,6 +40,16 @@ from particlesim.kernels.base import (
     GaussianKernel,
     Kernel,
     RadialKernel,
+    squared_distance,
+    xplor_switch,
+    xplor_switch_derivative,
+)
+from particlesim.kernels.neighbours import (
+    NeighbourCache,
+    NeighbourList,
+    build_neighbour_list,
+    morton_order,
+    tile_boxes,
 )
 from particlesim.kernels.ops import (
     default_chunk_size,
@@ -39,6 +57,7 @@ from particlesim.kernels.ops import (
     kernel_matmul,
     kernel_matmul_chunked,
     kernel_matmul_reference,
+    select_backend,
 )
 
 F64 = torch.float64
@@ -326,13 +345,13 @@ def test_kernel_matmul_auto_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     assert chosen() == "reference"
     monkeypatch.setattr(ops, "AUTO_REFERENCE_MAX_ELEMENTS", 23)  # M·N = 24 > 23
     assert chosen() == "chunked"
-    assert chosen(mode="reference") == "reference"
+    assert chosen(backend="reference") == "reference"
     monkeypatch.setattr(ops, "AUTO_REFERENCE_MAX_ELEMENTS", 24)
     assert chosen() == "reference"
-    assert chosen(mode="chunked", chunk_size=3) == "chunked"
-    torch.testing.assert_close(kernel_matmul(*args, mode="chunked"), kernel_matmul(*args))
-    with pytest.raises(ValueError, match="mode must be"):
-        kernel_matmul(*args, mode="dense")  # type: ignore[arg-type]
+    assert chosen(backend="chunked", chunk_size=3) == "chunked"
+    torch.testing.assert_close(kernel_matmul(*args, backend="chunked"), kernel_matmul(*args))
+    with pytest.raises(ValueError, match="backend must be"):
+        kernel_matmul(*args, backend="dense")  # type: ignore[arg-type]
 
 
 def test_effective_weight_is_eq9() -> None:
@@ -457,8 +476,8 @@ def _paper_gradients(
     return out
 
 
-@pytest.mark.parametrize("mode", ["reference", "chunked"])
-def test_two_layer_gradients_match_lange_equations(mode: str) -> None:
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+def test_two_layer_gradients_match_lange_equations(backend: str) -> None:
     rng = np.random.default_rng(11)
     n, n_in, H, K, D = 4, 6, 5, 3, 3
     x, z = rng.normal(size=(n, n_in)), rng.normal(size=(n, K))
@@ -471,8 +490,10 @@ def test_two_layer_gradients_match_lange_equations(mode: str) -> None:
     tr = {key: torch.tensor(v, requires_grad=True) for key, v in r.items()}
     kernel = GaussianKernel(1.0).to(F64)  # σ = 1: eq. 10
     b_i = torch.tensor(x) * tq["i"]  # eq. 11
-    a_h = kernel_matmul(b_i, kernel, tr["h"], tr["i"], tq["h"], mode=mode, chunk_size=2)
-    a_k = kernel_matmul(torch.tanh(a_h), kernel, tr["k"], tr["h"], tq["k"], mode=mode, chunk_size=2)
+    a_h = kernel_matmul(b_i, kernel, tr["h"], tr["i"], tq["h"], backend=backend, chunk_size=2)
+    a_k = kernel_matmul(
+        torch.tanh(a_h), kernel, tr["k"], tr["h"], tq["k"], backend=backend, chunk_size=2
+    )
     loss = 0.5 * (a_k - torch.tensor(z)).square().sum()
     names = ["q_i", "q_h", "q_k", "r_i", "r_h", "r_k"]
     inputs = [tq["i"], tq["h"], tq["k"], tr["i"], tr["h"], tr["k"]]
@@ -607,3 +628,513 @@ def test_chunked_on_cuda_equals_reference() -> None:
         for k, v in make_inputs(4, 300, 200, 3, 3, modulation=True).items()
     }
     compare_paths(kernel, inp, chunk=64)
+
+
+# --------------------------------------------------------------------------- cutoff
+
+
+def xplor_closed_form(r: np.ndarray, r_on: float, r_cut: float) -> np.ndarray:
+    """The XPLOR switch written out by distance (CHARMM / HOOMD-blue's definition)."""
+    inside = (
+        (r_cut**2 - r**2) ** 2 * (r_cut**2 + 2 * r**2 - 3 * r_on**2) / (r_cut**2 - r_on**2) ** 3
+    )
+    return np.where(r <= r_on, 1.0, np.where(r >= r_cut, 0.0, inside))
+
+
+def test_xplor_switch_values_and_smoothness() -> None:
+    r_on, r_cut = 1.5, 2.5
+    r = torch.linspace(0.0, 3.0, 301, dtype=F64)
+    s = xplor_switch(r * r, r_on, r_cut)
+    np.testing.assert_allclose(s.numpy(), xplor_closed_form(r.numpy(), r_on, r_cut), atol=1e-14)
+    assert s[r <= r_on].eq(1).all() and s[r >= r_cut].eq(0).all()
+    # C¹: dS/d(r²) matches autograd and vanishes at both ends of the switching region
+    r2 = (r * r).requires_grad_()
+    (auto,) = torch.autograd.grad(xplor_switch(r2, r_on, r_cut).sum(), r2)
+    closed = xplor_switch_derivative(r2.detach(), r_on, r_cut)
+    torch.testing.assert_close(closed, auto, rtol=1e-12, atol=1e-14)
+    ends = torch.tensor([r_on**2, r_cut**2], dtype=F64)
+    assert xplor_switch_derivative(ends, r_on, r_cut).abs().max() == 0
+
+
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_kernel_with_cutoff_is_profile_times_switch(name: str) -> None:
+    g = torch.Generator().manual_seed(4)
+    target, source = 1.5 * torch.randn(9, 2, generator=g, dtype=F64), torch.zeros(1, 2, dtype=F64)
+    kernel = KERNELS[name](1.3, cutoff=2.0, switch_width=0.5).to(F64)
+    plain = KERNELS[name](1.3).to(F64)
+    r = target.norm(dim=1).numpy()
+    expected = plain(target, source)[:, 0].numpy() * xplor_closed_form(r, 1.5, 2.0)
+    np.testing.assert_allclose(kernel(target, source)[:, 0].numpy(), expected, atol=1e-14)
+    assert (kernel(target, source)[:, 0][torch.tensor(r >= 2.0)] == 0).all()
+    assert kernel.cutoff == 2.0 and kernel.switch_on == 1.5
+    assert "cutoff=2, switch_width=0.5" in repr(kernel)
+    assert KERNELS[name](1.0, cutoff=5.0).switch_on == pytest.approx(4.0)  # default: last fifth
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"cutoff": 0.0}, "cutoff must be a positive finite distance, got 0.0"),
+        ({"cutoff": -1.0}, "cutoff must be a positive finite distance"),
+        ({"cutoff": math.inf}, "cutoff must be a positive finite distance"),
+        ({"cutoff": "far"}, "cutoff must be a positive finite distance, got 'far'"),
+        ({"cutoff": 2.0, "switch_width": 3.0}, r"switch_width must be in \(0, cutoff = 2\]"),
+        ({"cutoff": 2.0, "switch_width": 0.0}, "switch_width must be in"),
+        ({"switch_width": 0.5}, "switch_width needs a cutoff"),
+    ],
+)
+def test_cutoff_validation(options: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=rf"kernel 'gaussian': {match}"):
+        GaussianKernel(1.0, **options)
+
+
+def spread_inputs(
+    B: int,
+    N: int,
+    M: int,
+    D: int,
+    channels: int,
+    *,
+    charge: bool = True,
+    modulation: bool = False,
+    length: float = 8.0,
+    seed: int = 0,
+) -> dict[str, Tensor | None]:
+    """Like :func:`make_inputs`, with positions strung out along the first axis.
+
+    Over ``length`` (a few cutoffs) blocks of spatially sorted particles are compact, so a
+    neighbour list skips some block pairs while others straddle the switching region.
+    """
+    inp = make_inputs(B, N, M, D, channels, charge=charge, modulation=modulation, seed=seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    for key, size in (("target_pos", M), ("source_pos", N)):
+        pos = 0.5 * torch.randn(size, D, generator=g, dtype=F64)
+        pos[:, 0] = length * torch.rand(size, generator=g, dtype=F64)
+        inp[key] = pos.requires_grad_()
+    return inp
+
+
+@pytest.fixture
+def small_cutoff_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 4 sources, so tiny test layers have several blocks to skip."""
+    monkeypatch.setattr(ops, "CHUNKED_CUTOFF_TILES", (4, 4))
+
+
+CUTOFF_CASES = [
+    ("gaussian", 1, 1, "charge"),
+    ("cauchy", 2, 3, "both"),
+    ("exponential", 3, 1, "modulation"),
+    ("gaussian", 7, 1, "both"),
+]
+
+
+@pytest.mark.parametrize("path", ["reference", "chunked"])
+@pytest.mark.parametrize(("name", "D", "channels", "case"), CUTOFF_CASES)
+def test_gradcheck_with_cutoff(
+    name: str, D: int, channels: int, case: str, path: str, small_cutoff_tiles: None
+) -> None:
+    kernel = KERNELS[name]([1.3, 0.7, 2.1][:channels], learnable_width=True, cutoff=2.0).to(F64)
+    inp = spread_inputs(
+        3, 11, 9, D, channels, charge=case != "modulation", modulation=case != "charge", seed=D
+    )
+    names = [k for k, v in inp.items() if v is not None]
+
+    def fn(*tensors: Tensor) -> Tensor:
+        return run_path(path, kernel, dict(inp, **dict(zip(names, tensors, strict=False))), 4)
+
+    assert torch.autograd.gradcheck(
+        fn, (*[inp[k] for k in names], kernel.log_width), fast_mode=path == "chunked"
+    )
+
+
+@pytest.mark.parametrize(("name", "D", "channels", "case"), CUTOFF_CASES)
+def test_chunked_with_cutoff_equals_reference_and_skips(
+    name: str,
+    D: int,
+    channels: int,
+    case: str,
+    small_cutoff_tiles: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """float64, forward and every gradient; fewer kernel values than M·N are evaluated."""
+    kernel = KERNELS[name]([1.3, 0.7, 2.1][:channels], learnable_width=True, cutoff=2.0).to(F64)
+    M, N = 29, 37
+    inp = spread_inputs(
+        4,
+        N,
+        M,
+        D,
+        channels,
+        charge=case != "modulation",
+        modulation=case != "charge",
+        length=16.0,
+        seed=D,
+    )
+    evaluated: list[int] = []
+
+    def profile(u: Tensor) -> Tensor:
+        evaluated.append(u[0].numel() if u.ndim == 3 else u.numel())
+        return type(kernel).profile(u)
+
+    compare_paths(kernel, inp, chunk=4)
+    monkeypatch.setattr(kernel, "profile", profile)
+    with torch.no_grad():
+        run_path("chunked", kernel, inp, 4)
+    assert 0 < sum(evaluated) < 0.8 * M * N
+    r = torch.cdist(inp["target_pos"].detach(), inp["source_pos"].detach())
+    assert ((r > kernel.switch_on) & (r < 2.0)).any()  # some pairs inside the switching region
+    nl = build_neighbour_list(inp["target_pos"], inp["source_pos"], 2.0, tile_m=4, tile_n=4)
+    assert nl.pair_fraction < 0.8
+    listed = sum(
+        (e - s) * (cols.stop - cols.start if isinstance(cols, slice) else cols.numel())
+        for s, e, cols in nl.row_blocks()
+    )
+    assert sum(evaluated) == listed  # exactly the listed blocks
+
+
+def test_chunked_cutoff_blocks_of_runs_add_up(
+    small_cutoff_tiles: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several slice blocks per target tile (one per run of source tiles) give the same
+    numbers as one gathered block: results of blocks sharing rows add up."""
+    inp = make_inputs(3, 37, 29, 2, 1, modulation=True, seed=4)
+    g = torch.Generator().manual_seed(4)
+    for key, size in (("target_pos", 29), ("source_pos", 37)):  # a square: Z-order runs break
+        inp[key] = (6.0 * torch.rand(size, 2, generator=g, dtype=F64)).requires_grad_()
+    nl = build_neighbour_list(inp["target_pos"], inp["source_pos"], 2.0, tile_m=4, tile_n=4)
+    gathered, runs = nl.row_blocks(), nl.row_blocks(max_runs=1000)
+
+    def columns(blocks: list) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for s, _, cols in blocks:
+            idx = range(cols.start, cols.stop) if isinstance(cols, slice) else cols.tolist()
+            out.setdefault(s, []).extend(idx)
+        return {s: sorted(v) for s, v in out.items()}
+
+    assert columns(gathered) == columns(runs)
+    assert len(runs) > len(gathered) and all(isinstance(c, slice) for _, _, c in runs)
+    original = NeighbourList.row_blocks
+    monkeypatch.setattr(NeighbourList, "row_blocks", lambda self: original(self, max_runs=1000))
+    kernel = CauchyKernel(1.1, learnable_width=True, cutoff=2.0).to(F64)
+    compare_paths(kernel, inp, chunk=4)
+
+
+def test_chunked_with_cutoff_float32_default_tiles() -> None:
+    """The default tiles of 64 on a layer wide enough to skip; float32 like training."""
+    kernel = GaussianKernel(0.8, learnable_width=True, cutoff=1.5)
+    inp = spread_inputs(8, 300, 260, 2, 1, length=20.0, seed=5)
+    inp = {k: None if v is None else v.detach().float().requires_grad_() for k, v in inp.items()}
+    compare_paths(kernel, inp, chunk=64, tol=2e-5)
+    nl = build_neighbour_list(inp["target_pos"], inp["source_pos"], 1.5, tile_m=64, tile_n=64)
+    assert nl.pair_fraction < 0.7
+
+
+class ShiftedGaussian(Kernel):
+    """A non-radial kernel with a cutoff of its own, for the autograd fallback with skipping."""
+
+    name = "shifted_gaussian"
+    cutoff = 2.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shift = nn.Parameter(torch.tensor([0.1, -0.2], dtype=F64))
+
+    def forward(self, target: Tensor, source: Tensor) -> Tensor:
+        r2 = squared_distance(target + self.shift, source)
+        return torch.exp(-r2) * xplor_switch(squared_distance(target, source), 1.5, 2.0)
+
+
+def test_autograd_fallback_with_cutoff_skips_exactly(small_cutoff_tiles: None) -> None:
+    kernel = ShiftedGaussian()
+    assert not ops._uses_closed_form(kernel)
+    inp = spread_inputs(3, 13, 11, 2, 1, modulation=True, seed=3)
+    compare_paths(kernel, inp, chunk=4)
+    names = [k for k, v in inp.items() if v is not None]
+
+    def fn(*tensors: Tensor) -> Tensor:
+        return run_path("chunked", kernel, dict(inp, **dict(zip(names, tensors, strict=False))), 4)
+
+    assert torch.autograd.gradcheck(fn, (*[inp[k] for k in names], kernel.shift), fast_mode=True)
+
+
+# --------------------------------------------------------------------------- neighbour lists
+
+
+@pytest.mark.parametrize("D", [1, 2, 3, 7])
+def test_neighbour_list_covers_every_close_pair(D: int) -> None:
+    g = torch.Generator().manual_seed(D)
+    target = 3.0 * torch.randn(150, D, generator=g)
+    source = 3.0 * torch.randn(170, D, generator=g)
+    cutoff, skin = 2.0, 0.5
+    nl = build_neighbour_list(target, source, cutoff, skin=skin, tile_m=16, tile_n=8)
+    for order in (nl.target_order, nl.source_order):  # permutations with their inverses
+        assert torch.equal(order.sort().values, torch.arange(order.numel()))
+    assert torch.equal(nl.target_order[nl.target_rank], torch.arange(150))
+    listed = torch.zeros(nl.num_target_tiles, nl.num_source_tiles, dtype=torch.bool)
+    listed[nl.pair_target.long(), nl.pair_source.long()] = True
+    close = torch.cdist(target[nl.target_order], source[nl.source_order]) <= cutoff + skin
+    rows, cols = close.nonzero(as_tuple=True)
+    assert listed[rows // 16, cols // 8].all()
+    # the three encodings list the same pairs
+    by_rows = {
+        (t, int(s))
+        for t in range(nl.num_target_tiles)
+        for s in nl.row_cols[nl.row_ptr[t] : nl.row_ptr[t + 1]]
+    }
+    by_cols = {
+        (int(t), s)
+        for s in range(nl.num_source_tiles)
+        for t in nl.col_rows[nl.col_ptr[s] : nl.col_ptr[s + 1]]
+    }
+    pairs = set(zip(nl.pair_target.tolist(), nl.pair_source.tolist(), strict=True))
+    assert by_rows == by_cols == pairs
+    if D <= 2:
+        assert nl.pair_fraction < 0.9  # the spatial sort makes tiles compact enough to skip
+
+
+def test_morton_order_groups_nearby_points() -> None:
+    grid = torch.stack(torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij"), -1)
+    points = grid.reshape(-1, 2)[torch.randperm(64, generator=torch.Generator().manual_seed(0))]
+    order = morton_order(points, points.amin(0), points.amax(0))
+    lo, hi = tile_boxes(points[order], 4)
+    assert ((hi - lo) == 1).all()  # each run of 4 is a 2 x 2 cell: the Z curve
+
+
+def test_neighbour_cache_rebuilds_only_past_half_the_skin() -> None:
+    g = torch.Generator().manual_seed(1)
+    target, source = torch.randn(40, 2, generator=g), torch.randn(50, 2, generator=g)
+    cache = NeighbourCache(skin=0.4)
+    first = cache.get(target, source, 1.0, 8, 8)
+    assert cache.get(target + 0.19 / math.sqrt(2), source, 1.0, 8, 8) is first  # 0.19 < 0.2
+    assert cache.builds == 1
+    moved = source.clone()
+    moved[3, 0] += 0.21  # one particle past skin / 2
+    assert cache.get(target, moved, 1.0, 8, 8) is not first and cache.builds == 2
+    cache.get(target, moved, 1.0, 16, 8)  # other tiles
+    cache.get(target[:30], moved, 1.0, 16, 8)  # other shape
+    cache.get(target[:30], moved, 1.5, 16, 8)  # other cutoff
+    assert cache.builds == 5
+    cache.reset()
+    cache.get(target[:30], moved, 1.5, 16, 8)
+    assert cache.builds == 6
+    assert NeighbourCache().get(target, source, 2.0, 8, 8).skin == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="skin must be a finite distance >= 0, got -1"):
+        NeighbourCache(skin=-1.0)
+
+
+def test_neighbour_list_argument_errors() -> None:
+    rh, rj = torch.randn(5, 2), torch.randn(6, 2)
+    with pytest.raises(ValueError, match="tile sizes must be positive"):
+        build_neighbour_list(rh, rj, 1.0, tile_m=0)
+    with pytest.raises(ValueError, match="need cutoff > 0 and skin >= 0"):
+        build_neighbour_list(rh, rj, 1.0, skin=-0.1)
+    nl = build_neighbour_list(rh, rj, 1.0, tile_m=4, tile_n=4)
+    with pytest.raises(ValueError, match=r"built for tiles \(4, 4\) and cutoff 1"):
+        ops.neighbour_list_for(nl, rh, rj, 1.0, (8, 8))
+    with pytest.raises(ValueError, match="built for 5 targets and 6 sources, got 4 and 6"):
+        ops.neighbour_list_for(nl, rh[:4], rj, 1.0, (4, 4))
+    with pytest.raises(TypeError, match="neighbours must be a NeighbourCache"):
+        ops.neighbour_list_for("list", rh, rj, 1.0, (4, 4))  # type: ignore[arg-type]
+
+
+def test_interaction_keeps_its_neighbour_list(small_cutoff_tiles: None) -> None:
+    g = torch.Generator().manual_seed(2)
+    source = ParticleGroup.create("a", 30, 2, generator=g, spread=3.0, dtype=F64)
+    target = ParticleGroup.create("b", 20, 2, generator=g, spread=3.0, charge_channels=1, dtype=F64)
+    kernel = GaussianKernel(1.0, cutoff=1.5).to(F64)
+    link = KernelInteraction(source, target, kernel=kernel, backend="chunked", skin=0.3)
+    assert isinstance(link.neighbours, NeighbourCache)
+    assert not any("neighbour" in key for key in link.state_dict())  # not saved
+    x = torch.randn(4, 30, dtype=F64, generator=g)
+    ref = x @ effective_weight(kernel, target.position, source.position, target.charge).T
+    torch.testing.assert_close(link(x, source, target), ref)
+    link(x, source, target)
+    assert link.neighbours.builds == 1
+    with torch.no_grad():
+        source.position[0] += 1.0
+    link(x, source, target)
+    assert link.neighbours.builds == 2
+    with pytest.raises(OptionError, match="skin: must be a finite distance >= 0"):
+        KernelInteraction(source, target, kernel=kernel, skin=-1.0)
+    with pytest.raises(OptionError, match="backend: must be one of 'auto'"):
+        KernelInteraction(source, target, kernel=kernel, backend="fast")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- backends
+
+
+def test_select_backend_auto_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off CUDA ``auto`` never picks fused, even where Triton's interpreter could run it."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    kernel = GaussianKernel()
+    x, rh, rj = torch.randn(2, 6), torch.randn(4, 2), torch.randn(6, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert select_backend(kernel, x, rh, rj) == "reference"
+        monkeypatch.setattr(ops, "AUTO_REFERENCE_MAX_ELEMENTS", 23)
+        assert select_backend(kernel, x, rh, rj) == "chunked"
+        assert select_backend(kernel, x, rh, rj, backend="reference") == "reference"
+
+
+class _NotFused(GaussianKernel):
+    """A subclass may change the profile, so it has no fused version."""
+
+    name = "not_fused"
+
+
+@pytest.mark.parametrize(
+    ("kernel", "dim", "dtype", "reason"),
+    [
+        (_NotFused(), 2, torch.float32, "exist only for the built-in .* not _NotFused"),
+        (GaussianKernel(), 17, torch.float32, "positions have D = 17 dimensions"),
+        (GaussianKernel().to(F64), 2, F64, "dtype torch.float64: fused kernels take float32"),
+        (GaussianKernel(), 2, torch.float32, "tensors are on cpu; fused kernels need CUDA"),
+    ],
+)
+def test_fused_request_falls_back_with_one_warning(
+    kernel: Kernel, dim: int, dtype: torch.dtype, reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 6, generator=g, dtype=dtype)
+    rh, rj = (
+        torch.randn(4, dim, generator=g, dtype=dtype),
+        torch.randn(6, dim, generator=g, dtype=dtype),
+    )
+    q = torch.randn(4, generator=g, dtype=dtype)
+    if importlib.util.find_spec("triton") is None:
+        reason = "Triton is not installed"
+    expected = (
+        rf"interaction a -> b: the fused backend cannot run kernel '\w+' here \(.*{reason}.*\); "
+        "using the reference backend instead"
+    )
+    with pytest.warns(UserWarning, match=expected) as record:
+        y = kernel_matmul(x, kernel, rh, rj, q, backend="fused", where="interaction a -> b")
+    assert len(record) == 1
+    torch.testing.assert_close(y, kernel_matmul_reference(x, kernel, rh, rj, q))
+
+
+def test_interaction_asking_for_fused_off_cuda_warns_with_its_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    g = torch.Generator().manual_seed(3)
+    source = ParticleGroup.create("a", 8, 2, generator=g)
+    target = ParticleGroup.create("b", 5, 2, generator=g, charge_channels=1)
+    link = KernelInteraction(source, target, kernel=GaussianKernel(), backend="fused")
+    x = torch.randn(2, 8, generator=g)
+    with pytest.warns(UserWarning, match=r"^interaction a -> b: the fused backend cannot run"):
+        y = link(x, source, target)
+    torch.testing.assert_close(y, x @ link.effective_weight(source, target).T)
+
+
+def test_inputs_on_different_devices_are_an_error() -> None:
+    kernel = GaussianKernel()
+    x, rh, rj = torch.randn(2, 5), torch.randn(3, 2), torch.randn(5, 2, device="meta")
+    for backend in ("reference", "chunked"):
+        with pytest.raises(
+            ValueError, match=r"all tensors must be on one device, got .*source_pos on meta"
+        ):
+            kernel_matmul(x, kernel, rh, rj, backend=backend)
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def test_particle_layer_benchmark_quick_mode(tmp_path: Path, one_thread: None) -> None:
+    """The benchmark's ``--quick`` CPU run completes and writes every section to JSON."""
+    spec = importlib.util.spec_from_file_location(
+        "particle_layer_benchmark",
+        Path(__file__).resolve().parents[1] / "benchmarks" / "particle_layer.py",
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "results.json"
+    module.main(["--quick", "--out", str(out)])
+    assert torch.tensor([1e-40]).item() != 0  # flush-to-zero is switched back off
+    results = json.loads(out.read_text())
+    assert results["device"] == "cpu"
+    shapes = results["layer"]
+    assert shapes and all({"dense", "reference", "chunked"} <= set(row["paths"]) for row in shapes)
+    for row in shapes:
+        dense = row["paths"]["dense"]
+        for path in row["paths"].values():
+            if path["ms"] is not None:
+                assert path["ratio"] == pytest.approx(path["ms"] / dense["ms"])
+    assert {row["fraction"] for row in results["cutoff"]} == {0.01, 0.1, 0.5}
+    assert results["epoch"]["particle_s"] > 0 and results["epoch"]["mlp_s"] > 0
+
+
+# --------------------------------------------------------------------------- scenarios
+
+SCENARIO = """
+[data]
+name = "idx"
+data_dir = "{data_dir}"
+
+[[groups]]
+name = "input"
+size = 16
+dim = 2
+layout = "grid"
+
+[[groups]]
+name = "hidden"
+size = 6
+dim = 2
+activation = "tanh"
+
+[[groups]]
+name = "output"
+size = 3
+dim = 2
+
+{interaction}
+
+[[interactions]]
+kind = "modulated"
+source = "hidden"
+target = "output"
+backend = "chunked"
+kernel = {{ name = "cauchy", cutoff = 4.0 }}
+
+[run]
+steps = 3
+batch_size = 8
+"""
+
+
+def readme_interaction() -> str:
+    """The ``[[interactions]]`` example of README.md's backends section, verbatim."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    opening = text.index("```toml\n", text.index("#### Backends")) + len("```toml\n")
+    block = text[opening : text.index("```", opening)]
+    assert "backend" in block and "cutoff" in block
+    return block
+
+
+def test_readme_backend_example_builds_and_runs(tiny_data: Path) -> None:
+    from particlesim.plugins.manager import PluginManager
+    from particlesim.scenario.builder import build, validate
+    from particlesim.scenario.loader import parse_scenario
+
+    text = SCENARIO.format(data_dir=tiny_data, interaction=readme_interaction())
+    registries = PluginManager().load().registries
+    plan = validate(parse_scenario(text, source="s.toml"), registries, source="s.toml")
+    built = build(plan, device="cpu", log=lambda m: None)
+    first, second = built.system.interactions
+    assert (first.backend, first.neighbours.skin, first.kernel.cutoff) == ("auto", 0.1, 3.0)
+    assert first.kernel.switch_on == pytest.approx(2.4)
+    assert second.backend == "chunked" and second.kernel.cutoff == 4.0
+    assert built.simulation.run().status == "completed"
+    assert second.neighbours.builds >= 1  # the chunked path used the neighbour list
+
+    for old, new, expected in [
+        ("cutoff = 3.0", "cutoff = -3.0", "interactions[0].kernel: kernel 'gaussian': cutoff must"),
+        ("skin = 0.1", "skin = -0.1", "interactions[0].skin: must be a finite distance >= 0"),
+        ('backend = "auto"', 'backend = "fast"', "interactions[0].backend: expected one of 'auto'"),
+    ]:
+        bad = text.replace(old, new, 1)
+        with pytest.raises(ScenarioError, match=re.escape(expected)):
+            raw = parse_scenario(bad, source="s.toml")
+            build(validate(raw, registries, source="s.toml"), device="cpu", log=lambda m: None)

@@ -13,6 +13,7 @@ from particlesim_lange import ParticleNetwork, channel_widths, default_spread
 from typer.testing import CliRunner
 
 from particlesim.cli.app import app
+from particlesim.errors import OptionError
 from particlesim.plugins.manager import PluginManager
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,8 +80,8 @@ def test_multi_charge_widths(registries) -> None:
 
 
 def test_chunked_network_equals_reference(registries) -> None:
-    reference = build(registries, mode="reference", learnable_width=True)
-    chunked = build(registries, mode="chunked", learnable_width=True)
+    reference = build(registries, backend="reference", learnable_width=True)
+    chunked = build(registries, backend="chunked", learnable_width=True)
     chunked.load_state_dict(reference.state_dict())
     x = torch.rand(7, 20, dtype=torch.float64)
     out_ref, out_chunk = reference(x), chunked(x)
@@ -91,6 +92,33 @@ def test_chunked_network_equals_reference(registries) -> None:
         reference.named_parameters(), chunked.parameters(), strict=True
     ):
         assert torch.allclose(p_ref.grad, p_chunk.grad, atol=1e-10, rtol=0), name
+
+
+def test_cutoff_option_truncates_every_kernel(registries, monkeypatch) -> None:
+    """``cutoff`` reaches every kernel; the chunked network (neighbour lists) equals the
+    reference network with the same truncated kernels, values and gradients."""
+    from particlesim.kernels import ops
+
+    monkeypatch.setattr(ops, "CHUNKED_CUTOFF_TILES", (4, 4))  # tiny layers: blocks to skip
+    options = {"cutoff": 1.2, "position_spread": 1.5, "learnable_width": True}
+    reference = build(registries, backend="reference", **options)
+    chunked = build(registries, backend="chunked", **options)
+    chunked.load_state_dict(reference.state_dict())
+    assert all(i.kernel.cutoff == 1.2 for i in chunked.interactions)
+    x = torch.rand(7, 20, dtype=torch.float64)
+    out_ref, out_chunk = reference(x), chunked(x)
+    torch.testing.assert_close(out_chunk, out_ref, atol=1e-12, rtol=0)
+    out_ref.square().sum().backward()
+    out_chunk.square().sum().backward()
+    for (name, p_ref), p_chunk in zip(
+        reference.named_parameters(), chunked.parameters(), strict=True
+    ):
+        torch.testing.assert_close(p_chunk.grad, p_ref.grad, atol=1e-10, rtol=0, msg=name)
+    assert all(i.neighbours.builds == 1 for i in chunked.interactions)
+    weight = reference.effective_weights()["input->hidden1"].detach()
+    assert (weight == 0).any()  # some pairs lie beyond the cutoff
+    with pytest.raises(OptionError, match="cutoff: must be a positive distance, got -1"):
+        ParticleNetwork(sizes=[4, 2], cutoff=-1.0)
 
 
 @pytest.mark.parametrize("name", ["mnist_particle.toml", "mnist_mlp.toml"])

@@ -14,7 +14,7 @@ Kinds (``kind`` in a scenario):
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +22,8 @@ from torch import Tensor, nn
 from particlesim.core.group import ParticleGroup
 from particlesim.errors import OptionError
 from particlesim.kernels.base import Kernel
+from particlesim.kernels.neighbours import NeighbourCache
+from particlesim.kernels.ops import BACKENDS, Backend
 
 
 class Interaction(nn.Module):
@@ -53,8 +55,12 @@ class _KernelCoupling(Interaction):
     """Shared machinery of interactions whose weight carries a kernel of distance.
 
     Subclasses say what multiplies the kernel through :meth:`weight_factors`
-    (target charges, or a free weight matrix); both execution paths
-    (``reference`` / ``chunked``) come from :func:`particlesim.kernels.kernel_matmul`.
+    (target charges, or a free weight matrix); the execution paths
+    (``reference`` / ``chunked`` / ``fused``, picked per call by ``backend``) come from
+    :func:`particlesim.kernels.kernel_matmul`. With a kernel cutoff, the interaction keeps a
+    :class:`~particlesim.kernels.neighbours.NeighbourCache` (``self.neighbours``, a plain
+    attribute: not a parameter, not saved) that is rebuilt only after particles have moved
+    farther than ``skin / 2``.
     """
 
     def __init__(
@@ -63,8 +69,9 @@ class _KernelCoupling(Interaction):
         target: ParticleGroup,
         *,
         kernel: Kernel,
-        mode: Literal["auto", "reference", "chunked", "fused"],
+        backend: Backend,
         chunk_size: int | None,
+        skin: float | None,
     ) -> None:
         super().__init__(source, target)
         if source.dim != target.dim:
@@ -73,9 +80,18 @@ class _KernelCoupling(Interaction):
                 f"groups {source.name!r} (dim {source.dim}) and {target.name!r} "
                 f"(dim {target.dim}) live in different dimensions",
             )
+        if backend not in BACKENDS:
+            raise OptionError(
+                "backend", f"must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}"
+            )
+        if chunk_size is not None and chunk_size < 1:
+            raise OptionError("chunk_size", f"must be a positive number of rows, got {chunk_size}")
+        if skin is not None and not (math.isfinite(skin) and skin >= 0):
+            raise OptionError("skin", f"must be a finite distance >= 0, got {skin}")
         self.kernel = kernel
-        self.mode = mode
+        self.backend = backend
         self.chunk_size = chunk_size
+        self.neighbours = NeighbourCache(skin)
 
     def weight_factors(self, target: ParticleGroup) -> dict[str, Tensor]:
         """``charge=`` and/or ``modulation=`` arguments of the kernel ops."""
@@ -85,8 +101,9 @@ class _KernelCoupling(Interaction):
         from particlesim.kernels.ops import kernel_matmul
 
         return kernel_matmul(
-            b, self.kernel, target.position, source.position, mode=self.mode,
-            chunk_size=self.chunk_size, **self.weight_factors(target),
+            b, self.kernel, target.position, source.position, backend=self.backend,
+            chunk_size=self.chunk_size, neighbours=self.neighbours,
+            where=f"interaction {self.source} -> {self.target}", **self.weight_factors(target),
         )  # fmt: skip
 
     def effective_weight(self, source: ParticleGroup, target: ParticleGroup) -> Tensor:
@@ -104,10 +121,15 @@ class KernelInteraction(_KernelCoupling):
     widths, ``W_hj = Σ_c q_hc · k_c(r_h, r_j)``.
 
     Args:
-        kernel: the kernel module (its parameters train with the system).
-        mode: ``"auto"``, ``"reference"`` (materialise ``W``) or ``"chunked"``
-            (memory linear in N + M; see :func:`particlesim.kernels.kernel_matmul`).
+        kernel: the kernel module (its parameters train with the system; its ``cutoff``, if
+            any, enables the neighbour list).
+        backend: ``"auto"`` (fused on CUDA, else reference for tiny layers and chunked
+            above), ``"reference"`` (materialise ``W``), ``"chunked"`` (memory linear in
+            N + M) or ``"fused"`` (Triton; falls back with a warning where it cannot run);
+            see :func:`particlesim.kernels.select_backend`.
         chunk_size: target rows per block on the chunked path.
+        skin: Verlet margin of the neighbour list (kernels with a cutoff); default
+            ``cutoff / 10``.
     """
 
     name = "kernel"
@@ -118,10 +140,13 @@ class KernelInteraction(_KernelCoupling):
         target: ParticleGroup,
         *,
         kernel: Kernel,
-        mode: Literal["auto", "reference", "chunked", "fused"] = "auto",
+        backend: Backend = "auto",
         chunk_size: int | None = None,
+        skin: float | None = None,
     ) -> None:
-        super().__init__(source, target, kernel=kernel, mode=mode, chunk_size=chunk_size)
+        super().__init__(
+            source, target, kernel=kernel, backend=backend, chunk_size=chunk_size, skin=skin
+        )
         if not target.has("charge"):
             raise OptionError("target", f"group {target.name!r} has no charge field")
         channels = 1 if target.charge.ndim == 1 else target.charge.shape[1]
@@ -139,7 +164,8 @@ class KernelInteraction(_KernelCoupling):
 class ModulatedInteraction(_KernelCoupling):
     """Shader's positional interaction: ``W_hj = w_hj · k(r_h, r_j)`` with a free ``w``.
 
-    ``w`` starts like ``nn.Linear``'s weight (uniform in ``±1/sqrt(N)``).
+    ``w`` starts like ``nn.Linear``'s weight (uniform in ``±1/sqrt(N)``). ``backend``,
+    ``chunk_size`` and ``skin`` as in :class:`KernelInteraction`.
     """
 
     name = "modulated"
@@ -150,11 +176,14 @@ class ModulatedInteraction(_KernelCoupling):
         target: ParticleGroup,
         *,
         kernel: Kernel,
-        mode: Literal["auto", "reference", "chunked", "fused"] = "auto",
+        backend: Backend = "auto",
         chunk_size: int | None = None,
+        skin: float | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        super().__init__(source, target, kernel=kernel, mode=mode, chunk_size=chunk_size)
+        super().__init__(
+            source, target, kernel=kernel, backend=backend, chunk_size=chunk_size, skin=skin
+        )
         if kernel.channels != 1:
             raise OptionError("kernel", "a modulated interaction takes a single-width kernel")
         self.weight = nn.Parameter(linear_init(source, target, generator))

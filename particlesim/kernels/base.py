@@ -9,15 +9,46 @@ Widths: ``width`` may be one number or a sequence of ``C`` numbers. With ``C``
 widths the kernel has ``C`` channels and returns ``[C, M, N]``; a group whose
 charge is ``[M, C]`` then mixes the channels (``W = Σ_c q_c · k_c``), which lets
 one particle's outgoing weights change sign with distance.
+
+Cutoffs: a radial kernel may be truncated at a distance ``cutoff`` (absolute, not scaled
+by σ). The truncated kernel is ``f(r²/σ²) · S(r²)`` with the XPLOR switching function of
+CHARMM and HOOMD-blue (:func:`xplor_switch`), which is 1 up to ``r_on = cutoff −
+switch_width``, 0 from ``cutoff`` on, and C¹ in between, so forces (position gradients)
+stay continuous. Every execution path evaluates exactly this function; the chunked and
+fused paths additionally skip pairs of particle blocks that lie farther apart than the
+cutoff (see :mod:`particlesim.kernels.neighbours`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+
+
+def xplor_switch(r2: Tensor, r_on: float, r_cut: float) -> Tensor:
+    """XPLOR switching function ``S`` as a function of ``r²`` (CHARMM; HOOMD-blue ``xplor``).
+
+    ``S = 1`` for ``r ≤ r_on``, ``S = 0`` for ``r ≥ r_cut`` and in between::
+
+        S = (r_c² − r²)² (r_c² + 2r² − 3r_on²) / (r_c² − r_on²)³
+
+    ``S`` and ``dS/dr`` are continuous everywhere (``dS/dr = 0`` at both ends), so a kernel
+    multiplied by ``S`` has continuous gradients. Needs ``0 ≤ r_on < r_cut``.
+    """
+    a, b = r_cut * r_cut, r_on * r_on
+    inside = torch.clamp(r2, min=b, max=a)  # S is 1 below r_on and 0 above r_c
+    return (a - inside) ** 2 * (a + 2.0 * inside - 3.0 * b) / (a - b) ** 3
+
+
+def xplor_switch_derivative(r2: Tensor, r_on: float, r_cut: float) -> Tensor:
+    """``dS/d(r²) = −6 (r_c² − r²)(r² − r_on²) / (r_c² − r_on²)³`` inside, 0 outside."""
+    a, b = r_cut * r_cut, r_on * r_on
+    inside = torch.clamp(r2, min=b, max=a)  # both factors vanish at the ends
+    return -6.0 * (a - inside) * (inside - b) / (a - b) ** 3
 
 
 def squared_distance(target: Tensor, source: Tensor) -> Tensor:
@@ -40,6 +71,9 @@ class Kernel(nn.Module):
 
     name: ClassVar[str] = ""
     channels: int = 1
+    #: Distance beyond which the kernel is exactly 0 (None: no cutoff). Paths that skip far
+    #: pairs of blocks rely on it, so a kernel that sets it must honour it in ``forward``.
+    cutoff: float | None = None
 
     def forward(self, target: Tensor, source: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -52,10 +86,22 @@ class RadialKernel(Kernel):
         width: σ, one positive finite number or ``C`` of them (channels). Default 1.
         learnable_width: make σ a trained parameter (stored as ``log σ`` so it
             stays positive).
+        cutoff: truncate the kernel at this distance ``|r_h − r_j|`` (absolute units, not
+            scaled by σ); None (default) keeps it untruncated. The truncated kernel is
+            ``f(u) · S(r²)`` with the XPLOR switch :func:`xplor_switch`.
+        switch_width: width of the switching region, ``r_on = cutoff − switch_width``, in
+            ``(0, cutoff]``; default ``cutoff / 5``. Only with ``cutoff``.
     """
 
-    def __init__(self, width: float | Sequence[float] = 1.0, learnable_width: bool = False) -> None:
+    def __init__(
+        self,
+        width: float | Sequence[float] = 1.0,
+        learnable_width: bool = False,
+        cutoff: float | None = None,
+        switch_width: float | None = None,
+    ) -> None:
         super().__init__()
+        self.cutoff, self.switch_on = _check_cutoff(self.name, cutoff, switch_width)
         try:
             widths = torch.as_tensor(width, dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError) as exc:
@@ -101,11 +147,56 @@ class RadialKernel(Kernel):
             return r2 * inv[0]
         return r2.unsqueeze(0) * inv.view(-1, *([1] * r2.ndim))
 
+    def switch(self, r2: Tensor) -> Tensor:
+        """The cutoff's switching factor ``S(r²)`` (all ones without a cutoff)."""
+        if self.cutoff is None:
+            return torch.ones_like(r2)
+        return xplor_switch(r2, self.switch_on, self.cutoff)
+
+    def switch_derivative(self, r2: Tensor) -> Tensor:
+        """``dS/d(r²)`` of :meth:`switch` (all zeros without a cutoff)."""
+        if self.cutoff is None:
+            return torch.zeros_like(r2)
+        return xplor_switch_derivative(r2, self.switch_on, self.cutoff)
+
     def forward(self, target: Tensor, source: Tensor) -> Tensor:
-        return self.profile(self.scaled(squared_distance(target, source)))
+        r2 = squared_distance(target, source)
+        k = self.profile(self.scaled(r2))
+        if self.cutoff is None:
+            return k
+        return k * xplor_switch(r2, self.switch_on, self.cutoff)
 
     def extra_repr(self) -> str:
-        return f"width={[round(w, 6) for w in self.width.tolist()]}"
+        text = f"width={[round(w, 6) for w in self.width.tolist()]}"
+        if self.cutoff is not None:
+            text += f", cutoff={self.cutoff:g}, switch_width={self.cutoff - self.switch_on:g}"
+        return text
+
+
+def _check_cutoff(
+    name: str, cutoff: float | None, switch_width: float | None
+) -> tuple[float | None, float]:
+    """Validate a kernel's cutoff options; return ``(cutoff, r_on)``."""
+    if cutoff is None:
+        if switch_width is not None:
+            raise ValueError(f"kernel {name!r}: switch_width needs a cutoff, got no cutoff")
+        return None, 0.0
+    if (
+        isinstance(cutoff, bool)
+        or not isinstance(cutoff, int | float)
+        or not (math.isfinite(cutoff) and cutoff > 0)
+    ):
+        raise ValueError(
+            f"kernel {name!r}: cutoff must be a positive finite distance, got {cutoff!r}"
+        )
+    cutoff = float(cutoff)
+    width = cutoff / 5.0 if switch_width is None else switch_width
+    if isinstance(width, bool) or not isinstance(width, int | float) or not (0 < width <= cutoff):
+        raise ValueError(
+            f"kernel {name!r}: switch_width must be in (0, cutoff = {cutoff:g}], "
+            f"got {switch_width!r}"
+        )
+    return cutoff, cutoff - float(width)
 
 
 class GaussianKernel(RadialKernel):

@@ -2,41 +2,59 @@
 
 The effective weight of a radial kernel interaction is
 
-    W[h, j] = modulation[h, j] · Σ_c charge[h, c] · f(u_c[h, j]),   u_c = |r_h − r_j|² / σ_c²
+    W[h, j] = modulation[h, j] · Sw(r²) · Σ_c charge[h, c] · f(u_c),   u_c = r² / σ_c²,
+    r² = |r_h − r_j|²
 
-(``charge=None`` means 1 on every channel, ``modulation=None`` means 1 everywhere). The
-chunked path of :mod:`particlesim.kernels.ops` materialises one block of rows of ``W`` at a
-time; here every tile of ``W`` lives only in registers:
+(``charge=None`` means 1 on every channel, ``modulation=None`` means 1 everywhere, ``Sw`` is
+the kernel cutoff's XPLOR switch, 1 without a cutoff). The chunked path of
+:mod:`particlesim.kernels.ops` materialises one block of rows of ``W`` at a time; here every
+tile of ``W`` lives only in registers:
 
-* forward: one program per ``(B-tile, M-tile)`` loops over ``N`` in blocks, builds the
-  ``[BLOCK_M, BLOCK_N]`` tile of ``W`` from the positions (loaded as ``[BLOCK, BLOCK_D]`` with
-  ``D`` padded to a power of two by masks) and accumulates ``x_tile @ W_tileᵀ`` with
-  ``tl.dot`` in float32;
-* backward, ``∂L/∂x = grad_y @ W``: one program per ``(B-tile, N-tile)`` loops over ``M``,
-  recomputing the tiles of ``W``;
+* forward: one program per ``(B-tile, M-tile)`` loops over the source tiles, builds the
+  ``[BLOCK_M, BLOCK_N]`` tile of ``W`` from the positions (one coordinate at a time, so no
+  ``[M, N, D]`` intermediate) and accumulates ``W_tile @ x_tileᵀ`` with ``tl.dot`` in
+  float32 (``W`` is the register-resident operand, as ``P`` is in flash attention);
+* backward, ``∂L/∂x = grad_y @ W``: one program per ``(B-tile, N-tile)`` loops over the
+  target tiles, recomputing the tiles of ``W`` (transposed);
 * backward, positions, charges, modulation and ``log σ``: one program per
   ``(M-tile, N-tile)`` loops over ``B`` to form ``dW = grad_yᵀ x`` for its tile in registers,
   then applies the closed forms of ``ops._backward_radial`` (``S = dW ⊙ modulation``):
 
-  - ``∂L/∂charge[h, c] = Σ_j S[h, j] k_c[h, j]``,
-  - ``H_c = S ⊙ charge_c ⊙ f'(u_c)``, ``G = Σ_c H_c / σ_c²``,
-  - ``∂L/∂r_h = 2 Σ_j G[h, j] (r_h − r_j)``, ``∂L/∂r_j = −2 Σ_h G[h, j] (r_h − r_j)``,
-  - ``∂L/∂log σ_c = −2 Σ H_c u_c``, ``∂L/∂modulation = dW ⊙ Σ_c charge_c k_c``;
+  - ``∂L/∂charge[h, c] = Σ_j S Sw k_c``, ``H_c = S ⊙ Sw ⊙ charge_c ⊙ f'(u_c)``,
+  - ``G = Σ_c H_c / σ_c² + S ⊙ (Σ_c charge_c k_c) ⊙ Sw'``,
+  - ``∂L/∂r_h = 2 Σ_j G (r_h − r_j)``, ``∂L/∂r_j = −2 Σ_h G (r_h − r_j)``,
+  - ``∂L/∂log σ_c = −2 Σ H_c u_c``, ``∂L/∂modulation = dW ⊙ Sw ⊙ Σ_c charge_c k_c``;
 
   the sums across tiles are reduced with ``tl.atomic_add`` (so they are not bitwise
-  deterministic on a GPU).
+  deterministic on a GPU). ``dW`` never leaves registers either.
 
-Only the three built-in radial kernels (gaussian, cauchy, exponential) are fused; their
-profile is picked by a ``tl.constexpr`` id. Triton is imported lazily, on the first call, so
-``import particlesim.kernels`` never needs it. On CPU tensors the kernels run only under
-Triton's interpreter (``TRITON_INTERPRET=1`` set before Triton is imported), which is how the
-tests exercise them without a GPU.
+Extra memory is O(B·(N + M)) (the outputs and gradients), independent of ``N·M``.
+
+Cutoffs: with ``kernel.cutoff`` both particle sets are sorted spatially and each program
+visits only the tiles its neighbour list names (CSR of source tiles per target tile for the
+forward pass, of target tiles per source tile for ``∂L/∂x``, and the flat pair list for the
+parameter gradients; see :mod:`particlesim.kernels.neighbours`).
+
+Precision: float32 tensors use IEEE float32 products unless ``allow_tf32`` (default: torch's
+``torch.get_float32_matmul_precision() != "highest"``) lets ``tl.dot`` use TF32; bfloat16
+activations (``x``, hence ``y`` and ``grad_y``) use bfloat16 products with float32
+accumulation; positions, charges and modulation may be float32 or bfloat16 each and the
+kernel itself is always evaluated in float32.
+
+Only the three built-in radial kernels (gaussian, cauchy, exponential) are fused, for
+``D ≤ 16``; their profile is picked by a ``tl.constexpr`` id. Tile sizes are autotuned on the
+GPU (``triton.autotune``, keyed on the sizes) unless ``blocks`` is given. Triton is imported
+lazily, on the first call, so ``import particlesim.kernels`` never needs it. On CPU tensors
+the kernels run only under Triton's interpreter (``TRITON_INTERPRET=1`` set before Triton is
+imported), which is how the tests exercise them without a GPU.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,16 +62,33 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from particlesim.kernels.base import CauchyKernel, ExponentialKernel, GaussianKernel, Kernel
-from particlesim.kernels.ops import _validate
+from particlesim.kernels.neighbours import NeighbourCache, NeighbourList
+from particlesim.kernels.ops import _validate, neighbour_list_for, to_neighbour_order
 
-__all__ = ["DEFAULT_BLOCKS", "fused_available", "kernel_matmul_fused"]
+__all__ = [
+    "DEFAULT_BLOCKS",
+    "MAX_FUSED_DIM",
+    "SPARSE_TILES",
+    "fused_available",
+    "fused_unsupported",
+    "kernel_matmul_fused",
+]
 
 #: Kernel class → the constexpr id that selects its profile inside the Triton kernels.
 _KERNEL_IDS: dict[type[Kernel], int] = {GaussianKernel: 0, CauchyKernel: 1, ExponentialKernel: 2}
 
-#: Default tile sizes ``(BLOCK_B, BLOCK_M, BLOCK_N)``; each must be a power of two ≥ 16
-#: (``tl.dot``'s minimum). Not tuned yet.
+#: Tile sizes ``(BLOCK_B, BLOCK_M, BLOCK_N)`` under Triton's interpreter (where nothing is
+#: autotuned); each must be a power of two ≥ 16 (``tl.dot``'s minimum).
 DEFAULT_BLOCKS: tuple[int, int, int] = (32, 32, 32)
+
+#: ``(tile_m, tile_n)`` of the neighbour list on the GPU when the kernel has a cutoff (the
+#: sparse kernels' ``BLOCK_M, BLOCK_N``; ``BLOCK_B`` is still autotuned).
+SPARSE_TILES: tuple[int, int] = (64, 64)
+
+#: Largest position dimension ``D`` with a fused version (coordinates are unrolled).
+MAX_FUSED_DIM: int = 16
+
+_LOG2E = 1.4426950408889634
 
 # ``tl`` is bound to ``triton.language`` by :func:`_build` (lazy import); the functions below
 # are plain Python until :func:`_build` wraps them with ``triton.jit``.
@@ -66,6 +101,11 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+@functools.cache
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def fused_available(*tensors: Tensor) -> bool:
     """Whether the fused path can run on ``tensors`` (or on this machine when none are given).
 
@@ -73,7 +113,7 @@ def fused_available(*tensors: Tensor) -> bool:
     tensors: CUDA is available) or ``TRITON_INTERPRET=1`` is set (CPU tensors run through
     Triton's NumPy interpreter).
     """
-    if importlib.util.find_spec("triton") is None:
+    if not _triton_importable():
         return False
     if _interpreting():
         return True
@@ -82,231 +122,279 @@ def fused_available(*tensors: Tensor) -> bool:
     return torch.cuda.is_available()
 
 
+def fused_unsupported(kernel: Kernel, *tensors: Tensor) -> str | None:
+    """Why the fused path cannot run ``kernel`` on ``tensors``; None when it can.
+
+    Reasons: Triton missing; a kernel other than the built-in gaussian, cauchy and exponential
+    (subclasses included, since they may change the profile); positions with ``D >``
+    :data:`MAX_FUSED_DIM`; a dtype other than float32 / bfloat16; tensors off CUDA without
+    ``TRITON_INTERPRET=1``. ``tensors`` are ``x, target_pos, source_pos`` and optionally the
+    charge and modulation.
+    """
+    if not _triton_importable():
+        return "Triton is not installed"
+    if type(kernel) not in _KERNEL_IDS:
+        return (
+            "fused versions exist only for the built-in gaussian, cauchy and exponential "
+            f"kernels, not {type(kernel).__name__}"
+        )
+    if len(tensors) >= 2 and tensors[1].ndim == 2 and tensors[1].shape[1] > MAX_FUSED_DIM:
+        return (
+            f"positions have D = {tensors[1].shape[1]} dimensions; fused versions exist "
+            f"for D <= {MAX_FUSED_DIM}"
+        )
+    odd = sorted({str(t.dtype) for t in tensors if t.dtype not in (torch.float32, torch.bfloat16)})
+    if odd:
+        return f"dtype {', '.join(odd)}: fused kernels take float32 or bfloat16"
+    if not fused_available(*tensors):
+        devices = sorted({str(t.device) for t in tensors})
+        return (
+            f"tensors are on {', '.join(devices)}; fused kernels need CUDA "
+            "(or TRITON_INTERPRET=1 for CPU tensors)"
+        )
+    return None
+
+
 # --------------------------------------------------------------------------- Triton kernels
-# Plain functions here; ``_build`` turns them into ``triton.jit`` functions. All tensors are
-# contiguous row-major float32: x [B, N], y / grad_y [B, M], r_h [M, D], r_j [N, D],
-# charge [M, C], modulation [M, N], inv_s2 [C].
+# Plain functions here; ``_build`` turns them into ``triton.jit`` functions. Layouts (all
+# contiguous, as the caller holds them, so nothing is copied): x [B, N], y / grad_y [B, M],
+# positions r_h [M, D], r_j [N, D], charge [M, C], modulation [M, N], log σ [C]. Products of
+# a row index and a row length are formed in int64, so tensors beyond 2^31 elements work.
 
 
 def _profile(u, KID: tl.constexpr):
     """``f(u)``: 0 gaussian ``exp(-u)``, 1 cauchy ``1/(1+u)``, 2 exponential ``exp(-√u)``."""
     if KID == 0:
-        out = tl.exp(-u)
+        out = tl.exp2(u * -1.4426950408889634)
     elif KID == 1:
         out = 1.0 / (1.0 + u)
     else:
-        pos = u > 0
-        safe = tl.where(pos, u, 1.0)
-        out = tl.where(pos, tl.exp(-tl.sqrt(safe)), 1.0)
+        out = tl.exp2(tl.sqrt(u) * -1.4426950408889634)
     return out
 
 
 def _profile_derivative(u, KID: tl.constexpr):
     """``f'(u)`` in closed form, 0 at ``u = 0`` for the exponential (masked root)."""
     if KID == 0:
-        out = -tl.exp(-u)
+        out = -tl.exp2(u * -1.4426950408889634)
     elif KID == 1:
-        out = -1.0 / ((1.0 + u) * (1.0 + u))
+        t = 1.0 / (1.0 + u)
+        out = -t * t
     else:
         pos = u > 0
-        safe = tl.where(pos, u, 1.0)
-        root = tl.sqrt(safe)
-        out = tl.where(pos, -tl.exp(-root) / (2.0 * root), 0.0)
+        root = tl.sqrt(tl.where(pos, u, 1.0))
+        out = tl.where(pos, -tl.exp2(root * -1.4426950408889634) / (2.0 * root), 0.0)
     return out
 
 
-def _diff_tile(rh_ptr, rj_ptr, offs_m, offs_n, M, N, D, BLOCK_D: tl.constexpr):
-    """``r_h − r_j`` for one tile → ``[BLOCK_M, BLOCK_N, BLOCK_D]`` (zeros where masked)."""
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < D
-    rh = tl.load(
-        rh_ptr + offs_m[:, None] * D + offs_d[None, :],
-        mask=(offs_m[:, None] < M) & d_ok[None, :],
-        other=0.0,
+def _switch(r2, r_cut2, r_on2):
+    """XPLOR switch ``Sw(r²)`` (see ``base.xplor_switch``)."""
+    s = tl.minimum(tl.maximum(r2, r_on2), r_cut2)
+    span = r_cut2 - r_on2
+    return (r_cut2 - s) * (r_cut2 - s) * (r_cut2 + 2.0 * s - 3.0 * r_on2) / (span * span * span)
+
+
+def _switch_derivative(r2, r_cut2, r_on2):
+    """``dSw/d(r²)`` (see ``base.xplor_switch_derivative``)."""
+    s = tl.minimum(tl.maximum(r2, r_on2), r_cut2)
+    span = r_cut2 - r_on2
+    return -6.0 * (r_cut2 - s) * (s - r_on2) / (span * span * span)
+
+
+def _coordinate(r_ptr, d: tl.constexpr, offs, n, D: tl.constexpr):
+    """Coordinate ``d`` of the particles ``offs`` (positions stored ``[n, D]``), as float32."""
+    return tl.load(r_ptr + offs * D + d, mask=offs < n, other=0.0).to(tl.float32)
+
+
+def _inv_square_width(logw_ptr, c: tl.constexpr):
+    """``1/σ_c² = exp(−2 log σ_c)`` in float32."""
+    return tl.exp2(tl.load(logw_ptr + c).to(tl.float32) * -2.8853900817779268)
+
+
+def _sq_dist(ra_ptr, rb_ptr, offs_a, offs_b, n_a, n_b, D: tl.constexpr):
+    """``|r_a − r_b|²`` for a tile → ``[len(offs_a), len(offs_b)]``, one coordinate at a time."""
+    diff = (
+        _coordinate(ra_ptr, 0, offs_a, n_a, D)[:, None]
+        - _coordinate(rb_ptr, 0, offs_b, n_b, D)[None, :]
     )
-    rj = tl.load(
-        rj_ptr + offs_n[:, None] * D + offs_d[None, :],
-        mask=(offs_n[:, None] < N) & d_ok[None, :],
-        other=0.0,
-    )
-    return rh[:, None, :] - rj[None, :, :]
+    r2 = diff * diff
+    for d in tl.static_range(1, D):
+        diff = (
+            _coordinate(ra_ptr, d, offs_a, n_a, D)[:, None]
+            - _coordinate(rb_ptr, d, offs_b, n_b, D)[None, :]
+        )
+        r2 += diff * diff
+    return r2
 
 
 def _weight_tile(
-    rh_ptr,
-    rj_ptr,
-    q_ptr,
-    mod_ptr,
-    inv_s2_ptr,
-    offs_m,
-    offs_n,
-    M,
-    N,
-    D,
-    C: tl.constexpr,
-    KID: tl.constexpr,
-    HAS_Q: tl.constexpr,
-    HAS_MOD: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-):
-    """``W = modulation ⊙ Σ_c q_c f(r²/σ_c²)`` for one tile → ``[BLOCK_M, BLOCK_N]``."""
-    diff = _diff_tile(rh_ptr, rj_ptr, offs_m, offs_n, M, N, D, BLOCK_D)
-    r2 = tl.sum(diff * diff, axis=2)
-    m_ok = offs_m < M
+    rh_ptr, rj_ptr, q_ptr, mod_ptr, logw_ptr, offs_m, offs_n, M, N, r_cut2, r_on2,
+    D: tl.constexpr, C: tl.constexpr, KID: tl.constexpr, HAS_Q: tl.constexpr,
+    HAS_MOD: tl.constexpr, HAS_CUT: tl.constexpr, TRANS: tl.constexpr,
+):  # fmt: skip
+    """``W`` for one tile: ``[BLOCK_M, BLOCK_N]``, or ``[BLOCK_N, BLOCK_M]`` when ``TRANS``."""
+    if TRANS:
+        r2 = _sq_dist(rj_ptr, rh_ptr, offs_n, offs_m, N, M, D)
+    else:
+        r2 = _sq_dist(rh_ptr, rj_ptr, offs_m, offs_n, M, N, D)
     w = tl.zeros_like(r2)
     for c in tl.static_range(C):
-        k = _profile(r2 * tl.load(inv_s2_ptr + c), KID)
+        k = _profile(r2 * _inv_square_width(logw_ptr, c), KID)
         if HAS_Q:
-            q = tl.load(q_ptr + offs_m * C + c, mask=m_ok, other=0.0)
-            w += k * q[:, None]
+            q = tl.load(q_ptr + offs_m * C + c, mask=offs_m < M, other=0.0).to(tl.float32)
+            if TRANS:
+                w += k * q[None, :]
+            else:
+                w += k * q[:, None]
         else:
             w += k
+    if HAS_CUT:
+        w *= _switch(r2, r_cut2, r_on2)
     if HAS_MOD:
-        ok = m_ok[:, None] & (offs_n[None, :] < N)
-        w *= tl.load(mod_ptr + offs_m[:, None] * N + offs_n[None, :], mask=ok, other=0.0)
+        rows = offs_m.to(tl.int64) * N
+        if TRANS:
+            ok = (offs_n[:, None] < N) & (offs_m[None, :] < M)
+            mod = tl.load(mod_ptr + rows[None, :] + offs_n[:, None], mask=ok, other=0.0)
+        else:
+            ok = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+            mod = tl.load(mod_ptr + rows[:, None] + offs_n[None, :], mask=ok, other=0.0)
+        w *= mod.to(tl.float32)
     return w
 
 
-def _dot(a, b, acc, TF32: tl.constexpr):
-    """``acc + a @ b`` in float32 (TF32 inputs only when ``TF32``)."""
-    if TF32:
-        out = tl.dot(a, b, acc, input_precision="tf32")
+def _dot(a, b, acc, TF32: tl.constexpr, LOWP: tl.constexpr):
+    """``acc + a @ b`` in float32: bfloat16 products when ``LOWP``, else TF32 or IEEE float32."""
+    if LOWP:
+        out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+    elif TF32:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="tf32")
     else:
-        out = tl.dot(a, b, acc, input_precision="ieee")
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
     return out
 
 
+def _dot_emulated(a, b, acc, TF32: tl.constexpr, LOWP: tl.constexpr):
+    """:func:`_dot` for Triton's interpreter, whose bfloat16 ``tl.dot`` is unreliable.
+
+    Rounds the operands to bfloat16 and multiplies them in float32: the same numbers as
+    bfloat16 products with float32 accumulation (a product of two bfloat16 values is exact
+    in float32).
+    """
+    if LOWP:
+        a = a.to(tl.bfloat16)
+        b = b.to(tl.bfloat16)
+    return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+
+
 def _forward_kernel(
-    x_ptr,
-    rh_ptr,
-    rj_ptr,
-    q_ptr,
-    mod_ptr,
-    inv_s2_ptr,
-    y_ptr,
-    B,
-    M,
-    N,
-    D,
-    C: tl.constexpr,
-    KID: tl.constexpr,
-    HAS_Q: tl.constexpr,
-    HAS_MOD: tl.constexpr,
-    TF32: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-):
-    """``y[b-tile, m-tile] = Σ_n-tiles x[b-tile, n-tile] @ W[m-tile, n-tile]ᵀ``."""
-    pid_b = tl.program_id(0)
-    pid_m = tl.program_id(1)
+    x_ptr, rh_ptr, rj_ptr, q_ptr, mod_ptr, logw_ptr, y_ptr, ptr_ptr, idx_ptr,
+    B, M, N, r_cut2, r_on2,
+    D: tl.constexpr, C: tl.constexpr, KID: tl.constexpr, HAS_Q: tl.constexpr,
+    HAS_MOD: tl.constexpr, HAS_CUT: tl.constexpr, SPARSE: tl.constexpr, TF32: tl.constexpr,
+    LOWP: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """``yᵀ[m-tile, b-tile] = Σ_n-tiles W[m-tile, n-tile] @ xᵀ[n-tile, b-tile]``."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    pid_b = pid // num_m  # M-tiles vary fastest: programs running together share x's rows
+    pid_m = pid % num_m
     offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     b_ok = offs_b < B
-    acc = tl.zeros((BLOCK_B, BLOCK_M), dtype=tl.float32)
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
+    x_rows = offs_b.to(tl.int64) * N
+    acc = tl.zeros((BLOCK_M, BLOCK_B), dtype=tl.float32)
+    if SPARSE:
+        start = tl.load(ptr_ptr + pid_m)
+        stop = tl.load(ptr_ptr + pid_m + 1)
+    else:
+        start = 0
+        stop = tl.cdiv(N, BLOCK_N)
+    for i in range(start, stop):
+        tile = tl.load(idx_ptr + i) if SPARSE else i
+        offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         w = _weight_tile(
-            rh_ptr, rj_ptr, q_ptr, mod_ptr, inv_s2_ptr, offs_m, offs_n, M, N, D,
-            C, KID, HAS_Q, HAS_MOD, BLOCK_D,
+            rh_ptr, rj_ptr, q_ptr, mod_ptr, logw_ptr, offs_m, offs_n, M, N, r_cut2, r_on2,
+            D, C, KID, HAS_Q, HAS_MOD, HAS_CUT, False,
         )  # fmt: skip
         xt = tl.load(
-            x_ptr + offs_b[:, None] * N + offs_n[None, :],
-            mask=b_ok[:, None] & (offs_n[None, :] < N),
+            x_ptr + x_rows[None, :] + offs_n[:, None],
+            mask=b_ok[None, :] & (offs_n[:, None] < N),
             other=0.0,
         )
-        acc = _dot(xt, tl.trans(w), acc, TF32)
+        acc = _dot(w, xt, acc, TF32, LOWP)
     tl.store(
-        y_ptr + offs_b[:, None] * M + offs_m[None, :],
-        acc,
-        mask=b_ok[:, None] & (offs_m[None, :] < M),
+        y_ptr + offs_b.to(tl.int64)[None, :] * M + offs_m[:, None],
+        acc.to(y_ptr.dtype.element_ty),
+        mask=b_ok[None, :] & (offs_m[:, None] < M),
     )
 
 
 def _grad_x_kernel(
-    gy_ptr,
-    rh_ptr,
-    rj_ptr,
-    q_ptr,
-    mod_ptr,
-    inv_s2_ptr,
-    gx_ptr,
-    B,
-    M,
-    N,
-    D,
-    C: tl.constexpr,
-    KID: tl.constexpr,
-    HAS_Q: tl.constexpr,
-    HAS_MOD: tl.constexpr,
-    TF32: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-):
-    """``grad_x[b-tile, n-tile] = Σ_m-tiles grad_y[b-tile, m-tile] @ W[m-tile, n-tile]``."""
-    pid_b = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    gy_ptr, rh_ptr, rj_ptr, q_ptr, mod_ptr, logw_ptr, gx_ptr, ptr_ptr, idx_ptr,
+    B, M, N, r_cut2, r_on2,
+    D: tl.constexpr, C: tl.constexpr, KID: tl.constexpr, HAS_Q: tl.constexpr,
+    HAS_MOD: tl.constexpr, HAS_CUT: tl.constexpr, SPARSE: tl.constexpr, TF32: tl.constexpr,
+    LOWP: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """``grad_xᵀ[n-tile, b-tile] = Σ_m-tiles Wᵀ[n-tile, m-tile] @ grad_yᵀ[m-tile, b-tile]``."""
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(N, BLOCK_N)
+    pid_b = pid // num_n
+    pid_n = pid % num_n
     offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     b_ok = offs_b < B
-    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-    for m0 in range(0, M, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M)
-        w = _weight_tile(
-            rh_ptr, rj_ptr, q_ptr, mod_ptr, inv_s2_ptr, offs_m, offs_n, M, N, D,
-            C, KID, HAS_Q, HAS_MOD, BLOCK_D,
+    gy_rows = offs_b.to(tl.int64) * M
+    acc = tl.zeros((BLOCK_N, BLOCK_B), dtype=tl.float32)
+    if SPARSE:
+        start = tl.load(ptr_ptr + pid_n)
+        stop = tl.load(ptr_ptr + pid_n + 1)
+    else:
+        start = 0
+        stop = tl.cdiv(M, BLOCK_M)
+    for i in range(start, stop):
+        tile = tl.load(idx_ptr + i) if SPARSE else i
+        offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        wt = _weight_tile(
+            rh_ptr, rj_ptr, q_ptr, mod_ptr, logw_ptr, offs_m, offs_n, M, N, r_cut2, r_on2,
+            D, C, KID, HAS_Q, HAS_MOD, HAS_CUT, True,
         )  # fmt: skip
-        gy = tl.load(
-            gy_ptr + offs_b[:, None] * M + offs_m[None, :],
-            mask=b_ok[:, None] & (offs_m[None, :] < M),
+        gyt = tl.load(
+            gy_ptr + gy_rows[None, :] + offs_m[:, None],
+            mask=b_ok[None, :] & (offs_m[:, None] < M),
             other=0.0,
         )
-        acc = _dot(gy, w, acc, TF32)
+        acc = _dot(wt, gyt, acc, TF32, LOWP)
     tl.store(
-        gx_ptr + offs_b[:, None] * N + offs_n[None, :],
-        acc,
-        mask=b_ok[:, None] & (offs_n[None, :] < N),
+        gx_ptr + offs_b.to(tl.int64)[None, :] * N + offs_n[:, None],
+        acc.to(gx_ptr.dtype.element_ty),
+        mask=b_ok[None, :] & (offs_n[:, None] < N),
     )
 
 
 def _grad_params_kernel(
-    x_ptr,
-    gy_ptr,
-    rh_ptr,
-    rj_ptr,
-    q_ptr,
-    mod_ptr,
-    inv_s2_ptr,
-    grh_ptr,
-    grj_ptr,
-    gq_ptr,
-    gmod_ptr,
-    glogw_ptr,
-    B,
-    M,
-    N,
-    D,
-    C: tl.constexpr,
-    KID: tl.constexpr,
-    HAS_Q: tl.constexpr,
-    HAS_MOD: tl.constexpr,
-    NEED_Q: tl.constexpr,
-    NEED_MOD: tl.constexpr,
-    NEED_RH: tl.constexpr,
-    NEED_RJ: tl.constexpr,
-    NEED_W: tl.constexpr,
-    TF32: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-):
+    x_ptr, gy_ptr, rh_ptr, rj_ptr, q_ptr, mod_ptr, logw_ptr,
+    grh_ptr, grj_ptr, gq_ptr, gmod_ptr, glogw_ptr, pair_m_ptr, pair_n_ptr,
+    B, M, N, r_cut2, r_on2,
+    D: tl.constexpr, C: tl.constexpr, KID: tl.constexpr, HAS_Q: tl.constexpr,
+    HAS_MOD: tl.constexpr, HAS_CUT: tl.constexpr, SPARSE: tl.constexpr,
+    NEED_Q: tl.constexpr, NEED_MOD: tl.constexpr, NEED_RH: tl.constexpr, NEED_RJ: tl.constexpr,
+    NEED_W: tl.constexpr, TF32: tl.constexpr, LOWP: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
     """Position, charge, modulation and ``log σ`` gradients of one ``(m-tile, n-tile)``."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid = tl.program_id(0)
+    if SPARSE:
+        pid_m = tl.load(pair_m_ptr + pid)
+        pid_n = tl.load(pair_n_ptr + pid)
+    else:  # grouped order: GROUP_M target tiles share the source tiles they read from L2
+        num_m = tl.cdiv(M, BLOCK_M)
+        num_n = tl.cdiv(N, BLOCK_N)
+        per_group = GROUP_M * num_n
+        first_m = (pid // per_group) * GROUP_M
+        group_m = tl.minimum(num_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % per_group) % group_m
+        pid_n = (pid % per_group) // group_m
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
@@ -317,65 +405,115 @@ def _grad_params_kernel(
     for b0 in range(0, B, BLOCK_B):
         offs_b = b0 + tl.arange(0, BLOCK_B)
         b_ok = offs_b < B
-        gy = tl.load(
-            gy_ptr + offs_b[:, None] * M + offs_m[None, :],
-            mask=b_ok[:, None] & m_ok[None, :],
+        rows = offs_b.to(tl.int64)
+        gyt = tl.load(
+            gy_ptr + rows[None, :] * M + offs_m[:, None],
+            mask=b_ok[None, :] & m_ok[:, None],
             other=0.0,
         )
         xt = tl.load(
-            x_ptr + offs_b[:, None] * N + offs_n[None, :],
+            x_ptr + rows[:, None] * N + offs_n[None, :],
             mask=b_ok[:, None] & n_ok[None, :],
             other=0.0,
         )
-        dw = _dot(tl.trans(gy), xt, dw, TF32)
-    if HAS_MOD:
-        s = dw * tl.load(mod_ptr + offs_m[:, None] * N + offs_n[None, :], mask=mn_ok, other=0.0)
+        dw = _dot(gyt, xt, dw, TF32, LOWP)
+    mod_offs = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    s = dw * tl.load(mod_ptr + mod_offs, mask=mn_ok, other=0.0).to(tl.float32) if HAS_MOD else dw
+    r2 = _sq_dist(rh_ptr, rj_ptr, offs_m, offs_n, M, N, D)
+    if HAS_CUT:
+        sw = _switch(r2, r_cut2, r_on2)
+        s_sw = s * sw
     else:
-        s = dw
-    diff = _diff_tile(rh_ptr, rj_ptr, offs_m, offs_n, M, N, D, BLOCK_D)
-    r2 = tl.sum(diff * diff, axis=2)
-    wk = tl.zeros_like(r2)
+        s_sw = s
+    wk = tl.zeros_like(r2)  # Σ_c charge_c k_c, without the switch
     g = tl.zeros_like(r2)
     for c in tl.static_range(C):
-        inv = tl.load(inv_s2_ptr + c)
+        inv = _inv_square_width(logw_ptr, c)
         u = r2 * inv
         k = _profile(u, KID)
         if HAS_Q:
-            q = tl.load(q_ptr + offs_m * C + c, mask=m_ok, other=0.0)
+            q = tl.load(q_ptr + offs_m * C + c, mask=m_ok, other=0.0).to(tl.float32)
             wk += k * q[:, None]
         else:
             wk += k
         if NEED_Q:
-            tl.atomic_add(gq_ptr + offs_m * C + c, tl.sum(s * k, axis=1), mask=m_ok)
+            tl.atomic_add(gq_ptr + offs_m * C + c, tl.sum(s_sw * k, axis=1), mask=m_ok)
         if NEED_RH or NEED_RJ or NEED_W:
-            h = s * _profile_derivative(u, KID)
+            h = s_sw * _profile_derivative(u, KID)
             if HAS_Q:
                 h = h * q[:, None]
             if NEED_W:
                 tl.atomic_add(glogw_ptr + c, -2.0 * tl.sum(tl.sum(h * u, axis=1), axis=0))
             g += h * inv
     if NEED_MOD:
-        tl.store(gmod_ptr + offs_m[:, None] * N + offs_n[None, :], dw * wk, mask=mn_ok)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < D
-    if NEED_RH:
-        grh = 2.0 * tl.sum(g[:, :, None] * diff, axis=1)  # [BLOCK_M, BLOCK_D]
-        tl.atomic_add(
-            grh_ptr + offs_m[:, None] * D + offs_d[None, :],
-            grh,
-            mask=m_ok[:, None] & d_ok[None, :],
-        )
-    if NEED_RJ:
-        grj = -2.0 * tl.sum(g[:, :, None] * diff, axis=0)  # [BLOCK_N, BLOCK_D]
-        tl.atomic_add(
-            grj_ptr + offs_n[:, None] * D + offs_d[None, :],
-            grj,
-            mask=n_ok[:, None] & d_ok[None, :],
-        )
+        gmod = dw * wk * sw if HAS_CUT else dw * wk
+        tl.store(gmod_ptr + mod_offs, gmod.to(gmod_ptr.dtype.element_ty), mask=mn_ok)
+    if NEED_RH or NEED_RJ:
+        if HAS_CUT:
+            g += s * wk * _switch_derivative(r2, r_cut2, r_on2)
+        for d in tl.static_range(D):
+            diff = (
+                _coordinate(rh_ptr, d, offs_m, M, D)[:, None]
+                - _coordinate(rj_ptr, d, offs_n, N, D)[None, :]
+            )
+            t = g * diff
+            if NEED_RH:
+                tl.atomic_add(grh_ptr + offs_m * D + d, 2.0 * tl.sum(t, axis=1), mask=m_ok)
+            if NEED_RJ:
+                tl.atomic_add(grj_ptr + offs_n * D + d, -2.0 * tl.sum(t, axis=0), mask=n_ok)
+
+
+# --------------------------------------------------------------------------- configuration
+
+#: Autotuned tile shapes ``(BLOCK_B, BLOCK_M, BLOCK_N, num_warps, num_stages)`` of the dense
+#: forward kernel (its ``∂L/∂x`` twin swaps the roles of M and N). W is recomputed once per
+#: B-tile, so larger ``BLOCK_B`` amortise the kernel evaluations over more products.
+_FORWARD_CONFIGS = (
+    (128, 128, 32, 8, 3),
+    (128, 128, 32, 8, 4),
+    (128, 128, 16, 8, 3),
+    (256, 64, 32, 8, 3),
+    (64, 128, 32, 8, 3),
+    (128, 64, 32, 4, 3),
+    (64, 64, 32, 4, 3),
+    (32, 128, 32, 4, 3),
+    (16, 64, 64, 4, 3),
+)
+#: Same for the parameter-gradient kernel: ``BLOCK_B`` is its reduction depth, and its
+#: ``[BLOCK_M, BLOCK_N]`` tile carries several float32 temporaries (register pressure).
+_PARAMS_CONFIGS = (
+    (32, 64, 64, 4, 3),
+    (64, 64, 64, 4, 3),
+    (32, 128, 64, 8, 3),
+    (64, 128, 64, 8, 3),
+    (32, 64, 128, 8, 3),
+    (32, 128, 128, 8, 3),
+    (16, 64, 64, 4, 4),
+)
+#: With a neighbour list ``BLOCK_M``/``BLOCK_N`` are its tiles; ``(BLOCK_B, warps, stages)``.
+_SPARSE_FORWARD_CONFIGS = ((16, 4, 3), (32, 4, 3), (64, 8, 3), (128, 8, 3))
+_SPARSE_PARAMS_CONFIGS = ((16, 4, 3), (32, 4, 3), (64, 4, 3), (32, 8, 3))
+
+# Every shape in these tables compiles for sm_90 (H100) at D = 3 without register spills
+# (0 bytes of local memory; benchmarks/fused_compile_check.py). Wider BLOCK_N, or
+# BLOCK_B = 256 with BLOCK_M = 128, spill.
+
+
+def _prune_by_batch(configs: list, named_args: dict, **kwargs: Any) -> list:
+    """Drop tiles much taller than the batch (``BLOCK_B > max(16, next_pow2(B))``)."""
+    limit = max(16, 1 << max(0, int(named_args["B"]) - 1).bit_length())
+    kept = [c for c in configs if c.kwargs["BLOCK_B"] <= limit]
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_B"])]
 
 
 def _build() -> dict[str, Any]:
-    """Import Triton and JIT-compile the kernels above (once per process)."""
+    """Import Triton and JIT-compile the kernels above (once per process).
+
+    Off the interpreter it also wraps each kernel in ``triton.autotune`` (dense: every tile
+    size; sparse: ``BLOCK_B`` and warps, the tiles being the neighbour list's). The
+    parameter-gradient kernel accumulates with atomics, so its accumulators are reset to zero
+    between the autotuner's trial runs.
+    """
     if _BUILT:
         return _BUILT
     import triton
@@ -383,24 +521,131 @@ def _build() -> dict[str, Any]:
 
     namespace = globals()
     namespace["tl"] = triton.language
-    for name in ("_profile", "_profile_derivative", "_diff_tile", "_weight_tile", "_dot"):
+    helpers = (
+        "_profile",
+        "_profile_derivative",
+        "_switch",
+        "_switch_derivative",
+        "_coordinate",
+        "_inv_square_width",
+        "_sq_dist",
+        "_weight_tile",
+        "_dot",
+    )
+    for name in helpers:
         namespace[name] = triton.jit(namespace[name])
-    _BUILT["forward"] = triton.jit(_forward_kernel)
-    _BUILT["grad_x"] = triton.jit(_grad_x_kernel)
-    _BUILT["grad_params"] = triton.jit(_grad_params_kernel)
+    if _interpreting():
+        namespace["_dot"] = triton.jit(_dot_emulated)
+    raw = {
+        "forward": triton.jit(_forward_kernel),
+        "grad_x": triton.jit(_grad_x_kernel),
+        "grad_params": triton.jit(_grad_params_kernel),
+    }
+    _BUILT["raw"] = raw
     _BUILT["cdiv"] = triton.cdiv
-    _BUILT["next_power_of_2"] = triton.next_power_of_2
+    if not _interpreting():
+        key = ["B", "M", "N", "D", "C", "SPARSE", "HAS_MOD"]
+        prune = {"early_config_prune": _prune_by_batch}
+        resets = ["grh_ptr", "grj_ptr", "gq_ptr", "glogw_ptr"]
+
+        def dense(shapes: tuple, transpose: bool = False) -> list:
+            out = []
+            for bb, bm, bn, warps, stages in shapes:
+                bm, bn = (bn, bm) if transpose else (bm, bn)
+                meta = {"BLOCK_B": bb, "BLOCK_M": bm, "BLOCK_N": bn}
+                out.append(triton.Config(meta, num_warps=warps, num_stages=stages))
+            return out
+
+        def sparse(shapes: tuple) -> list:
+            return [
+                triton.Config({"BLOCK_B": bb}, num_warps=w, num_stages=st) for bb, w, st in shapes
+            ]
+
+        tune = triton.autotune
+        _BUILT["tuned"] = {
+            ("forward", False): tune(dense(_FORWARD_CONFIGS), key, prune_configs_by=prune)(
+                raw["forward"]
+            ),
+            ("grad_x", False): tune(dense(_FORWARD_CONFIGS, True), key, prune_configs_by=prune)(
+                raw["grad_x"]
+            ),
+            ("grad_params", False): tune(dense(_PARAMS_CONFIGS), key, reset_to_zero=resets)(
+                raw["grad_params"]
+            ),
+            ("forward", True): tune(sparse(_SPARSE_FORWARD_CONFIGS), key, prune_configs_by=prune)(
+                raw["forward"]
+            ),
+            ("grad_x", True): tune(sparse(_SPARSE_FORWARD_CONFIGS), key, prune_configs_by=prune)(
+                raw["grad_x"]
+            ),
+            ("grad_params", True): tune(sparse(_SPARSE_PARAMS_CONFIGS), key, reset_to_zero=resets)(
+                raw["grad_params"]
+            ),
+        }
     return _BUILT
 
 
-# --------------------------------------------------------------------------- autograd
+_PLACEHOLDERS: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+
+def _placeholders(device: torch.device) -> tuple[Tensor, Tensor]:
+    """Tiny float32 and int32 tensors passed for absent inputs and outputs (never read).
+
+    Kept per device, so a step allocates nothing for them; the autotuner may zero the float
+    one between trial runs, which is harmless.
+    """
+    if device not in _PLACEHOLDERS:
+        _PLACEHOLDERS[device] = (
+            torch.zeros(1, device=device, dtype=torch.float32),
+            torch.zeros(2, device=device, dtype=torch.int32),
+        )
+    return _PLACEHOLDERS[device]
+
+
+@dataclass(frozen=True)
+class _Config:
+    """What the autograd function needs besides tensors."""
+
+    kernel_id: int
+    channels: int
+    blocks: tuple[int, int, int] | None  # None: autotuned
+    tf32: bool
+    cutoff: tuple[float, float] | None  # (r_cut², r_on²)
+
+
+def _launch(
+    name: str,
+    nl: NeighbourList | None,
+    config: _Config,
+    grid: Any,
+    args: tuple,
+    consts: dict[str, Any],
+) -> None:
+    """Launch kernel ``name``: autotuned on the GPU, fixed tiles given or under the interpreter.
+
+    ``grid(meta) -> tuple`` receives the tile sizes. With a neighbour list ``BLOCK_M`` and
+    ``BLOCK_N`` are its tiles.
+    """
+    built = _build()
+    sparse = nl is not None
+    fixed: dict[str, int] = {}
+    if sparse:
+        fixed = {"BLOCK_M": nl.tile_m, "BLOCK_N": nl.tile_n}
+    tuned = built.get("tuned")
+    if tuned is not None and config.blocks is None:
+        tuned[(name, sparse)][lambda meta: grid({**meta, **fixed})](*args, **consts, **fixed)
+        return
+    bb, bm, bn = config.blocks or DEFAULT_BLOCKS
+    meta = {"BLOCK_B": bb, "BLOCK_M": bm, "BLOCK_N": bn, **fixed}
+    built["raw"][name][grid(meta)](*args, **consts, **meta)
 
 
 class _KernelMatmulFused(torch.autograd.Function):
     """Autograd function of the fused path; see :func:`kernel_matmul_fused`.
 
     Inputs (in ``needs_input_grad`` order): ``x, target_pos, source_pos, charge, modulation,
-    log_width, config`` where ``config`` is ``(kernel_id, channels, blocks, allow_tf32)``.
+    log_width, config, neighbour_list`` (the tensors already in the list's sorted order when
+    there is one).
     """
 
     @staticmethod
@@ -412,79 +657,156 @@ class _KernelMatmulFused(torch.autograd.Function):
         charge: Tensor | None,
         modulation: Tensor | None,
         log_width: Tensor,
-        config: tuple[int, int, tuple[int, int, int], bool],
+        config: _Config,
+        nl: NeighbourList | None,
     ) -> Tensor:
         k = _build()
-        kid, C, (bb, bm, bn), tf32 = config
+        C = config.channels
         x = x.contiguous()
-        r_h, r_j = target_pos.contiguous(), source_pos.contiguous()
+        r_h, r_j = target_pos.contiguous(), source_pos.contiguous()  # no copy when contiguous
         q = None if charge is None else charge.reshape(charge.shape[0], C).contiguous()
         mod = None if modulation is None else modulation.contiguous()
-        inv_s2 = torch.exp(-2.0 * log_width.detach().to(x.device, torch.float32)).contiguous()
+        logw = log_width.detach().contiguous()
+        dummy, index_dummy = _placeholders(x.device)
         B, N = x.shape
         M, D = r_h.shape
         y = x.new_empty(B, M)
-        grid = (k["cdiv"](B, bb), k["cdiv"](M, bm))
-        k["forward"][grid](
-            x, r_h, r_j, q if q is not None else x, mod if mod is not None else x, inv_s2, y,
-            B, M, N, D,
-            C=C, KID=kid, HAS_Q=q is not None, HAS_MOD=mod is not None, TF32=tf32,
-            BLOCK_B=bb, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=max(2, k["next_power_of_2"](D)),
+        cut2 = config.cutoff or (0.0, 0.0)
+        consts = _flags(config, D, q, mod, nl, x)
+        _launch(
+            "forward",
+            nl,
+            config,
+            lambda meta: (k["cdiv"](B, meta["BLOCK_B"]) * k["cdiv"](M, meta["BLOCK_M"]),),
+            (
+                x, r_h, r_j, dummy if q is None else q, dummy if mod is None else mod, logw, y,
+                index_dummy if nl is None else nl.row_ptr,
+                index_dummy if nl is None else nl.row_cols,
+                B, M, N, *cut2,
+            ),
+            consts,
         )  # fmt: skip
-        ctx.save_for_backward(x, r_h, r_j, q, mod, inv_s2)
+        ctx.save_for_backward(x, r_h, r_j, q, mod, logw)
         ctx.config = config
+        ctx.nl = nl
+        ctx.dtypes = (
+            target_pos.dtype,
+            source_pos.dtype,
+            None if charge is None else charge.dtype,
+            log_width.dtype,
+        )
         ctx.charge_shape = None if charge is None else charge.shape
-        ctx.log_width_dtype = log_width.dtype
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
         k = _build()
-        x, r_h, r_j, q, mod, inv_s2 = ctx.saved_tensors
-        kid, C, (bb, bm, bn), tf32 = ctx.config
-        need_x, need_rh, need_rj, need_q, need_mod, need_w, _ = ctx.needs_input_grad
+        x, r_h, r_j, q, mod, logw = ctx.saved_tensors
+        config, nl = ctx.config, ctx.nl
+        need_x, need_rh, need_rj, need_q, need_mod, need_w, _, _ = ctx.needs_input_grad
         need_q = need_q and q is not None
         need_mod = need_mod and mod is not None
-        grad_y = grad_y.contiguous().to(torch.float32)
+        grad_y = grad_y.to(x.dtype).contiguous()
         B, N = x.shape
         M, D = r_h.shape
-        block_d = max(2, k["next_power_of_2"](D))
-        q_arg = q if q is not None else x
-        mod_arg = mod if mod is not None else x
-        flags = {"C": C, "KID": kid, "HAS_Q": q is not None, "HAS_MOD": mod is not None}
-        blocks = {"BLOCK_B": bb, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": block_d}
+        C = config.channels
+        cut2 = config.cutoff or (0.0, 0.0)
+        dummy, index_dummy = _placeholders(x.device)
+        q_arg = dummy if q is None else q
+        mod_arg = dummy if mod is None else mod
+        consts = _flags(config, D, q, mod, nl, x)
 
         grad_x = None
         if need_x:
             grad_x = torch.empty_like(x)
-            grid = (k["cdiv"](B, bb), k["cdiv"](N, bn))
-            k["grad_x"][grid](
-                grad_y, r_h, r_j, q_arg, mod_arg, inv_s2, grad_x, B, M, N, D,
-                TF32=tf32, **flags, **blocks,
+            _launch(
+                "grad_x",
+                nl,
+                config,
+                lambda meta: (k["cdiv"](B, meta["BLOCK_B"]) * k["cdiv"](N, meta["BLOCK_N"]),),
+                (
+                    grad_y, r_h, r_j, q_arg, mod_arg, logw, grad_x,
+                    index_dummy if nl is None else nl.col_ptr,
+                    index_dummy if nl is None else nl.col_rows,
+                    B, M, N, *cut2,
+                ),
+                consts,
             )  # fmt: skip
 
-        grad_rh = torch.zeros_like(r_h) if need_rh else None
-        grad_rj = torch.zeros_like(r_j) if need_rj else None
-        grad_q = torch.zeros_like(q) if need_q else None
-        grad_mod = torch.empty_like(mod) if need_mod else None
-        grad_logw = torch.zeros_like(inv_s2) if need_w else None
+        # float32 accumulators of the atomics, zeroed in one go: [M, D], [N, D], [M, C], [C]
+        sizes = [M * D * need_rh, N * D * need_rj, M * C * need_q, C * need_w]
+        flat = torch.zeros(sum(sizes), device=x.device, dtype=torch.float32)
+        grad_rh_f, grad_rj_f, grad_q_f, grad_logw_f = flat.split(sizes)
+        grad_rh = grad_rh_f.view(M, D) if need_rh else None
+        grad_rj = grad_rj_f.view(N, D) if need_rj else None
+        grad_q = grad_q_f.view(M, C) if need_q else None
+        grad_mod = None
+        if need_mod:  # tiles a neighbour list skips get no store: their gradient is 0
+            grad_mod = torch.empty_like(mod) if nl is None else torch.zeros_like(mod)
+        grad_logw = grad_logw_f if need_w else None
         if need_rh or need_rj or need_q or need_mod or need_w:
-            grid = (k["cdiv"](M, bm), k["cdiv"](N, bn))
-            k["grad_params"][grid](
-                x, grad_y, r_h, r_j, q_arg, mod_arg, inv_s2,
-                grad_rh if need_rh else x, grad_rj if need_rj else x,
-                grad_q if need_q else x, grad_mod if need_mod else x,
-                grad_logw if need_w else x,
-                B, M, N, D,
-                NEED_Q=need_q, NEED_MOD=need_mod, NEED_RH=need_rh, NEED_RJ=need_rj,
-                NEED_W=need_w, TF32=tf32, **flags, **blocks,
-            )  # fmt: skip
-        if grad_q is not None:
-            grad_q = grad_q.reshape(ctx.charge_shape)
-        if grad_logw is not None:
-            grad_logw = grad_logw.to(ctx.log_width_dtype)
-        return grad_x, grad_rh, grad_rj, grad_q, grad_mod, grad_logw, None
+
+            def grid(meta: dict[str, int]) -> tuple[int]:
+                if nl is not None:
+                    return (nl.num_pairs,)
+                return (k["cdiv"](M, meta["BLOCK_M"]) * k["cdiv"](N, meta["BLOCK_N"]),)
+
+            if nl is None or nl.num_pairs > 0:
+                _launch(
+                    "grad_params",
+                    nl,
+                    config,
+                    grid,
+                    (
+                        x, grad_y, r_h, r_j, q_arg, mod_arg, logw,
+                        dummy if grad_rh is None else grad_rh,
+                        dummy if grad_rj is None else grad_rj,
+                        dummy if grad_q is None else grad_q,
+                        dummy if grad_mod is None else grad_mod,
+                        dummy if grad_logw is None else grad_logw,
+                        index_dummy if nl is None else nl.pair_target,
+                        index_dummy if nl is None else nl.pair_source,
+                        B, M, N, *cut2,
+                    ),
+                    {
+                        **consts, "NEED_Q": need_q, "NEED_MOD": need_mod, "NEED_RH": need_rh,
+                        "NEED_RJ": need_rj, "NEED_W": need_w, "GROUP_M": 8,
+                    },
+                )  # fmt: skip
+        rh_dtype, rj_dtype, q_dtype, w_dtype = ctx.dtypes
+        return (
+            grad_x,
+            None if grad_rh is None else grad_rh.to(rh_dtype),
+            None if grad_rj is None else grad_rj.to(rj_dtype),
+            None if grad_q is None else grad_q.reshape(ctx.charge_shape).to(q_dtype),
+            grad_mod,
+            None if grad_logw is None else grad_logw.to(w_dtype),
+            None,
+            None,
+        )
+
+
+def _flags(
+    config: _Config,
+    D: int,
+    q: Tensor | None,
+    mod: Tensor | None,
+    nl: NeighbourList | None,
+    x: Tensor,
+) -> dict[str, Any]:
+    """The constexpr flags shared by the three kernels."""
+    return {
+        "D": D,
+        "C": config.channels,
+        "KID": config.kernel_id,
+        "HAS_Q": q is not None,
+        "HAS_MOD": mod is not None,
+        "HAS_CUT": config.cutoff is not None,
+        "SPARSE": nl is not None,
+        "TF32": config.tf32,
+        "LOWP": x.dtype == torch.bfloat16,
+    }
 
 
 # --------------------------------------------------------------------------- public entry
@@ -494,15 +816,15 @@ def _check_fused_inputs(tensors: dict[str, Tensor | None], kernel: Kernel) -> in
     """Validate what the fused kernels need; return the kernel's constexpr id.
 
     Raises:
-        NotImplementedError: ``kernel`` is not a built-in radial kernel.
-        ValueError: a tensor is on another device or is not float32.
+        NotImplementedError: ``kernel`` is not a built-in radial kernel, or ``D > 16``.
+        ValueError: a tensor is on another device, or is neither float32 nor bfloat16.
     """
     kid = _KERNEL_IDS.get(type(kernel))
     if kid is None:
         raise NotImplementedError(
             f"the fused path supports only the built-in radial kernels "
             f"(gaussian, cauchy, exponential), not {type(kernel).__name__} "
-            f"(name {getattr(kernel, 'name', '')!r}); use mode='chunked' for it"
+            f"(name {getattr(kernel, 'name', '')!r}); use backend='chunked' for it"
         )
     present = {name: t for name, t in tensors.items() if t is not None}
     device = present["x"].device
@@ -512,11 +834,19 @@ def _check_fused_inputs(tensors: dict[str, Tensor | None], kernel: Kernel) -> in
                 f"{name} is on {t.device} but x is on {device}: all tensors of the fused path "
                 f"must be on one device"
             )
-        if t.dtype != torch.float32:
-            raise ValueError(f"{name} must be float32 for the fused path, got {t.dtype}")
+        if t.dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(
+                f"{name} must be float32 or bfloat16 for the fused path, got {t.dtype}"
+            )
     if kernel.log_width.device != device:
         raise ValueError(f"kernel width is on {kernel.log_width.device} but x is on {device}")
-    return kid  # shapes and D are checked by ops._validate
+    pos = present["target_pos"]
+    if pos.ndim == 2 and pos.shape[1] > MAX_FUSED_DIM:
+        raise NotImplementedError(
+            f"the fused path supports positions with D <= {MAX_FUSED_DIM}, got D = "
+            f"{pos.shape[1]}; use backend='chunked'"
+        )
+    return kid
 
 
 def kernel_matmul_fused(
@@ -528,32 +858,40 @@ def kernel_matmul_fused(
     modulation: Tensor | None = None,
     *,
     blocks: tuple[int, int, int] | None = None,
-    allow_tf32: bool = False,
+    allow_tf32: bool | None = None,
+    neighbours: NeighbourCache | NeighbourList | None = None,
 ) -> Tensor:
     """``y = x @ W.T`` (eq. 9) by fused Triton kernels: no tile of ``W`` ever leaves registers.
 
     Same numbers as :func:`~particlesim.kernels.ops.kernel_matmul_reference` (to float32
     rounding) and the same closed-form gradients as the chunked path, for ``x``, both position
     sets, the charges, the modulation and a learnable ``log σ``. Not twice differentiable.
+    Non-contiguous inputs are copied to contiguous ones.
 
     Args:
-        x: ``[B, N]`` source activations, float32.
+        x: ``[B, N]`` source activations, float32 or bfloat16 (then ``y`` is bfloat16 and the
+            products are bfloat16 with float32 accumulation).
         kernel: a :class:`GaussianKernel`, :class:`CauchyKernel` or :class:`ExponentialKernel`
-            with ``C ≥ 1`` widths.
-        target_pos: ``[M, D]``; source_pos: ``[N, D]``.
+            with ``C ≥ 1`` widths and an optional cutoff.
+        target_pos: ``[M, D]``; source_pos: ``[N, D]``, ``D ≤ 16`` (float32 or bfloat16).
         charge: ``[M]`` (``C = 1``) or ``[M, C]``, or None (1 on every channel).
         modulation: ``[M, N]`` or None.
-        blocks: tile sizes ``(BLOCK_B, BLOCK_M, BLOCK_N)``, powers of two ≥ 16; default
-            :data:`DEFAULT_BLOCKS`.
-        allow_tf32: let ``tl.dot`` use TF32 inputs (faster on Ampere+, ~1e-3 relative error).
+        blocks: tile sizes ``(BLOCK_B, BLOCK_M, BLOCK_N)``, powers of two ≥ 16; default:
+            autotuned on the GPU, :data:`DEFAULT_BLOCKS` under the interpreter. With a cutoff
+            ``BLOCK_M, BLOCK_N`` are also the neighbour list's tiles (default
+            :data:`SPARSE_TILES` on the GPU).
+        allow_tf32: let ``tl.dot`` use TF32 for float32 inputs (about 1e-3 relative error);
+            None follows torch (``torch.get_float32_matmul_precision() != "highest"``).
+        neighbours: with a cutoff, a :class:`~particlesim.kernels.neighbours.NeighbourCache`
+            kept between calls (None: build a list for this call).
 
     Returns:
-        ``[B, M]`` float32.
+        ``[B, M]`` in ``x``'s dtype.
 
     Raises:
-        NotImplementedError: for any other kernel (use ``mode="chunked"``).
-        ValueError: mixed devices, a dtype other than float32, mismatched ``D``, bad shapes
-            or block sizes.
+        NotImplementedError: for any other kernel, or ``D > 16`` (use ``backend="chunked"``).
+        ValueError: mixed devices, a dtype other than float32/bfloat16, mismatched ``D``, bad
+            shapes or block sizes.
         RuntimeError: Triton is missing, or CPU tensors without ``TRITON_INTERPRET=1``.
     """
     tensors = {
@@ -564,16 +902,35 @@ def kernel_matmul_fused(
         "modulation": modulation,
     }
     kid = _check_fused_inputs(tensors, kernel)
-    _validate(kernel, target_pos, source_pos, charge, modulation, x)
-    blocks = DEFAULT_BLOCKS if blocks is None else tuple(int(b) for b in blocks)
-    if len(blocks) != 3 or any(b < 16 or b & (b - 1) for b in blocks):
-        raise ValueError(f"blocks must be three powers of two ≥ 16, got {blocks}")
+    _validate(kernel, target_pos, source_pos, charge, modulation, x, mixed_precision=True)
+    if blocks is not None:
+        blocks = tuple(int(b) for b in blocks)
+        if len(blocks) != 3 or any(b < 16 or b & (b - 1) for b in blocks):
+            raise ValueError(f"blocks must be three powers of two ≥ 16, got {blocks}")
     if not fused_available(*(t for t in tensors.values() if t is not None)):
         raise RuntimeError(
             "the fused path needs Triton and CUDA tensors (or TRITON_INTERPRET=1 set before "
-            "Triton is imported, for CPU tensors); use mode='chunked' instead"
+            "Triton is imported, for CPU tensors); use backend='chunked' instead"
         )
-    config = (kid, kernel.channels, blocks, bool(allow_tf32))
-    return _KernelMatmulFused.apply(
-        x, target_pos, source_pos, charge, modulation, kernel.log_width, config
+    if allow_tf32 is None:
+        allow_tf32 = torch.get_float32_matmul_precision() != "highest"
+    cutoff = kernel.cutoff
+    config = _Config(
+        kernel_id=kid,
+        channels=kernel.channels,
+        blocks=blocks if blocks is not None or not _interpreting() else DEFAULT_BLOCKS,
+        tf32=bool(allow_tf32),
+        cutoff=None if cutoff is None else (cutoff * cutoff, kernel.switch_on**2),
     )
+    if cutoff is None:
+        return _KernelMatmulFused.apply(
+            x, target_pos, source_pos, charge, modulation, kernel.log_width, config, None
+        )
+    if blocks is not None:
+        tiles = blocks[1:]
+    else:
+        tiles = DEFAULT_BLOCKS[1:] if _interpreting() else SPARSE_TILES
+    nl = neighbour_list_for(neighbours, target_pos, source_pos, cutoff, tiles)
+    sorted_inputs = to_neighbour_order(nl, x, target_pos, source_pos, charge, modulation)
+    y = _KernelMatmulFused.apply(*sorted_inputs, kernel.log_width, config, nl)
+    return y.index_select(1, nl.target_rank)

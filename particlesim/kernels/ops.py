@@ -26,11 +26,20 @@ Two paths compute the same numbers:
   parameter gradients from autograd on one block at a time. Peak extra memory
   is O(B·(N + M) + chunk·N): linear in N + M, the particle-network promise.
 
-:func:`kernel_matmul` picks between them (see :data:`AUTO_REFERENCE_MAX_ELEMENTS`).
+A third path, ``fused`` (:mod:`particlesim.kernels.fused`), runs Triton kernels that build
+each tile of ``W`` in registers inside the matmul (CUDA).
+
+With a kernel cutoff (``kernel.cutoff``), the chunked and fused paths sort both particle sets
+spatially and visit only the (target block, source block) pairs whose bounding boxes lie
+within the cutoff (:mod:`particlesim.kernels.neighbours`); skipped pairs contribute exactly 0,
+so every path computes the same truncated kernel.
+
+:func:`kernel_matmul` picks a path per call (``backend="auto"``, see :func:`select_backend`).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -38,15 +47,20 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from particlesim.kernels.base import Kernel, RadialKernel, squared_distance
+from particlesim.kernels.neighbours import NeighbourCache, NeighbourList, build_neighbour_list
 
 __all__ = [
     "AUTO_REFERENCE_MAX_ELEMENTS",
+    "BACKENDS",
     "BLOCK_ELEMENTS",
+    "CHUNKED_CUTOFF_TILES",
+    "Backend",
     "default_chunk_size",
     "effective_weight",
     "kernel_matmul",
     "kernel_matmul_chunked",
     "kernel_matmul_reference",
+    "select_backend",
 ]
 
 #: Target size, in elements, of one block ``[C, chunk, N]`` of the kernel in the chunked path
@@ -54,12 +68,23 @@ __all__ = [
 #: enough that the few transients of a block stay far below an ``[M, N]`` matrix.
 BLOCK_ELEMENTS: int = 2**20
 
-#: ``mode="auto"`` materialises ``W`` (reference path) when ``M·N`` is at most this many elements
-#: (2^22 = 16 MiB in float32), where memory is no concern and one big matmul is fastest, and uses
-#: the chunked path above it, where the O(M·N) weight matrix is what must be avoided.
+#: ``backend="auto"`` off CUDA materialises ``W`` (reference path) when ``M·N`` is at most this
+#: many elements (2^22 = 16 MiB in float32), where memory is no concern and one big matmul is
+#: fastest, and uses the chunked path above it, where the O(M·N) weight matrix must be avoided.
 AUTO_REFERENCE_MAX_ELEMENTS: int = 2**22
 
-Mode = Literal["auto", "reference", "chunked", "fused"]
+#: ``(target rows, source columns)`` per block of the chunked path with a cutoff: the tiles of
+#: its neighbour list (small enough that a tile's bounding box is tight, large enough that a
+#: block is still a worthwhile matmul).
+CHUNKED_CUTOFF_TILES: tuple[int, int] = (64, 64)
+
+Backend = Literal["auto", "reference", "chunked", "fused"]
+BACKENDS: tuple[str, ...] = ("auto", "reference", "chunked", "fused")
+
+#: One block of the chunked path: target rows ``[start, stop)`` and the source particles it
+#: meets: None (all of them), a ``slice`` (a contiguous run) or an index tensor. Blocks of a
+#: neighbour list may share target rows (one per run of source tiles); their results add up.
+Block = tuple[int, int, Tensor | slice | None]
 
 # A radial block's squared distances are summed one coordinate at a time (no [m, N, D]
 # transient) up to this many dimensions; above it the vectorised base helper is used.
@@ -84,8 +109,14 @@ def _validate(
     charge: Tensor | None,
     modulation: Tensor | None,
     x: Tensor | None = None,
+    *,
+    mixed_precision: bool = False,
 ) -> None:
-    """Check shapes and dtypes up front so a mistake names the argument, not an inner matmul."""
+    """Check shapes, devices and dtypes up front so a mistake names the argument.
+
+    With ``mixed_precision`` (the fused path) each tensor may be float32 or bfloat16 on its
+    own; otherwise all must share one floating dtype.
+    """
     if not isinstance(kernel, Kernel):
         raise TypeError(f"kernel must be a particlesim Kernel, got {type(kernel).__name__}")
     if target_pos.ndim != 2 or source_pos.ndim != 2:
@@ -123,7 +154,18 @@ def _validate(
             raise ValueError(
                 f"x must be [B, N] with N = {N} source particles, got {tuple(x.shape)}"
             )
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        raise ValueError(
+            "all tensors must be on one device, got "
+            + ", ".join(f"{name} on {d}" for name, d in devices.items())
+        )
     dtypes = {name: t.dtype for name, t in tensors.items()}
+    if mixed_precision:
+        odd = {n: d for n, d in dtypes.items() if d not in (torch.float32, torch.bfloat16)}
+        if odd:
+            raise TypeError(f"tensors must be float32 or bfloat16 here, got {odd}")
+        return
     if len(set(dtypes.values())) > 1:
         raise TypeError(f"all tensors must share one dtype, got {dtypes}")
     if not next(iter(dtypes.values())).is_floating_point:
@@ -179,8 +221,8 @@ class _Workspace:
         return flat[:numel].view(shape)
 
 
-def _radial_u(r_h: Tensor, r_j: Tensor, inv_s2: Tensor, ws: _Workspace) -> Tensor:
-    """``u_c = |r_h - r_j|² / σ_c²`` for one block → ``[C, m, N]`` (a workspace buffer).
+def _radial_u(r_h: Tensor, r_j: Tensor, inv_s2: Tensor, ws: _Workspace) -> tuple[Tensor, Tensor]:
+    """``(r², u_c = r²/σ_c²)`` for one block → ``[m, N]``, ``[C, m, N]`` (workspace buffers).
 
     Same arithmetic as ``RadialKernel.scaled(squared_distance(...))``, but summed one
     coordinate at a time into reused buffers: no ``[m, N, D]`` tensor, no fresh ``[m, N]``.
@@ -200,7 +242,7 @@ def _radial_u(r_h: Tensor, r_j: Tensor, inv_s2: Tensor, ws: _Workspace) -> Tenso
     C = inv_s2.shape[0]
     u = ws.get("u", C, m, N)
     torch.mul(r2.unsqueeze(0), inv_s2.view(C, 1, 1), out=u)
-    return u
+    return r2, u
 
 
 def _radial_weight(
@@ -221,6 +263,30 @@ def _radial_weight(
     if modulation is None:
         return wk, wk
     return wk, torch.mul(wk, modulation, out=ws.get("w", m, N))
+
+
+def _switch_into(r2: Tensor, kernel: RadialKernel, ws: _Workspace) -> tuple[Tensor, Tensor]:
+    """The cutoff's XPLOR switch for one block in workspace buffers: ``(Sw, r²_clamped − r_c²)``.
+
+    Same function as :func:`~particlesim.kernels.base.xplor_switch`, arranged for in-place
+    arithmetic (``Sw = (t − a)² (2t + a − 3b) / (a − b)³`` with ``t = clamp(r², b, a)``,
+    ``a = r_c²``, ``b = r_on²``) so a block allocates nothing.
+    """
+    a, b = kernel.cutoff**2, kernel.switch_on**2
+    scale = 1.0 / (a - b) ** 3
+    t = torch.clamp(r2, min=b, max=a, out=ws.get("sw_t", *r2.shape))
+    t_minus_a = torch.sub(t, a, out=ws.get("sw_ta", *r2.shape))
+    sw = torch.mul(t, 2.0 * scale, out=ws.get("sw", *r2.shape))
+    sw.add_((a - 3.0 * b) * scale).mul_(t_minus_a).mul_(t_minus_a)
+    return sw, t_minus_a
+
+
+def _switch_derivative_into(kernel: RadialKernel, t_minus_a: Tensor, ws: _Workspace) -> Tensor:
+    """``dSw/d(r²) = 6 (t − a)(t − b) / (a − b)³`` from :func:`_switch_into`'s ``t − a``."""
+    a, b = kernel.cutoff**2, kernel.switch_on**2
+    t = ws.get("sw_t", *t_minus_a.shape)  # still holds clamp(r², b, a)
+    out = torch.sub(t, b, out=ws.get("dsw", *t_minus_a.shape))
+    return out.mul_(t_minus_a).mul_(6.0 / (a - b) ** 3)
 
 
 def _uses_closed_form(kernel: Kernel) -> bool:
@@ -300,12 +366,70 @@ def kernel_matmul_reference(
 # --------------------------------------------------------------------------- chunked path
 
 
+def _block_inputs(
+    s: int,
+    e: int,
+    cols: Tensor | slice | None,
+    x: Tensor,
+    source_pos: Tensor,
+    modulation: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(x, source positions, modulation)`` restricted to one block's source particles."""
+    mod_b = None if modulation is None else modulation[s:e]
+    if cols is None:
+        return x, source_pos, mod_b
+    if isinstance(cols, slice):  # views, no copies
+        return x[:, cols], source_pos[cols], None if mod_b is None else mod_b[:, cols]
+    return (
+        x.index_select(1, cols),
+        source_pos.index_select(0, cols),
+        None if mod_b is None else mod_b.index_select(1, cols),
+    )
+
+
+def _no_columns(cols: Tensor | slice | None) -> bool:
+    """True for a block that meets no source particle."""
+    if cols is None:
+        return False
+    if isinstance(cols, slice):
+        return cols.stop <= cols.start
+    return cols.numel() == 0
+
+
+def _add_rows(
+    total: Tensor, cols: Tensor | slice | None, block: Tensor, alpha: float = 1.0
+) -> None:
+    """``total[cols] += alpha · block`` along dimension 0 (``cols`` None: every row)."""
+    if cols is None:
+        total.add_(block, alpha=alpha)
+    elif isinstance(cols, slice):
+        total[cols].add_(block, alpha=alpha)
+    else:
+        total.index_add_(0, cols, block, alpha=alpha)
+
+
+def _put_columns(rows: Tensor, cols: Tensor | slice | None, block: Tensor) -> None:
+    """``rows[:, cols] = block``."""
+    if cols is None:
+        rows.copy_(block)
+    elif isinstance(cols, slice):
+        rows[:, cols].copy_(block)
+    else:
+        rows.index_copy_(1, cols, block)
+
+
+def _dense_blocks(rows: int, chunk_size: int) -> list[Block]:
+    """Blocks of ``chunk_size`` target rows, each meeting every source particle."""
+    return [(s, min(s + chunk_size, rows), None) for s in range(0, rows, chunk_size)]
+
+
 class _KernelMatmulChunked(torch.autograd.Function):
     """Autograd function of the chunked path; see :func:`kernel_matmul_chunked`.
 
     Inputs (in ``needs_input_grad`` order): ``x, target_pos, source_pos, charge, modulation,
-    kernel, chunk_size, closed_form, *params`` where ``params`` are the kernel's parameters,
-    passed explicitly so autograd routes their gradients here.
+    kernel, blocks, closed_form, *params`` where ``blocks`` lists the target-row blocks and
+    the source indices each one meets (None: all), and ``params`` are the kernel's
+    parameters, passed explicitly so autograd routes their gradients here.
     """
 
     @staticmethod
@@ -317,28 +441,37 @@ class _KernelMatmulChunked(torch.autograd.Function):
         charge: Tensor | None,
         modulation: Tensor | None,
         kernel: Kernel,
-        chunk_size: int,
+        blocks: list[Block],
         closed_form: bool,
         *params: Tensor,
     ) -> Tensor:
         M, C = target_pos.shape[0], kernel.channels
         charge2 = _charge2(charge, C)
-        y = x.new_empty(x.shape[0], M)
+        sparse = _has_sparse(blocks)
+        y = x.new_zeros(x.shape[0], M) if sparse else x.new_empty(x.shape[0], M)
         ws = _Workspace(x)
         inv_s2 = kernel.width.to(x.dtype).pow(-2) if closed_form else None
-        for s in range(0, M, chunk_size):
-            e = min(s + chunk_size, M)
+        for s, e, cols in blocks:
+            if _no_columns(cols):
+                continue  # no source particle within the cutoff: y stays 0
+            x_b, r_j, mod_b = _block_inputs(s, e, cols, x, source_pos, modulation)
             q_b = None if charge2 is None else charge2[s:e]
-            mod_b = None if modulation is None else modulation[s:e]
             if closed_form:
-                k3 = kernel.profile(_radial_u(target_pos[s:e], source_pos, inv_s2, ws))
+                r2, u3 = _radial_u(target_pos[s:e], r_j, inv_s2, ws)
+                k3 = kernel.profile(u3)
+                if kernel.cutoff is not None:
+                    k3.mul_(_switch_into(r2, kernel, ws)[0])
                 _, w = _radial_weight(k3, q_b, mod_b, ws)
             else:
-                w = _combine(_as_channels(kernel(target_pos[s:e], source_pos), C), q_b, mod_b)
-            y[:, s:e] = x @ w.T  # Algorithm 1: W block used for every instance, then dropped
+                w = _combine(_as_channels(kernel(target_pos[s:e], r_j), C), q_b, mod_b)
+            # Algorithm 1: the W block is used for every instance, then dropped
+            if sparse:
+                y[:, s:e].addmm_(x_b, w.T)  # blocks of one target tile add up
+            else:
+                y[:, s:e] = x_b @ w.T
         ctx.save_for_backward(x, target_pos, source_pos, charge, modulation, *params)
         ctx.kernel = kernel
-        ctx.chunk_size = chunk_size
+        ctx.blocks = blocks
         ctx.closed_form = closed_form
         return y
 
@@ -350,7 +483,7 @@ class _KernelMatmulChunked(torch.autograd.Function):
         run = _backward_radial if ctx.closed_form else _backward_autograd
         grads = run(
             ctx.kernel,
-            ctx.chunk_size,
+            ctx.blocks,
             grad_y,
             x,
             target_pos,
@@ -364,6 +497,10 @@ class _KernelMatmulChunked(torch.autograd.Function):
         return (*grads[:5], None, None, None, *grads[5:])
 
 
+def _has_sparse(blocks: list[Block]) -> bool:
+    return any(cols is not None for _, _, cols in blocks)
+
+
 def _new_grads(
     x: Tensor,
     target_pos: Tensor,
@@ -372,21 +509,33 @@ def _new_grads(
     modulation: Tensor | None,
     channels: int,
     needs: tuple[bool, ...],
+    sparse: bool,
 ) -> list[Tensor | None]:
     """Zeroed accumulators for ``x, target_pos, source_pos, charge [M, C], modulation``."""
     M = target_pos.shape[0]
+    mod_new = torch.zeros_like if sparse else torch.empty_like  # skipped pairs: exactly 0
     return [
         torch.zeros_like(x) if needs[0] else None,
         torch.zeros_like(target_pos) if needs[1] else None,
         torch.zeros_like(source_pos) if needs[2] else None,
         x.new_zeros(M, channels) if needs[3] and charge is not None else None,
-        torch.empty_like(modulation) if needs[4] and modulation is not None else None,
+        mod_new(modulation) if needs[4] and modulation is not None else None,
     ]
+
+
+def _addmm_columns(total: Tensor, cols: Tensor | slice | None, a: Tensor, b: Tensor) -> None:
+    """``total[:, cols] += a @ b`` (``cols`` None: every column; in place where it can be)."""
+    if cols is None:
+        total.addmm_(a, b)
+    elif isinstance(cols, slice):
+        total[:, cols].addmm_(a, b)
+    else:
+        total.index_add_(1, cols, a @ b)
 
 
 def _backward_radial(
     kernel: RadialKernel,
-    chunk_size: int,
+    blocks: list[Block],
     grad_y: Tensor,
     x: Tensor,
     target_pos: Tensor,
@@ -399,19 +548,20 @@ def _backward_radial(
 ) -> list[Tensor | None]:
     """Closed-form backward of a radial kernel, one block of target rows at a time.
 
-    With ``dW = grad_yᵀ x`` (eq. 8 for the effective weight), ``S = dW ⊙ modulation`` and
-    ``u_c = r²/σ_c²``:
+    With ``dW = grad_yᵀ x`` (eq. 8 for the effective weight), ``S = dW ⊙ modulation``,
+    ``u_c = r²/σ_c²`` and the cutoff's switch ``Sw(r²)`` (1 without a cutoff):
 
     * ``∂L/∂x = grad_y @ W`` (eq. 17 before the activation's derivative),
-    * ``∂L/∂charge[h, c] = Σ_j S[h, j] k_c(h, j)`` (eqs. 12, 18),
-    * ``G = Σ_c S ⊙ charge_c ⊙ f'(u_c)/σ_c²``, then
+    * ``∂L/∂charge[h, c] = Σ_j S[h, j] Sw k_c(h, j)`` (eqs. 12, 18),
+    * ``G = Σ_c S ⊙ Sw ⊙ charge_c ⊙ f'(u_c)/σ_c² + S ⊙ (Σ_c charge_c k_c) ⊙ Sw'``, then
       ``∂L/∂r_h = 2 Σ_j G[h, j](r_h − r_j)`` (eqs. 14, 15, 21) and
       ``∂L/∂r_j = −2 Σ_h G[h, j](r_h − r_j)`` (Newton's third law, eqs. 16, 22, 23, 25),
       both as matmuls, never an ``[m, N, D]`` tensor,
-    * ``∂L/∂log σ_c = Σ S ⊙ charge_c ⊙ f'(u_c) · (−2 u_c)``,
-    * ``∂L/∂modulation = dW ⊙ Σ_c charge_c k_c``.
+    * ``∂L/∂log σ_c = Σ S ⊙ Sw ⊙ charge_c ⊙ f'(u_c) · (−2 u_c)``,
+    * ``∂L/∂modulation = dW ⊙ Sw ⊙ Σ_c charge_c k_c``.
     """
-    C, M = kernel.channels, target_pos.shape[0]
+    C = kernel.channels
+    cut = kernel.cutoff is not None
     need_x, need_rh, need_rj, need_q, need_mod = needs
     need_q = need_q and charge is not None
     need_mod = need_mod and modulation is not None
@@ -429,54 +579,75 @@ def _backward_radial(
         modulation,
         C,
         (need_x, need_rh, need_rj, need_q, need_mod),
+        _has_sparse(blocks),
     )
     grad_logw = x.new_zeros(C) if need_w else None
     inv_s2 = kernel.width.detach().to(x.dtype).pow(-2)
     charge2 = _charge2(charge, C)
     ws = _Workspace(x)
 
-    for s in range(0, M, chunk_size):
-        e = min(s + chunk_size, M)
-        m, N = e - s, source_pos.shape[0]
+    for s, e, cols in blocks:
+        if _no_columns(cols):
+            continue
+        x_b, r_j, mod_b = _block_inputs(s, e, cols, x, source_pos, modulation)
+        m, n = e - s, r_j.shape[0]
         gy = grad_y[:, s:e]
         r_h = target_pos[s:e]
         q_b = None if charge2 is None else charge2[s:e]
-        mod_b = None if modulation is None else modulation[s:e]
-        u3 = _radial_u(r_h, source_pos, inv_s2, ws)
-        k3 = kernel.profile(u3)  # k_c, [C, m, N]
-        wk, w = _radial_weight(k3, q_b, mod_b, ws)
+        r2, u3 = _radial_u(r_h, r_j, inv_s2, ws)
+        k3 = kernel.profile(u3)  # k_c without the switch, [C, m, n]
+        sw, t_minus_a = _switch_into(r2, kernel, ws) if cut else (None, None)
+        wk, w = _radial_weight(k3, q_b, mod_b, ws)  # w = modulation ⊙ wk, still unswitched
+        if cut:
+            w = torch.mul(w, sw, out=ws.get("w_sw", m, n))
         if need_x:
-            grad_x.addmm_(gy, w)
+            _addmm_columns(grad_x, cols, gy, w)
         if not need_dw:
             continue
-        dW = torch.mm(gy.T, x, out=ws.get("dW", m, N))  # [m, N]
+        dW = torch.mm(gy.T, x_b, out=ws.get("dW", m, n))  # [m, n]
         if need_mod:
-            torch.mul(dW, wk, out=grad_mod[s:e])
+            g_mod = torch.mul(dW, wk, out=grad_mod[s:e] if cols is None else ws.get("gm", m, n))
+            if sw is not None:
+                g_mod.mul_(sw)
+            if cols is not None:
+                _put_columns(grad_mod[s:e], cols, g_mod)
         S = dW if mod_b is None else dW.mul_(mod_b)  # dL/dW_kernel-part
+        # the cutoff's own term of G: S ⊙ wk ⊙ Sw' (wk is read now, before buffers are reused)
+        G_cut = None
+        if cut and need_pos:
+            G_cut = torch.mul(S, wk, out=ws.get("G_cut", m, n))
+            G_cut.mul_(_switch_derivative_into(kernel, t_minus_a, ws))
+        S_sw = S if sw is None else torch.mul(S, sw, out=ws.get("S_sw", m, n))
         if need_q:
-            grad_q2[s:e] = torch.einsum("cmn,mn->mc", k3, S)
+            grad_q2[s:e] += torch.einsum("cmn,mn->mc", k3, S_sw)
         if not need_fp:
             continue
         del k3, wk, w
-        # H_c = S ⊙ charge_c ⊙ f'(u_c), [C, m, N]
-        H = torch.mul(kernel.profile_derivative(u3), S, out=ws.get("H", C, m, N))
+        # H_c = S ⊙ Sw ⊙ charge_c ⊙ f'(u_c), [C, m, n]
+        H = torch.mul(kernel.profile_derivative(u3), S_sw, out=ws.get("H", C, m, n))
         if q_b is not None:
             H.mul_(q_b.T.unsqueeze(-1))
-        if need_w:  # Σ_mn H_c u_c as a batched dot: no [C, m, N] product
-            dots = torch.bmm(H.view(C, 1, m * N), u3.reshape(C, m * N, 1)).view(C)
+        if need_w:  # Σ_mn H_c u_c as a batched dot: no [C, m, n] product
+            dots = torch.bmm(H.view(C, 1, m * n), u3.reshape(C, m * n, 1)).view(C)
             grad_logw.add_(dots, alpha=-2.0)
         if need_pos:
-            # G = Σ_c H_c / σ_c²
+            # G = Σ_c H_c / σ_c² (+ the cutoff's term)
             if C == 1:
                 G = H[0].mul_(inv_s2[0])
             else:
-                G = torch.mul(H[0], inv_s2[0], out=ws.get("G", m, N))
+                G = torch.mul(H[0], inv_s2[0], out=ws.get("G", m, n))
                 for c in range(1, C):
                     G.addcmul_(H[c], inv_s2[c])
+            if G_cut is not None:
+                G.add_(G_cut)
+            # Σ_j G (r_h − r_j) = r_h ΣG − G r_j cancels when |r| ≫ |r_h − r_j|: measure
+            # positions from the block's centre, which leaves every difference unchanged
+            centre = r_h.mean(0)
+            rh_c, rj_c = r_h - centre, r_j - centre
             if need_rh:
-                grad_rh[s:e] = 2.0 * (G.sum(1, keepdim=True) * r_h - G @ source_pos)
+                grad_rh[s:e].add_(G.sum(1, keepdim=True) * rh_c - G @ rj_c, alpha=2.0)
             if need_rj:
-                grad_rj.add_(G.sum(0).unsqueeze(1) * source_pos - G.T @ r_h, alpha=2.0)
+                _add_rows(grad_rj, cols, G.sum(0).unsqueeze(1) * rj_c - G.T @ rh_c, alpha=2.0)
 
     grad_q = None if grad_q2 is None else grad_q2.reshape(charge.shape)
     grad_params: list[Tensor | None] = [None] * len(params)
@@ -487,7 +658,7 @@ def _backward_radial(
 
 def _backward_autograd(
     kernel: Kernel,
-    chunk_size: int,
+    blocks: list[Block],
     grad_y: Tensor,
     x: Tensor,
     target_pos: Tensor,
@@ -504,7 +675,7 @@ def _backward_autograd(
     (they do not depend on the kernel); position and kernel-parameter gradients come from
     ``torch.autograd.grad(W_block, inputs, grad_outputs=dW_block)``.
     """
-    C, M = kernel.channels, target_pos.shape[0]
+    C = kernel.channels
     need_x, need_rh, need_rj, need_q, need_mod = needs
     need_q = need_q and charge is not None
     need_mod = need_mod and modulation is not None
@@ -520,34 +691,36 @@ def _backward_autograd(
         modulation,
         C,
         (need_x, need_rh, need_rj, need_q, need_mod),
+        _has_sparse(blocks),
     )
     grad_params: list[Tensor | None] = [
         torch.zeros_like(p) if n else None for p, n in zip(params, need_params, strict=True)
     ]
     charge2 = _charge2(charge, C)
-    r_j = source_pos.detach().requires_grad_(need_rj)
 
-    for s in range(0, M, chunk_size):
-        e = min(s + chunk_size, M)
+    for s, e, cols in blocks:
+        if _no_columns(cols):
+            continue
+        x_b, r_j, mod_b = _block_inputs(s, e, cols, x, source_pos.detach(), modulation)
+        r_j = r_j.detach().requires_grad_(need_rj)  # a fresh leaf per block
         gy = grad_y[:, s:e]
         q_b = None if charge2 is None else charge2[s:e].detach()
-        mod_b = None if modulation is None else modulation[s:e]
         r_h = target_pos[s:e].detach().requires_grad_(need_rh)
         with torch.enable_grad():
             k3 = _as_channels(kernel(r_h, r_j), C)
         k3d = k3.detach()
         wk = _combine(k3d, q_b, None)
         if need_x:
-            grad_x.addmm_(gy, wk if mod_b is None else wk * mod_b)
+            _addmm_columns(grad_x, cols, gy, wk if mod_b is None else wk * mod_b)
         if not need_dw:
             continue
-        dW = gy.T @ x  # [m, N], transient
+        dW = gy.T @ x_b  # [m, n], transient
         if need_mod:
-            grad_mod[s:e] = dW * wk
+            _put_columns(grad_mod[s:e], cols, dW * wk)
         S = dW if mod_b is None else dW * mod_b
         del dW
         if need_q:
-            grad_q2[s:e] = torch.einsum("cmn,mn->mc", k3d, S)
+            grad_q2[s:e] += torch.einsum("cmn,mn->mc", k3d, S)
         if not need_auto or not k3.requires_grad:
             continue
         # dL/dk_c = S ⊙ charge_c; autograd maps it onto positions and kernel parameters.
@@ -563,14 +736,71 @@ def _backward_autograd(
             if g is None:
                 continue
             if where == "rh":
-                grad_rh[s:e] = g
+                grad_rh[s:e].add_(g)
             elif where == "rj":
-                grad_rj.add_(g)
+                _add_rows(grad_rj, cols, g)
             else:
                 grad_params[where].add_(g)
 
     grad_q = None if grad_q2 is None else grad_q2.reshape(charge.shape)
     return [grad_x, grad_rh, grad_rj, grad_q, grad_mod, *grad_params]
+
+
+# --------------------------------------------------------------------------- neighbour order
+
+
+def neighbour_list_for(
+    neighbours: NeighbourCache | NeighbourList | None,
+    target_pos: Tensor,
+    source_pos: Tensor,
+    cutoff: float,
+    tiles: tuple[int, int],
+) -> NeighbourList:
+    """The neighbour list to use: from ``neighbours`` (a cache or a list) or a fresh build.
+
+    A given :class:`NeighbourList` must have been built with these ``tiles`` and ``cutoff``.
+    """
+    if isinstance(neighbours, NeighbourCache):
+        return neighbours.get(target_pos, source_pos, cutoff, *tiles)
+    if isinstance(neighbours, NeighbourList):
+        M, N = target_pos.shape[0], source_pos.shape[0]
+        if (neighbours.tile_m, neighbours.tile_n) != tuple(tiles) or neighbours.cutoff != cutoff:
+            raise ValueError(
+                f"neighbour list was built for tiles {(neighbours.tile_m, neighbours.tile_n)} and "
+                f"cutoff {neighbours.cutoff:g}, this path needs tiles {tuple(tiles)} and cutoff "
+                f"{cutoff:g}"
+            )
+        if (neighbours.target_order.numel(), neighbours.source_order.numel()) != (M, N):
+            raise ValueError(
+                f"neighbour list was built for {neighbours.target_order.numel()} targets and "
+                f"{neighbours.source_order.numel()} sources, got {M} and {N}"
+            )
+        return neighbours
+    if neighbours is not None:
+        raise TypeError(
+            f"neighbours must be a NeighbourCache, a NeighbourList or None, "
+            f"got {type(neighbours).__name__}"
+        )
+    return build_neighbour_list(target_pos, source_pos, cutoff, tile_m=tiles[0], tile_n=tiles[1])
+
+
+def to_neighbour_order(
+    nl: NeighbourList,
+    x: Tensor,
+    target_pos: Tensor,
+    source_pos: Tensor,
+    charge: Tensor | None,
+    modulation: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Gather the inputs into the list's sorted order (differentiable: autograd scatters back)."""
+    t, j = nl.target_order, nl.source_order
+    return (
+        x.index_select(1, j),
+        target_pos.index_select(0, t),
+        source_pos.index_select(0, j),
+        None if charge is None else charge.index_select(0, t),
+        None if modulation is None else modulation.index_select(0, t).index_select(1, j),
+    )
 
 
 def kernel_matmul_chunked(
@@ -582,6 +812,7 @@ def kernel_matmul_chunked(
     modulation: Tensor | None = None,
     *,
     chunk_size: int | None = None,
+    neighbours: NeighbourCache | NeighbourList | None = None,
 ) -> Tensor:
     """``y = x @ W.T`` (eq. 9) without ever holding ``W``: memory linear in N + M.
 
@@ -592,35 +823,90 @@ def kernel_matmul_chunked(
     ``_backward_radial``); any other :class:`Kernel` gets autograd on one block at a time.
     Peak extra memory is O(B·(N + M) + C·chunk·N). Not twice differentiable.
 
+    With a kernel cutoff both particle sets are visited in spatial (Morton) order in blocks of
+    :data:`CHUNKED_CUTOFF_TILES` particles (``chunk_size`` target rows when given), and each
+    target block meets only the source blocks listed as within the cutoff by the neighbour
+    list; the results are exactly those of the truncated kernel.
+
     Args:
         x: ``[B, N]`` source activations.
         kernel, target_pos, source_pos, charge, modulation: as in :func:`effective_weight`.
         chunk_size: target rows per block; default :func:`default_chunk_size` (a block of
-            about 2^20 kernel elements).
+            about 2^20 kernel elements), or 64 with a cutoff.
+        neighbours: with a cutoff, a :class:`~particlesim.kernels.neighbours.NeighbourCache`
+            that keeps the list between calls (None: build one for this call).
 
     Returns:
         ``[B, M]``, equal to :func:`kernel_matmul_reference` to rounding.
     """
     _validate(kernel, target_pos, source_pos, charge, modulation, x)
-    if chunk_size is None:
-        chunk_size = default_chunk_size(source_pos.shape[0], kernel.channels)
-    if chunk_size < 1:
+    if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
     params = tuple(kernel.parameters())
-    return _KernelMatmulChunked.apply(
-        x,
-        target_pos,
-        source_pos,
-        charge,
-        modulation,
-        kernel,
-        int(chunk_size),
-        _uses_closed_form(kernel),
-        *params,
-    )
+    closed_form = _uses_closed_form(kernel)
+    cutoff = getattr(kernel, "cutoff", None)
+    if cutoff is None:
+        chunk = chunk_size or default_chunk_size(source_pos.shape[0], kernel.channels)
+        blocks = _dense_blocks(target_pos.shape[0], int(chunk))
+        return _KernelMatmulChunked.apply(
+            x, target_pos, source_pos, charge, modulation, kernel, blocks, closed_form, *params
+        )
+    tiles = (int(chunk_size or CHUNKED_CUTOFF_TILES[0]), CHUNKED_CUTOFF_TILES[1])
+    nl = neighbour_list_for(neighbours, target_pos, source_pos, cutoff, tiles)
+    sorted_inputs = to_neighbour_order(nl, x, target_pos, source_pos, charge, modulation)
+    y = _KernelMatmulChunked.apply(*sorted_inputs, kernel, nl.row_blocks(), closed_form, *params)
+    return y.index_select(1, nl.target_rank)
 
 
 # --------------------------------------------------------------------------- dispatcher
+
+
+def select_backend(
+    kernel: Kernel,
+    x: Tensor,
+    target_pos: Tensor,
+    source_pos: Tensor,
+    charge: Tensor | None = None,
+    modulation: Tensor | None = None,
+    *,
+    backend: str = "auto",
+    where: str = "",
+) -> str:
+    """The execution path :func:`kernel_matmul` takes: ``reference``, ``chunked`` or ``fused``.
+
+    * ``"auto"``: ``fused`` when the tensors are on CUDA and a fused version exists for the
+      kernel, dimension and dtype (see :func:`particlesim.kernels.fused.fused_unsupported`);
+      otherwise ``reference`` for tiny layers (``M·N ≤`` :data:`AUTO_REFERENCE_MAX_ELEMENTS`)
+      and ``chunked`` above.
+    * ``"reference"`` / ``"chunked"``: that path.
+    * ``"fused"``: that path where it can run; where it cannot, one ``UserWarning`` naming
+      ``where`` (the interaction), the kernel and the reason, and the ``auto`` rule's
+      off-CUDA choice instead.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"backend must be one of {', '.join(repr(b) for b in BACKENDS)}, got {backend!r}"
+        )
+    if backend in ("reference", "chunked"):
+        return backend
+    from particlesim.kernels.fused import fused_unsupported  # never imports Triton itself
+
+    tensors = [t for t in (x, target_pos, source_pos, charge, modulation) if t is not None]
+    reason = fused_unsupported(kernel, *tensors)
+    if reason is None and (backend == "fused" or x.is_cuda):
+        return "fused"
+    small = target_pos.shape[0] * source_pos.shape[0] <= AUTO_REFERENCE_MAX_ELEMENTS
+    fallback = "reference" if small else "chunked"
+    if backend == "fused":
+        who = f"{where}: " if where else ""
+        name = getattr(kernel, "name", "") or type(kernel).__name__
+        warnings.warn(
+            f"{who}the fused backend cannot run kernel {name!r} here ({reason}); "
+            f"using the {fallback} backend instead",
+            UserWarning,
+            stacklevel=3,
+        )
+    return fallback
 
 
 def kernel_matmul(
@@ -631,35 +917,46 @@ def kernel_matmul(
     charge: Tensor | None = None,
     modulation: Tensor | None = None,
     *,
-    mode: Mode = "auto",
+    backend: Backend = "auto",
     chunk_size: int | None = None,
+    neighbours: NeighbourCache | NeighbourList | None = None,
+    where: str = "",
 ) -> Tensor:
     """``y = x @ W.T`` of a kernel interaction (eq. 9) by the chosen execution path.
 
-    ``mode="auto"`` uses the reference path when ``M·N ≤`` :data:`AUTO_REFERENCE_MAX_ELEMENTS`
-    (2^22: a weight matrix of at most 16 MiB in float32, where one big matmul is fastest) and
-    the chunked path above it (where the O(M·N) matrix is what must be avoided). ``"reference"``
-    and ``"chunked"`` force a path; ``chunk_size`` only affects the chunked path. ``"fused"``
-    runs the Triton kernels of :mod:`particlesim.kernels.fused` (built-in radial kernels,
-    float32, CUDA tensors or ``TRITON_INTERPRET=1``); ``"auto"`` never picks it.
+    ``backend`` is chosen by :func:`select_backend`: ``"auto"`` takes the fused Triton
+    kernels on CUDA (where they cover the kernel, dimension and dtype), else the reference
+    path for tiny layers and the chunked path above :data:`AUTO_REFERENCE_MAX_ELEMENTS`;
+    ``"reference"``, ``"chunked"`` and ``"fused"`` force a path (``fused`` falls back with a
+    warning where it cannot run). ``chunk_size`` only affects the chunked path.
 
     Args:
         x: ``[B, N]``; the other arguments as in :func:`effective_weight`.
+        neighbours: a :class:`~particlesim.kernels.neighbours.NeighbourCache` kept between
+            calls (by the interaction) for kernels with a cutoff.
+        where: who is calling (an interaction's name), for the fallback warning.
 
     Returns:
         ``[B, M]``.
     """
-    if mode == "auto":
-        small = target_pos.shape[0] * source_pos.shape[0] <= AUTO_REFERENCE_MAX_ELEMENTS
-        mode = "reference" if small else "chunked"
-    if mode == "reference":
+    chosen = select_backend(
+        kernel, x, target_pos, source_pos, charge, modulation, backend=backend, where=where
+    )
+    if chosen == "reference":
         return kernel_matmul_reference(x, kernel, target_pos, source_pos, charge, modulation)
-    if mode == "chunked":
+    if chosen == "chunked":
         return kernel_matmul_chunked(
-            x, kernel, target_pos, source_pos, charge, modulation, chunk_size=chunk_size
+            x,
+            kernel,
+            target_pos,
+            source_pos,
+            charge,
+            modulation,
+            chunk_size=chunk_size,
+            neighbours=neighbours,
         )
-    if mode == "fused":  # Triton is imported lazily by the fused module
-        from particlesim.kernels.fused import kernel_matmul_fused
+    from particlesim.kernels.fused import kernel_matmul_fused  # Triton is imported lazily
 
-        return kernel_matmul_fused(x, kernel, target_pos, source_pos, charge, modulation)
-    raise ValueError(f"mode must be 'auto', 'reference', 'chunked' or 'fused', got {mode!r}")
+    return kernel_matmul_fused(
+        x, kernel, target_pos, source_pos, charge, modulation, neighbours=neighbours
+    )

@@ -39,7 +39,7 @@ class ParticleLinear(nn.Module):
         source_position: share an existing ``[N, D]`` parameter (e.g. the
             previous layer's ``position``) instead of creating one.
         spread: std of the initial positions ``~ N(0, spread²)``.
-        mode: ``auto``, ``reference`` or ``chunked`` (see ``kernel_matmul``).
+        backend: ``auto``, ``reference``, ``chunked`` or ``fused`` (see ``kernel_matmul``).
         generator: seeds the initialisation.
     """
 
@@ -53,7 +53,7 @@ class ParticleLinear(nn.Module):
         bias: bool = True,
         source_position: nn.Parameter | None = None,
         spread: float = 1.0,
-        mode: str = "auto",
+        backend: str = "auto",
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -76,7 +76,7 @@ class ParticleLinear(nn.Module):
         charge = torch.randn(out_features, generator=generator) / norms
         self.charge = nn.Parameter(charge)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        self.mode = mode
+        self.backend = backend
 
     @property
     def weight(self) -> Tensor:
@@ -87,14 +87,19 @@ class ParticleLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = kernel_matmul(
-            x, self.kernel, self.position, self.source_position, charge=self.charge, mode=self.mode
+            x,
+            self.kernel,
+            self.position,
+            self.source_position,
+            charge=self.charge,
+            backend=self.backend,
         )
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"dim={self.dim}, bias={self.bias is not None}, mode={self.mode!r}"
+            f"dim={self.dim}, bias={self.bias is not None}, backend={self.backend!r}"
         )
 
 

@@ -43,6 +43,7 @@ from particlesim.core.interactions import KernelInteraction
 from particlesim.core.model import Model, check_sizes, layer_names
 from particlesim.core.system import System
 from particlesim.errors import OptionError
+from particlesim.kernels.ops import Backend
 
 __version__ = "0.1.0"
 
@@ -75,7 +76,10 @@ class ParticleNetwork(Model):
         position_spread: initial position std; ``None`` picks it from ``dim``.
         charge_init: ``"normalized"`` (unit-norm effective rows) or ``"normal"``.
         charge_gain: scale of the initial charges.
-        mode: kernel execution path: ``auto``, ``reference`` or ``chunked``.
+        backend: kernel execution path: ``auto`` (fused on CUDA, else by size),
+            ``reference``, ``chunked`` or ``fused`` (see ``particlesim.kernels.select_backend``).
+        cutoff: truncate every kernel at this distance (smooth XPLOR switch over the last
+            fifth); the chunked and fused paths then skip far pairs of particle blocks.
     """
 
     name = "particle_network"
@@ -95,7 +99,8 @@ class ParticleNetwork(Model):
         position_spread: float | None = None,
         charge_init: Literal["normalized", "normal"] = "normalized",
         charge_gain: float = 1.0,
-        mode: Literal["auto", "reference", "chunked", "fused"] = "auto",
+        backend: Backend = "auto",
+        cutoff: float | None = None,
     ) -> None:
         if len(sizes) < 2:
             raise OptionError("sizes", f"needs at least an input and an output size, got {sizes}")
@@ -110,6 +115,8 @@ class ParticleNetwork(Model):
             raise OptionError("charge_channels", f"must be >= 1, got {charge_channels}")
         if position_spread is not None and not position_spread > 0:
             raise OptionError("position_spread", f"must be > 0, got {position_spread}")
+        if cutoff is not None and not (math.isfinite(cutoff) and cutoff > 0):
+            raise OptionError("cutoff", f"must be a positive distance, got {cutoff}")
         self.sizes = list(sizes)
         self.dim = dim
         self.kernel = kernel
@@ -122,7 +129,8 @@ class ParticleNetwork(Model):
         self.position_spread = position_spread
         self.charge_init = charge_init
         self.charge_gain = charge_gain
-        self.mode = mode
+        self.backend = backend
+        self.cutoff = cutoff
 
     def build(self, *, registries, input_size, num_classes, generator, dtype) -> System:
         sizes = check_sizes(self.sizes, input_size, num_classes)
@@ -155,12 +163,17 @@ class ParticleNetwork(Model):
                 dtype=dtype,
                 activation=self.activation if i < len(sizes) - 1 else "identity",
             )
+            kernel_options = {} if self.cutoff is None else {"cutoff": self.cutoff}
             kernel = kernel_class(
-                width=widths if len(widths) > 1 else widths[0], learnable_width=self.learnable_width
+                width=widths if len(widths) > 1 else widths[0],
+                learnable_width=self.learnable_width,
+                **kernel_options,
             )
             self._init_charges(group, groups[-1], kernel, generator)
             groups.append(group)
-            interactions.append(KernelInteraction(groups[-2], group, kernel=kernel, mode=self.mode))
+            interactions.append(
+                KernelInteraction(groups[-2], group, kernel=kernel, backend=self.backend)
+            )
         activations = {
             name: activation(size=size) for name, size in zip(names[1:-1], sizes[1:-1], strict=True)
         }

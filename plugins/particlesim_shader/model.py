@@ -114,8 +114,8 @@ class PositionalMLP(Model):
             value repeats (reference: ``[1, 1.5, 2]``).
         normalize_init: divide the Glorot weights by their layer's mean initial
             falloff, so effective weights start at Glorot's scale (reference: yes).
-        mode: kernel execution path of the modulated interactions (``auto``,
-            ``reference``, ``chunked``).
+        backend: kernel execution path of the modulated interactions (``auto``,
+            ``reference``, ``chunked``, ``fused``).
     """
 
     name = "positional_mlp"
@@ -135,7 +135,7 @@ class PositionalMLP(Model):
         output_radius: float = 5.0,
         hidden_spread: list[float] | None = None,
         normalize_init: bool = True,
-        mode: Literal["auto", "reference", "chunked"] = "auto",
+        backend: Literal["auto", "reference", "chunked", "fused"] = "auto",
     ) -> None:
         if len(sizes) < 3:
             raise OptionError(
@@ -173,7 +173,7 @@ class PositionalMLP(Model):
         self.output_radius = output_radius
         self.hidden_spread = spread
         self.normalize_init = normalize_init
-        self.mode = mode
+        self.backend = backend
 
     def spread_of(self, hidden_index: int) -> float:
         """Initial position std of hidden layer ``hidden_index`` (1-based)."""
@@ -218,7 +218,9 @@ class PositionalMLP(Model):
             weight = glorot_uniform(target.size, source.size, generator)
             if self.positional:
                 kernel = kernel_class(width=self.kernel_width)
-                interaction = ModulatedInteraction(source, target, kernel=kernel, backend=self.mode)
+                interaction = ModulatedInteraction(
+                    source, target, kernel=kernel, backend=self.backend
+                )
                 if self.normalize_init:
                     with torch.no_grad():
                         falloff = kernel(target.position.double(), source.position.double())
