@@ -622,7 +622,12 @@ def particlesim_step_end(simulation, step):
 
 
 def _cli_child(args: list[str]) -> None:
-    """A forked child: run the CLI (the imports are inherited, so it starts at once)."""
+    """A forked child: run the CLI (the imports are inherited, so it starts at once).
+
+    One intra-op thread: a child forked after the parent ran an OpenMP parallel region
+    deadlocks in its first parallel region otherwise (GNU libgomp's fork limitation).
+    """
+    torch.set_num_threads(1)
     result = CliRunner().invoke(app, args)
     os._exit(result.exit_code)
 
