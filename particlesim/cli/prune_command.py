@@ -17,8 +17,6 @@ import typer
 
 from particlesim.errors import ParticlesimError
 
-EXIT_ERROR = 2
-
 
 def accuracy(system: Any, data: Any, device: Any, batch: int = 2000) -> float:
     """Accuracy of ``system`` on the whole test split of ``data`` (nan when it is empty)."""
@@ -69,8 +67,9 @@ def prune(
     try:
         _prune(run_dir, proportion, count, group, weights, normalize, scope, save, device)
     except ParticlesimError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_ERROR) from None
+        from particlesim.cli.app import fail  # lazily: app imports this module
+
+        raise fail(str(exc)) from None
 
 
 def _prune(run_dir, proportion, count, groups, weights, normalize, scope, save, device) -> None:

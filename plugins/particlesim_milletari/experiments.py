@@ -42,6 +42,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from particlesim.cli.app import fail
 from particlesim.errors import ParticlesimError, printable
 
 HERE = Path(__file__).resolve().parent
@@ -1007,8 +1008,7 @@ def command(
             raise ParticlesimError(f"--mnist-epochs must be > 0, got {settings.mnist_epochs}")
         run(what, settings)  # type: ignore[arg-type]
     except ParticlesimError as exc:
-        typer.echo(f"error: {printable(str(exc))}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(str(exc)) from None
 
 
 def register_command(app: typer.Typer) -> None:

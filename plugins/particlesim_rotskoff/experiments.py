@@ -51,6 +51,7 @@ from typing import Annotated, Any
 
 import typer
 
+from particlesim.cli.app import fail
 from particlesim.errors import ParticlesimError, printable
 
 HERE = Path(__file__).resolve().parent
@@ -783,8 +784,7 @@ def command(
             settings.length_check = False
         run(settings)
     except ParticlesimError as exc:
-        typer.echo(f"error: {printable(str(exc))}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(str(exc)) from None
 
 
 def register_command(app: typer.Typer) -> None:

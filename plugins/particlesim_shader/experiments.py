@@ -42,6 +42,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from particlesim.cli.app import fail
 from particlesim.errors import ParticlesimError, printable
 
 HERE = Path(__file__).resolve().parent
@@ -736,8 +737,7 @@ def command(
             raise ParticlesimError(f"--steps must be a positive integer, got {steps}")
         run(what, settings)  # type: ignore[arg-type]
     except ParticlesimError as exc:
-        typer.echo(f"error: {printable(str(exc))}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(str(exc)) from None
 
 
 def register_command(app: typer.Typer) -> None:

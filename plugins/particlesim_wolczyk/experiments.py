@@ -58,6 +58,7 @@ from typing import Annotated, Any
 
 import typer
 
+from particlesim.cli.app import fail
 from particlesim.errors import ParticlesimError, printable
 
 HERE = Path(__file__).resolve().parent
@@ -781,8 +782,7 @@ def command(
         try:
             summary = split_run(run_dir, None if out == RESULTS else out)
         except ParticlesimError as exc:
-            typer.echo(f"error: {printable(str(exc))}", err=True)
-            raise typer.Exit(2) from None
+            raise fail(str(exc)) from None
         typer.echo(
             f"split {', '.join(summary['layers'])}: full {summary['full_accuracy']:.4f}, "
             f"split {summary['split_accuracy']:.4f}, drop {summary['accuracy_drop']:+.4f}"
@@ -816,8 +816,7 @@ def command(
         else:
             run(settings)
     except ParticlesimError as exc:
-        typer.echo(f"error: {printable(str(exc))}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(str(exc)) from None
 
 
 def register_command(app: typer.Typer) -> None:
