@@ -561,6 +561,29 @@ def test_cli_resume_cases(tiny_scenario: Path, tmp_path: Path) -> None:
         )
 
 
+def test_resume_from_the_run_directory_finds_relative_plugins(
+    tiny_scenario: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's scenario.toml names plugin files absolutely, so ``--resume DIR`` alone works."""
+    (tmp_path / "counter.py").write_text(
+        "from particlesim import hookimpl\n\n"
+        "@hookimpl\n"
+        "def particlesim_step_end(simulation, step):\n"
+        "    pass\n"
+    )
+    scenario = checkpointed_scenario(tiny_scenario)
+    scenario.write_text('plugins = ["counter.py"]\n' + scenario.read_text())
+    out = tmp_path / "runs" / "out"
+    assert invoke("run", scenario, "--out", out, "--no-progress").exit_code == 0
+    assert f'"{tmp_path / "counter.py"}"' in (out / "scenario.toml").read_text()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    more = invoke("run", "--resume", out, "--set", "run.steps=30", "--no-progress")
+    assert more.exit_code == 0, more.output
+    assert "resumed at step 24" in more.stderr and "plugin: loaded counter" in more.stderr
+
+
 def test_cli_divergence_saves_the_last_good_state(tiny_scenario: Path, tmp_path: Path) -> None:
     # A stiff L2 potential: the first step throws every position to ~1e36, the second
     # step's gradient 2·c·x overflows.

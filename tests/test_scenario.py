@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -248,6 +249,34 @@ def test_overrides() -> None:
         apply_override(raw, "integrator.lr")
     with pytest.raises(ScenarioError, match="no element 7"):
         apply_override(raw, "groups[7].size=1")
+
+
+@pytest.mark.parametrize(
+    ("path", "parts"),
+    [
+        ('sweep.grid."integrator.lr"', ["sweep", "grid", "integrator.lr"]),
+        ("a.'x y'[2].c", ["a", "x y", 2, "c"]),
+        ('a."q\\"z"', ["a", 'q"z']),
+        ("groups.-1.size", ["groups", -1, "size"]),
+    ],
+)
+def test_set_paths_take_toml_quoted_keys(path: str, parts: list) -> None:
+    assert split_path(path) == parts
+
+
+@pytest.mark.parametrize("path", ["a.", ".a", "a..b", "a[²]", "²", '"open', "a.b c", "a\n"])
+def test_malformed_set_paths_are_one_line_errors(path: str) -> None:
+    with pytest.raises(ScenarioError, match="malformed key path"):
+        split_path(path)
+
+
+def test_set_splits_at_the_first_equals_outside_quotes() -> None:
+    raw: dict = {"sweep": {"grid": {}}}
+    apply_override(raw, 'sweep.grid."integrator.lr"=[0.1, 0.2]')
+    apply_override(raw, '"x=y".z=3')
+    assert raw["sweep"]["grid"] == {"integrator.lr": [0.1, 0.2]} and raw["x=y"] == {"z": 3}
+    with pytest.raises(ScenarioError, match=re.escape("malformed key path 'a.\"b'")):
+        apply_override(raw, 'a."b=2')
 
 
 def test_cuda_on_cpu_machine_is_a_scenario_error(registries, tiny_data: Path) -> None:

@@ -298,8 +298,9 @@ def validate(
                 source=source,
             )
 
-    plugins = raw.get("plugins", [])
-    resolved["plugins"] = check_type(plugins, list[str], "plugins", source=source)
+    plugins = check_type(raw.get("plugins", []), list[str], "plugins", source=source)
+    # Absolute, as data_dir below: a run directory's scenario.toml is read from elsewhere.
+    resolved["plugins"] = [p if Path(p).is_absolute() else str(plan.base_dir / p) for p in plugins]
 
     data = _table(raw, "data", source)
     data.setdefault("name", "mnist")

@@ -9,7 +9,17 @@ from typing import Any
 
 from particlesim.errors import ScenarioError
 
-_INDEX = re.compile(r"^(?P<key>[A-Za-z_][\w-]*)(?:\[(?P<index>-?\d+)\])?$")
+#: One segment of a ``--set`` key path: a bare key, an integer index, or a TOML-quoted key
+#: (``"integrator.lr"``, ``'a b'``), optionally followed by ``[index]``, then ``.`` or the end.
+_SEGMENT = re.compile(
+    r"""(?:(?P<number>-?[0-9]+)
+         |(?P<bare>[A-Za-z_][A-Za-z0-9_-]*)
+         |(?P<quoted>"(?:[^"\\\n]|\\.)*"|'[^'\n]*'))
+        (?:\[(?P<index>-?[0-9]+)\])?
+        (?P<end>\.|\Z)""",
+    re.X,
+)
+_KEY_PART = re.compile(r"""(?:[^="']|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')*""")
 
 
 def read_scenario(path: str | Path) -> dict[str, Any]:
@@ -46,26 +56,42 @@ def parse_value(text: str) -> Any:
 
 
 def split_path(path: str) -> list[str | int]:
-    """``"groups[1].size"`` or ``"groups.1.size"`` → ``["groups", 1, "size"]``."""
+    """``"groups[1].size"`` or ``"groups.1.size"`` → ``["groups", 1, "size"]``.
+
+    Keys holding dots are quoted as in TOML: ``sweep.grid."integrator.lr"`` →
+    ``["sweep", "grid", "integrator.lr"]``.
+    """
     parts: list[str | int] = []
-    for piece in path.split("."):
-        if re.fullmatch(r"-?[0-9]+", piece):  # ASCII digits only: "²".isdigit() is true
-            parts.append(int(piece))
-            continue
-        match = _INDEX.match(piece)
-        if not match:
+    position = 0
+    while True:
+        match = _SEGMENT.match(path, position)
+        if match is None or (match["end"] == "." and match.end() == len(path)):
             raise ScenarioError(f"--set: malformed key path {path!r}")
-        parts.append(match["key"])
+        if match["number"] is not None:
+            parts.append(int(match["number"]))
+        elif match["bare"] is not None:
+            parts.append(match["bare"])
+        else:
+            try:  # TOML decodes the quoted key, escapes included
+                (key,) = tomllib.loads(f"{match['quoted']} = 0")
+            except (tomllib.TOMLDecodeError, ValueError):
+                raise ScenarioError(f"--set: malformed key path {path!r}") from None
+            parts.append(key)
         if match["index"] is not None:
             parts.append(int(match["index"]))
-    return parts
+        position = match.end()
+        if not match["end"]:
+            return parts
 
 
 def apply_override(scenario: dict[str, Any], assignment: str) -> None:
     """Apply one ``key.path=value`` assignment in place (tables are created as needed)."""
-    if "=" not in assignment:
+    key_length = _KEY_PART.match(assignment).end()  # up to the first "=" outside quotes
+    if assignment[key_length : key_length + 1] != "=":
+        if "=" in assignment:
+            raise ScenarioError(f"--set: malformed key path {assignment.partition('=')[0]!r}")
         raise ScenarioError(f"--set {assignment!r}: expected KEY=VALUE, e.g. integrator.lr=0.01")
-    path, _, text = assignment.partition("=")
+    path, text = assignment[:key_length], assignment[key_length + 1 :]
     parts = split_path(path.strip())
     node: Any = scenario
     for depth, part in enumerate(parts[:-1]):
