@@ -137,6 +137,7 @@ RAGGED_CASES = [  # (kernel, D, C, modulation): every kernel, D, channel count a
     ("exponential", 3, 1, False),
     ("gaussian", 7, 2, True),
     ("exponential", 2, 2, True),
+    ("cauchy", 16, 1, False),  # MAX_FUSED_DIM
 ]
 
 
@@ -147,28 +148,29 @@ def test_matches_reference_ragged(name: str, D: int, C: int, with_mod: bool) -> 
     _compare(kernel, tensors, blocks=BLOCKS)
 
 
-CUTOFF_CASES = [
-    ("gaussian", 1, 1, False),
-    ("cauchy", 2, 1, True),
-    ("exponential", 3, 2, False),
-    ("gaussian", 7, 1, False),
+CUTOFF_CASES = [  # (kernel, D, C, modulation, cutoff): D = 16 is farther apart on average
+    ("gaussian", 1, 1, False, 1.5),
+    ("cauchy", 2, 1, True, 1.5),
+    ("exponential", 3, 2, False, 1.5),
+    ("gaussian", 7, 1, False, 1.5),
+    ("exponential", 16, 1, True, 4.0),
 ]
 
 
-@pytest.mark.parametrize(("name", "D", "C", "with_mod"), CUTOFF_CASES)
+@pytest.mark.parametrize(("name", "D", "C", "with_mod", "cutoff"), CUTOFF_CASES)
 def test_cutoff_matches_reference_and_skips_tiles(
-    name: str, D: int, C: int, with_mod: bool
+    name: str, D: int, C: int, with_mod: bool, cutoff: float
 ) -> None:
     """The sparse kernels visit only listed tiles and still equal the truncated kernel."""
     kernel, tensors = _problem(
-        KERNELS[name], 6, 45, 37, D, C, with_mod=with_mod, cutoff=1.5, length=12.0, seed=D
+        KERNELS[name], 6, 45, 37, D, C, with_mod=with_mod, cutoff=cutoff, length=8 * cutoff, seed=D
     )
     nl = build_neighbour_list(
-        tensors["target_pos"], tensors["source_pos"], 1.5, tile_m=16, tile_n=16
+        tensors["target_pos"], tensors["source_pos"], cutoff, tile_m=16, tile_n=16
     )
     assert 0 < nl.pair_fraction < 1  # some tile pairs are skipped
     r = torch.cdist(tensors["target_pos"].detach(), tensors["source_pos"].detach())
-    assert ((r > kernel.switch_on) & (r < 1.5)).any()  # and some pairs are being switched off
+    assert ((r > kernel.switch_on) & (r < cutoff)).any()  # and some pairs are being switched off
     _compare(kernel, tensors, blocks=BLOCKS, neighbours=nl)
 
 
@@ -362,10 +364,12 @@ gpu = pytest.mark.skipif(
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("name", list(KERNELS))
-@pytest.mark.parametrize("D", [1, 2, 3, 7])
+@pytest.mark.parametrize("D", [1, 2, 3, 7, 16])
 @pytest.mark.parametrize("cutoff", [None, 1.5], ids=["full", "cutoff"])
 def test_cuda_autotuned_matches_float64_reference(name: str, D: int, cutoff: float | None) -> None:
     """Compiled, autotuned kernels on ragged shapes spanning many tiles, every gradient."""
+    if cutoff is not None and D == 16:
+        cutoff = 4.0  # particles in 16-D lie farther apart: keep pairs within the cutoff
     kernel, tensors = _problem(
         KERNELS[name], 70, 300, 130, D, 2, with_mod=D == 3, cutoff=cutoff,
         length=20.0 if cutoff else 0.0, seed=D, device="cuda",
