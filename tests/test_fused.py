@@ -353,6 +353,45 @@ def test_autotune_tables_and_batch_pruning() -> None:
     assert [c.kwargs["BLOCK_B"] for c in fused._prune_by_batch(configs[3:], {"B": 8})] == [128]
 
 
+@pytest.mark.skipif(not INTERPRETED, reason="checks the autotuned wiring on the interpreter")
+@pytest.mark.parametrize("cutoff", [None, 2.0], ids=["dense", "sparse"])
+def test_autotuned_path_on_the_interpreter(monkeypatch: pytest.MonkeyPatch, cutoff) -> None:
+    """The GPU's launch path, autotuner included, with a stand-in timer instead of CUDA events.
+
+    Every config the pruner keeps runs (so each tile shape is checked for the right numbers,
+    ragged edges included); the accumulators of the atomics are reset between trials, so the
+    final gradients are the reference's; the neighbour list takes the GPU's sparse tiles.
+    """
+    built = fused._build()
+    trials: dict[str, list[dict]] = {}
+
+    def stand_in_timer(kernel_call, quantiles):
+        kernel_call()
+        return [1.0, 1.0, 1.0]  # a tie: the autotuner keeps its first config
+
+    tuned = fused._tuned_kernels(built["raw"], do_bench=stand_in_timer)
+    monkeypatch.setitem(built, "tuned", tuned)
+    kernel, tensors = _problem(
+        CauchyKernel, 40, 150, 130, 3, 2, with_mod=True, cutoff=cutoff,
+        length=20.0 if cutoff else 0.0, seed=3,
+    )  # fmt: skip
+    cache = NeighbourCache()
+    _compare(kernel, tensors, neighbours=cache)
+    for (name, sparse), tuner in tuned.items():
+        if sparse != (cutoff is not None):
+            continue
+        assert len(tuner.cache) == 1, name  # tuned once for these sizes
+        trials[name] = [c.kwargs for c in tuner.configs_timings]
+        assert all(c["BLOCK_B"] <= 64 for c in trials[name]), name  # pruned for B = 40
+    if cutoff is None:
+        assert len(trials["forward"]) == 4 and len(trials["grad_params"]) == 7
+    else:
+        assert len(trials["forward"]) == 3 and len(trials["grad_params"]) == 4
+        nl = cache.neighbour_list  # the GPU's sparse tiles, not the interpreter's
+        assert (nl.tile_m, nl.tile_n) == fused.SPARSE_TILES != fused.DEFAULT_BLOCKS[1:]
+        assert 0 < nl.pair_fraction < 1
+
+
 # --------------------------------------------------------------------------- GPU
 
 gpu = pytest.mark.skipif(

@@ -509,10 +509,8 @@ def _prune_by_batch(configs: list, named_args: dict, **kwargs: Any) -> list:
 def _build() -> dict[str, Any]:
     """Import Triton and JIT-compile the kernels above (once per process).
 
-    Off the interpreter it also wraps each kernel in ``triton.autotune`` (dense: every tile
-    size; sparse: ``BLOCK_B`` and warps, the tiles being the neighbour list's). The
-    parameter-gradient kernel accumulates with atomics, so its accumulators are reset to zero
-    between the autotuner's trial runs.
+    Off the interpreter it also wraps each kernel in ``triton.autotune``
+    (:func:`_tuned_kernels`, under ``"tuned"``); calls without ``blocks`` then use them.
     """
     if _BUILT:
         return _BUILT
@@ -544,45 +542,48 @@ def _build() -> dict[str, Any]:
     _BUILT["raw"] = raw
     _BUILT["cdiv"] = triton.cdiv
     if not _interpreting():
-        key = ["B", "M", "N", "D", "C", "SPARSE", "HAS_MOD"]
-        prune = {"early_config_prune": _prune_by_batch}
-        resets = ["grh_ptr", "grj_ptr", "gq_ptr", "glogw_ptr"]
-
-        def dense(shapes: tuple, transpose: bool = False) -> list:
-            out = []
-            for bb, bm, bn, warps, stages in shapes:
-                bm, bn = (bn, bm) if transpose else (bm, bn)
-                meta = {"BLOCK_B": bb, "BLOCK_M": bm, "BLOCK_N": bn}
-                out.append(triton.Config(meta, num_warps=warps, num_stages=stages))
-            return out
-
-        def sparse(shapes: tuple) -> list:
-            return [
-                triton.Config({"BLOCK_B": bb}, num_warps=w, num_stages=st) for bb, w, st in shapes
-            ]
-
-        tune = triton.autotune
-        _BUILT["tuned"] = {
-            ("forward", False): tune(dense(_FORWARD_CONFIGS), key, prune_configs_by=prune)(
-                raw["forward"]
-            ),
-            ("grad_x", False): tune(dense(_FORWARD_CONFIGS, True), key, prune_configs_by=prune)(
-                raw["grad_x"]
-            ),
-            ("grad_params", False): tune(dense(_PARAMS_CONFIGS), key, reset_to_zero=resets)(
-                raw["grad_params"]
-            ),
-            ("forward", True): tune(sparse(_SPARSE_FORWARD_CONFIGS), key, prune_configs_by=prune)(
-                raw["forward"]
-            ),
-            ("grad_x", True): tune(sparse(_SPARSE_FORWARD_CONFIGS), key, prune_configs_by=prune)(
-                raw["grad_x"]
-            ),
-            ("grad_params", True): tune(sparse(_SPARSE_PARAMS_CONFIGS), key, reset_to_zero=resets)(
-                raw["grad_params"]
-            ),
-        }
+        _BUILT["tuned"] = _tuned_kernels(raw)
     return _BUILT
+
+
+def _tuned_kernels(raw: dict[str, Any], do_bench: Any = None) -> dict[tuple[str, bool], Any]:
+    """``triton.autotune`` wrappers of the raw kernels, keyed ``(name, sparse)``.
+
+    Dense kernels tune every tile size; sparse ones ``BLOCK_B`` and warps (their tiles are
+    the neighbour list's). The parameter-gradient kernel accumulates with atomics, so its
+    accumulators are reset to zero between trial runs. ``do_bench`` replaces Triton's timer
+    (a test runs the whole autotuned path through the interpreter with a stand-in).
+    """
+    import triton
+
+    key = ["B", "M", "N", "D", "C", "SPARSE", "HAS_MOD"]
+    prune = {"early_config_prune": _prune_by_batch}
+    resets = ["grh_ptr", "grj_ptr", "gq_ptr", "glogw_ptr"]
+
+    def dense(shapes: tuple, transpose: bool = False) -> list:
+        out = []
+        for bb, bm, bn, warps, stages in shapes:
+            bm, bn = (bn, bm) if transpose else (bm, bn)
+            meta = {"BLOCK_B": bb, "BLOCK_M": bm, "BLOCK_N": bn}
+            out.append(triton.Config(meta, num_warps=warps, num_stages=stages))
+        return out
+
+    def sparse(shapes: tuple) -> list:
+        return [triton.Config({"BLOCK_B": bb}, num_warps=w, num_stages=st) for bb, w, st in shapes]
+
+    def tune(configs: list, name: str, **options: Any) -> Any:
+        return triton.autotune(configs, key, do_bench=do_bench, **options)(raw[name])
+
+    return {
+        ("forward", False): tune(dense(_FORWARD_CONFIGS), "forward", prune_configs_by=prune),
+        ("grad_x", False): tune(dense(_FORWARD_CONFIGS, True), "grad_x", prune_configs_by=prune),
+        ("grad_params", False): tune(dense(_PARAMS_CONFIGS), "grad_params", reset_to_zero=resets),
+        ("forward", True): tune(sparse(_SPARSE_FORWARD_CONFIGS), "forward", prune_configs_by=prune),
+        ("grad_x", True): tune(sparse(_SPARSE_FORWARD_CONFIGS), "grad_x", prune_configs_by=prune),
+        ("grad_params", True): tune(
+            sparse(_SPARSE_PARAMS_CONFIGS), "grad_params", reset_to_zero=resets
+        ),
+    }
 
 
 _PLACEHOLDERS: dict[torch.device, tuple[Tensor, Tensor]] = {}
@@ -914,11 +915,12 @@ def kernel_matmul_fused(
         )
     if allow_tf32 is None:
         allow_tf32 = torch.get_float32_matmul_precision() != "highest"
+    autotuned = "tuned" in _build()  # on the GPU; the interpreter runs fixed tiles
     cutoff = kernel.cutoff
     config = _Config(
         kernel_id=kid,
         channels=kernel.channels,
-        blocks=blocks if blocks is not None or not _interpreting() else DEFAULT_BLOCKS,
+        blocks=blocks if blocks is not None or autotuned else DEFAULT_BLOCKS,
         tf32=bool(allow_tf32),
         cutoff=None if cutoff is None else (cutoff * cutoff, kernel.switch_on**2),
     )
@@ -926,10 +928,8 @@ def kernel_matmul_fused(
         return _KernelMatmulFused.apply(
             x, target_pos, source_pos, charge, modulation, kernel.log_width, config, None
         )
-    if blocks is not None:
-        tiles = blocks[1:]
-    else:
-        tiles = DEFAULT_BLOCKS[1:] if _interpreting() else SPARSE_TILES
+    default_tiles = SPARSE_TILES if autotuned else DEFAULT_BLOCKS[1:]
+    tiles = blocks[1:] if blocks is not None else default_tiles
     nl = neighbour_list_for(neighbours, target_pos, source_pos, cutoff, tiles)
     sorted_inputs = to_neighbour_order(nl, x, target_pos, source_pos, charge, modulation)
     y = _KernelMatmulFused.apply(*sorted_inputs, kernel.log_width, config, nl)
