@@ -47,6 +47,7 @@ from particlesim.kernels.base import (
 from particlesim.kernels.neighbours import (
     NeighbourCache,
     NeighbourList,
+    bisection_order,
     build_neighbour_list,
     morton_order,
     tile_boxes,
@@ -860,13 +861,14 @@ def test_autograd_fallback_with_cutoff_skips_exactly(small_cutoff_tiles: None) -
 # --------------------------------------------------------------------------- neighbour lists
 
 
+@pytest.mark.parametrize("order", ["bisection", "morton"])
 @pytest.mark.parametrize("D", [1, 2, 3, 7])
-def test_neighbour_list_covers_every_close_pair(D: int) -> None:
+def test_neighbour_list_covers_every_close_pair(D: int, order: str) -> None:
     g = torch.Generator().manual_seed(D)
     target = 3.0 * torch.randn(150, D, generator=g)
     source = 3.0 * torch.randn(170, D, generator=g)
     cutoff, skin = 2.0, 0.5
-    nl = build_neighbour_list(target, source, cutoff, skin=skin, tile_m=16, tile_n=8)
+    nl = build_neighbour_list(target, source, cutoff, skin=skin, tile_m=16, tile_n=8, order=order)
     for order in (nl.target_order, nl.source_order):  # permutations with their inverses
         assert torch.equal(order.sort().values, torch.arange(order.numel()))
     assert torch.equal(nl.target_order[nl.target_rank], torch.arange(150))
@@ -900,6 +902,43 @@ def test_morton_order_groups_nearby_points() -> None:
     assert ((hi - lo) == 1).all()  # each run of 4 is a 2 x 2 cell: the Z curve
 
 
+def test_bisection_order_tiles_a_grid_into_squares() -> None:
+    """A shuffled 16 x 16 grid in tiles of 16: every tile is a 4 x 4 block of the grid."""
+    grid = torch.stack(torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij"), -1)
+    points = grid.reshape(-1, 2)[torch.randperm(256, generator=torch.Generator().manual_seed(0))]
+    order = bisection_order(points, 16)
+    assert torch.equal(order.sort().values, torch.arange(256))
+    lo, hi = tile_boxes(points[order], 16)
+    assert ((hi - lo) == 3).all()
+    assert torch.equal(bisection_order(points.double(), 16), order)  # deterministic
+
+
+@pytest.mark.parametrize(("P", "tile"), [(1, 4), (4, 4), (5, 4), (67, 16), (300, 64), (1000, 7)])
+def test_bisection_order_ragged_sizes(P: int, tile: int) -> None:
+    """Any size: a permutation whose runs of ``tile`` are compact (only the last run ragged)."""
+    points = torch.rand(P, 3, generator=torch.Generator().manual_seed(P))
+    order = bisection_order(points, tile)
+    assert torch.equal(order.sort().values, torch.arange(P))
+    if tile < P:
+        lo, hi = tile_boxes(points[order], tile)
+        assert ((hi - lo).prod(1) < 0.9).all()  # no tile spans the whole cube
+
+
+@pytest.mark.parametrize("D", [2, 3])
+def test_bisection_lists_fewer_tile_pairs_than_morton(D: int) -> None:
+    """Uniform points, a cutoff holding about 10 % of the pairs: tighter boxes skip more."""
+    g = torch.Generator().manual_seed(D)
+    target, source = torch.rand(4096, D, generator=g), torch.rand(4096, D, generator=g)
+    cutoff = float(torch.quantile(torch.cdist(target[:512], source[:512]).flatten(), 0.1))
+    kept = {
+        order: build_neighbour_list(
+            target, source, cutoff, tile_m=32, tile_n=32, order=order
+        ).pair_fraction
+        for order in ("bisection", "morton")
+    }
+    assert 0.1 < kept["bisection"] < 0.85 * kept["morton"], kept
+
+
 def test_neighbour_cache_rebuilds_only_past_half_the_skin() -> None:
     g = torch.Generator().manual_seed(1)
     target, source = torch.randn(40, 2, generator=g), torch.randn(50, 2, generator=g)
@@ -928,6 +967,8 @@ def test_neighbour_list_argument_errors() -> None:
         build_neighbour_list(rh, rj, 1.0, tile_m=0)
     with pytest.raises(ValueError, match="need cutoff > 0 and skin >= 0"):
         build_neighbour_list(rh, rj, 1.0, skin=-0.1)
+    with pytest.raises(ValueError, match="order must be 'bisection' or 'morton', got 'hilbert'"):
+        build_neighbour_list(rh, rj, 1.0, order="hilbert")
     nl = build_neighbour_list(rh, rj, 1.0, tile_m=4, tile_n=4)
     with pytest.raises(ValueError, match=r"built for tiles \(4, 4\) and cutoff 1"):
         ops.neighbour_list_for(nl, rh, rj, 1.0, (8, 8))

@@ -5,10 +5,12 @@ cutoff, so most of the ``M × N`` products of a wide, spread-out layer need not 
 Molecular dynamics engines exploit this with cell lists and Verlet lists; the execution paths
 here work on *tiles* (blocks of consecutive particles), so the list is block-sparse:
 
-1. **Spatial sort.** Both position sets are sorted along a Morton (Z-order) curve on a
-   ``2^bits`` grid per dimension spanning their joint bounding box (any ``D``; ``bits =
-   min(10, 62 // D)``), so that consecutive particles are close in space and a tile of
-   ``tile`` consecutive particles occupies a small box.
+1. **Spatial sort.** Each position set is sorted by recursive coordinate bisection (the
+   leaves of a balanced k-d tree with ``tile`` particles each), so that a tile of ``tile``
+   consecutive particles occupies a small, nearly cubic box; a Morton (Z-order) sort is
+   the alternative (``order="morton"``). Bisection's boxes are tighter because a tile never
+   straddles two cells of the curve: on uniform points it lists about a quarter fewer tile
+   pairs in 2-D and a third fewer in 3-D.
 2. **Tile boxes.** Each target tile (``tile_m`` particles) and source tile (``tile_n``)
    gets its axis-aligned bounding box.
 3. **Pair list.** A (target tile, source tile) pair is listed when the gap between their
@@ -36,6 +38,7 @@ from torch import Tensor
 __all__ = [
     "NeighbourCache",
     "NeighbourList",
+    "bisection_order",
     "build_neighbour_list",
     "morton_order",
     "tile_boxes",
@@ -67,6 +70,47 @@ def morton_order(points: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
         for d in range(dims):
             key |= ((cells[:, d] >> b) & 1) << (b * dims + d)
     return torch.sort(key, stable=True).indices
+
+
+def bisection_order(points: Tensor, tile: int) -> Tensor:
+    """Indices that sort ``points [P, D]`` into compact tiles by recursive coordinate bisection.
+
+    The points are split at the median of their widest axis into two halves whose sizes are
+    multiples of ``tile`` (the first one the larger when the tile count is odd), and each
+    half is split again until every part holds ``tile`` points (the last part may hold
+    fewer). Consecutive runs of ``tile`` sorted points are then the leaves of a balanced
+    k-d tree: boxes of nearly equal sides, and neighbouring leaves stay adjacent in the
+    order. All parts of one level are split at once (two stable sorts per level, about
+    ``log2(P / tile)`` levels), so the cost is a few sorts of ``P`` on any device. Ties keep
+    their input order, so the result is deterministic.
+
+    Returns ``[P]`` int64.
+    """
+    P = points.shape[0]
+    device = points.device
+    order = torch.arange(P, device=device)
+    lengths = torch.tensor([P], device=device)
+    while True:
+        split = lengths > tile
+        if not bool(split.any()):
+            return order
+        parts = lengths.numel()
+        sorted_points = points[order]
+        part = torch.repeat_interleave(torch.arange(parts, device=device), lengths)
+        index = part[:, None].expand_as(sorted_points)
+        lower = sorted_points.new_full((parts, points.shape[1]), math.inf)
+        upper = sorted_points.new_full((parts, points.shape[1]), -math.inf)
+        lower = lower.scatter_reduce(0, index, sorted_points, "amin")
+        upper = upper.scatter_reduce(0, index, sorted_points, "amax")
+        axis = (upper - lower).argmax(1)
+        key = sorted_points.gather(1, axis[part][:, None]).squeeze(1)
+        by_key = torch.sort(key, stable=True).indices
+        by_part = torch.sort(part[by_key], stable=True).indices
+        order = order[by_key[by_part]]
+        tiles = (lengths + tile - 1) // tile
+        first = torch.where(split, (tiles + 1) // 2 * tile, lengths)
+        halves = torch.stack([first, lengths - first], 1).flatten()
+        lengths = halves[halves > 0]
 
 
 def tile_boxes(points: Tensor, tile: int) -> tuple[Tensor, Tensor]:
@@ -191,6 +235,7 @@ def build_neighbour_list(
     skin: float = 0.0,
     tile_m: int = 64,
     tile_n: int = 64,
+    order: str = "bisection",
 ) -> NeighbourList:
     """Sort both position sets spatially and list the tile pairs within ``cutoff + skin``.
 
@@ -199,6 +244,9 @@ def build_neighbour_list(
         cutoff: the kernel's cutoff distance.
         skin: extra margin so the list stays valid while particles move by up to ``skin / 2``.
         tile_m, tile_n: particles per target / source tile (the execution path's block sizes).
+        order: the spatial sort, ``"bisection"`` (:func:`bisection_order`, compact tiles:
+            the default) or ``"morton"`` (:func:`morton_order`). On uniform points bisection
+            lists about a quarter fewer tile pairs in 2-D and a third fewer in 3-D.
 
     Returns:
         A :class:`NeighbourList` on the positions' device. Every pair of particles closer than
@@ -208,14 +256,20 @@ def build_neighbour_list(
         raise ValueError(f"tile sizes must be positive, got tile_m={tile_m}, tile_n={tile_n}")
     if not (math.isfinite(cutoff) and cutoff > 0) or not (math.isfinite(skin) and skin >= 0):
         raise ValueError(f"need cutoff > 0 and skin >= 0, got cutoff={cutoff}, skin={skin}")
+    if order not in ("bisection", "morton"):
+        raise ValueError(f"order must be 'bisection' or 'morton', got {order!r}")
     with torch.no_grad():
         rh, rj = target_pos.detach(), source_pos.detach()
         if not rh.is_floating_point() or rh.dtype in (torch.float16, torch.bfloat16):
             rh, rj = rh.float(), rj.float()  # sort keys and boxes in (at least) float32
-        both = torch.cat([rh, rj])
-        lower, upper = both.amin(0), both.amax(0)
-        t_order = morton_order(rh, lower, upper)
-        s_order = morton_order(rj, lower, upper)
+        if order == "morton":
+            both = torch.cat([rh, rj])
+            lower, upper = both.amin(0), both.amax(0)
+            t_order = morton_order(rh, lower, upper)
+            s_order = morton_order(rj, lower, upper)
+        else:
+            t_order = bisection_order(rh, tile_m)
+            s_order = bisection_order(rj, tile_n)
         t_lo, t_hi = tile_boxes(rh[t_order], tile_m)
         s_lo, s_hi = tile_boxes(rj[s_order], tile_n)
         T_m, T_n = t_lo.shape[0], s_lo.shape[0]
