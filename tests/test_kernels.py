@@ -1103,6 +1103,7 @@ def test_particle_layer_benchmark_quick_mode(tmp_path: Path, one_thread: None) -
             if path["ms"] is not None:
                 assert path["ratio"] == pytest.approx(path["ms"] / dense["ms"])
     assert {row["fraction"] for row in results["cutoff"]} == {0.01, 0.1, 0.5}
+    assert all(row["shape"] == [8, 512, 512] for row in results["cutoff"])
     assert results["epoch"]["particle_s"] > 0 and results["epoch"]["mlp_s"] > 0
 
 
