@@ -173,17 +173,17 @@ def _profile(u, KID: tl.constexpr):
     return out
 
 
-def _profile_derivative(u, KID: tl.constexpr):
-    """``f'(u)`` in closed form, 0 at ``u = 0`` for the exponential (masked root)."""
+def _profile_derivative(u, k, KID: tl.constexpr):
+    """``f'(u)`` from ``k = f(u)``, no second exponential: gaussian ``−k``, cauchy ``−k²``,
+    exponential ``−k / (2√u)`` (0 at ``u = 0``, masked root)."""
     if KID == 0:
-        out = -tl.exp2(u * -1.4426950408889634)
+        out = -k
     elif KID == 1:
-        t = 1.0 / (1.0 + u)
-        out = -t * t
+        out = -k * k
     else:
         pos = u > 0
         root = tl.sqrt(tl.where(pos, u, 1.0))
-        out = tl.where(pos, -tl.exp2(root * -1.4426950408889634) / (2.0 * root), 0.0)
+        out = tl.where(pos, -k / (2.0 * root), 0.0)
     return out
 
 
@@ -439,7 +439,7 @@ def _grad_params_kernel(
         if NEED_Q:
             tl.atomic_add(gq_ptr + offs_m * C + c, tl.sum(s_sw * k, axis=1), mask=m_ok)
         if NEED_RH or NEED_RJ or NEED_W:
-            h = s_sw * _profile_derivative(u, KID)
+            h = s_sw * _profile_derivative(u, k, KID)
             if HAS_Q:
                 h = h * q[:, None]
             if NEED_W:
