@@ -1107,6 +1107,31 @@ def test_particle_layer_benchmark_quick_mode(tmp_path: Path, one_thread: None) -
     assert results["epoch"]["particle_s"] > 0 and results["epoch"]["mlp_s"] > 0
 
 
+def test_host_overhead_benchmark_restores_the_launcher(tmp_path: Path) -> None:
+    """The host-cost benchmark stubs the fused launches only while it measures."""
+    pytest.importorskip("triton")
+    from particlesim.kernels import fused
+
+    spec = importlib.util.spec_from_file_location(
+        "host_overhead_benchmark",
+        Path(__file__).resolve().parents[1] / "benchmarks" / "host_overhead.py",
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    before = fused._launch, fused._interpreting, torch.get_num_threads()
+    out = tmp_path / "host.json"
+    results = module.main(["--calls", "8", "--out", str(out)])
+    assert (fused._launch, fused._interpreting, torch.get_num_threads()) == before
+    assert json.loads(out.read_text()) == results
+    assert results["call_ratio"] == pytest.approx(
+        results["fused_call_us"] / results["linear_call_us"]
+    )
+    assert results["step_ratio"] == pytest.approx(
+        results["particle_step_us"] / results["mlp_step_us"]
+    )
+    assert min(results.values()) > 0
+
+
 # --------------------------------------------------------------------------- scenarios
 
 SCENARIO = """
