@@ -543,7 +543,11 @@ def test_cli_resume_cases(tiny_scenario: Path, tmp_path: Path) -> None:
     )
     assert_one_line_error(
         invoke("run", scenario, "--resume", out, "--set", "integrator.lr=0.1"),
-        "belongs to another scenario",
+        "belongs to another scenario (integrator.lr changed)",
+    )
+    assert_one_line_error(
+        invoke("run", "--resume", out, "--set", "integrator.lr=0.1", "--set", "scenario.seed=9"),
+        "belongs to another scenario (integrator.lr, scenario.seed changed)",
     )
     assert_one_line_error(
         invoke("run", "--resume", out, "--out", tmp_path / "elsewhere"), "differ; a resumed run"
@@ -582,6 +586,18 @@ def test_resume_from_the_run_directory_finds_relative_plugins(
     more = invoke("run", "--resume", out, "--set", "run.steps=30", "--no-progress")
     assert more.exit_code == 0, more.output
     assert "resumed at step 24" in more.stderr and "plugin: loaded counter" in more.stderr
+
+
+def test_scenario_differences_names_key_paths() -> None:
+    from particlesim.io.checkpoint import scenario_differences
+
+    saved = {"run": {"epochs": 1, "seed": None}, "groups": [{"size": 4}, {"size": 5}], "x": (1, 2)}
+    assert scenario_differences(saved, {**saved, "run": {"epochs": 7}, "x": [1, 2]}) == []
+    changed = {**saved, "groups": [{"size": 4}, {"size": 6}], "extra": {"a": 1}}
+    assert scenario_differences(saved, changed) == ["groups[1].size", "extra"]
+    assert scenario_differences({"k": [1]}, {"k": [1, 2]}) == ["k"]
+    many = {f"k{i}": i for i in range(9)}
+    assert len(scenario_differences(many, {}, most=3)) == 3
 
 
 def test_cli_divergence_saves_the_last_good_state(tiny_scenario: Path, tmp_path: Path) -> None:

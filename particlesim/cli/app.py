@@ -255,7 +255,7 @@ def _run(
         if context is not None:
             sim.distribute(context.rank, context.world_size)
         if checkpoint is not None:
-            load_checkpoint(checkpoint, sim, fingerprint=fingerprint)
+            load_checkpoint(checkpoint, sim, fingerprint=fingerprint, resolved=plan.resolved)
         if main:
             if out_dir.exists() and overwrite and resume is None:
                 shutil.rmtree(out_dir)

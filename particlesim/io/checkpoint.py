@@ -132,6 +132,50 @@ def scenario_fingerprint(resolved: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def scenario_differences(
+    saved: dict[str, Any], current: dict[str, Any], most: int = 5
+) -> list[str]:
+    """Key paths where two resolved scenarios differ, beyond what a resume may change.
+
+    Both sides are compared as their TOML would read back (``None`` values dropped, tuples
+    as lists), so a scenario read from a run directory's ``scenario.toml`` matches the plan
+    it was written from. At most ``most`` paths, in document order.
+    """
+
+    def normal(value: Any) -> Any:
+        value = json.loads(json.dumps(value, sort_keys=True, default=str))
+
+        def drop_none(node: Any) -> Any:
+            if isinstance(node, dict):
+                return {k: drop_none(v) for k, v in node.items() if v is not None}
+            if isinstance(node, list):
+                return [drop_none(v) for v in node]
+            return node
+
+        value = drop_none(value)
+        for section, key in RESUMABLE_CHANGES:
+            if isinstance(value.get(section), dict):
+                value[section].pop(key, None)
+        return value
+
+    found: list[str] = []
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if len(found) >= most or a == b:
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in [*a, *(k for k in b if k not in a)]:
+                walk(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b, strict=True)):
+                walk(x, y, f"{path}[{i}]")
+        else:
+            found.append(path or "(the whole scenario)")
+
+    walk(normal(saved), normal(current), "")
+    return found
+
+
 # --------------------------------------------------------------------------- files
 
 
@@ -246,21 +290,33 @@ def load_checkpoint(
     simulation: Simulation | None = None,
     *,
     fingerprint: str | None = None,
+    resolved: dict[str, Any] | None = None,
     restore_rng: bool = True,
 ) -> dict[str, Any]:
     """Read a checkpoint and (when given) restore ``simulation`` and the process RNGs.
 
     ``fingerprint`` (a :func:`scenario_fingerprint`) must match the one saved
-    in the checkpoint: a checkpoint of another scenario is a clear error.
+    in the checkpoint: a checkpoint of another scenario is a clear error, which names
+    the differing keys when ``resolved`` (the current resolved scenario) is given.
     Returns the payload.
     """
     payload = read_checkpoint(path)
     saved = payload["extra"].get("fingerprint")
     if fingerprint is not None and saved is not None and saved != fingerprint:
+        differ = " (its settings differ beyond run length and device)"
+        saved_toml = payload["extra"].get("scenario_toml")
+        if resolved is not None and isinstance(saved_toml, str):
+            import tomllib
+
+            try:
+                keys = scenario_differences(tomllib.loads(saved_toml), resolved)
+            except tomllib.TOMLDecodeError:
+                keys = []
+            if keys:
+                differ = f" ({', '.join(keys)} changed)"
         raise CheckpointError(
-            f"{path}: the checkpoint belongs to another scenario (its settings differ beyond "
-            "run length and device); resume with the scenario it was made from "
-            "(the run directory's scenario.toml)"
+            f"{path}: the checkpoint belongs to another scenario{differ}; "
+            "resume with the scenario it was made from (the run directory's scenario.toml)"
         )
     if simulation is not None:
         try:
