@@ -46,6 +46,22 @@ def test_mse_is_scaled_squared_error_and_has_no_accuracy() -> None:
         MeanSquaredError(scale=0.0)
 
 
+def test_mse_one_hot_encodes_class_indices() -> None:
+    """Integer labels against K outputs: squared error to the one-hot code, argmax accuracy."""
+    outputs = torch.tensor([[0.9, 0.2, 0.1], [0.3, 0.1, 0.4]])
+    labels = torch.tensor([0, 1])
+    expected = ((outputs - F.one_hot(labels, 3).float()) ** 2).sum(1).mean()
+    torch.testing.assert_close(MeanSquaredError()(outputs, labels), expected)
+    assert float(MeanSquaredError().correct(outputs, labels)) == 1.0
+    real = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    torch.testing.assert_close(MeanSquaredError()(outputs, real), expected)  # the same code
+    assert MeanSquaredError().correct(outputs, real) is None
+    with pytest.raises(
+        OptionError, match=r"mse compares outputs \[B, 3\] with targets .* \(2, 2\)"
+    ):
+        MeanSquaredError()(outputs, torch.zeros(2, 2))
+
+
 def test_binary_cross_entropy_reads_one_logit() -> None:
     outputs = torch.tensor([[2.0], [-1.0], [0.5]])
     targets = torch.tensor([1.0, 1.0, 0.0])

@@ -65,6 +65,10 @@ class CrossEntropy(Loss):
 class MeanSquaredError(Loss):
     """``scale · mean_b |f(x_b) - y_b|²`` for real targets (``[B]`` or ``[B, K]``).
 
+    Class indices (integer targets ``[B]``) against ``K > 1`` outputs are one-hot encoded,
+    the classic squared error of a classifier; accuracy is then the argmax hit rate (for
+    real targets there is none).
+
     Args:
         scale: a constant factor; ``0.5`` gives the ``½ E|f - y|²`` of mean-field papers.
     """
@@ -77,14 +81,38 @@ class MeanSquaredError(Loss):
         self.scale = float(scale)
 
     def __call__(self, outputs: Tensor, targets: Tensor, reduction: Reduction = "mean") -> Tensor:
-        outputs = scoring_precision(outputs)
+        outputs = scoring_precision(outputs).reshape(outputs.shape[0], -1)
+        if _class_indices(outputs, targets):
+            targets = F.one_hot(targets.long(), outputs.shape[1])
         targets = targets.to(outputs.dtype).reshape(outputs.shape[0], -1)
-        per_row = (outputs.reshape(outputs.shape[0], -1) - targets).pow(2).sum(-1)
+        if targets.shape[1] != outputs.shape[1]:
+            raise OptionError(
+                "loss",
+                f"mse compares outputs [B, {outputs.shape[1]}] with targets of the same shape "
+                f"(or class indices), got targets {tuple(targets.shape)}",
+            )
+        per_row = (outputs - targets).pow(2).sum(-1)
         total = per_row.mean() if reduction == "mean" else per_row.sum()
         return self.scale * total
 
+    def correct(self, outputs: Tensor, targets: Tensor) -> Tensor | None:
+        outputs = outputs.reshape(outputs.shape[0], -1)
+        if not _class_indices(outputs, targets):
+            return None
+        return (outputs.argmax(-1) == targets).sum().float()
+
     def __repr__(self) -> str:
         return f"MeanSquaredError(scale={self.scale:g})"
+
+
+def _class_indices(outputs: Tensor, targets: Tensor) -> bool:
+    """Integer targets ``[B]`` against ``[B, K > 1]`` outputs: class labels, not values."""
+    return (
+        targets.ndim == 1
+        and not targets.is_floating_point()
+        and not targets.is_complex()
+        and outputs.shape[1] > 1
+    )
 
 
 class BinaryCrossEntropy(Loss):
