@@ -429,6 +429,7 @@ def test_hessian_observables_through_a_scenario(tiny_data: Path, tmp_path: Path)
     out = tmp_path / "out"
     result = runner.invoke(app, ["run", str(scenario), "--out", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
+    assert "recorded by no writer" not in result.stderr  # every declared one is listed
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 3, 6]
     parameters = 16 * 4 + 4 + 4 * 3 + 3 + 1  # weights, biases and ESP's β
@@ -449,6 +450,20 @@ def test_hessian_observables_through_a_scenario(tiny_data: Path, tmp_path: Path)
         (spectrum < -1e-6 * abs(spectrum).max(axis=1, keepdims=True)).mean(axis=1)
     )
     assert rows[-1]["hessian_max_eigenvalue"] <= spectrum[-1].max() * (1 + 1e-9)
+
+
+def test_a_declared_observable_no_writer_lists_is_warned_about(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    scenario = tmp_path / "hessian.toml"
+    text = TOY.format(data_dir=tiny_data, max_parameters=2000)
+    scenario.write_text(text + '\n[[observables]]\nname = "hessian_min_eigenvalue"\n')
+    result = runner.invoke(
+        app, ["run", str(scenario), "--out", str(tmp_path / "out"), "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "recorded by no writer" in line]
+    assert len(warnings) == 1 and "'hessian_min_eigenvalue'" in warnings[0], result.stderr
 
 
 def test_too_large_dense_hessian_in_a_run_is_one_line(tiny_data: Path, tmp_path: Path) -> None:

@@ -587,8 +587,21 @@ def build(
         )
     except OptionError as exc:
         raise ScenarioError(exc.detail, path=exc.key, source=source) from None
+    _warn_unrecorded(plan, [*plan.writers, *(extra_writers or [])], log)
     simulation.metadata.update(run_metadata(plan, data, hooks))
     return Built(plan, system, data, simulation, torch_device)
+
+
+def _warn_unrecorded(plan: Plan, writers: list[Any], log: Callable[[str], None]) -> None:
+    """Warn about ``[[observables]]`` that no writer lists: they would never be computed."""
+    requested = {name for writer in writers for name in getattr(writer, "observables", ())}
+    for i, observable in enumerate(plan.observables):
+        if observable.name not in requested:
+            log(
+                f"warning: observables[{i}] {observable.name!r} is recorded by no writer; "
+                f'add it to a writer\'s observables, e.g. [[writers]] name = "metrics" '
+                f'observables = ["epoch", "{observable.name}"]'
+            )
 
 
 def _check_batch_size(plan: Plan, data: Any, batch_size: int) -> None:
