@@ -192,3 +192,8 @@ scale = -1.0
     plan = validate(parse_scenario(fixed, source="s.toml"), registries, source="s.toml")
     built = build(plan, device="cpu", log=lambda _: None)
     assert isinstance(built.simulation.loss, CrossEntropy)
+    scheduled = fixed + "[run]\nbatch_schedule = [[5, 8]]\n"  # idx is a fixed set: at validation
+    with pytest.raises(
+        ScenarioError, match=r"run\.batch_schedule: needs an online .* data set 'idx' is a fixed"
+    ):
+        validate(parse_scenario(scheduled, source="s.toml"), registries, source="s.toml")

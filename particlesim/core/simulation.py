@@ -249,7 +249,7 @@ class Simulation:
             raise OptionError(
                 "batch_schedule",
                 "needs an online data set (one that draws fresh batches each step); "
-                f"{data.source!r} is a fixed training set",
+                f"the data set ({data.source}) is a fixed training set",
             )
         self.loss = loss if loss is not None else CrossEntropy()
         self.eval_batch_size = eval_batch_size

@@ -182,6 +182,8 @@ class IDXClassification:
             when no local copy exists.
     """
 
+    #: A fixed training set: scenario validation refuses ``[run] batch_schedule`` for it.
+    online: ClassVar[bool] = False
     name: ClassVar[str] = ""
     spec: ClassVar[DatasetSpec | None] = None
 

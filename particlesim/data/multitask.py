@@ -97,6 +97,8 @@ class MultiTask:
     """
 
     name: ClassVar[str] = "multitask"
+    #: Composed from fixed data sets only (see ``_check_task``).
+    online: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -307,6 +307,13 @@ def validate(
     if isinstance(data.get("data_dir"), str) and not Path(data["data_dir"]).is_absolute():
         data["data_dir"] = str(plan.base_dir / data["data_dir"])  # relative to the scenario file
     plan.dataset, resolved["data"] = _construct(registries, "dataset", data, "data", source)
+    if resolved["run"]["batch_schedule"] and getattr(plan.dataset, "online", None) is False:
+        raise ScenarioError(
+            f"needs an online data set (one that draws fresh batches each step); data set "
+            f"{resolved['data'].get('name')!r} is a fixed training set",
+            path="run.batch_schedule",
+            source=source,
+        )
 
     if "model" in raw and ("groups" in raw or "interactions" in raw):
         raise ScenarioError(

@@ -39,6 +39,8 @@ class PlaneDataset:
     """
 
     name: ClassVar[str] = ""
+    #: A fixed sample (scenario validation refuses a batch schedule for it).
+    online: ClassVar[bool] = False
     default_noise: ClassVar[float] = 0.0
 
     def __init__(

@@ -140,6 +140,11 @@ class Spherical3Spin:
         """The target ``f(x)`` ``[B]`` for points ``x [B, d]``."""
         return three_spin(x, self.coefficients)
 
+    @property
+    def online(self) -> bool:
+        """Fresh points every step (no ``train_size``): a batch schedule applies."""
+        return self.train_size is None
+
     def sampler(self) -> Callable[[int, torch.Generator], tuple[Tensor, Tensor]]:
         """``(batch_size, generator) -> (x [P, d], f(x) [P])``: fresh points on the sphere."""
 
@@ -153,7 +158,7 @@ class Spherical3Spin:
         """Draw the fixed splits (train, validation, test in that order from one generator)."""
         data_seed = seed if self.data_seed == -1 else self.data_seed
         generator = torch.Generator().manual_seed(data_seed)
-        online = self.train_size is None
+        online = self.online
         splits = []
         for count in (self.epoch_size if online else self.train_size, self.n_val, self.n_test):
             x = sphere_points(count, self.dim, generator)
