@@ -617,6 +617,18 @@ def test_cli_divergence_saves_the_last_good_state(tiny_scenario: Path, tmp_path:
     assert json.loads((out / "summary.json").read_text())["status"] == "failed"
 
 
+def test_cli_step_size_overflow_is_a_divergence(tiny_scenario: Path, tmp_path: Path) -> None:
+    """Adam's step size / bias correction overflows float32: exit 3, not an internal error."""
+    out = tmp_path / "out"
+    result = invoke(
+        "run", tiny_scenario, "--out", out, "--set", "integrator.name=adam",
+        "--set", "integrator.lr=1e38", "--no-progress",
+    )  # fmt: skip
+    assert_one_line_error(result, "step 1: the update overflowed (", code=3)
+    assert "lower the step size (integrator.lr)" in result.stderr
+    assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+
+
 @pytest.mark.parametrize(
     ("assignment", "message"),
     [

@@ -177,6 +177,27 @@ def test_interrupt_saves_what_was_done(tiny_scenario: Path, tmp_path: Path) -> N
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1  # epoch 1 of 6 steps
 
 
+def test_console_prints_python_warnings_as_one_line_each(tiny_scenario: Path) -> None:
+    """Through the real entry point: no file/line of the warning's origin, no repeats."""
+    env = {**os.environ, "PARTICLESIM_PLUGINS": "lange,nosuch"}
+    result = subprocess.run(
+        [sys.executable, "-m", "particlesim", "validate", str(tiny_scenario), "-p", "no:ghost"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines.count("warning: -p no:ghost: no plugin named 'ghost' was found to disable") == 1
+    assert (
+        lines.count("warning: PARTICLESIM_PLUGINS names plugin 'nosuch', which is not installed")
+        == 1
+    )
+    assert all(line.startswith("warning: ") for line in lines), result.stderr
+    assert "Warning" not in result.stderr and ".py:" not in result.stderr
+
+
 def test_plugins_command_lists_sources() -> None:
     result = invoke("plugins")
     assert result.exit_code == 0, result.output

@@ -72,11 +72,7 @@ def prepare(scenario: Path, overrides: list[str] | None, plugins: list[str] | No
         base_dir=base_dir,
         disable=disabled,
     )
-    for failure in manager.failures:
-        typer.echo(
-            f"warning: plugin {failure.name!r} ({failure.source}) failed to load: {failure.error}",
-            err=True,
-        )
+    # Plugin failures arrive as PluginWarnings (main() prints each as one line, once).
     for info in manager.plugins:
         if info.source.startswith("file"):
             typer.echo(
@@ -327,7 +323,8 @@ def _run(
         raise fail(error, code)
     typer.echo(
         f"{status}: test accuracy {summary['test_accuracy']:.4f} after "
-        f"{summary['epochs']:g} epochs in {summary['wall_time_s']:.1f} s; results in {out_dir}"
+        f"{summary['epochs']:g} epoch{'' if summary['epochs'] == 1 else 's'} in "
+        f"{summary['wall_time_s']:.1f} s; results in {out_dir}"
     )
     if status == "interrupted":
         raise typer.Exit(EXIT_INTERRUPTED)
@@ -474,8 +471,29 @@ def _register_prune_command() -> None:
 _register_prune_command()
 
 
+_SHOWN_WARNINGS: set[str] = set()
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """Print a Python warning as one ``warning: ...`` line, each text once per command."""
+    text = f"warning: {printable(str(message))}"
+    if text not in _SHOWN_WARNINGS:
+        _SHOWN_WARNINGS.add(text)
+        typer.echo(text, err=True)
+
+
 def main() -> None:
     """Console-script entry point: add plugin commands, then run the app."""
+    import warnings
+
+    warnings.showwarning = _show_warning
     try:
         from particlesim.plugins.manager import PluginManager
 

@@ -29,7 +29,7 @@ TABLE_ROWS = 40
 
 
 def sweep(
-    scenario: Annotated[Path, typer.Argument(help="Scenario TOML file with a [sweep] table.")],
+    scenario: Annotated[Path, typer.Argument(help="Scenario TOML file with a \\[sweep] table.")],
     workers: Annotated[
         int, typer.Option("--workers", "-w", help="Points run at the same time.")
     ] = 1,

@@ -680,7 +680,16 @@ class Simulation:
             torch.nn.utils.clip_grad_norm_(self._parameters, self.clip_grad_norm, foreach=True)
         assert self.integrator.optimizer is not None
         self._snapshot.take(self._parameters, self.integrator.optimizer)
-        self.integrator.step(self.step)
+        try:
+            self.integrator.step(self.step)
+        except RuntimeError as exc:  # e.g. a step size that overflows the parameters' dtype
+            if "overflow" not in str(exc):
+                raise
+            raise _StepDivergedError(
+                f"step {self.step + 1}: the update overflowed ({str(exc).strip()}); lower the "
+                "step size (integrator.lr)",
+                updated=True,
+            ) from None
         self._check_parameters()
         fraction = (
             torch.full((), float("nan"), dtype=torch.float64, device=loss_value.device)

@@ -230,6 +230,12 @@ class PluginManager:
             self._load_entry_points(skip)
         for file in files:
             self._load_file(file, base_dir, skip)
+        for name in sorted(skip - set(self.disabled)):
+            warnings.warn(
+                f"-p no:{name}: no plugin named {name!r} was found to disable",
+                PluginWarning,
+                stacklevel=2,
+            )
 
         self._check_pending()
         self._fill_registries()

@@ -683,7 +683,8 @@ def markdown(
         lines += [
             "",
             f"- Paper: {PAPER['mnist']}.",
-            f"  Here: test accuracy after {final_epoch:g} epochs, best first: "
+            f"  Here: test accuracy after {final_epoch:g} epoch{'' if final_epoch == 1 else 's'}, "
+            "best first: "
             f"{_ranking(accuracy, 4, descending=True)}.",
             f"- Paper (on the 2-D problem): {PAPER['singular']}.",
             f"  Here on MNIST, final γ (tol 1e-3), least singular first: {_ranking(gamma)}.",
