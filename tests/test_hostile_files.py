@@ -394,6 +394,23 @@ def test_a_read_larger_than_allowed_is_refused_before_allocating(
     assert ds.position.isel(time=0, particle=slice(0, 3)).values.shape == (3, 3)
 
 
+def test_a_group_larger_than_the_read_limit_names_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _sound(tmp_path / "trajectory.h5", particles=9)
+    monkeypatch.setenv("PARTICLESIM_MAX_READ_BYTES", "16")  # the 4 steps take 32 bytes
+    with pytest.raises(
+        TrajectoryError,
+        match=r"declares 4 frames, more than the 16 bytes .*MAX_READ_BYTES\); raise",
+    ):
+        open_group(path, "hidden")
+    monkeypatch.setenv("PARTICLESIM_MAX_READ_BYTES", "40")  # steps fit, 9 particles do not
+    with pytest.raises(
+        TrajectoryError, match=r"declares \d+ particles, more than the 40 bytes .*MAX_READ_BYTES"
+    ):
+        open_group(path, "hidden")
+
+
 def test_external_storage_is_never_read(tmp_path: Path) -> None:
     path = external_storage(tmp_path / "trajectory.h5")
     with pytest.raises(TrajectoryError, match="external raw storage") as caught:

@@ -406,7 +406,8 @@ class _Scan:
             if series.ndim == 1 and series.shape[0] * series.dtype.itemsize > read_limit():
                 raise TrajectoryError(
                     f"{self.path}: {series.name} declares {series.shape[0]} frames, more than "
-                    "fit in memory; the file is damaged or was not written by an H5MD writer"
+                    f"the {read_limit():,} bytes one read may take ({MAX_READ_ENV}); raise the "
+                    "limit, or the file is damaged or was not written by an H5MD writer"
                 )
         clock = _Clock(None, None, time_attrs=None if time is None else _attrs(time.attrs))
         if step.ndim == 0:  # H5MD fixed interval: step of frame i = offset + step * i
@@ -479,7 +480,8 @@ class _Scan:
         if particles and next(iter(particles)) * 8 > read_limit():
             raise TrajectoryError(
                 f"{self.path}: particle group {name!r} declares {next(iter(particles))} "
-                "particles, more than fit in memory; the file is damaged or hostile"
+                f"particles, more than the {read_limit():,} bytes one read may take "
+                f"({MAX_READ_ENV}); raise the limit, or the file is damaged or hostile"
             )
         ds = self.node(elements, axes, attrs)
         if particles:
