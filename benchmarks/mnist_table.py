@@ -66,7 +66,8 @@ def run_one(
 
 def table(rows: list[tuple[str, list[dict]]], epochs: float, seeds: list[int]) -> str:
     lines = [
-        f"MNIST test accuracy after {epochs:g} epochs, mean ± std over seeds {seeds} "
+        f"MNIST test accuracy after {epochs:g} epoch{'' if epochs == 1 else 's'}, mean ± std "
+        f"over seeds {seeds} "
         f"(torch {torch.__version__}, {torch.get_num_threads()} CPU threads):",
         "",
         "| model | parameters | test accuracy | per seed | s/epoch |",
@@ -74,10 +75,10 @@ def table(rows: list[tuple[str, list[dict]]], epochs: float, seeds: list[int]) -
     ]
     for label, results in rows:
         accuracies = [r["accuracy"] for r in results]
-        spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+        spread = f" ± {statistics.stdev(accuracies):.4f}" if len(accuracies) > 1 else ""
         lines.append(
-            f"| {label} | {results[0]['parameters']:,} | {statistics.mean(accuracies):.4f} ± "
-            f"{spread:.4f} | {', '.join(f'{a:.4f}' for a in accuracies)} | "
+            f"| {label} | {results[0]['parameters']:,} | {statistics.mean(accuracies):.4f}"
+            f"{spread} | {', '.join(f'{a:.4f}' for a in accuracies)} | "
             f"{statistics.mean(r['s_per_epoch'] for r in results):.1f} |"
         )
     return "\n".join(lines)
