@@ -736,16 +736,16 @@ class _KernelMatmulFused(torch.autograd.Function):
             )  # fmt: skip
 
         # float32 accumulators of the atomics, zeroed in one go: [M, D], [N, D], [M, C], [C]
-        sizes = [M * D * need_rh, N * D * need_rj, M * C * need_q, C * need_w]
+        sizes = (M * D * need_rh, N * D * need_rj, M * C * need_q, C * need_w)
         flat = torch.zeros(sum(sizes), device=x.device, dtype=torch.float32)
-        grad_rh_f, grad_rj_f, grad_q_f, grad_logw_f = flat.split(sizes)
-        grad_rh = grad_rh_f.view(M, D) if need_rh else None
-        grad_rj = grad_rj_f.view(N, D) if need_rj else None
-        grad_q = grad_q_f.view(M, C) if need_q else None
+        ends = (sizes[0], sizes[0] + sizes[1], sizes[0] + sizes[1] + sizes[2])
+        grad_rh = flat[: ends[0]].view(M, D) if need_rh else None
+        grad_rj = flat[ends[0] : ends[1]].view(N, D) if need_rj else None
+        grad_q = flat[ends[1] : ends[2]].view(M, C) if need_q else None
+        grad_logw = flat[ends[2] :] if need_w else None
         grad_mod = None
         if need_mod:  # tiles a neighbour list skips get no store: their gradient is 0
             grad_mod = torch.empty_like(mod) if nl is None else torch.zeros_like(mod)
-        grad_logw = grad_logw_f if need_w else None
         if need_rh or need_rj or need_q or need_mod or need_w:
 
             def grid(meta: dict[str, int]) -> tuple[int]:
@@ -776,16 +776,25 @@ class _KernelMatmulFused(torch.autograd.Function):
                     },
                 )  # fmt: skip
         rh_dtype, rj_dtype, q_dtype, w_dtype = ctx.dtypes
+        if grad_q is not None and grad_q.shape != ctx.charge_shape:
+            grad_q = grad_q.view(ctx.charge_shape)
         return (
             grad_x,
-            None if grad_rh is None else grad_rh.to(rh_dtype),
-            None if grad_rj is None else grad_rj.to(rj_dtype),
-            None if grad_q is None else grad_q.reshape(ctx.charge_shape).to(q_dtype),
+            _as_dtype(grad_rh, rh_dtype),
+            _as_dtype(grad_rj, rj_dtype),
+            _as_dtype(grad_q, q_dtype),
             grad_mod,
-            None if grad_logw is None else grad_logw.to(w_dtype),
+            _as_dtype(grad_logw, w_dtype),
             None,
             None,
         )
+
+
+def _as_dtype(tensor: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
+    """``tensor`` in ``dtype`` (the float32 accumulators, cast back for bfloat16 leaves)."""
+    if tensor is None or tensor.dtype == dtype:
+        return tensor
+    return tensor.to(dtype)
 
 
 def _flags(
