@@ -142,17 +142,10 @@ def scenario_differences(
     it was written from. At most ``most`` paths, in document order.
     """
 
+    from particlesim.scenario.options import without_none
+
     def normal(value: Any) -> Any:
-        value = json.loads(json.dumps(value, sort_keys=True, default=str))
-
-        def drop_none(node: Any) -> Any:
-            if isinstance(node, dict):
-                return {k: drop_none(v) for k, v in node.items() if v is not None}
-            if isinstance(node, list):
-                return [drop_none(v) for v in node]
-            return node
-
-        value = drop_none(value)
+        value = without_none(json.loads(json.dumps(value, sort_keys=True, default=str)))
         for section, key in RESUMABLE_CHANGES:
             if isinstance(value.get(section), dict):
                 value[section].pop(key, None)

@@ -27,7 +27,13 @@ from particlesim.errors import (
     ScenarioError,
     close_matches,
 )
-from particlesim.scenario.options import check_options, check_type, defaults, type_name
+from particlesim.scenario.options import (
+    check_options,
+    check_type,
+    defaults,
+    type_name,
+    without_none,
+)
 
 SECTIONS = (
     "scenario",
@@ -152,14 +158,7 @@ class Plan:
         """The resolved scenario (defaults filled in) as TOML text that runs as it is."""
         import tomli_w
 
-        def clean(value: Any) -> Any:
-            if isinstance(value, dict):
-                return {k: clean(v) for k, v in value.items() if v is not None}
-            if isinstance(value, list):
-                return [clean(v) for v in value]
-            return value
-
-        return tomli_w.dumps(clean(self.resolved))
+        return tomli_w.dumps(without_none(self.resolved))
 
 
 def _table(raw: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:

@@ -225,3 +225,12 @@ def defaults(factory: Callable[..., Any], exclude: Iterable[str] = ()) -> dict[s
         for name, p in option_parameters(factory, exclude).items()
         if p.default is not inspect.Parameter.empty
     }
+
+
+def without_none(value: Any) -> Any:
+    """``value`` with every ``None`` entry of its tables dropped, as TOML (no null) writes it."""
+    if isinstance(value, dict):
+        return {k: without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_none(v) for v in value]
+    return value
