@@ -7,6 +7,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -469,6 +470,27 @@ def _register_prune_command() -> None:
 
 
 _register_prune_command()
+
+
+def command_entry_points(
+    name: str, command: Callable[..., Any]
+) -> tuple[Callable[[typer.Typer], None], Callable[[], None]]:
+    """``(register_command, main)`` of a plugin's command function.
+
+    ``register_command(app)`` adds ``command`` to the ``particlesim`` CLI as ``name`` (call it
+    from the plugin's ``particlesim_add_commands`` hook); ``main()`` runs it as a program of
+    its own (``python -m <plugin>.experiments``).
+    """
+
+    def register_command(app: typer.Typer) -> None:
+        app.command(name)(command)
+
+    def main() -> None:
+        cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+        cli.command()(command)
+        cli()
+
+    return register_command, main
 
 
 _SHOWN_WARNINGS: set[str] = set()

@@ -42,7 +42,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from particlesim.cli.app import fail
+from particlesim.cli.app import command_entry_points, fail
 from particlesim.errors import ParticlesimError, printable
 
 HERE = Path(__file__).resolve().parent
@@ -1012,16 +1012,9 @@ def command(
         raise fail(str(exc)) from None
 
 
-def register_command(app: typer.Typer) -> None:
-    """Add ``particlesim milletari`` (this module's command) to the ``particlesim`` CLI."""
-    app.command("milletari")(command)
-
-
-def main() -> None:
-    """``python -m particlesim_milletari.experiments``."""
-    cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    cli.command()(command)
-    cli()
+#: ``register_command(app)`` adds ``particlesim milletari``; ``main()`` runs it alone
+#: (``python -m particlesim_milletari.experiments``).
+register_command, main = command_entry_points("milletari", command)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ from typing import Annotated, Any
 
 import typer
 
-from particlesim.cli.app import fail
+from particlesim.cli.app import command_entry_points, fail
 from particlesim.errors import ParticlesimError, printable
 
 HERE = Path(__file__).resolve().parent
@@ -787,16 +787,9 @@ def command(
         raise fail(str(exc)) from None
 
 
-def register_command(app: typer.Typer) -> None:
-    """Add ``particlesim rotskoff`` (this module's command) to the ``particlesim`` CLI."""
-    app.command("rotskoff")(command)
-
-
-def main() -> None:
-    """``python -m particlesim_rotskoff.experiments``."""
-    cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    cli.command()(command)
-    cli()
+#: ``register_command(app)`` adds ``particlesim rotskoff``; ``main()`` runs it alone
+#: (``python -m particlesim_rotskoff.experiments``).
+register_command, main = command_entry_points("rotskoff", command)
 
 
 if __name__ == "__main__":

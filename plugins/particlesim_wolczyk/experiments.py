@@ -58,7 +58,7 @@ from typing import Annotated, Any
 
 import typer
 
-from particlesim.cli.app import fail
+from particlesim.cli.app import command_entry_points, fail
 from particlesim.errors import ParticlesimError, printable
 
 HERE = Path(__file__).resolve().parent
@@ -819,16 +819,9 @@ def command(
         raise fail(str(exc)) from None
 
 
-def register_command(app: typer.Typer) -> None:
-    """Add ``particlesim wolczyk`` (this module's command) to the ``particlesim`` CLI."""
-    app.command("wolczyk")(command)
-
-
-def main() -> None:
-    """``python -m particlesim_wolczyk.experiments``."""
-    cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    cli.command()(command)
-    cli()
+#: ``register_command(app)`` adds ``particlesim wolczyk``; ``main()`` runs it alone
+#: (``python -m particlesim_wolczyk.experiments``).
+register_command, main = command_entry_points("wolczyk", command)
 
 
 if __name__ == "__main__":
