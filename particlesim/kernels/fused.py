@@ -51,7 +51,6 @@ imported), which is how the tests exercise them without a GPU.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -101,9 +100,14 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.cache
+_TRITON_FOUND: list[bool] = []  # filled on first use (a plain cache that TorchDynamo traces)
+
+
 def _triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    """Whether Triton can be imported (looked up once, without importing it)."""
+    if not _TRITON_FOUND:
+        _TRITON_FOUND.append(importlib.util.find_spec("triton") is not None)
+    return _TRITON_FOUND[0]
 
 
 def fused_available(*tensors: Tensor) -> bool:
@@ -859,6 +863,7 @@ def _check_fused_inputs(tensors: dict[str, Tensor | None], kernel: Kernel) -> in
     return kid
 
 
+@torch.compiler.disable  # opaque to torch.compile: it runs eagerly between compiled graphs
 def kernel_matmul_fused(
     x: Tensor,
     kernel: Kernel,
