@@ -337,7 +337,9 @@ def test_torch_compile_runs_the_fused_path_eagerly_inside_a_graph() -> None:
         return torch.tanh(y).square().sum()
 
     eager = loss(*leaves)
+    assert not fused._OPAQUE  # an eager call never imports TorchDynamo's wrapper
     compiled = torch.compile(loss, backend="aot_eager", fullgraph=False)(*leaves)
+    assert fused._OPAQUE  # the traced call went through torch.compiler.disable
     torch.testing.assert_close(compiled, eager)
     for got, want in zip(
         torch.autograd.grad(compiled, leaves), torch.autograd.grad(eager, leaves), strict=True

@@ -863,7 +863,6 @@ def _check_fused_inputs(tensors: dict[str, Tensor | None], kernel: Kernel) -> in
     return kid
 
 
-@torch.compiler.disable  # opaque to torch.compile: it runs eagerly between compiled graphs
 def kernel_matmul_fused(
     x: Tensor,
     kernel: Kernel,
@@ -909,6 +908,44 @@ def kernel_matmul_fused(
             shapes or block sizes.
         RuntimeError: Triton is missing, or CPU tensors without ``TRITON_INTERPRET=1``.
     """
+    if torch.compiler.is_compiling():  # opaque to TorchDynamo: a graph break, run eagerly
+        return _opaque_entry()(
+            x, kernel, target_pos, source_pos, charge, modulation,
+            blocks=blocks, allow_tf32=allow_tf32, neighbours=neighbours,
+        )  # fmt: skip
+    return _kernel_matmul_fused(
+        x, kernel, target_pos, source_pos, charge, modulation,
+        blocks=blocks, allow_tf32=allow_tf32, neighbours=neighbours,
+    )  # fmt: skip
+
+
+_OPAQUE: list[Any] = []
+
+
+def _opaque_entry() -> Any:
+    """:func:`_kernel_matmul_fused` behind ``torch.compiler.disable``, built on first use.
+
+    Built lazily because ``torch.compiler.disable`` imports TorchDynamo (over a second),
+    which an eager run never needs.
+    """
+    if not _OPAQUE:
+        _OPAQUE.append(torch.compiler.disable(_kernel_matmul_fused))
+    return _OPAQUE[0]
+
+
+def _kernel_matmul_fused(
+    x: Tensor,
+    kernel: Kernel,
+    target_pos: Tensor,
+    source_pos: Tensor,
+    charge: Tensor | None = None,
+    modulation: Tensor | None = None,
+    *,
+    blocks: tuple[int, int, int] | None = None,
+    allow_tf32: bool | None = None,
+    neighbours: NeighbourCache | NeighbourList | None = None,
+) -> Tensor:
+    """:func:`kernel_matmul_fused` itself (validation, then the autograd function)."""
     tensors = {
         "x": x,
         "target_pos": target_pos,
