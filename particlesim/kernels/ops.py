@@ -823,7 +823,7 @@ def kernel_matmul_chunked(
     ``_backward_radial``); any other :class:`Kernel` gets autograd on one block at a time.
     Peak extra memory is O(B·(N + M) + C·chunk·N). Not twice differentiable.
 
-    With a kernel cutoff both particle sets are visited in spatial (k-d bisection) order in blocks of
+    With a kernel cutoff both particle sets are visited in spatial (k-d) order in blocks of
     :data:`CHUNKED_CUTOFF_TILES` particles (``chunk_size`` target rows when given), and each
     target block meets only the source blocks listed as within the cutoff by the neighbour
     list; the results are exactly those of the truncated kernel.
