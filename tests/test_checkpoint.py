@@ -588,6 +588,24 @@ def test_resume_from_the_run_directory_finds_relative_plugins(
     assert "resumed at step 24" in more.stderr and "plugin: loaded counter" in more.stderr
 
 
+def test_a_crafted_scenario_in_a_checkpoint_still_gives_one_line(
+    tiny_scenario: Path, tmp_path: Path
+) -> None:
+    from particlesim.io.checkpoint import atomic_save
+
+    scenario = checkpointed_scenario(tiny_scenario)
+    out = tmp_path / "out"
+    assert invoke("run", scenario, "--out", out, "--no-progress").exit_code == 0
+    payload = torch.load(out / "checkpoint.pt", weights_only=True)
+    payload["extra"]["fingerprint"] = "another"
+    payload["extra"]["scenario_toml"] = "a = " + "[" * 3000 + "]" * 3000
+    atomic_save(payload, out / "checkpoint.pt")
+    assert_one_line_error(
+        invoke("run", scenario, "--resume", out, "--set", "run.steps=30"),
+        "belongs to another scenario (its settings differ beyond run length and device)",
+    )
+
+
 def test_scenario_differences_names_key_paths() -> None:
     from particlesim.io.checkpoint import scenario_differences
 

@@ -678,3 +678,26 @@ def test_hook_particlesim_add_commands(examples_importable: None) -> None:
     result = CliRunner().invoke(app, ["hello", "--name", "plugins"])
     assert result.exit_code == 0, result.output
     assert result.output == "hello plugins\n"
+
+
+def test_disabling_an_unknown_plugin_warns_but_not_a_filtered_entry_point(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``-p no:NAME`` of an installed entry point that PARTICLESIM_PLUGINS left out is fine."""
+    from particlesim.plugins.manager import PluginManager
+
+    monkeypatch.setenv("PARTICLESIM_PLUGINS", "lange")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PluginManager().load(disable=["shader", "lange"])
+        PluginManager().load(entry_points=False, disable=["shader"])
+    with pytest.warns(PluginWarning, match="-p no:ghost: no plugin named 'ghost' was found"):
+        PluginManager().load(disable=["ghost"])
+
+
+def test_the_console_reads_disabled_plugins_from_its_arguments() -> None:
+    from particlesim.cli.app import _disabled_on_command_line
+
+    argv = ["run", "x.toml", "-p", "no:a", "--plugin", "no:b", "--plugin=no:c", "-p", "f.py"]
+    assert _disabled_on_command_line(argv) == ["a", "b", "c"]
+    assert _disabled_on_command_line(["-p"]) == []

@@ -264,10 +264,21 @@ def test_set_paths_take_toml_quoted_keys(path: str, parts: list) -> None:
     assert split_path(path) == parts
 
 
-@pytest.mark.parametrize("path", ["a.", ".a", "a..b", "a[²]", "²", '"open', "a.b c", "a\n"])
+@pytest.mark.parametrize(
+    "path",
+    ["a.", ".a", "a..b", "a[²]", "²", '"open', "a.b c", "a\n", "9" * 5000, "a[" + "9" * 5000 + "]"],
+)
 def test_malformed_set_paths_are_one_line_errors(path: str) -> None:
     with pytest.raises(ScenarioError, match="malformed key path"):
         split_path(path)
+
+
+def test_absurdly_nested_values_are_not_a_crash() -> None:
+    raw: dict = {}
+    apply_override(raw, "a=" + "[" * 5000)  # not TOML: kept as the bare string
+    assert raw["a"] == "[" * 5000
+    with pytest.raises(ScenarioError, match="nested too deeply"):
+        parse_scenario("a = " + "[" * 5000 + "]" * 5000)
 
 
 def test_set_splits_at_the_first_equals_outside_quotes() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import shutil
 import sys
@@ -511,6 +512,18 @@ def _show_warning(
         typer.echo(text, err=True)
 
 
+def _disabled_on_command_line(argv: list[str]) -> list[str]:
+    """The ``NAME`` of every ``-p no:NAME`` / ``--plugin no:NAME`` (``=`` form too) in ``argv``."""
+    names = []
+    for flag, value in itertools.pairwise(argv):
+        if flag in ("-p", "--plugin") and value.startswith("no:"):
+            names.append(value.removeprefix("no:"))
+    for arg in argv:
+        if arg.startswith("--plugin=no:"):
+            names.append(arg.removeprefix("--plugin=no:"))
+    return names
+
+
 def main() -> None:
     """Console-script entry point: add plugin commands, then run the app."""
     import warnings
@@ -519,7 +532,7 @@ def main() -> None:
     try:
         from particlesim.plugins.manager import PluginManager
 
-        manager = PluginManager().load()
+        manager = PluginManager().load(disable=_disabled_on_command_line(sys.argv[1:]))
     except ParticlesimError as exc:
         typer.echo(f"warning: {exc}", err=True)
     else:

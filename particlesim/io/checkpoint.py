@@ -303,7 +303,7 @@ def load_checkpoint(
 
             try:
                 keys = scenario_differences(tomllib.loads(saved_toml), resolved)
-            except tomllib.TOMLDecodeError:
+            except (tomllib.TOMLDecodeError, RecursionError):  # a damaged or crafted file
                 keys = []
             if keys:
                 differ = f" ({', '.join(keys)} changed)"

@@ -100,14 +100,13 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-_TRITON_FOUND: list[bool] = []  # filled on first use (a plain cache that TorchDynamo traces)
+#: Whether Triton can be imported, looked up once without importing it (a constant, so code
+#: that TorchDynamo traces never sees it change).
+_TRITON_FOUND: bool = importlib.util.find_spec("triton") is not None
 
 
 def _triton_importable() -> bool:
-    """Whether Triton can be imported (looked up once, without importing it)."""
-    if not _TRITON_FOUND:
-        _TRITON_FOUND.append(importlib.util.find_spec("triton") is not None)
-    return _TRITON_FOUND[0]
+    return _TRITON_FOUND
 
 
 def fused_available(*tensors: Tensor) -> bool:

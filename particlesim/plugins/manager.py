@@ -230,7 +230,10 @@ class PluginManager:
             self._load_entry_points(skip)
         for file in files:
             self._load_file(file, base_dir, skip)
-        for name in sorted(skip - set(self.disabled)):
+        unknown = skip - set(self.disabled)
+        if unknown:  # entry points left out by PARTICLESIM_PLUGINS still count as known
+            unknown -= {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+        for name in sorted(unknown):
             warnings.warn(
                 f"-p no:{name}: no plugin named {name!r} was found to disable",
                 PluginWarning,

@@ -12,10 +12,10 @@ from particlesim.errors import ScenarioError
 #: One segment of a ``--set`` key path: a bare key, an integer index, or a TOML-quoted key
 #: (``"integrator.lr"``, ``'a b'``), optionally followed by ``[index]``, then ``.`` or the end.
 _SEGMENT = re.compile(
-    r"""(?:(?P<number>-?[0-9]+)
+    r"""(?:(?P<number>-?[0-9]{1,18})
          |(?P<bare>[A-Za-z_][A-Za-z0-9_-]*)
          |(?P<quoted>"(?:[^"\\\n]|\\.)*"|'[^'\n]*'))
-        (?:\[(?P<index>-?[0-9]+)\])?
+        (?:\[(?P<index>-?[0-9]{1,18})\])?
         (?P<end>\.|\Z)""",
     re.X,
 )
@@ -44,6 +44,10 @@ def parse_scenario(text: str, *, source: str = "<string>") -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"invalid TOML: {exc}", source=source) from None
+    except RecursionError:
+        raise ScenarioError(
+            "invalid TOML: arrays or tables nested too deeply", source=source
+        ) from None
 
 
 def parse_value(text: str) -> Any:
@@ -51,7 +55,7 @@ def parse_value(text: str) -> Any:
     ``"x"``), otherwise the bare string."""
     try:
         return tomllib.loads(f"value = {text}")["value"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):  # not TOML (or nested absurdly deep)
         return text
 
 
