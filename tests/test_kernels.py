@@ -924,6 +924,17 @@ def test_bisection_order_ragged_sizes(P: int, tile: int) -> None:
         assert ((hi - lo).prod(1) < 0.9).all()  # no tile spans the whole cube
 
 
+def test_bisection_order_checks_its_arguments() -> None:
+    grid = torch.stack(torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij"), -1)
+    order = bisection_order(grid.reshape(-1, 2), 4)  # integer coordinates are fine
+    lo, hi = tile_boxes(grid.reshape(-1, 2)[order].double(), 4)
+    assert ((hi - lo) == 1).all()
+    with pytest.raises(ValueError, match=r"points must be \[P, D\] with D >= 1, got \(5, 0\)"):
+        bisection_order(torch.zeros(5, 0), 4)
+    with pytest.raises(ValueError, match="tile must be a positive number of points, got 0"):
+        bisection_order(torch.zeros(5, 2), 0)
+
+
 @pytest.mark.parametrize("D", [2, 3])
 def test_bisection_lists_fewer_tile_pairs_than_morton(D: int) -> None:
     """Uniform points, a cutoff holding about 10 % of the pairs: tighter boxes skip more."""

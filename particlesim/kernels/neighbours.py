@@ -85,7 +85,16 @@ def bisection_order(points: Tensor, tile: int) -> Tensor:
     their input order, so the result is deterministic.
 
     Returns ``[P]`` int64.
+
+    Raises:
+        ValueError: ``points`` is not ``[P, D ≥ 1]``, or ``tile < 1``.
     """
+    if points.ndim != 2 or points.shape[1] < 1:
+        raise ValueError(f"points must be [P, D] with D >= 1, got {tuple(points.shape)}")
+    if tile < 1:
+        raise ValueError(f"tile must be a positive number of points, got {tile}")
+    if not points.is_floating_point():
+        points = points.double()  # integer coordinates: the ±inf fill needs a float dtype
     P = points.shape[0]
     device = points.device
     order = torch.arange(P, device=device)
