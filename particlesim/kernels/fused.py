@@ -907,8 +907,11 @@ def kernel_matmul_fused(
             shapes or block sizes.
         RuntimeError: Triton is missing, or CPU tensors without ``TRITON_INTERPRET=1``.
     """
-    if torch.compiler.is_compiling():  # opaque to TorchDynamo: a graph break, run eagerly
-        return _opaque_entry()(
+    if torch.compiler.is_compiling():
+        # Opaque to TorchDynamo: a graph break, the kernels run eagerly. Wrapped here, not at
+        # import, because torch.compiler.disable imports Dynamo (over a second), which an
+        # eager run never needs; built inside the trace, it adds no guard and no recompile.
+        return torch.compiler.disable(_kernel_matmul_fused)(
             x, kernel, target_pos, source_pos, charge, modulation,
             blocks=blocks, allow_tf32=allow_tf32, neighbours=neighbours,
         )  # fmt: skip
@@ -916,20 +919,6 @@ def kernel_matmul_fused(
         x, kernel, target_pos, source_pos, charge, modulation,
         blocks=blocks, allow_tf32=allow_tf32, neighbours=neighbours,
     )  # fmt: skip
-
-
-_OPAQUE: list[Any] = []
-
-
-def _opaque_entry() -> Any:
-    """:func:`_kernel_matmul_fused` behind ``torch.compiler.disable``, built on first use.
-
-    Built lazily because ``torch.compiler.disable`` imports TorchDynamo (over a second),
-    which an eager run never needs.
-    """
-    if not _OPAQUE:
-        _OPAQUE.append(torch.compiler.disable(_kernel_matmul_fused))
-    return _OPAQUE[0]
 
 
 def _kernel_matmul_fused(
