@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -32,9 +33,22 @@ ATOL = 1e-5
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below Linux's ephemeral range (32768-60999).
+
+    A port the OS hands out for ``bind(0)`` lies in the ephemeral range, where a rank that
+    connects before the store listens can be given that very port as its own source port
+    and connect to itself (TCP self-connect), failing the run's start now and then.
+    """
+    generator = random.Random()
+    for _ in range(200):
+        port = generator.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 def distributed_scenario(tiny_scenario: Path) -> Path:
