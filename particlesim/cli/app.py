@@ -514,14 +514,9 @@ def _show_warning(
 
 def _disabled_on_command_line(argv: list[str]) -> list[str]:
     """The ``NAME`` of every ``-p no:NAME`` / ``--plugin no:NAME`` (``=`` form too) in ``argv``."""
-    names = []
-    for flag, value in itertools.pairwise(argv):
-        if flag in ("-p", "--plugin") and value.startswith("no:"):
-            names.append(value.removeprefix("no:"))
-    for arg in argv:
-        if arg.startswith("--plugin=no:"):
-            names.append(arg.removeprefix("--plugin=no:"))
-    return names
+    values = [value for flag, value in itertools.pairwise(argv) if flag in ("-p", "--plugin")]
+    values += [arg.removeprefix("--plugin=") for arg in argv if arg.startswith("--plugin=")]
+    return _split_plugin_options(values)[1]
 
 
 def main() -> None:

@@ -118,17 +118,22 @@ def set_rng_states(states: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- fingerprint
 
 
+def _resumable_view(resolved: dict[str, Any]) -> dict[str, Any]:
+    """A resolved scenario as plain JSON values, without what a resume may change."""
+    clean = json.loads(json.dumps(resolved, sort_keys=True, default=str))
+    for section, key in RESUMABLE_CHANGES:
+        if isinstance(clean.get(section), dict):
+            clean[section].pop(key, None)
+    return clean
+
+
 def scenario_fingerprint(resolved: dict[str, Any]) -> str:
     """SHA-256 of a resolved scenario, ignoring what a resume may change (run length, device).
 
     Two scenarios with the same fingerprint take the same path up to any step,
     so a checkpoint of one continues the other.
     """
-    clean = json.loads(json.dumps(resolved, sort_keys=True, default=str))
-    for section, key in RESUMABLE_CHANGES:
-        if isinstance(clean.get(section), dict):
-            clean[section].pop(key, None)
-    text = json.dumps(clean, sort_keys=True, separators=(",", ":"))
+    text = json.dumps(_resumable_view(resolved), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -141,15 +146,7 @@ def scenario_differences(
     as lists), so a scenario read from a run directory's ``scenario.toml`` matches the plan
     it was written from. At most ``most`` paths, in document order.
     """
-
     from particlesim.scenario.options import without_none
-
-    def normal(value: Any) -> Any:
-        value = without_none(json.loads(json.dumps(value, sort_keys=True, default=str)))
-        for section, key in RESUMABLE_CHANGES:
-            if isinstance(value.get(section), dict):
-                value[section].pop(key, None)
-        return value
 
     found: list[str] = []
 
@@ -165,7 +162,7 @@ def scenario_differences(
         else:
             found.append(path or "(the whole scenario)")
 
-    walk(normal(saved), normal(current), "")
+    walk(without_none(_resumable_view(saved)), without_none(_resumable_view(current)), "")
     return found
 
 

@@ -105,10 +105,6 @@ def _interpreting() -> bool:
 _TRITON_FOUND: bool = importlib.util.find_spec("triton") is not None
 
 
-def _triton_importable() -> bool:
-    return _TRITON_FOUND
-
-
 def fused_available(*tensors: Tensor) -> bool:
     """Whether the fused path can run on ``tensors`` (or on this machine when none are given).
 
@@ -116,7 +112,7 @@ def fused_available(*tensors: Tensor) -> bool:
     tensors: CUDA is available) or ``TRITON_INTERPRET=1`` is set (CPU tensors run through
     Triton's NumPy interpreter).
     """
-    if not _triton_importable():
+    if not _TRITON_FOUND:
         return False
     if _interpreting():
         return True
@@ -134,7 +130,7 @@ def fused_unsupported(kernel: Kernel, *tensors: Tensor) -> str | None:
     ``TRITON_INTERPRET=1``. ``tensors`` are ``x, target_pos, source_pos`` and optionally the
     charge and modulation.
     """
-    if not _triton_importable():
+    if not _TRITON_FOUND:
         return "Triton is not installed"
     if type(kernel) not in _KERNEL_IDS:
         return (
@@ -907,15 +903,13 @@ def kernel_matmul_fused(
             shapes or block sizes.
         RuntimeError: Triton is missing, or CPU tensors without ``TRITON_INTERPRET=1``.
     """
+    entry = _kernel_matmul_fused
     if torch.compiler.is_compiling():
         # Opaque to TorchDynamo: a graph break, the kernels run eagerly. Wrapped here, not at
         # import, because torch.compiler.disable imports Dynamo (over a second), which an
         # eager run never needs; built inside the trace, it adds no guard and no recompile.
-        return torch.compiler.disable(_kernel_matmul_fused)(
-            x, kernel, target_pos, source_pos, charge, modulation,
-            blocks=blocks, allow_tf32=allow_tf32, neighbours=neighbours,
-        )  # fmt: skip
-    return _kernel_matmul_fused(
+        entry = torch.compiler.disable(_kernel_matmul_fused)
+    return entry(
         x, kernel, target_pos, source_pos, charge, modulation,
         blocks=blocks, allow_tf32=allow_tf32, neighbours=neighbours,
     )  # fmt: skip
