@@ -21,6 +21,7 @@ import importlib.util
 import json
 import math
 import re
+import types
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -1093,14 +1094,19 @@ def test_inputs_on_different_devices_are_an_error() -> None:
 # --------------------------------------------------------------------------- benchmark
 
 
-def test_particle_layer_benchmark_quick_mode(tmp_path: Path, one_thread: None) -> None:
-    """The benchmark's ``--quick`` CPU run completes and writes every section to JSON."""
+def load_benchmark(name: str) -> types.ModuleType:
+    """``benchmarks/<name>.py`` as a module (the folder is not a package)."""
     spec = importlib.util.spec_from_file_location(
-        "particle_layer_benchmark",
-        Path(__file__).resolve().parents[1] / "benchmarks" / "particle_layer.py",
+        f"{name}_benchmark", Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_particle_layer_benchmark_quick_mode(tmp_path: Path, one_thread: None) -> None:
+    """The benchmark's ``--quick`` CPU run completes and writes every section to JSON."""
+    module = load_benchmark("particle_layer")
     out = tmp_path / "results.json"
     module.main(["--quick", "--out", str(out)])
     assert torch.tensor([1e-40]).item() != 0  # flush-to-zero is switched back off
@@ -1123,12 +1129,7 @@ def test_host_overhead_benchmark_restores_the_launcher(tmp_path: Path) -> None:
     pytest.importorskip("triton")
     from particlesim.kernels import fused
 
-    spec = importlib.util.spec_from_file_location(
-        "host_overhead_benchmark",
-        Path(__file__).resolve().parents[1] / "benchmarks" / "host_overhead.py",
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("host_overhead")
     before = fused._launch, fused._interpreting, torch.get_num_threads()
     out = tmp_path / "host.json"
     results = module.main(["--calls", "8", "--out", str(out)])
