@@ -7,6 +7,7 @@ per rank); the slow one launches the documented command,
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import random
@@ -93,10 +94,12 @@ def run_ranks(args: list[str], tmp_path: Path, world_size: int = 2) -> list[str]
     for process in processes:
         process.join(timeout=240)
     outputs = [Path(log).read_text() if Path(log).exists() else "(no output)" for log in logs]
-    for process, output in zip(processes, outputs, strict=True):
+    for process in processes:
         if process.is_alive():
             process.kill()
-        assert process.exitcode == 0, output
+            process.join()
+    report = "\n".join(f"rank {rank}: {text}" for rank, text in enumerate(outputs))
+    assert [process.exitcode for process in processes] == [0] * world_size, report
     return outputs
 
 
@@ -151,6 +154,40 @@ def test_two_ranks_match_one_and_resume_on_one(tiny_scenario: Path, tmp_path: Pa
     assert_close_parameters(longer, two)
     with h5py.File(two / "trajectory.h5", "r") as file:
         assert file["particles/hidden1/position/step"][()].tolist() == list(range(0, 21, 2))
+
+
+class _StopAfterSetupError(Exception):
+    """Raised by :class:`_OtherRank` once the setup's agreement is reached."""
+
+
+class _OtherRank:
+    """Rank 1 of 2 without a process group: records what it would tell the others."""
+
+    rank, world_size, local_rank, backend, device, is_main = 1, 2, 1, "gloo", "cpu", False
+
+    def __init__(self) -> None:
+        self.votes: list[bool] = []
+
+    def agree(self, ok: bool) -> bool:
+        self.votes.append(ok)
+        raise _StopAfterSetupError
+
+
+def test_other_ranks_leave_the_output_directory_to_rank_0(
+    tiny_scenario: Path, tmp_path: Path
+) -> None:
+    """Rank 0 may have made and locked the directory before another rank starts its setup."""
+    from particlesim.cli.app import _run
+    from particlesim.io.checkpoint import LOCK_FILE
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_FILE).write_text("")  # as rank 0 leaves it, running
+    rank = _OtherRank()
+    with contextlib.ExitStack() as stack, pytest.raises(_StopAfterSetupError):
+        _run(stack, tiny_scenario, None, "cpu", out, False, None, False, None, rank)
+    assert rank.votes == [True]
+    assert [p.name for p in out.iterdir()] == [LOCK_FILE]  # and writes nothing there
 
 
 def test_distributed_outside_torchrun_is_one_line(tiny_scenario: Path) -> None:

@@ -80,6 +80,7 @@ elif out.exists():
 out.mkdir(parents=True, exist_ok=True)
 if os.environ.get("STUB_CHECKPOINT"):
     (out / "checkpoint.pt").write_text("state")
+    note(f"checkpoint {point} {os.getpid()}")
 time.sleep(float(os.environ.get("STUB_SLEEP", "0.1")))
 if mode == "crash":
     print("error: out of memory", file=sys.stderr)
@@ -122,7 +123,7 @@ def stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def stub_events(log: Path, kinds: tuple[str, ...] = ("start", "done")) -> list[list[str]]:
-    """The stand-in's log lines of these kinds (``start``, ``done``, ``parent``), split."""
+    """The stand-in's log lines of these kinds (``start``, ``done``, ``parent``, ``checkpoint``)."""
     lines = log.read_text().splitlines() if log.exists() else []
     return [line.split() for line in lines if line.split()[0] in kinds]
 
@@ -563,7 +564,9 @@ def test_killed_point_is_retried_and_every_point_finishes_once(
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             starts = [e for e in stub_events(stub) if e[0] == "start"]
-            if len(starts) >= 3:
+            # kill the third point once it has a checkpoint, so its retry resumes
+            checkpointed = {tuple(e[1:]) for e in stub_events(stub, ("checkpoint",))}
+            if len(starts) >= 3 and tuple(starts[2][1:3]) in checkpointed:
                 _, point, pid = starts[2]
                 os.kill(int(pid), signal.SIGKILL)
                 killed.append(point)

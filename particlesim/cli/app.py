@@ -221,7 +221,15 @@ def _run(
                 f"`particlesim sweep {scenario}` runs its {plan.sweep.size} sweep points"
             )
         out_dir = resume or out or default_out_dir(plan, scenario)
-        if resume is None and out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        # Rank 0 alone writes, so it alone checks: another rank may look only after rank 0
+        # has made the directory and locked it.
+        if (
+            main
+            and resume is None
+            and out_dir.exists()
+            and any(out_dir.iterdir())
+            and not overwrite
+        ):
             hint = (
                 f"; it holds a checkpoint: continue that run with --resume {out_dir}"
                 if (out_dir / CHECKPOINT_FILE).is_file()
