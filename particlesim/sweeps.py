@@ -611,11 +611,17 @@ def _last_error(log_file: str) -> str | None:
     return None
 
 
-def _summary_stamp(out_dir: str) -> int | None:
+def _summary_stamp(out_dir: str) -> tuple[int, int, int] | None:
+    """What tells one ``summary.json`` from the next: inode, mtime and size.
+
+    A run writes its summary to a new file and renames it over the old one, so the inode
+    changes even where the file system keeps whole-second times.
+    """
     try:
-        return (Path(out_dir) / "summary.json").stat().st_mtime_ns
+        stat = (Path(out_dir) / "summary.json").stat()
     except OSError:
         return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def run_point(task: PointTask) -> PointResult:

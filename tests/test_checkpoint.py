@@ -701,6 +701,40 @@ def _cli_child(args: list[str]) -> None:
     os._exit(result.exit_code)
 
 
+def _stop(pid: int) -> None:
+    """``SIGSTOP`` ``pid`` and wait until it has stopped, so that its files hold still.
+
+    ``kill`` only queues the signal: a process busy on another core runs on for a moment
+    (``/proc/PID/stat`` says ``T`` once it has stopped; without ``/proc``, no wait).
+    """
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            return
+        if state in ("T", "t", "Z", "X"):
+            return
+        time.sleep(0.001)
+
+
+def _saved_and_written(out: Path) -> tuple[int, int] | None:
+    """The step of the run's checkpoint and of its last trajectory frame; None before both."""
+    checkpoint = out / "checkpoint.pt"
+    if not checkpoint.exists():
+        return None
+    try:
+        with h5py.File(out / "trajectory.h5", "r", swmr=True) as file:
+            steps = file["particles/hidden1/position/step"]
+            if len(steps) == 0:
+                return None
+            last = int(steps[-1])
+    except (OSError, KeyError):  # not there yet, or still being created (locked)
+        return None
+    return read_checkpoint(checkpoint)["simulation"]["step"], last
+
+
 def kill_and_resume(
     scenario: Path, tmp_path: Path, *, kill_after: int, name: str, fresh_interpreter: bool
 ) -> Path:
@@ -724,19 +758,19 @@ def kill_and_resume(
         forked = multiprocessing.get_context("fork").Process(target=_cli_child, args=(args,))
         forked.start()
         running, pid = forked.is_alive, forked.pid
-    checkpoint = out / "checkpoint.pt"
     try:
         deadline = time.monotonic() + 120
         while True:
             assert running(), "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            assert time.monotonic() < deadline, "no checkpoint and later frame within 120 s"
             time.sleep(0.05)
-            if not checkpoint.exists():
-                continue
-            step = read_checkpoint(checkpoint)["simulation"]["step"]
-            if step >= kill_after:
+            # Look while the run is stopped: what is seen is what the kill leaves behind.
+            _stop(pid)
+            found = _saved_and_written(out)
+            if found is not None and found[1] > found[0] >= kill_after:
+                step = found[0]
                 break
-        time.sleep(0.12)  # a frame or two past the checkpoint
+            os.kill(pid, signal.SIGCONT)
     finally:
         os.kill(pid, signal.SIGKILL)
         if fresh_interpreter:

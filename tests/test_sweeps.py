@@ -81,6 +81,8 @@ out.mkdir(parents=True, exist_ok=True)
 if os.environ.get("STUB_CHECKPOINT"):
     (out / "checkpoint.pt").write_text("state")
     note(f"checkpoint {point} {os.getpid()}")
+if mode == "hang" and not resume:  # until the test kills it
+    time.sleep(120)
 time.sleep(float(os.environ.get("STUB_SLEEP", "0.1")))
 if mode == "crash":
     print("error: out of memory", file=sys.stderr)
@@ -552,28 +554,28 @@ def test_sweep_cli_runs_every_point_then_skips_them_on_rerun(
 def test_killed_point_is_retried_and_every_point_finishes_once(
     tiny_scenario: Path, tmp_path: Path, stub: Path, registries, monkeypatch
 ) -> None:
-    monkeypatch.setenv("STUB_SLEEP", "0.6")
     monkeypatch.setenv("STUB_CHECKPOINT", "1")  # so the killed point resumes
     plan = make_plan(sweep_file(tiny_scenario), registries)
     out = tmp_path / "sweep"
     sweeps.prepare_directory(plan, out)
     tasks = sweeps.point_tasks(plan, out, retries=1)
+    # The third point to start (two workers) waits after its checkpoint until it is killed.
+    target = tasks[2].point_id
+    monkeypatch.setenv(f"STUB_MODE_{target}", "hang")
     killed: list[str] = []
 
-    def kill_the_third_start() -> None:
+    def kill_the_third_point() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            starts = [e for e in stub_events(stub) if e[0] == "start"]
-            # kill the third point once it has a checkpoint, so its retry resumes
-            checkpointed = {tuple(e[1:]) for e in stub_events(stub, ("checkpoint",))}
-            if len(starts) >= 3 and tuple(starts[2][1:3]) in checkpointed:
-                _, point, pid = starts[2]
-                os.kill(int(pid), signal.SIGKILL)
-                killed.append(point)
+            # kill it once it has a checkpoint, so its retry resumes
+            checkpointed = [e for e in stub_events(stub, ("checkpoint",)) if e[1] == target]
+            if checkpointed:
+                os.kill(int(checkpointed[0][2]), signal.SIGKILL)
+                killed.append(target)
                 return
             time.sleep(0.01)
 
-    killer = threading.Thread(target=kill_the_third_start)
+    killer = threading.Thread(target=kill_the_third_point)
     killer.start()
     results = sweeps.run_local(tasks, workers=2)
     killer.join()
@@ -896,3 +898,18 @@ def test_killed_real_point_resumes_from_its_checkpoint(tiny_scenario: Path, tmp_
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [float(e) for e in range(1, 401)]
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 2400
+
+
+def test_a_new_summary_is_told_from_the_old_one_with_the_same_time(tmp_path: Path) -> None:
+    """File systems with whole-second times: the rename gives the new summary another inode."""
+    old = tmp_path / "summary.json"
+    old.write_text('{"status": "failed"}')
+    before = sweeps._summary_stamp(str(tmp_path))
+    new = tmp_path / ".summary.json.partial"
+    new.write_text('{"status": "failed"}')  # same size
+    times = old.stat()
+    os.utime(new, ns=(times.st_atime_ns, times.st_mtime_ns))
+    new.replace(old)
+    assert old.stat().st_mtime_ns == times.st_mtime_ns and old.stat().st_size == times.st_size
+    assert sweeps._summary_stamp(str(tmp_path)) != before
+    assert sweeps._summary_stamp(str(tmp_path / "nowhere")) is None
