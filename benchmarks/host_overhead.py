@@ -5,7 +5,9 @@ network is bound by the time the host takes to issue it. This script measures th
 any machine: the Triton launches of the fused path are replaced by no-ops (validation,
 autograd bookkeeping, argument packing and allocation remain), the tensors are tiny, and the
 baseline is ``nn.Linear`` (one call) and the same-width MLP (one Adam step) measured in the
-same run. The ratios bound what a GPU epoch can reach without CUDA graphs.
+same run. The ratios bound what a GPU epoch can reach without CUDA graphs. An empty
+``autograd.Function`` of the same inputs (it allocates its output and gradients, nothing
+else) gives the floor that any layer written as a Python autograd function pays.
 
     python benchmarks/host_overhead.py            # prints µs per call / step and the ratios
     python benchmarks/host_overhead.py --out host.json
@@ -20,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +72,10 @@ def main(argv: list[str] | None = None) -> dict:
         f"                                 fused     {results['fused_call_us']:7.1f} us"
         f"   ratio {results['call_ratio']:.2f}"
     )
+    print(
+        f"      an empty autograd.Function {results['floor_call_us']:7.1f} us"
+        f"   ratio {results['floor_ratio']:.2f}"
+    )
     print(f"  one Adam step, {SIZES}: MLP      {results['mlp_step_us']:7.1f} us")
     print(
         f"                                   particle {results['particle_step_us']:7.1f} us"
@@ -77,6 +84,21 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=2))
     return results
+
+
+class _EmptyFunction(torch.autograd.Function):
+    """The least a Python ``autograd.Function`` of the same inputs costs: it allocates its
+    output and its gradients and computes nothing (the floor under the fused layer's cost)."""
+
+    @staticmethod
+    def forward(ctx: Any, *inputs: torch.Tensor) -> torch.Tensor:
+        x, target = inputs[0], inputs[1]
+        ctx.save_for_backward(*inputs)
+        return x.new_empty(x.shape[0], target.shape[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.empty_like(t) for t in ctx.saved_tensors)
 
 
 def _measure(calls: int) -> dict[str, float]:
@@ -102,7 +124,12 @@ def _measure(calls: int) -> dict[str, float]:
             calls,
         ),
     }
+    floor = _EmptyFunction.apply
+    results["floor_call_us"] = per_call_us(
+        lambda: floor(x, target, source, charge, kernel.log_width).backward(grad), calls
+    )
     results["call_ratio"] = results["fused_call_us"] / results["linear_call_us"]
+    results["floor_ratio"] = results["floor_call_us"] / results["linear_call_us"]
 
     from particlesim_lange import ParticleNetwork
 
