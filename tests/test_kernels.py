@@ -1141,6 +1141,9 @@ def test_host_overhead_benchmark_restores_the_launcher(tmp_path: Path) -> None:
     assert results["step_ratio"] == pytest.approx(
         results["particle_step_us"] / results["mlp_step_us"]
     )
+    assert results["floor_ratio"] == pytest.approx(
+        results["floor_call_us"] / results["linear_call_us"]
+    )
     assert min(results.values()) > 0
 
 
