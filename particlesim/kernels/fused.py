@@ -661,12 +661,12 @@ class _KernelMatmulFused(torch.autograd.Function):
         nl: NeighbourList | None,
     ) -> Tensor:
         k = _build()
-        C = config.channels
         x = x.contiguous()
         r_h, r_j = target_pos.contiguous(), source_pos.contiguous()  # no copy when contiguous
-        q = None if charge is None else charge.reshape(charge.shape[0], C).contiguous()
+        # A contiguous [M] charge is the [M, 1] array the kernels read: no reshape needed.
+        q = None if charge is None else charge.contiguous()
         mod = None if modulation is None else modulation.contiguous()
-        logw = log_width.detach().contiguous()
+        logw = log_width.contiguous()
         dummy, index_dummy = _placeholders(x.device)
         B, N = x.shape
         M, D = r_h.shape
@@ -689,13 +689,13 @@ class _KernelMatmulFused(torch.autograd.Function):
         ctx.save_for_backward(x, r_h, r_j, q, mod, logw)
         ctx.config = config
         ctx.nl = nl
+        ctx.consts = consts
         ctx.dtypes = (
             target_pos.dtype,
             source_pos.dtype,
             None if charge is None else charge.dtype,
             log_width.dtype,
         )
-        ctx.charge_shape = None if charge is None else charge.shape
         return y
 
     @staticmethod
@@ -715,7 +715,7 @@ class _KernelMatmulFused(torch.autograd.Function):
         dummy, index_dummy = _placeholders(x.device)
         q_arg = dummy if q is None else q
         mod_arg = dummy if mod is None else mod
-        consts = _flags(config, D, q, mod, nl, x)
+        consts = ctx.consts
 
         grad_x = None
         if need_x:
@@ -734,14 +734,17 @@ class _KernelMatmulFused(torch.autograd.Function):
                 consts,
             )  # fmt: skip
 
-        # float32 accumulators of the atomics, zeroed in one go: [M, D], [N, D], [M, C], [C]
+        # float32 accumulators of the atomics, zeroed in one go: [M, D], [N, D], the charge's
+        # shape ([M] or [M, C]) and [C]; each one strided view of the buffer (one op, not two)
         sizes = (M * D * need_rh, N * D * need_rj, M * C * need_q, C * need_w)
         flat = torch.zeros(sum(sizes), device=x.device, dtype=torch.float32)
-        ends = (sizes[0], sizes[0] + sizes[1], sizes[0] + sizes[1] + sizes[2])
-        grad_rh = flat[: ends[0]].view(M, D) if need_rh else None
-        grad_rj = flat[ends[0] : ends[1]].view(N, D) if need_rj else None
-        grad_q = flat[ends[1] : ends[2]].view(M, C) if need_q else None
-        grad_logw = flat[ends[2] :] if need_w else None
+        starts = (0, sizes[0], sizes[0] + sizes[1], sizes[0] + sizes[1] + sizes[2])
+        grad_rh = flat.as_strided((M, D), (D, 1), starts[0]) if need_rh else None
+        grad_rj = flat.as_strided((N, D), (D, 1), starts[1]) if need_rj else None
+        grad_q = None
+        if need_q:
+            grad_q = flat.as_strided(q.shape, q.stride(), starts[2])  # q is contiguous
+        grad_logw = flat.as_strided((C,), (1,), starts[3]) if need_w else None
         grad_mod = None
         if need_mod:  # tiles a neighbour list skips get no store: their gradient is 0
             grad_mod = torch.empty_like(mod) if nl is None else torch.zeros_like(mod)
@@ -775,8 +778,6 @@ class _KernelMatmulFused(torch.autograd.Function):
                     },
                 )  # fmt: skip
         rh_dtype, rj_dtype, q_dtype, w_dtype = ctx.dtypes
-        if grad_q is not None and grad_q.shape != ctx.charge_shape:
-            grad_q = grad_q.view(ctx.charge_shape)
         return (
             grad_x,
             _as_dtype(grad_rh, rh_dtype),
