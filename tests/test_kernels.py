@@ -1055,8 +1055,8 @@ def test_fused_request_falls_back_with_one_warning(
         torch.randn(6, dim, generator=g, dtype=dtype),
     )
     q = torch.randn(4, generator=g, dtype=dtype)
-    if importlib.util.find_spec("triton") is None:
-        reason = "Triton is not installed"
+    if importlib.util.find_spec("triton") is None and not isinstance(kernel, _NotFused):
+        reason = "Triton is not installed"  # an unsupported kernel is named first
     expected = (
         rf"interaction a -> b: the fused backend cannot run kernel '\w+' here \(.*{reason}.*\); "
         "using the reference backend instead"
@@ -1220,3 +1220,211 @@ def test_readme_backend_example_builds_and_runs(tiny_data: Path) -> None:
         with pytest.raises(ScenarioError, match=re.escape(expected)):
             raw = parse_scenario(bad, source="s.toml")
             build(validate(raw, registries, source="s.toml"), device="cpu", log=lambda m: None)
+
+
+# --------------------------------------------------------------------------- kernels of users
+
+
+class Matern32Kernel(RadialKernel):
+    """A user's Matérn-3/2 kernel, ``f(u) = (1 + √(3u)) e^{−√(3u)}``, written as a plugin would."""
+
+    name = "matern32"
+
+    @staticmethod
+    def profile(u: Tensor) -> Tensor:
+        s = torch.sqrt(3.0 * u)
+        return (1.0 + s) * torch.exp(-s)
+
+    @staticmethod
+    def profile_derivative(u: Tensor) -> Tensor:
+        return -1.5 * torch.exp(-torch.sqrt(3.0 * u))
+
+
+class MexicanHatKernel(RadialKernel):
+    """A user's Mexican-hat kernel, ``f(u) = (1 − u) e^{−u/2}``: negative beyond one width."""
+
+    name = "mexican_hat"
+
+    @staticmethod
+    def profile(u: Tensor) -> Tensor:
+        return (1.0 - u) * torch.exp(-0.5 * u)
+
+    @staticmethod
+    def profile_derivative(u: Tensor) -> Tensor:
+        return (0.5 * u - 1.5) * torch.exp(-0.5 * u)
+
+
+@pytest.mark.parametrize("cls", [Matern32Kernel, MexicanHatKernel])
+@pytest.mark.parametrize("options", [{}, {"cutoff": 2.0}, {"width": [0.8, 1.6]}])
+def test_user_radial_kernel_paths_agree_and_pass_gradcheck(
+    cls: type[RadialKernel], options: dict, small_cutoff_tiles: None
+) -> None:
+    """A plugin's profile gets the closed-form chunked backward; it must equal the reference."""
+    options = {"width": 1.2, **options}
+    kernel = cls(learnable_width=True, **options).to(F64)
+    assert ops._uses_closed_form(kernel)
+    inp = make_inputs(3, 9, 7, 2, kernel.channels, seed=11)
+    compare_paths(kernel, inp, chunk=3)  # includes d/d log σ
+    names = [k for k, v in inp.items() if v is not None]
+
+    def fn(*tensors: Tensor) -> Tensor:
+        return run_path("chunked", kernel, dict(inp, **dict(zip(names, tensors, strict=False))), 3)
+
+    assert torch.autograd.gradcheck(fn, (*[inp[k] for k in names], kernel.log_width))
+
+
+class _WrongShapeKernel(Kernel):
+    """Returns ``k`` transposed (``[N, M]``), or a single column that would only broadcast."""
+
+    name = "wrong_shape"
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, target: Tensor, source: Tensor) -> Tensor:
+        k = torch.exp(-squared_distance(target, source))
+        return {"transposed": k.T, "column": k[:, :1], "row": k.sum(0)}[self.mode]
+
+
+@pytest.mark.parametrize("path", ["reference", "chunked"])
+@pytest.mark.parametrize(
+    ("mode", "got"), [("transposed", "[5, 4]"), ("column", "[4, 1]"), ("row", "[5]")]
+)
+def test_kernel_output_of_the_wrong_shape_is_one_error_naming_the_kernel(
+    path: str, mode: str, got: str
+) -> None:
+    from particlesim.errors import ParticlesimError
+    from particlesim.kernels import KernelError
+
+    g = torch.Generator().manual_seed(0)
+    x, rh, rj = torch.randn(2, 5, generator=g), torch.randn(4, 2, generator=g), torch.randn(5, 2)
+    with pytest.raises(KernelError) as info:
+        kernel_matmul(x, _WrongShapeKernel(mode), rh, rj, torch.ones(4), backend=path)
+    assert isinstance(info.value, ParticlesimError) and isinstance(info.value, ValueError)
+    assert str(info.value) == (
+        f"kernel 'wrong_shape' (_WrongShapeKernel in {Path(__file__).resolve()}) returned shape "
+        f"{got} for 4 target and 5 source particles; expected [4, 5] "
+        "(forward(target [M, D], source [N, D]) -> [M, N])"
+    )
+
+
+def test_fused_fallback_names_an_unsupported_kernel_before_a_missing_triton(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Installing Triton would not help a kernel of one's own: say so first."""
+    from particlesim.kernels import fused
+
+    monkeypatch.setattr(fused, "_TRITON_FOUND", False)
+    x, rh, rj = torch.ones(1, 3), torch.zeros(2, 2), torch.ones(3, 2)
+    assert fused.fused_unsupported(Matern32Kernel(), x, rh, rj) == (
+        "fused versions exist only for the built-in gaussian, cauchy and exponential kernels, "
+        "not Matern32Kernel"
+    )
+    assert fused.fused_unsupported(GaussianKernel(), x, rh, rj) == "Triton is not installed"
+
+
+# --------------------------------------------------------------------------- particlesim.nn
+
+
+def test_particle_linear_takes_any_leading_dimensions_like_nn_linear() -> None:
+    from particlesim.nn import ParticleLinear
+
+    layer = ParticleLinear(6, 4, dim=2, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(1))
+    y = layer(x)
+    assert y.shape == (2, 3, 4)
+    torch.testing.assert_close(y, x @ layer.weight.T + layer.bias)
+    torch.testing.assert_close(layer(x[0, 0]), y[0, 0])  # one unbatched sample
+    with pytest.raises(ValueError, match=r"^ParticleLinear\(6 -> 4\) expects input of shape "):
+        layer(torch.randn(3, 5))
+
+
+def test_particle_linear_with_a_multi_width_kernel() -> None:
+    """``C`` widths give ``[M, C]`` charges and ``W = Σ_c q_c k_c`` (unit-norm rows at start)."""
+    from particlesim.nn import ParticleLinear
+
+    kernel = GaussianKernel([0.5, 2.0])
+    layer = ParticleLinear(7, 5, dim=2, kernel=kernel, generator=torch.Generator().manual_seed(2))
+    assert layer.charge.shape == (5, 2)
+    k = kernel(layer.position, layer.source_position)
+    expected = torch.einsum("cmn,mc->mn", k, layer.charge)
+    torch.testing.assert_close(layer.weight, expected)
+    x = torch.randn(3, 7)
+    torch.testing.assert_close(layer(x), x @ expected.T + layer.bias)
+
+
+def test_particle_layers_in_a_users_module(tmp_path: Path) -> None:
+    """state_dict round trip (weights_only), deepcopy and functional_call keep shared positions."""
+    import copy
+
+    from torch.func import functional_call
+
+    from particlesim.nn import ParticleLinear
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            g = torch.Generator().manual_seed(4)
+            kernel = MexicanHatKernel(1.5, learnable_width=True)
+            self.hidden = ParticleLinear(6, 5, dim=2, kernel=kernel, generator=g)
+            self.out = ParticleLinear(5, 3, dim=2, source_position=self.hidden.position)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.out(torch.tanh(self.hidden(x)))
+
+    net, x = Net(), torch.randn(4, 6)
+    names = [name for name, _ in net.named_parameters()]
+    assert names == [
+        "hidden.source_position",
+        "hidden.position",
+        "hidden.charge",
+        "hidden.bias",
+        "hidden.kernel.log_width",
+        "out.position",
+        "out.charge",
+        "out.bias",
+    ]
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    other = Net()
+    other.load_state_dict(torch.load(tmp_path / "net.pt", weights_only=True))
+    torch.testing.assert_close(other(x), net(x))
+    assert other.out.source_position is other.hidden.position
+    twin = copy.deepcopy(net).double()
+    assert twin.out.source_position is twin.hidden.position
+    torch.testing.assert_close(twin(x.double()), net(x).double(), rtol=1e-5, atol=1e-6)
+    moved = {
+        name: p.detach() + 0.1 * (name == "hidden.position") for name, p in net.named_parameters()
+    }
+    with torch.no_grad():
+        twin.hidden.position.copy_(moved["hidden.position"].double())
+    torch.testing.assert_close(  # the shift reaches out.source_position too (tied)
+        functional_call(net, moved, (x,)), twin(x.double()).float(), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_particle_mlp_gradcheck_through_the_chunked_path() -> None:
+    from particlesim.nn import particle_mlp
+
+    net = particle_mlp(
+        [5, 4, 3], dim=2, backend="chunked", generator=torch.Generator().manual_seed(5)
+    ).double()
+    x = torch.randn(2, 5, dtype=F64, requires_grad=True)
+    params = dict(net.named_parameters())
+
+    def fn(x: Tensor, *tensors: Tensor) -> Tensor:
+        from torch.func import functional_call
+
+        return functional_call(net, dict(zip(params, tensors, strict=True)), (x,))
+
+    assert torch.autograd.gradcheck(
+        fn, (x, *[p.detach().requires_grad_() for p in params.values()])
+    )
+
+
+def test_particle_linear_fused_fallback_warning_names_the_layer() -> None:
+    from particlesim.nn import ParticleLinear
+
+    layer = ParticleLinear(6, 4, dim=2, kernel=Matern32Kernel(), backend="fused")
+    with pytest.warns(UserWarning, match=r"^ParticleLinear\(6 -> 4\): the fused backend cannot"):
+        layer(torch.randn(2, 6))

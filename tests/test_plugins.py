@@ -98,14 +98,20 @@ def write(path: Path, code: str) -> Path:
 
 
 def kernel_plugin(path: Path, kernel_name: str) -> Path:
-    """A plugin file that registers a trivial kernel-like factory called ``kernel_name``."""
+    """A plugin file that registers a trivial kernel (``k = 1``) called ``kernel_name``."""
     return write(
         path,
         f"""
+        import torch
+
+        from particlesim.kernels import Kernel
         from particlesim.plugins import hookimpl
 
-        class Thing:
+        class Thing(Kernel):
             name = {kernel_name!r}
+
+            def forward(self, target, source):
+                return torch.ones(target.shape[0], source.shape[0])
 
         @hookimpl
         def particlesim_register_kernels():
@@ -300,7 +306,9 @@ def test_disable_skips_a_plugin(tmp_path: Path) -> None:
 
 
 def test_load_order_and_builtins(tmp_path: Path) -> None:
-    class Early:
+    from particlesim.kernels import GaussianKernel
+
+    class Early(GaussianKernel):
         name = "early"
 
     class BuiltinPlugin:
@@ -701,3 +709,223 @@ def test_the_console_reads_disabled_plugins_from_its_arguments() -> None:
     argv = ["run", "x.toml", "-p", "no:a", "--plugin", "no:b", "--plugin=no:c", "-p", "f.py"]
     assert _disabled_on_command_line(argv) == ["a", "b", "c"]
     assert _disabled_on_command_line(["-p"]) == []
+
+
+# ------------------------------------------------------------------- kernel contract
+
+
+RADIAL_TEMPLATE = """
+import torch
+
+from particlesim import hookimpl
+from particlesim.kernels import RadialKernel
+
+
+class UserKernel(RadialKernel):
+    name = "user_kernel"
+{body}
+
+@hookimpl
+def particlesim_register_kernels():
+    return [UserKernel]
+"""
+
+
+def profile_methods(profile: str, derivative: str | None) -> str:
+    """Class body with ``profile(u)`` (and ``profile_derivative(u)``) returning the given code."""
+    body = f"\n    @staticmethod\n    def profile(u):\n        return {profile}\n"
+    if derivative is not None:
+        body += (
+            f"\n    @staticmethod\n    def profile_derivative(u):\n        return {derivative}\n"
+        )
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            profile_methods("torch.exp(-u)", None),
+            "which does not define profile_derivative(u) (a RadialKernel needs profile and its "
+            "derivative)",
+        ),
+        (
+            profile_methods("torch.exp(-u).sum(-1)", "-torch.exp(-u)"),
+            "which has profile(u) returning shape [3] for u of shape [3, 3] (profile and "
+            "profile_derivative must be elementwise)",
+        ),
+        (
+            profile_methods("torch.log(u - 0.5)", "1 / (u - 0.5)"),
+            "which has profile(u) = nan, nan, nan, nan at u = 0, 0.001, 0.05, 0.3; it must be "
+            "finite for every u >= 0; fix it",
+        ),
+        (
+            profile_methods("torch.exp(-torch.sqrt(u))", "-torch.exp(-u.sqrt()) / (2 * u.sqrt())"),
+            "which has profile_derivative(u) = -inf at u = 0; it must be finite for every u >= 0 "
+            "(mask the square root at u = 0, as ExponentialKernel does)",
+        ),
+        (
+            profile_methods("(1.0 + u) ** -2", "2.0 * (1.0 + u) ** -3"),
+            "which has profile_derivative(u) = 1.99401 at u = 0.001, but the derivative of "
+            "profile(u) there is -1.99401 (the chunked path's gradients use profile_derivative)",
+        ),
+        (
+            profile_methods("torch.exp(-u).float()", "-torch.exp(-u)"),
+            "which has profile(u) returning torch.float32 for torch.float64 u",
+        ),
+        (
+            profile_methods("1.0", "0.0"),
+            "which has profile(u) returning float, not a tensor",
+        ),
+        (
+            profile_methods("torch.exp(-u[5])", "-torch.exp(-u)"),
+            "which raised IndexError in profile(u) for u >= 0: index 5 is out of bounds",
+        ),
+    ],
+)
+def test_broken_radial_kernel_is_refused_at_registration(
+    tmp_path: Path, body: str, expected: str
+) -> None:
+    """A kernel that would fail or train wrongly mid-run is one error naming its plugin."""
+    write(tmp_path / "mine.py", RADIAL_TEMPLATE.format(body=body))
+    with pytest.raises(PluginError) as info:
+        load_plugins(builtins=[], entry_points=False, files=[tmp_path / "mine.py"])
+    message = str(info.value)
+    assert message.startswith(
+        "plugin 'mine': particlesim_register_kernels() returned kernel 'user_kernel', "
+    )
+    assert expected in message
+    assert message.endswith("; fix it, or disable the plugin with -p no:mine")
+    assert "\n" not in message
+
+
+def test_kernel_that_is_no_kernel_class_is_refused(tmp_path: Path) -> None:
+    write(
+        tmp_path / "loose.py",
+        """
+        from particlesim import hookimpl
+
+        class Lookalike:
+            name = "lookalike"
+
+            def __call__(self, target, source):
+                return 1.0
+
+        @hookimpl
+        def particlesim_register_kernels():
+            return [Lookalike]
+        """,
+    )
+    with pytest.raises(PluginError) as info:
+        load_plugins(builtins=[], entry_points=False, files=[tmp_path / "loose.py"])
+    assert str(info.value) == (
+        "plugin 'loose': particlesim_register_kernels() returned kernel 'lookalike', which is "
+        "not a subclass of particlesim.kernels.Kernel (derive kernels from Kernel, or from "
+        "RadialKernel for a function of distance); fix it, or disable the plugin with -p no:loose"
+    )
+
+
+def test_well_formed_kernels_pass_the_registration_check(tmp_path: Path) -> None:
+    """Matérn-3/2 (a root inside, finite derivative at 0), a Mexican hat (changes sign), a
+    kernel with its own forward and no profile, and every built-in pass."""
+    from particlesim.kernels import RadialKernel, kernel_class_problem
+
+    write(
+        tmp_path / "fine.py",
+        """
+        import torch
+        from torch import nn
+
+        from particlesim import hookimpl
+        from particlesim.kernels import Kernel, RadialKernel
+
+        class Matern32(RadialKernel):
+            name = "matern32"
+
+            @staticmethod
+            def profile(u):
+                s = torch.sqrt(3.0 * u)
+                return (1.0 + s) * torch.exp(-s)
+
+            @staticmethod
+            def profile_derivative(u):
+                return -1.5 * torch.exp(-torch.sqrt(3.0 * u))
+
+        class MexicanHat(RadialKernel):
+            name = "mexican_hat"
+
+            @staticmethod
+            def profile(u):
+                return (1.0 - u) * torch.exp(-0.5 * u)
+
+            @staticmethod
+            def profile_derivative(u):
+                return (0.5 * u - 1.5) * torch.exp(-0.5 * u)
+
+        class Scaled(RadialKernel):
+            name = "scaled"
+
+            def __init__(self, gain=2.0, **options):
+                super().__init__(**options)
+                self.gain = nn.Parameter(torch.tensor(gain))
+
+            def forward(self, target, source):
+                return self.gain * torch.exp(-torch.cdist(target, source) ** 2)
+
+        class Dot(Kernel):
+            name = "dot"
+
+            def forward(self, target, source):
+                return target @ source.T
+
+        @hookimpl
+        def particlesim_register_kernels():
+            return [Matern32, MexicanHat, Scaled, Dot]
+        """,
+    )
+    manager = load_plugins(entry_points=False, files=[tmp_path / "fine.py"])
+    kernels = manager.registry("kernel")
+    assert {"matern32", "mexican_hat", "scaled", "dot", "gaussian", "exponential"} <= set(
+        kernels.names()
+    )
+    for entry in kernels:
+        assert kernel_class_problem(entry.factory) is None, entry.name
+    assert kernel_class_problem(RadialKernel) is not None  # no profile at all
+
+
+def test_failed_entry_point_row_shows_its_error_in_the_cli(
+    fake_distribution: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``particlesim plugins`` prints a FAILED line under a plugin that did not load."""
+    from typer.testing import CliRunner
+
+    from particlesim.cli.app import app
+
+    monkeypatch.setenv("PARTICLESIM_PLUGINS", "broken,good")
+    with pytest.warns(PluginWarning):
+        rows = {row["name"]: row for row in describe(load_plugins(builtins=[]))}
+    assert rows["good"]["error"] is None
+    assert rows["broken"]["error"] == (
+        "ModuleNotFoundError: No module named 'particlesim_missing_dependency'"
+    )
+    with pytest.warns(PluginWarning):
+        result = CliRunner().invoke(app, ["plugins"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    failed = lines.index("broken  [entry point broken_mod]")
+    assert lines[failed + 1] == (
+        "    FAILED: ModuleNotFoundError: No module named 'particlesim_missing_dependency'"
+    )
+
+
+def test_plugin_file_without_hooks_warns(tmp_path: Path) -> None:
+    write(tmp_path / "empty.py", "VALUE = 1\n")
+    with pytest.warns(PluginWarning, match="plugin 'empty' .* implements no particlesim hook"):
+        manager = load_plugins(builtins=[], entry_points=False, files=[tmp_path / "empty.py"])
+    assert manager.plugin("empty").hooks == []
+    write(tmp_path / "unmarked.py", "def particlesim_register_kernels():\n    return []\n")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        load_plugins(builtins=[], entry_points=False, files=[tmp_path / "unmarked.py"])
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 1 and "without @hookimpl" in messages[0]  # one warning, not two

@@ -21,12 +21,15 @@ cutoff (see :mod:`particlesim.kernels.neighbours`).
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from particlesim.errors import PluginError
 
 
 def xplor_switch(r2: Tensor, r_on: float, r_cut: float) -> Tensor:
@@ -59,6 +62,25 @@ def squared_distance(target: Tensor, source: Tensor) -> Tensor:
     """
     diff = target[:, None, :] - source[None, :, :]
     return (diff * diff).sum(-1)
+
+
+class KernelError(PluginError, ValueError):
+    """A kernel broke its contract: an output of the wrong shape, or a profile that is not finite.
+
+    A :class:`~particlesim.errors.PluginError` (kernels usually come from plugins), so the CLI
+    prints it as one line; also a ``ValueError`` for code that catches bad values generically.
+    """
+
+
+def describe_kernel(kernel: object) -> str:
+    """``"'name' (Class in /path/file.py)"``: how errors name a kernel and where it is defined."""
+    cls = kernel if isinstance(kernel, type) else type(kernel)
+    name = getattr(cls, "name", "") or cls.__name__
+    try:
+        where = inspect.getsourcefile(cls) or cls.__module__
+    except TypeError:  # classes defined in exec'd code have no file
+        where = cls.__module__
+    return f"{name!r} ({cls.__qualname__} in {where})"
 
 
 class Kernel(nn.Module):
@@ -251,3 +273,116 @@ class ExponentialKernel(RadialKernel):
 
 
 BUILTIN_KERNELS: tuple[type[Kernel], ...] = (GaussianKernel, CauchyKernel, ExponentialKernel)
+
+
+#: Scaled squared distances ``u`` at which a registered radial kernel's profile is checked: 0
+#: (coincident particles) up to 25 (five widths apart), as a ``[3, 3]`` tensor so that a
+#: profile that is not elementwise (reduces, or assumes one dimension) shows up.
+PROFILE_CHECK_U: tuple[float, ...] = (0.0, 1e-3, 0.05, 0.3, 1.0, 2.0, 4.5, 9.0, 25.0)
+
+
+def kernel_class_problem(factory: object) -> str | None:
+    """Why ``factory`` cannot be registered as a kernel, as a clause after "which"; else None.
+
+    The plugin manager calls this for every registered kernel, so that a broken kernel is
+    reported naming its plugin when plugins load (``particlesim validate`` included), instead
+    of as a wrong gradient or a traceback in the middle of a run. Checks:
+
+    * it is a subclass of :class:`Kernel`;
+    * a :class:`RadialKernel` whose ``forward`` is the base class's defines ``profile`` and
+      ``profile_derivative`` (the chunked backward uses the latter);
+    * both map a float64 ``u`` of shape ``[3, 3]`` (:data:`PROFILE_CHECK_U`) to finite float64
+      tensors of the same shape (elementwise; finite at ``u = 0``, where particles coincide);
+    * ``profile_derivative`` agrees with autograd's derivative of ``profile`` at every
+      ``u > 0`` to ``1e-6 + 1e-4·|f'|`` (a sign or factor slip would make the chunked path
+      train differently from the reference path).
+    """
+    if not (isinstance(factory, type) and issubclass(factory, Kernel)):
+        return (
+            "is not a subclass of particlesim.kernels.Kernel (derive kernels from Kernel, "
+            "or from RadialKernel for a function of distance)"
+        )
+    if not issubclass(factory, RadialKernel):
+        return None
+    own_forward = factory.forward is RadialKernel.forward
+    functions: dict[str, Callable[[Tensor], object]] = {}
+    for attr in ("profile", "profile_derivative"):
+        if getattr(factory, attr) is getattr(RadialKernel, attr):
+            if not own_forward:
+                continue  # a forward of its own need not use the profile
+            return f"does not define {attr}(u) (a RadialKernel needs profile and its derivative)"
+        function = _profile_function(factory, attr)
+        if function is None:
+            return None  # an instance method on a class that needs arguments: cannot check
+        functions[attr] = function
+    u = torch.tensor(PROFILE_CHECK_U, dtype=torch.float64).reshape(3, 3)
+    values: dict[str, Tensor] = {}
+    for attr, function in functions.items():
+        u_in = u.clone().requires_grad_(attr == "profile")
+        try:
+            with torch.enable_grad():
+                out = function(u_in)
+        except Exception as exc:
+            message = " ".join(str(exc).split())
+            return f"raised {type(exc).__name__} in {attr}(u) for u >= 0: {message}"
+        problem = _profile_output_problem(attr, out, u)
+        if problem is not None:
+            return problem
+        values[attr] = out
+        if attr == "profile":
+            values["u"] = u_in
+    if "profile" in values and "profile_derivative" in values:
+        return _derivative_problem(values["u"], values["profile"], values["profile_derivative"])
+    return None
+
+
+def _profile_function(factory: type, attr: str) -> Callable[[Tensor], object] | None:
+    """``factory.<attr>`` as a one-argument function (a static method, or bound to an instance)."""
+    static = inspect.getattr_static(factory, attr)
+    if isinstance(static, staticmethod | classmethod):
+        return getattr(factory, attr)
+    try:
+        return getattr(factory(), attr)
+    except Exception:
+        return None
+
+
+def _profile_output_problem(attr: str, out: object, u: Tensor) -> str | None:
+    """Shape, dtype and finiteness of ``profile(u)`` or ``profile_derivative(u)``."""
+    if not isinstance(out, Tensor):
+        return f"has {attr}(u) returning {type(out).__name__}, not a tensor"
+    if out.shape != u.shape:
+        return (
+            f"has {attr}(u) returning shape {list(out.shape)} for u of shape {list(u.shape)} "
+            "(profile and profile_derivative must be elementwise)"
+        )
+    if out.dtype != u.dtype:
+        return f"has {attr}(u) returning {out.dtype} for {u.dtype} u (compute in u's dtype)"
+    bad = ~torch.isfinite(out.detach())
+    if bool(bad.any()):
+        where = ", ".join(f"{v:g}" for v in u[bad].tolist())
+        values = ", ".join(f"{v:g}" for v in out.detach()[bad].tolist())
+        hint = (
+            " (mask the square root at u = 0, as ExponentialKernel does)"
+            if bool(u[bad].eq(0).all())
+            else ""
+        )
+        return f"has {attr}(u) = {values} at u = {where}; it must be finite for every u >= 0{hint}"
+    return None
+
+
+def _derivative_problem(u: Tensor, f: Tensor, closed: Tensor) -> str | None:
+    """Compare ``profile_derivative`` with autograd's ``df/du`` where ``u > 0``."""
+    (auto,) = torch.autograd.grad(f.sum(), u, allow_unused=True)
+    auto = torch.zeros_like(u) if auto is None else auto
+    closed = closed.detach()
+    compare = (u.detach() > 0) & torch.isfinite(auto)
+    wrong = compare & ((closed - auto).abs() > 1e-6 + 1e-4 * auto.abs())
+    if not bool(wrong.any()):
+        return None
+    first = int(wrong.flatten().nonzero()[0])
+    at, got, want = (t.flatten()[first].item() for t in (u.detach(), closed, auto))
+    return (
+        f"has profile_derivative(u) = {got:.6g} at u = {at:g}, but the derivative of profile(u) "
+        f"there is {want:.6g} (the chunked path's gradients use profile_derivative)"
+    )

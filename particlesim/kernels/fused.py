@@ -124,19 +124,19 @@ def fused_available(*tensors: Tensor) -> bool:
 def fused_unsupported(kernel: Kernel, *tensors: Tensor) -> str | None:
     """Why the fused path cannot run ``kernel`` on ``tensors``; None when it can.
 
-    Reasons: Triton missing; a kernel other than the built-in gaussian, cauchy and exponential
-    (subclasses included, since they may change the profile); positions with ``D >``
+    Reasons, in this order: a kernel other than the built-in gaussian, cauchy and exponential
+    (subclasses included, since they may change the profile); Triton missing; positions with ``D >``
     :data:`MAX_FUSED_DIM`; a dtype other than float32 / bfloat16; tensors off CUDA without
     ``TRITON_INTERPRET=1``. ``tensors`` are ``x, target_pos, source_pos`` and optionally the
     charge and modulation.
     """
-    if not _TRITON_FOUND:
-        return "Triton is not installed"
-    if type(kernel) not in _KERNEL_IDS:
+    if type(kernel) not in _KERNEL_IDS:  # first: installing Triton would not help
         return (
             "fused versions exist only for the built-in gaussian, cauchy and exponential "
             f"kernels, not {type(kernel).__name__}"
         )
+    if not _TRITON_FOUND:
+        return "Triton is not installed"
     if len(tensors) >= 2 and tensors[1].ndim == 2 and tensors[1].shape[1] > MAX_FUSED_DIM:
         return (
             f"positions have D = {tensors[1].shape[1]} dimensions; fused versions exist "

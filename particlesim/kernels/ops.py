@@ -46,7 +46,13 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from particlesim.kernels.base import Kernel, RadialKernel, squared_distance
+from particlesim.kernels.base import (
+    Kernel,
+    KernelError,
+    RadialKernel,
+    describe_kernel,
+    squared_distance,
+)
 from particlesim.kernels.neighbours import NeighbourCache, NeighbourList, build_neighbour_list
 
 __all__ = [
@@ -172,14 +178,23 @@ def _validate(
         raise TypeError(f"tensors must be floating point, got {dtypes}")
 
 
-def _as_channels(k: Tensor, channels: int) -> Tensor:
-    """Kernel output ``[m, N]`` or ``[C, m, N]`` → always ``[C, m, N]``."""
-    k3 = k.unsqueeze(0) if k.ndim == 2 else k
-    if k3.ndim != 3 or k3.shape[0] != channels:
-        raise ValueError(
-            f"kernel returned shape {tuple(k.shape)}, expected [M, N] or [{channels}, M, N]"
-        )
-    return k3
+def _as_channels(k: object, kernel: Kernel, target: Tensor, source: Tensor) -> Tensor:
+    """Kernel output ``[m, n]`` or ``[C, m, n]`` for ``m`` targets, ``n`` sources → ``[C, m, n]``.
+
+    Anything else (a shape that would only broadcast, a reduced or transposed result, not a
+    tensor) is a :class:`~particlesim.kernels.base.KernelError` naming the kernel's class and
+    file, since it can only come from a kernel's own ``forward``.
+    """
+    m, n, channels = target.shape[0], source.shape[0], kernel.channels
+    if isinstance(k, Tensor) and tuple(k.shape) in ((m, n), (channels, m, n)):
+        return k.unsqueeze(0) if k.ndim == 2 else k
+    want = f"[{m}, {n}]" if channels == 1 else f"[{channels}, {m}, {n}]"
+    got = f"shape {list(k.shape)}" if isinstance(k, Tensor) else type(k).__name__
+    raise KernelError(
+        f"kernel {describe_kernel(kernel)} returned {got} for {m} target and {n} source "
+        f"particles; expected {want} (forward(target [M, D], source [N, D]) -> "
+        f"{'[M, N]' if channels == 1 else '[C, M, N]'})"
+    )
 
 
 def _combine(k3: Tensor, charge2: Tensor | None, modulation: Tensor | None) -> Tensor:
@@ -335,7 +350,7 @@ def effective_weight(
         ``[M, N]``, differentiable by autograd w.r.t. every input and kernel parameter.
     """
     _validate(kernel, target_pos, source_pos, charge, modulation)
-    k3 = _as_channels(kernel(target_pos, source_pos), kernel.channels)
+    k3 = _as_channels(kernel(target_pos, source_pos), kernel, target_pos, source_pos)
     return _combine(k3, _charge2(charge, kernel.channels), modulation)
 
 
@@ -463,7 +478,8 @@ class _KernelMatmulChunked(torch.autograd.Function):
                     k3.mul_(_switch_into(r2, kernel, ws)[0])
                 _, w = _radial_weight(k3, q_b, mod_b, ws)
             else:
-                w = _combine(_as_channels(kernel(target_pos[s:e], r_j), C), q_b, mod_b)
+                r_h = target_pos[s:e]
+                w = _combine(_as_channels(kernel(r_h, r_j), kernel, r_h, r_j), q_b, mod_b)
             # Algorithm 1: the W block is used for every instance, then dropped
             if sparse:
                 y[:, s:e].addmm_(x_b, w.T)  # blocks of one target tile add up
@@ -707,7 +723,7 @@ def _backward_autograd(
         q_b = None if charge2 is None else charge2[s:e].detach()
         r_h = target_pos[s:e].detach().requires_grad_(need_rh)
         with torch.enable_grad():
-            k3 = _as_channels(kernel(r_h, r_j), C)
+            k3 = _as_channels(kernel(r_h, r_j), kernel, r_h, r_j)
         k3d = k3.detach()
         wk = _combine(k3d, q_b, None)
         if need_x:

@@ -30,6 +30,9 @@ from particlesim.kernels.ops import effective_weight, kernel_matmul
 class ParticleLinear(nn.Module):
     """``y = x Wᵀ + b`` with ``W_hj = q_h k(r_h, r_j)``; memory-linear on the chunked path.
 
+    Takes ``x [*, N]`` like ``nn.Linear``. With a kernel of ``C`` widths the charges are
+    ``[M, C]`` and ``W_hj = Σ_c q_hc k_c(r_h, r_j)``.
+
     Args:
         in_features: N, the number of source particles.
         out_features: M, the number of target particles.
@@ -70,10 +73,17 @@ class ParticleLinear(nn.Module):
             )
         self.source_position = source_position
         self.position = nn.Parameter(torch.randn(out_features, dim, generator=generator) * spread)
+        # One charge per kernel channel ([M] or [M, C]), scaled so every target's weight row
+        # starts with unit norm (summed over channels).
+        channels = self.kernel.channels
+        shape = (out_features,) if channels == 1 else (out_features, channels)
         with torch.no_grad():
             k = self.kernel(self.position, self.source_position)
-            norms = k.pow(2).sum(-1).sqrt().clamp_min(1e-12)
-        charge = torch.randn(out_features, generator=generator) / norms
+            norms = k.pow(2).sum(-1).reshape(channels, out_features).sum(0).sqrt()
+            norms = norms.clamp_min(1e-12) * math.sqrt(channels)
+        if channels > 1:
+            norms = norms[:, None]
+        charge = torch.randn(*shape, generator=generator) / norms
         self.charge = nn.Parameter(charge)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self.backend = backend
@@ -86,14 +96,21 @@ class ParticleLinear(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        """``[*, in_features] -> [*, out_features]``, like ``nn.Linear``."""
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"ParticleLinear({self.in_features} -> {self.out_features}) expects input of "
+                f"shape [*, {self.in_features}], got {list(x.shape)}"
+            )
         y = kernel_matmul(
-            x,
+            x.reshape(-1, self.in_features),
             self.kernel,
             self.position,
             self.source_position,
             charge=self.charge,
             backend=self.backend,
-        )
+            where=f"ParticleLinear({self.in_features} -> {self.out_features})",
+        ).reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:

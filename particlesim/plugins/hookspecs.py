@@ -76,8 +76,12 @@ def particlesim_register_kernels() -> Sequence[NamedFactory]:
     (``width``, ``learnable_width``, …) become constructor keywords. A
     :class:`~particlesim.kernels.RadialKernel` gives ``profile(u)`` and the
     closed form ``profile_derivative(u)`` of ``u = |r_h - r_j|²/σ²``, and every
-    execution path (materialised, chunked, fused) reuses them. Return ``[]`` to
-    register nothing.
+    execution path (materialised, chunked, fused) reuses them. Each class is
+    checked as it is filed (:func:`particlesim.kernels.kernel_class_problem`):
+    a subclass of ``Kernel``; for a radial kernel, a profile and derivative that
+    are elementwise, finite for every ``u ≥ 0`` and consistent with each other.
+    A failure is a :class:`~particlesim.errors.PluginError` naming the plugin.
+    Return ``[]`` to register nothing.
 
     Example:
 

@@ -385,15 +385,26 @@ class PluginManager:
             if self.pm.is_registered(plugin):
                 self.pm.unregister(plugin)
             raise _InvalidPluginError(f"plugin {name!r} ({source}): {_one_line(exc)}") from exc
-        self._warn_unmarked(plugin, name)
+        unmarked = self._warn_unmarked(plugin, name)
         hooks = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or [])
+        if not hooks and not unmarked and source != "built-in":
+            warnings.warn(
+                f"plugin {name!r} ({source}) implements no particlesim hook, so it adds "
+                "nothing; mark its hook functions with 'from particlesim import hookimpl'",
+                PluginWarning,
+                stacklevel=4,
+            )
         version = None if version is None else str(version)
         self.plugins.append(PluginInfo(name, source, version, hooks))
         self._trace(f"registered plugin {name!r} from {source}: {', '.join(hooks) or 'no hooks'}")
 
-    def _warn_unmarked(self, plugin: object, name: str) -> None:
-        """Warn about ``particlesim_*`` functions that lack ``@hookimpl`` (silently ignored)."""
+    def _warn_unmarked(self, plugin: object, name: str) -> bool:
+        """Warn about ``particlesim_*`` functions that lack ``@hookimpl`` (silently ignored).
+
+        Returns whether there was any.
+        """
         marker = f"{hookspecs.PROJECT_NAME}_impl"
+        found = False
         for attr in dir(plugin):
             if not attr.startswith(_HOOK_PREFIX):
                 continue
@@ -403,12 +414,14 @@ class PluginManager:
                 continue
             value = getattr(value, "__func__", value)
             if inspect.isfunction(value) and not hasattr(value, marker):
+                found = True
                 warnings.warn(
                     f"plugin {name!r} defines {attr}() without @hookimpl, so it is ignored; "
                     f"decorate it with 'from particlesim import hookimpl'",
                     PluginWarning,
                     stacklevel=4,
                 )
+        return found
 
     def _check_pending(self) -> None:
         """Every implemented hook must have a spec: misspelt hooks are errors naming the plugin."""
@@ -448,6 +461,7 @@ class PluginManager:
                     raise PluginError(f"{where} raised {_one_line(exc)}") from exc
                 self._trace(f"{where} -> {_short_repr(items)}")
                 for factory in _validated_items(items, where, kind):
+                    _check_factory(factory, where, kind, impl.plugin_name)
                     registry.add(factory.name, factory, impl.plugin_name)
                     if impl.plugin_name in infos:
                         infos[impl.plugin_name].registered.setdefault(kind, []).append(factory.name)
@@ -506,6 +520,25 @@ def _validated_items(items: object, where: str, kind: str) -> list[Any]:
     return list(items)
 
 
+def _check_factory(factory: Any, where: str, kind: str, plugin: str) -> None:
+    """Kind-specific checks of one registered item (kernels: the contract of the kernel ops).
+
+    A kernel that is not a :class:`~particlesim.kernels.Kernel`, or a radial kernel whose
+    profile is not elementwise, not finite, or disagrees with its closed-form derivative, is
+    refused here, naming the plugin, rather than failing (or training wrongly) mid-run.
+    """
+    if kind != "kernel":
+        return
+    from particlesim.kernels.base import kernel_class_problem  # torch only when kernels load
+
+    problem = kernel_class_problem(factory)
+    if problem is not None:
+        raise PluginError(
+            f"{where} returned kernel {factory.name!r}, which {problem}; fix it, or disable "
+            f"the plugin with -p no:{plugin}"
+        )
+
+
 def _error_line(exc: BaseException, path: Path) -> str:
     """``" at line N"`` for the innermost frame of ``exc`` inside ``path`` (or a SyntaxError)."""
     if isinstance(exc, SyntaxError) and exc.lineno is not None:
@@ -526,7 +559,8 @@ def describe(manager: PluginManager) -> list[dict[str, Any]]:
     """Rows for ``particlesim plugins``: one per loaded plugin, then one per failure.
 
     Each row has ``name``, ``version``, ``source``, ``hooks``, ``registered``
-    (kind → names) and ``status`` (``"ok"`` or ``"FAILED: <error>"``).
+    (kind → names), ``status`` (``"ok"`` or ``"FAILED: <error>"``) and ``error`` (None, or
+    the one-line error of a plugin that failed to load).
     """
     rows: list[dict[str, Any]] = [
         {
@@ -536,6 +570,7 @@ def describe(manager: PluginManager) -> list[dict[str, Any]]:
             "hooks": list(info.hooks),
             "registered": {kind: list(names) for kind, names in info.registered.items()},
             "status": "ok",
+            "error": None,
         }
         for info in manager.plugins
     ]
@@ -547,6 +582,7 @@ def describe(manager: PluginManager) -> list[dict[str, Any]]:
             "hooks": [],
             "registered": {},
             "status": f"FAILED: {failure.error}",
+            "error": failure.error,
         }
         for failure in manager.failures
     ]
