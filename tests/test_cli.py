@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -362,3 +363,33 @@ def test_a_broken_command_hook_costs_only_its_own_commands(monkeypatch, capsys) 
         "warning: plugin 'broken_commands' could not add its commands: "
         "ImportError: no module named 'missing_piece'" in err
     )
+
+
+def test_a_run_that_fails_in_its_forward_pass_is_one_line(
+    tiny_scenario: Path, tmp_path: Path
+) -> None:
+    """The summary's evaluation meets the same failure: no second error, no traceback."""
+    plugin = tmp_path / "fault.py"
+    plugin.write_text(
+        textwrap.dedent("""
+        from particlesim import hookimpl
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("device fault")
+
+        @hookimpl
+        def particlesim_step_end(simulation, step):
+            if step == 3:
+                simulation.system.interactions[0].forward = broken
+    """)
+    )
+    out = tmp_path / "out"
+    result = invoke("run", tiny_scenario, "-p", plugin, "--out", out, "--no-progress")
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: step 4: RuntimeError: device fault"], result.stderr
+    assert "Traceback" not in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["steps"] == 3
+    assert summary["error"] == "step 4: RuntimeError: device fault"
+    assert math.isnan(summary["test_accuracy"])

@@ -395,8 +395,15 @@ class ProgressBar:
 
 def _summary(plan: Any, built: Any, status: str, error: str | None) -> dict[str, Any]:
     sim = built.simulation
-    test_loss, test_accuracy = sim.evaluate("test")
-    _, val_accuracy = sim.evaluate("val")
+    nan = float("nan")
+    try:
+        test_loss, test_accuracy = sim.evaluate("test")
+        _, val_accuracy = sim.evaluate("val")
+    except (ParticlesimError, RuntimeError, ValueError):
+        if error is None:
+            raise
+        # the failure that ended the run (e.g. in the forward pass) would strike again
+        test_loss, test_accuracy, val_accuracy = nan, nan, nan
     meta = sim.metadata
     return {
         "scenario": meta["scenario_name"],
