@@ -300,3 +300,42 @@ def test_cuda_on_cpu_machine_is_a_scenario_error(registries, tiny_data: Path) ->
         ScenarioError, match=r"scenario\.device: device 'cuda' requested but CUDA is not available"
     ):
         build(plan, log=lambda m: None)
+
+
+def test_a_kernel_the_model_cannot_construct_is_one_error_naming_the_model(
+    tiny_data: Path,
+) -> None:
+    """A plugin kernel without the ``width`` keyword Lange's model passes: no bare TypeError."""
+    import torch
+
+    from particlesim import hookimpl
+    from particlesim.kernels import Kernel
+
+    class FixedKernel(Kernel):
+        name = "fixed"
+
+        def __init__(self) -> None:
+            super().__init__()
+
+        def forward(self, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+            return torch.exp(-(torch.cdist(target, source) ** 2))
+
+    class Plugin:
+        @hookimpl
+        def particlesim_register_kernels(self):
+            return [FixedKernel]
+
+    manager = PluginManager()
+    manager.pm.register(Plugin(), name="fixed_kernels")
+    registries = manager.load().registries
+    text = (
+        f'[data]\nname = "idx"\ndata_dir = "{tiny_data}"\n'
+        '[model]\nname = "particle_network"\nsizes = [0, 4, 0]\nkernel = "fixed"\n'
+    )
+    plan = check(text, registries)
+    with pytest.raises(ScenarioError) as caught:
+        build(plan, device="cpu", log=lambda m: None)
+    message = str(caught.value)
+    assert message.startswith("s.toml: model: could not build the network (model ")
+    assert "'particle_network' of plugin 'lange'): TypeError:" in message
+    assert "unexpected keyword argument 'width'" in message and "\n" not in message

@@ -545,11 +545,17 @@ def build(
     input_size = int(data.train_x.shape[1])
     try:
         system = _build_system(plan, registries, input_size, data, generator, dtype, source)
-    except (MemoryError, RuntimeError) as exc:
+    except ParticlesimError:
+        raise
+    except (MemoryError, RuntimeError, TypeError, ValueError) as exc:
+        # e.g. a plugin's kernel that does not take the model's keywords
         where = "model" if plan.model is not None else "groups"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ScenarioError(
-            f"could not build the network: {first}", path=where, source=source
+            f"could not build the network{_model_plugin(plan, registries)}: "
+            f"{type(exc).__name__}: {first}",
+            path=where,
+            source=source,
         ) from None
     potentials = []
     for i, table in enumerate(resolved["potentials"]):
@@ -648,6 +654,15 @@ def run_metadata(plan: Plan, data: Any, hooks: Any = None) -> dict[str, Any]:
         },
         "plugins": plugins,
     }
+
+
+def _model_plugin(plan: Plan, registries: Mapping[str, Any]) -> str:
+    """`` (model 'name' of plugin 'p')`` for a plugin's model shorthand; "" otherwise."""
+    if plan.model is None:
+        return ""
+    name = plan.resolved["model"]["name"]
+    plugin = registries["model"].entry(name).plugin
+    return f" (model {name!r} of plugin {plugin!r})" if plugin not in ("particlesim", "") else ""
 
 
 def _build_system(plan, registries, input_size, data, generator, dtype, source) -> System:
