@@ -421,13 +421,31 @@ def test_non_finite_parameters_after_the_update_are_undone() -> None:
     assert sim.last_good_state is not None and sim.last_good_state["step"] == 4
 
 
-def test_nan_loss_message_is_unchanged() -> None:
+def test_nan_loss_at_the_first_step_blames_the_initial_state() -> None:
+    """No update has happened yet, so the message does not point at the step size."""
     system = tiny_system()
     with torch.no_grad():
         system.groups["hidden"].charge.fill_(float("nan"))
     sim = Simulation(system, Adam(), tiny_splits(), steps=3, batch_size=16)
-    with pytest.raises(DivergenceError, match=r"^step 1: the loss became nan; lower the step"):
+    with pytest.raises(
+        DivergenceError,
+        match=r"^step 1: the loss is nan before any update: the network's initial output is "
+        r"not finite \(check its kernels, activations, initial spreads and the data\)$",
+    ):
         sim.run()
+
+
+def test_nan_loss_after_updates_points_at_the_step_size() -> None:
+    system = tiny_system()
+    sim = Simulation(system, Adam(), tiny_splits(), steps=6, batch_size=16)
+
+    def poison(simulation: Simulation) -> None:
+        if simulation.step == 3:
+            with torch.no_grad():
+                simulation.system.groups["hidden"].charge.fill_(float("nan"))
+
+    with pytest.raises(DivergenceError, match=r"^step 4: the loss became nan; lower the step"):
+        sim.run(progress=poison)
 
 
 def test_backoff_retries_with_a_smaller_step_size() -> None:

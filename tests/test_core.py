@@ -319,7 +319,7 @@ def test_simulation_divergence_names_the_step() -> None:
     with torch.no_grad():
         system.interactions[0].weight.fill_(float("nan"))
     sim = Simulation(system, Adam(lr=0.05), tiny_splits(90, n_test=30), epochs=1, batch_size=16)
-    with pytest.raises(DivergenceError, match="step 1: the loss became nan"):
+    with pytest.raises(DivergenceError, match="step 1: the loss is nan before any update"):
         sim.run()
 
 

@@ -712,6 +712,14 @@ class Simulation:
         checks = torch.stack([loss_value.to(torch.float64), *(n.to(torch.float64) for n in norms)])
         if bool(torch.isfinite(checks).all()):
             return
+        if not torch.isfinite(loss_value) and self.step == 0:
+            # No update has happened: the step size cannot be the cause.
+            raise _StepDivergedError(
+                f"step 1: the loss is {float(loss_value)} before any update: the network's "
+                "initial output is not finite (check its kernels, activations, initial spreads "
+                "and the data)",
+                updated=False,
+            )
         if not torch.isfinite(loss_value):
             raise _StepDivergedError(
                 f"step {self.step + 1}: the loss became {float(loss_value)}; lower the step size "
