@@ -393,3 +393,20 @@ def test_a_run_that_fails_in_its_forward_pass_is_one_line(
     assert summary["status"] == "failed" and summary["steps"] == 3
     assert summary["error"] == "step 4: RuntimeError: device fault"
     assert math.isnan(summary["test_accuracy"])
+
+
+def test_strict_plugin_failure_is_reported_once(tiny_scenario: Path) -> None:
+    """The console's start-up load and the command's load meet the same failure: one line."""
+    env = {**os.environ, "PARTICLESIM_PLUGINS": "lange,nosuch", "PARTICLESIM_STRICT_PLUGINS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "particlesim", "validate", str(tiny_scenario)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: PARTICLESIM_PLUGINS names plugin 'nosuch', but no entry point named 'nosuch' "
+        "in group 'particlesim'"
+    ]

@@ -539,12 +539,13 @@ def main() -> None:
     import warnings
 
     warnings.showwarning = _show_warning
-    try:
-        from particlesim.plugins.manager import PluginManager
+    from particlesim.plugins.manager import ENV_STRICT, PluginManager, _env_flag
 
+    try:
         manager = PluginManager().load(disable=_disabled_on_command_line(sys.argv[1:]))
     except ParticlesimError as exc:
-        typer.echo(f"warning: {exc}", err=True)
+        if not _env_flag(ENV_STRICT):  # strict: the command's own load reports it as its error
+            typer.echo(f"warning: {exc}", err=True)
     else:
         # One plugin at a time, so a broken command hook costs only its own commands.
         for impl in manager.pm.hook.particlesim_add_commands.get_hookimpls():
