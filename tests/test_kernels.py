@@ -1354,6 +1354,24 @@ def test_particle_linear_with_a_multi_width_kernel() -> None:
     torch.testing.assert_close(layer(x), x @ expected.T + layer.bias)
 
 
+def test_particle_linear_keeps_its_neighbour_list_between_calls() -> None:
+    """With a cutoff kernel the list is built once and reused while the particles stay put."""
+    from particlesim.nn import ParticleLinear
+
+    kernel = GaussianKernel(cutoff=1.5)
+    layer = ParticleLinear(40, 30, dim=2, kernel=kernel, backend="chunked")
+    x = torch.randn(4, 40)
+    first = layer(x)
+    second = layer(x)
+    assert layer.neighbours.builds == 1
+    torch.testing.assert_close(second, first)
+    torch.testing.assert_close(first, x @ layer.weight.T + layer.bias)
+    with torch.no_grad():
+        layer.position.add_(1.0)  # far past skin / 2: rebuilt
+    torch.testing.assert_close(layer(x), x @ layer.weight.T + layer.bias)
+    assert layer.neighbours.builds == 2
+
+
 def test_particle_layers_in_a_users_module(tmp_path: Path) -> None:
     """state_dict round trip (weights_only), deepcopy and functional_call keep shared positions."""
     import copy

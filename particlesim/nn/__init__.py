@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from particlesim.kernels.base import GaussianKernel, Kernel
+from particlesim.kernels.neighbours import NeighbourCache
 from particlesim.kernels.ops import effective_weight, kernel_matmul
 
 
@@ -87,6 +88,8 @@ class ParticleLinear(nn.Module):
         self.charge = nn.Parameter(charge)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self.backend = backend
+        #: With a cutoff kernel: the neighbour list, rebuilt only past ``skin / 2`` of motion.
+        self.neighbours = NeighbourCache()
 
     @property
     def weight(self) -> Tensor:
@@ -109,6 +112,7 @@ class ParticleLinear(nn.Module):
             self.source_position,
             charge=self.charge,
             backend=self.backend,
+            neighbours=self.neighbours,
             where=f"ParticleLinear({self.in_features} -> {self.out_features})",
         ).reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
