@@ -765,6 +765,15 @@ def profile_methods(profile: str, derivative: str | None) -> str:
             "(mask the square root at u = 0, as ExponentialKernel does)",
         ),
         (
+            profile_methods(
+                "(1.0 + torch.sqrt(3.0 * u)) * torch.exp(-torch.sqrt(3.0 * u))",
+                "-1.5 * torch.exp(-torch.sqrt(3.0 * u))",
+            ),
+            "which has a profile(u) whose autograd derivative at u = 0 is nan: the reference "
+            "path's gradients would be NaN where two particles coincide (mask the square root "
+            "at u = 0, as ExponentialKernel does)",
+        ),
+        (
             profile_methods("(1.0 + u) ** -2", "2.0 * (1.0 + u) ** -3"),
             "which has profile_derivative(u) = 1.99401 at u = 0.001, but the derivative of "
             "profile(u) there is -1.99401 (the chunked path's gradients use profile_derivative)",
@@ -844,7 +853,9 @@ def test_well_formed_kernels_pass_the_registration_check(tmp_path: Path) -> None
 
             @staticmethod
             def profile(u):
-                s = torch.sqrt(3.0 * u)
+                positive = u > 0  # the root masked at 0, as the built-in exponential does
+                s = torch.sqrt(3.0 * torch.where(positive, u, torch.ones_like(u)))
+                s = torch.where(positive, s, torch.zeros_like(u))
                 return (1.0 + s) * torch.exp(-s)
 
             @staticmethod

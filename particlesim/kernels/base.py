@@ -295,7 +295,9 @@ def kernel_class_problem(factory: object) -> str | None:
       tensors of the same shape (elementwise; finite at ``u = 0``, where particles coincide);
     * ``profile_derivative`` agrees with autograd's derivative of ``profile`` at every
       ``u > 0`` to ``1e-6 + 1e-4·|f'|`` (a sign or factor slip would make the chunked path
-      train differently from the reference path).
+      train differently from the reference path), and autograd's derivative is finite at
+      ``u = 0`` (an unmasked ``sqrt(u)`` gives NaN gradients on the reference path where
+      two particles coincide, e.g. a group coupled to itself).
     """
     if not (isinstance(factory, type) and issubclass(factory, Kernel)):
         return (
@@ -375,6 +377,14 @@ def _derivative_problem(u: Tensor, f: Tensor, closed: Tensor) -> str | None:
     """Compare ``profile_derivative`` with autograd's ``df/du`` where ``u > 0``."""
     (auto,) = torch.autograd.grad(f.sum(), u, allow_unused=True)
     auto = torch.zeros_like(u) if auto is None else auto
+    at_zero = u.detach() == 0
+    if not bool(torch.isfinite(auto[at_zero]).all()):
+        value = auto[at_zero][~torch.isfinite(auto[at_zero])][0].item()
+        return (
+            f"has a profile(u) whose autograd derivative at u = 0 is {value:g}: the reference "
+            "path's gradients would be NaN where two particles coincide (mask the square root "
+            "at u = 0, as ExponentialKernel does)"
+        )
     closed = closed.detach()
     compare = (u.detach() > 0) & torch.isfinite(auto)
     wrong = compare & ((closed - auto).abs() > 1e-6 + 1e-4 * auto.abs())
