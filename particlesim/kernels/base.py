@@ -297,7 +297,7 @@ def kernel_class_problem(factory: object) -> str | None:
       ``u > 0`` to ``1e-6 + 1e-4·|f'|`` (a sign or factor slip would make the chunked path
       train differently from the reference path), and autograd's derivative is finite at
       ``u = 0`` (an unmasked ``sqrt(u)`` gives NaN gradients on the reference path where
-      two particles coincide, e.g. a group coupled to itself).
+      two particles coincide, e.g. two groups laid out on the same grid).
     """
     if not (isinstance(factory, type) and issubclass(factory, Kernel)):
         return (
