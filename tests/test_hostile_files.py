@@ -450,7 +450,10 @@ def test_no_eval_exec_or_pickle_of_user_files() -> None:
 def test_cli_names_every_plugin_file_it_loads(tiny_scenario: Path, tmp_path: Path) -> None:
     """Plugin files run only when a scenario or ``-p`` names them, and the CLI says so."""
     plugin = tmp_path / "announced.py"
-    plugin.write_text("from particlesim import hookimpl\n")
+    plugin.write_text(
+        "from particlesim import hookimpl\n\n@hookimpl\ndef particlesim_register_kernels():\n"
+        "    return []\n"
+    )
     silent = runner.invoke(app, ["validate", str(tiny_scenario)])
     assert silent.exit_code == 0 and "plugin: loaded" not in silent.stderr
     named = tiny_scenario.read_text().replace(
