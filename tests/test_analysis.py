@@ -316,6 +316,47 @@ def test_modularity_of_two_cliques() -> None:
         best_partition_modularity(graph, method="spectral")
 
 
+def test_clustering_matrix_form_equals_networkx(monkeypatch: pytest.MonkeyPatch) -> None:
+    from particlesim.analysis import graph as graph_module
+
+    rng = np.random.default_rng(4)
+    graph = nx.gnp_random_graph(60, 0.2, seed=2)
+    for u, v in graph.edges:
+        graph[u][v]["weight"] = float(rng.uniform(0.05, 3.0))
+    graph.add_edge(7, 7, weight=9.0)  # a self-loop: ignored, but it sets the largest weight
+    graph.add_edge("leaf", 0, weight=1.0)  # degree 1
+    graph.add_node("isolated")
+    expected = nx.average_clustering(graph, weight="weight")
+    assert expected > 0.01  # there are triangles
+    assert clustering(graph) == pytest.approx(expected, rel=1e-12)
+    assert graph_module._dense_average_clustering(graph) == pytest.approx(expected, rel=1e-12)
+    monkeypatch.setattr(graph_module, "DENSE_CLUSTERING_MAX_NODES", 0)  # networkx's own loops
+    assert clustering(graph) == pytest.approx(expected, rel=1e-12)
+    assert clustering(nx.empty_graph(3)) == 0.0
+    assert math.isnan(clustering(nx.Graph()))
+
+
+def test_clustering_of_a_dense_layered_network_is_fast() -> None:
+    """784-256-256-10 with every weight non-zero: ~270k edges, seconds rather than minutes."""
+    import time
+
+    rng = np.random.default_rng(0)
+    sizes = {"input": 784, "hidden1": 256, "hidden2": 256, "output": 10}
+    nodes: dict[str, xr.Dataset] = {
+        f"/particles/{name}": group_ds(rng.normal(size=(n, 3))) for name, n in sizes.items()
+    }
+    for s, t in itertools.pairwise(sizes):
+        nodes[f"/connectivity/{s}_to_{t}"] = xr.Dataset(
+            {"weight": (("target", "source"), rng.normal(size=(sizes[t], sizes[s])))},
+            attrs={"source": s, "target": t},
+        )
+    graph = weight_graph(xr.DataTree.from_dict(nodes))
+    assert graph.number_of_edges() == 784 * 256 + 256 * 256 + 256 * 10
+    start = time.perf_counter()
+    assert clustering(graph) == 0.0  # successive layers only: no triangles
+    assert time.perf_counter() - start < 20  # networkx's loops take minutes here
+
+
 def block_tree() -> xr.DataTree:
     """input(4) -> hidden(4) with block-diagonal weights: two separate modules."""
     w = np.zeros((2, 4, 4))
@@ -405,8 +446,15 @@ def test_metric_options_and_groups() -> None:
         METRICS["centroid"](tree, groups=["hiden1"])
     with pytest.raises(AnalysisError, match="option 'bins': expected int, got 'many'"):
         METRICS["pair_distances"](tree, bins="many")
-    with pytest.raises(AnalysisError, match="nothing to measure"):
+    with pytest.raises(AnalysisError, match="nothing to measure in groups input: no charge"):
         METRICS["charge_histogram"](tree, groups=["input"])
+    for name in ("connection_length", "modularity", "clustering"):
+        with pytest.raises(
+            AnalysisError,
+            match="nothing to measure: no connectivity recorded \\(set the trajectory writer's "
+            "connectivity_every",
+        ):
+            METRICS[name](make_tree(connectivity=False))
     with pytest.raises(AnalysisError, match="unknown metric 'radius'"):
         compute_metrics(tree, ["radius"])
     with pytest.raises(AnalysisError, match="option 'method' is not accepted by centroid"):
@@ -548,7 +596,11 @@ def test_register_adds_commands_once() -> None:
     app = cli_app()
     names = [c.name for c in app.registered_commands]
     assert names == ["inspect", "analyze", "plot", "animate"]
-    assert "connection_length" in invoke("analyze", "--help").output
+    help_text = invoke("analyze", "--help").output
+    assert "connection_length" in help_text
+    # every metric's options are shown (square brackets would be eaten as rich markup)
+    for text in ("max_lag=None", "density=False", "method=pearson", "resolution=1.0"):
+        assert text in help_text, text
 
 
 def test_cli_inspect(fake_file: Path) -> None:
@@ -629,6 +681,13 @@ def test_cli_analyze_netcdf_and_csv_round_trip(fake_file: Path, tmp_path: Path) 
 
     long = tmp_path / "long.csv"  # different dims: a long table
     assert invoke("analyze", fake_file, "centroid", "msd", "-o", long).exit_code == 0
+    import csv as csv_module
+
+    with long.open(newline="") as handle:
+        raw = list(csv_module.DictReader(handle))
+    # integer columns stay integers where other variables leave them empty ("10", not "10.0")
+    assert {row["step"] for row in raw} == {"", "0", "10", "20", "30"}
+    assert {row["spatial"] for row in raw} == {"", "0", "1"}
     table = pd.read_csv(long)
     assert {"variable", "time", "step", "spatial", "value"} <= set(table.columns)
     rows = table[(table["variable"] == "msd_hidden1")]
@@ -686,6 +745,11 @@ def test_cli_plot_and_animate(fake_file: Path, tmp_path: Path) -> None:
         (
             ("plot", "{file}", "--kind", "histogram", "-o", "{tmp}/x.png"),
             "unknown plot kind 'histogram'",
+        ),
+        (("plot", "{file}", "--dpi", "0", "-o", "{tmp}/x.png"), "--dpi must be a positive integer"),
+        (
+            ("plot", "{file}", "--dpi", "1000000", "-o", "{tmp}/x.png"),
+            "pixels at --dpi 1000000: ValueError: Image size of",
         ),
         (("animate", "{file}", "-o", "{tmp}/x.webm"), "unsupported animation format '.webm'"),
         (

@@ -247,6 +247,34 @@ def test_observables_with_units_and_an_epoch_clock(recorded: dict[str, Any]) -> 
         np.testing.assert_array_equal(obs[name].values, [r[name] for r in recorded["epochs"].rows])
 
 
+def test_units_are_also_cf_units_so_xarray_labels_plots(
+    recorded: dict[str, Any], tmp_path: Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    obs = open_trajectory(recorded["path"])["observables"].to_dataset()
+    assert obs.loss.attrs["units"] == "nats" == obs.loss.attrs["unit"]
+    assert "units" not in obs.lr.attrs
+    line = obs.loss.plot()[0]  # xarray reads "units" (CF), not H5MD's "unit"
+    assert line.axes.get_ylabel() == "loss [nats]"
+    plt.close(line.figure)
+    # a foreign file's units on values and on time carry over too
+    path = tmp_path / "units.h5"
+    with h5py.File(path, "w") as f:
+        f.create_group("h5md").attrs["version"] = [1, 1]
+        energy = f.create_group("observables/energy")
+        energy["step"], energy["time"], energy["value"] = [0, 5], [0.0, 0.01], [1.0, 2.0]
+        energy["value"].attrs["unit"] = "kJ mol-1"
+        energy["time"].attrs["unit"] = "ps"
+    with pytest.warns(TrajectoryWarning):
+        foreign = open_trajectory(path)["observables"].to_dataset()
+    assert foreign.energy.attrs["units"] == "kJ mol-1"
+    assert foreign.time.attrs["units"] == "ps"
+
+
 def test_connectivity_weights_equal_effective_weight(recorded: dict[str, Any]) -> None:
     reference = recorded["weights"].frames
     assert [f["step"] for f in reference] == [0, 3, 6]

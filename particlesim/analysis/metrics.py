@@ -70,8 +70,27 @@ class Metric:
         results = self.compute(tree, chosen, **values)
         if not results:
             where = f" in groups {', '.join(chosen)}" if chosen else ""
-            raise AnalysisError(f"metric {self.name!r}: nothing to measure{where} ({self.help})")
+            raise AnalysisError(
+                f"metric {self.name!r}: nothing to measure{where}: {_missing(self.name)} "
+                f"({self.help})"
+            )
         return results
+
+
+#: Metrics measured on the recorded effective weights (``/connectivity``).
+WEIGHT_METRICS = ("connection_length", "weight_distance_correlation", "modularity", "clustering")
+
+
+def _missing(metric: str) -> str:
+    """What a trajectory lacks when ``metric`` finds nothing to measure, and how to record it."""
+    if metric in WEIGHT_METRICS:
+        return (
+            "no connectivity recorded (set the trajectory writer's connectivity_every to "
+            "record effective weights)"
+        )
+    if metric == "charge_histogram":
+        return "no charge recorded"
+    return "no positions recorded"
 
 
 def _coerce(metric: str, key: str, value: Any, default: Any) -> Any:

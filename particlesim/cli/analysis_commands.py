@@ -395,6 +395,13 @@ def write_table(ds: xr.Dataset, out: Path) -> None:
         df.insert(0, "variable", name)
         frames.append(df)
     table = pd.concat(frames, ignore_index=True)
+    # an integer column (step, spatial…) left empty for some variables would become float
+    # ("20.0"); pandas' nullable integers keep "20" and leave the cell empty
+    integer = {
+        c for df in frames for c in df.columns if c != "value" and df[c].dtype.kind in "iu"
+    } - {c for df in frames for c in df.columns if df[c].dtype.kind not in "iu"}
+    for column in integer:
+        table[column] = table[column].astype("Int64")
     columns = ["variable", *(c for c in table.columns if c not in ("variable", "value")), "value"]
     table[columns].to_csv(out, index=False)
 
@@ -409,8 +416,9 @@ def _metric_help() -> str:
         "",
     ]
     for name, (text, options) in METRIC_INFO.items():
+        # no square brackets: typer renders help as rich markup, which would swallow them
         opts = ", ".join(f"{k}={v}" for k, v in options.items())
-        lines.append(f"{name}: {text}" + (f" [{opts}]" if opts else "") + "\n")
+        lines.append(f"{name}: {text}" + (f"; options: {opts}" if opts else "") + "\n")
     return "\n".join(lines)
 
 
@@ -462,6 +470,8 @@ def plot_command(
 ) -> None:
     """Plot observables against step and/or the particles' positions at one frame."""
     suffix = _check_suffix(output, FIGURE_SUFFIXES, "image")
+    if dpi < 1:
+        raise _fail(f"--dpi must be a positive integer, got {dpi}")
     if kind not in PLOT_KINDS:
         raise _fail(f"unknown plot kind {kind!r}; known kinds: {', '.join(PLOT_KINDS)}")
     from particlesim.analysis import plots
@@ -483,6 +493,12 @@ def plot_command(
         fig.savefig(output, format=suffix[1:], dpi=dpi)
     except OSError as exc:
         raise _fail(f"{output}: cannot write: {exc}") from None
+    except (ValueError, MemoryError, OverflowError) as exc:  # e.g. an image too large for Agg
+        width, height = (round(float(x) * dpi) for x in fig.get_size_inches())
+        raise _fail(
+            f"{output}: cannot render {width} x {height} pixels at --dpi {dpi}: "
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        ) from None
     typer.echo(f"wrote {output}")
 
 

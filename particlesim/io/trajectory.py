@@ -16,6 +16,7 @@ H5MD side)::
                                attrs dimension (D), boundary (["none"] * D)
     /observables               one variable per observable, on time or time_<label>
                                (coords time/step, time_<label>/step_<label>); attr unit
+                               (H5MD's) and units (the same, as CF and xarray's plots name it)
     /connectivity/<src>_to_<dst>   weight (time, target, source); attrs source, target, kind
 
 **Time dims.** Each distinct H5MD ``step`` dataset (elements sampled together
@@ -371,7 +372,8 @@ class _Scan:
             if obj.dtype.kind not in NUMERIC_KINDS or obj.shape is None:
                 self.skipped.append(obj.name)
                 return None
-            return _Element(name, obj.name, obj.shape, obj.dtype, obj.chunks, _attrs(obj.attrs))
+            attrs = _with_units(_attrs(obj.attrs))
+            return _Element(name, obj.name, obj.shape, obj.dtype, obj.chunks, attrs)
         value, step = _child(self.path, obj, "value"), _child(self.path, obj, "step")
         if not isinstance(value, h5py.Dataset) or not isinstance(step, h5py.Dataset):
             self.skipped.append(obj.name)
@@ -383,7 +385,7 @@ class _Scan:
         time = _child(self.path, obj, "time")
         time = time if isinstance(time, h5py.Dataset) else None
         key = self.clock(step, time)
-        attrs = {**_attrs(obj.attrs), **_attrs(value.attrs)}
+        attrs = _with_units({**_attrs(obj.attrs), **_attrs(value.attrs)})
         return _Element(name, value.name, value.shape, value.dtype, value.chunks, attrs, key)
 
     def clock(self, step: h5py.Dataset, time: h5py.Dataset | None) -> Any:
@@ -409,7 +411,9 @@ class _Scan:
                     f"the {read_limit():,} bytes one read may take ({MAX_READ_ENV}); raise the "
                     "limit, or the file is damaged or was not written by an H5MD writer"
                 )
-        clock = _Clock(None, None, time_attrs=None if time is None else _attrs(time.attrs))
+        clock = _Clock(
+            None, None, time_attrs=None if time is None else _with_units(_attrs(time.attrs))
+        )
         if step.ndim == 0:  # H5MD fixed interval: step of frame i = offset + step * i
             clock.step_rule = (int(step[()]), int(step.attrs.get("offset", 0)))
         else:
@@ -667,6 +671,13 @@ def _attrs(attrs: h5py.AttributeManager) -> dict[str, Any]:
         except (OSError, TypeError):  # a datatype h5py cannot read: leave it out
             continue
     return out
+
+
+def _with_units(attrs: dict[str, Any]) -> dict[str, Any]:
+    """``attrs`` plus CF's ``units`` beside H5MD's ``unit``, so xarray labels plots with it."""
+    if "unit" in attrs and "units" not in attrs:
+        attrs["units"] = attrs["unit"]
+    return attrs
 
 
 def _parameters(
