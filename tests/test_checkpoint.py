@@ -837,3 +837,13 @@ def test_kill_9_of_a_fresh_interpreter_at_several_points(
         final_parameters(out / "checkpoint.pt"),
     )
     assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_a_run_of_epochs_resumes_for_a_number_of_steps(tiny_scenario: Path, tmp_path: Path) -> None:
+    """``--set run.steps`` on a scenario that gives epochs replaces them (no conflict)."""
+    out = tmp_path / "out"
+    assert invoke("run", tiny_scenario, "--out", out, "--no-progress").exit_code == 0
+    resumed = invoke("run", "--resume", out, "--set", "run.steps=15", "--no-progress")
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed at step 12: 15 steps" in resumed.stderr
+    assert json.loads((out / "summary.json").read_text())["steps"] == 15

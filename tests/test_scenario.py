@@ -251,6 +251,24 @@ def test_overrides() -> None:
         apply_override(raw, "groups[7].size=1")
 
 
+def test_an_override_replaces_the_key_it_excludes(registries, tiny_data: Path) -> None:
+    """``--set run.epochs=N`` on a scenario that gives steps (and back): no conflict."""
+    raw = parse_scenario(GROUPS.format(data_dir=tiny_data), source="s.toml")
+    assert raw["run"] == {"steps": 4, "batch_size": 8}
+    apply_override(raw, "run.epochs=0.5")
+    assert raw["run"] == {"batch_size": 8, "epochs": 0.5}
+    plan = validate(raw, registries, source="s.toml")
+    assert plan.resolved["run"]["epochs"] == 0.5 and plan.resolved["run"]["steps"] is None
+    apply_override(raw, "run.steps=5")
+    assert raw["run"] == {"batch_size": 8, "steps": 5}
+    assert validate(raw, registries, source="s.toml").resolved["run"]["steps"] == 5
+    raw["integrator"] = {"name": "langevin", "lr": 0.01, "temperature": 0.1}
+    apply_override(raw, "integrator.beta=20")
+    assert raw["integrator"] == {"name": "langevin", "lr": 0.01, "beta": 20}
+    apply_override(raw, "groups[1].steps=2")  # only the paths named: elsewhere nothing goes
+    assert "steps" in raw["groups"][1]
+
+
 @pytest.mark.parametrize(
     ("path", "parts"),
     [

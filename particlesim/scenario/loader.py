@@ -88,8 +88,24 @@ def split_path(path: str) -> list[str | int]:
             return parts
 
 
+#: Keys that exclude each other: an assignment to one removes the other from its table, so
+#: ``--set run.steps=100`` shortens a scenario that gives ``epochs`` (and a sweep may vary
+#: either).
+EXCLUSIVE_KEYS: dict[str, str] = {
+    "run.epochs": "steps",
+    "run.steps": "epochs",
+    "integrator.temperature": "beta",
+    "integrator.beta": "temperature",
+    "integrator.temperature_final": "beta_final",
+    "integrator.beta_final": "temperature_final",
+}
+
+
 def apply_override(scenario: dict[str, Any], assignment: str) -> None:
-    """Apply one ``key.path=value`` assignment in place (tables are created as needed)."""
+    """Apply one ``key.path=value`` assignment in place (tables are created as needed).
+
+    Assigning one of :data:`EXCLUSIVE_KEYS` drops its partner from the same table.
+    """
     key_length = _KEY_PART.match(assignment).end()  # up to the first "=" outside quotes
     if assignment[key_length : key_length + 1] != "=":
         if "=" in assignment:
@@ -116,5 +132,8 @@ def apply_override(scenario: dict[str, Any], assignment: str) -> None:
         node[last] = value
     elif isinstance(node, dict):
         node[last] = value
+        partner = EXCLUSIVE_KEYS.get(".".join(str(p) for p in parts))
+        if partner is not None:
+            node.pop(partner, None)
     else:
         raise ScenarioError(f"--set {path}: the parent is not a table")
