@@ -354,6 +354,6 @@ def test_a_kernel_the_model_cannot_construct_is_one_error_naming_the_model(
     with pytest.raises(ScenarioError) as caught:
         build(plan, device="cpu", log=lambda m: None)
     message = str(caught.value)
-    assert message.startswith("s.toml: model: could not build the network (model ")
-    assert "'particle_network' of plugin 'lange'): TypeError:" in message
+    assert message.startswith("s.toml: model: could not build the network: TypeError: ")
     assert "unexpected keyword argument 'width'" in message and "\n" not in message
+    assert message.endswith(" (model 'particle_network' of plugin 'lange')")

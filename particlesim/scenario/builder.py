@@ -552,8 +552,8 @@ def build(
         where = "model" if plan.model is not None else "groups"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ScenarioError(
-            f"could not build the network{_model_plugin(plan, registries)}: "
-            f"{type(exc).__name__}: {first}",
+            f"could not build the network: {type(exc).__name__}: {first}"
+            f"{_model_plugin(plan, registries)}",
             path=where,
             source=source,
         ) from None
