@@ -1440,6 +1440,20 @@ def test_particle_mlp_gradcheck_through_the_chunked_path() -> None:
     )
 
 
+def test_particle_mlp_gives_each_layer_its_own_kernel() -> None:
+    """A kernel passed to particle_mlp is copied: each layer learns its own width."""
+    from particlesim.nn import particle_mlp
+
+    kernel = GaussianKernel(width=0.7, learnable_width=True)
+    net = particle_mlp([6, 5, 4, 3], dim=2, kernel=kernel)
+    kernels = [layer.kernel for layer in net if hasattr(layer, "kernel")]
+    assert len(kernels) == 3 and len({id(k) for k in kernels}) == 3
+    assert all(k is not kernel for k in kernels)
+    widths = [name for name, _ in net.named_parameters() if name.endswith("log_width")]
+    assert widths == ["0.kernel.log_width", "2.kernel.log_width", "4.kernel.log_width"]
+    torch.testing.assert_close(kernels[2].log_width, kernel.log_width)
+
+
 def test_particle_linear_fused_fallback_warning_names_the_layer() -> None:
     from particlesim.nn import ParticleLinear
 

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Sequence
@@ -136,9 +137,12 @@ def particle_mlp(
     """A stack of :class:`ParticleLinear` layers sharing positions between neighbours.
 
     ``spread`` defaults to ``sqrt((5^{3/D} - 1)/4)`` (constant mean kernel value across D).
+    A ``kernel=`` given among ``layer_options`` is copied for each layer, so that each layer
+    has its own (learnable) widths, as in Lange's network.
     """
     if spread is None:
         spread = math.sqrt((5.0 ** (3.0 / dim) - 1.0) / 4.0)
+    kernel = layer_options.pop("kernel", None)
     layers: list[nn.Module] = []
     previous: nn.Parameter | None = None
     for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
@@ -146,6 +150,7 @@ def particle_mlp(
             n_in,
             n_out,
             dim=dim,
+            kernel=None if kernel is None else copy.deepcopy(kernel),
             source_position=previous,
             spread=spread,
             generator=generator,
