@@ -410,3 +410,37 @@ def test_strict_plugin_failure_is_reported_once(tiny_scenario: Path) -> None:
         "error: PARTICLESIM_PLUGINS names plugin 'nosuch', but no entry point named 'nosuch' "
         "in group 'particlesim'"
     ]
+
+
+def test_validate_build_meets_construction_errors(tiny_scenario: Path, tmp_path: Path) -> None:
+    """``validate --build`` builds what ``run`` builds: a kernel the model cannot construct."""
+    plugin = tmp_path / "fixed.py"
+    plugin.write_text(
+        textwrap.dedent("""
+        import torch
+        from particlesim import hookimpl
+        from particlesim.kernels import Kernel
+
+        class FixedKernel(Kernel):
+            name = "fixed"
+
+            def __init__(self):
+                super().__init__()
+
+            def forward(self, target, source):
+                return torch.exp(-torch.cdist(target, source) ** 2)
+
+        @hookimpl
+        def particlesim_register_kernels():
+            return [FixedKernel]
+    """)
+    )
+    ok = invoke("validate", tiny_scenario, "--build")
+    assert ok.exit_code == 0, ok.output
+    assert re.search(r"^built: [\d,]+ parameters, 12 steps \(6/epoch\) on cpu$", ok.stdout, re.M)
+    args = ("validate", tiny_scenario, "-p", plugin, "--set", "model.kernel=fixed")
+    assert invoke(*args).exit_code == 0  # the scenario itself is valid
+    refused = invoke(*args, "--build")
+    assert refused.exit_code == 2
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "model: could not build the network: TypeError:" in errors[0]

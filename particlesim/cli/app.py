@@ -89,10 +89,22 @@ def validate(
     scenario: Annotated[Path, typer.Argument(help="Scenario TOML file.")],
     set_: SetOption = None,
     plugin: PluginOption = None,
+    build_network: Annotated[
+        bool,
+        typer.Option(
+            "--build",
+            help="Also load the data and build the network and simulation, as `run` does "
+            "before its first step (catches errors that only construction meets).",
+        ),
+    ] = False,
 ) -> None:
     """Check a scenario file without running it."""
     try:
-        plan, _ = prepare(scenario, set_, plugin)
+        plan, manager = prepare(scenario, set_, plugin)
+        if build_network:
+            from particlesim.scenario.builder import build
+
+            built = build(plan, hooks=manager, log=lambda message: typer.echo(message, err=True))
     except ParticlesimError as exc:
         raise fail(str(exc)) from None
     r = plan.resolved
@@ -102,6 +114,12 @@ def validate(
         f"ok: {scenario} is valid ({network}, data {r['data']['name']!r}, "
         f"integrator {r['integrator']['name']!r}, {length})"
     )
+    if build_network:
+        typer.echo(
+            f"built: {built.system.count_parameters():,} parameters, "
+            f"{built.simulation.total_steps} steps ({built.simulation.steps_per_epoch}/epoch) "
+            f"on {built.device}"
+        )
     if plan.sweep is not None:
         typer.echo(
             f"sweep: {plan.sweep.size} points; `particlesim sweep {scenario} --dry-run` "
