@@ -847,3 +847,40 @@ def test_a_run_of_epochs_resumes_for_a_number_of_steps(tiny_scenario: Path, tmp_
     assert resumed.exit_code == 0, resumed.output
     assert "resumed at step 12: 15 steps" in resumed.stderr
     assert json.loads((out / "summary.json").read_text())["steps"] == 15
+
+
+def test_a_completed_run_ends_its_trajectory_with_the_final_step(
+    tiny_scenario: Path, tmp_path: Path
+) -> None:
+    """Every series gets the final state; an extended run drops that frame (the checkpoint
+    does not count it) and matches a run that went the whole way at once."""
+    text = tiny_scenario.read_text() + (
+        '\n[[writers]]\nname = "trajectory"\nevery = 5\nobservables_every = 5\n'
+        "connectivity_every = 5\n"
+    )
+    tiny_scenario.write_text(text)
+    short, whole = tmp_path / "short", tmp_path / "whole"
+    assert invoke("run", tiny_scenario, "--out", short, "--no-progress").exit_code == 0
+    with h5py.File(short / "trajectory.h5", "r") as file:
+        for series in (
+            "particles/hidden1/position",
+            "observables/loss",
+            "connectivity/input_to_hidden1/weight",
+        ):
+            assert file[f"{series}/step"][()].tolist() == [0, 5, 10, 12], series
+        assert file["observables/test_accuracy/step"][()].tolist() == [6, 12]
+        final = file["particles/hidden1/position/value"][-1]
+    saved = read_checkpoint(short / "checkpoint.pt")
+    torch.testing.assert_close(
+        torch.from_numpy(final), saved["simulation"]["system"]["groups.hidden1.position"]
+    )
+    extended = invoke("run", "--resume", short, "--set", "run.steps=20", "--no-progress")
+    assert extended.exit_code == 0, extended.output
+    args = ("run", tiny_scenario, "--out", whole, "--set", "run.steps=20", "--no-progress")
+    assert invoke(*args).exit_code == 0
+    with h5py.File(short / "trajectory.h5", "r") as a, h5py.File(whole / "trajectory.h5", "r") as b:
+        steps = a["particles/hidden1/position/step"][()].tolist()
+        assert steps == b["particles/hidden1/position/step"][()].tolist() == [0, 5, 10, 15, 20]
+        np.testing.assert_array_equal(
+            a["particles/hidden1/position/value"][()], b["particles/hidden1/position/value"][()]
+        )

@@ -326,7 +326,9 @@ def test_wants_asks_for_the_observables_due_at_each_step(tmp_path: Path) -> None
 
 def test_record_initial_off_and_no_duplicate_frame_zero(tmp_path: Path) -> None:
     _, path = run_tiny(
-        tmp_path / "a", writer=TrajectoryWriter(trigger=2, record_initial=False), epochs=1
+        tmp_path / "a",
+        writer=TrajectoryWriter(trigger=2, record_initial=False, record_final=False),
+        epochs=1,
     )
     assert open_trajectory(path)["particles/hidden"].step.values.tolist() == [2]
     # the simulation also reports step 0: the writer's own frame 0 is not repeated

@@ -227,6 +227,9 @@ class _Clock:
     time: h5py.Dataset | None = None
     frames: int = 0
     last_step: int = -1
+    #: ``(frames, last_step)`` before a final frame was appended at the end of the run; what a
+    #: checkpoint keeps, so that an extended run drops that frame and continues on the trigger.
+    before_final: tuple[int, int] | None = None
 
     def due(self, step: int) -> bool:
         """Due at ``step``: the trigger fires, the step is new, and frame 0 only when initial."""
@@ -256,6 +259,10 @@ class TrajectoryWriter(Writer):
     With ``record_initial`` (default) frame 0 (particles, observables,
     connectivity; not the epoch observables) is written when the file is
     opened, before the first step, because where the particles start matters.
+    With ``record_final`` (default) a completed run also ends every series with
+    its final step when no trigger fired there (the state the run ended in); a
+    checkpoint does not count that frame, so a run extended with ``--resume``
+    drops it and continues as if it had never stopped.
     The file is flushed after every frame and never overwritten: an existing
     file is a :class:`~particlesim.errors.TrajectoryError`.
 
@@ -271,6 +278,7 @@ class TrajectoryWriter(Writer):
         connectivity_every: a step period or ``"epoch"`` for effective weights (``None``: off).
         compression: ``"none"``, ``"gzip"`` or ``"lzf"`` for the value datasets.
         record_initial: write frame 0 when the run starts at step 0.
+        record_final: end each series with the final step of a completed run.
 
     Example:
         >>> writer = TrajectoryWriter(trigger=100, observables=["loss"], connectivity_every="epoch")
@@ -295,6 +303,7 @@ class TrajectoryWriter(Writer):
         connectivity_every: int | str | None = None,
         compression: Compression = "none",
         record_initial: bool = True,
+        record_final: bool = True,
     ) -> None:
         super().__init__(trigger=Periodic(10) if trigger is None else as_trigger(trigger))
         if not file:
@@ -328,6 +337,7 @@ class TrajectoryWriter(Writer):
         )
         self.compression: Compression = compression
         self.record_initial = record_initial
+        self.record_final = record_final
         #: Every observable this writer needs (the simulation checks the names).
         self.observables = self.step_observables + self.epoch_observables
         self.path: Path | None = None
@@ -335,6 +345,7 @@ class TrajectoryWriter(Writer):
         self._clocks: list[_Clock] = []
         self._finalizer: weakref.finalize | None = None
         self._binding = False  # True while resume() binds to an existing file's datasets
+        self._simulation: weakref.ref[Simulation] | None = None  # for the final frame
 
     # -- the writer contract -----------------------------------------------------------
 
@@ -368,6 +379,7 @@ class TrajectoryWriter(Writer):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._clocks = self._plan_clocks(simulation)
+        self._simulation = weakref.ref(simulation)
         try:
             file = h5py.File(path, "w-", libver=LIBVER, track_order=True)
         except OSError as exc:
@@ -391,7 +403,13 @@ class TrajectoryWriter(Writer):
         return {
             "file": None if self.path is None else str(self.path),
             "clocks": [
-                {"label": c.label, "frames": c.frames, "last_step": c.last_step}
+                dict(
+                    zip(
+                        ("label", "frames", "last_step"),
+                        (c.label, *(c.before_final or (c.frames, c.last_step))),
+                        strict=True,
+                    )
+                )
                 for c in self._clocks
             ],
         }
@@ -410,6 +428,7 @@ class TrajectoryWriter(Writer):
         self._check_selection(simulation)
         self.path = path
         self._clocks = self._plan_clocks(simulation)
+        self._simulation = weakref.ref(simulation)
         try:
             clear_status_flags(path)
             file = h5py.File(path, "r+", libver=LIBVER)
@@ -476,6 +495,15 @@ class TrajectoryWriter(Writer):
             self._file.flush()
 
     def close(self, status: str) -> None:
+        simulation = None if self._simulation is None else self._simulation()
+        if status == "completed" and self.record_final and self._file is not None and simulation:
+            step = simulation.step
+            late = [c for c in self._clocks if c.elements and c.last_step < step]
+            before = {id(c): (c.frames, c.last_step) for c in late}
+            if late:
+                self._write(simulation, step, late, None)
+                for clock in late:
+                    clock.before_final = before[id(clock)]
         if self._finalizer is not None:
             self._finalizer()  # flushes and closes the file, once
             self._finalizer = None
