@@ -495,19 +495,26 @@ class TrajectoryWriter(Writer):
             self._file.flush()
 
     def close(self, status: str) -> None:
+        """End a completed run's series with its final step (``record_final``), close the file."""
         simulation = None if self._simulation is None else self._simulation()
-        if status == "completed" and self.record_final and self._file is not None and simulation:
-            step = simulation.step
-            late = [c for c in self._clocks if c.elements and c.last_step < step]
-            before = {id(c): (c.frames, c.last_step) for c in late}
-            if late:
-                self._write(simulation, step, late, None)
-                for clock in late:
-                    clock.before_final = before[id(clock)]
-        if self._finalizer is not None:
-            self._finalizer()  # flushes and closes the file, once
-            self._finalizer = None
-        self._file = None
+        final = status == "completed" and self.record_final and self._file is not None
+        try:
+            if final and simulation is not None:
+                self._write_final(simulation)
+        finally:
+            if self._finalizer is not None:
+                self._finalizer()  # flushes and closes the file, once
+                self._finalizer = None
+            self._file = None
+
+    def _write_final(self, simulation: Simulation) -> None:
+        """One frame at the final step on every clock that did not fire there."""
+        step = simulation.step
+        late = [c for c in self._clocks if c.elements and c.last_step < step]
+        for clock in late:  # first: a checkpoint taken after this never counts the frame
+            clock.before_final = (clock.frames, clock.last_step)
+        if late:
+            self._write(simulation, step, late, None)
 
     # -- layout ------------------------------------------------------------------------
 
