@@ -1104,6 +1104,18 @@ def load_benchmark(name: str) -> types.ModuleType:
     return module
 
 
+def test_clustering_benchmark_compares_equal_numbers(tmp_path: Path) -> None:
+    """The analysis benchmark's two methods agree on a graph with triangles."""
+    module = load_benchmark("analysis_clustering")
+    out = tmp_path / "clustering.json"
+    results = module.main(["--sizes", "12", "5", "3", "--out", str(out)])
+    assert json.loads(out.read_text()) == results
+    assert results["edges"] == 12 * 5 + 12 * 3 + 5 * 3
+    assert results["clustering"] > 0.1
+    assert results["clustering"] == pytest.approx(results["networkx_clustering"], rel=1e-12)
+    assert results["speedup"] == pytest.approx(results["networkx_s"] / results["matrix_s"])
+
+
 def test_particle_layer_benchmark_quick_mode(tmp_path: Path, one_thread: None) -> None:
     """The benchmark's ``--quick`` CPU run completes and writes every section to JSON."""
     module = load_benchmark("particle_layer")
