@@ -231,6 +231,11 @@ class _Clock:
     #: checkpoint keeps, so that an extended run drops that frame and continues on the trigger.
     before_final: tuple[int, int] | None = None
 
+    def checkpointed(self) -> dict[str, int]:
+        """``frames`` and ``last_step`` as a checkpoint keeps them (a final frame not counted)."""
+        frames, last_step = self.before_final or (self.frames, self.last_step)
+        return {"frames": frames, "last_step": last_step}
+
     def due(self, step: int) -> bool:
         """Due at ``step``: the trigger fires, the step is new, and frame 0 only when initial."""
         if not self.elements or step <= self.last_step or (step == 0 and not self.initial):
@@ -402,16 +407,7 @@ class TrajectoryWriter(Writer):
         """The file and each clock's frame count and last step (what a checkpoint keeps)."""
         return {
             "file": None if self.path is None else str(self.path),
-            "clocks": [
-                dict(
-                    zip(
-                        ("label", "frames", "last_step"),
-                        (c.label, *(c.before_final or (c.frames, c.last_step))),
-                        strict=True,
-                    )
-                )
-                for c in self._clocks
-            ],
+            "clocks": [{"label": c.label, **c.checkpointed()} for c in self._clocks],
         }
 
     def resume(self, simulation: Simulation, out_dir: Path | None, state: dict[str, Any]) -> None:
