@@ -209,7 +209,7 @@ def _construct(
             entry.factory, table, path, exclude=exclude, what=f"{kind} {name!r}", source=source
         )
     except ScenarioError as exc:
-        if entry.plugin in ("particlesim", ""):
+        if not _is_plugin(entry.plugin):
             raise
         raise ScenarioError(
             f"{exc.detail} (plugin {entry.plugin!r})", path=exc.path, source=source
@@ -217,6 +217,11 @@ def _construct(
     instance = _call(entry.factory, {**options, **(extra or {})}, path, source, entry.plugin)
     resolved = {"name": name, **defaults(entry.factory, exclude), **options}
     return instance, resolved
+
+
+def _is_plugin(name: str) -> bool:
+    """Whether a registry entry came from a plugin, not the engine's built-ins."""
+    return name not in ("particlesim", "")
 
 
 def _call(
@@ -230,7 +235,7 @@ def _call(
     except ScenarioError:
         raise
     except (ValueError, TypeError) as exc:
-        who = f" (plugin {plugin!r})" if plugin and plugin != "particlesim" else ""
+        who = f" (plugin {plugin!r})" if _is_plugin(plugin) else ""
         raise ScenarioError(f"{exc}{who}", path=path, source=source) from None
 
 
@@ -662,7 +667,7 @@ def _model_plugin(plan: Plan, registries: Mapping[str, Any]) -> str:
         return ""
     name = plan.resolved["model"]["name"]
     plugin = registries["model"].entry(name).plugin
-    return f" (model {name!r} of plugin {plugin!r})" if plugin not in ("particlesim", "") else ""
+    return f" (model {name!r} of plugin {plugin!r})" if _is_plugin(plugin) else ""
 
 
 def _build_system(plan, registries, input_size, data, generator, dtype, source) -> System:
