@@ -213,9 +213,10 @@ def layer_section(args: argparse.Namespace, device: torch.device) -> list[dict]:
     paths = ["dense", "reference", "compiled", "fused"] if device.type == "cuda" else []
     if device.type != "cuda":
         paths = ["dense", "reference", "chunked"] + (["compiled"] if args.compile else [])
-    rows = []
+    rows = args.results.setdefault("layer", [])
     for B, N, M in args.shapes:
         row: dict[str, object] = {"B": B, "N": N, "M": M, "paths": {}}
+        rows.append(row)
         print(f"\nlayer (B, N, M) = ({B}, {N}, {M}), D = {DIM}, float32")
         print(f"  {'path':<10} {'ms':>9} {'x dense':>8} {'peak MiB':>10}")
         dense_ms = None
@@ -236,6 +237,7 @@ def layer_section(args: argparse.Namespace, device: torch.device) -> list[dict]:
                 dense_ms = ms
             ratio = ms / dense_ms if ms is not None and dense_ms else None
             row["paths"][path] = {"ms": ms, "ratio": ratio, "peak_mib": peak}
+            args.save()
             shown = "OOM" if ms is None else f"{ms:9.3f}"
             ratio_text = "" if ratio is None else f"{ratio:8.2f}"
             peak_text = "" if peak is None else f"{peak:10.0f}"
@@ -246,8 +248,8 @@ def layer_section(args: argparse.Namespace, device: torch.device) -> list[dict]:
                     print(f"      {kernel_ms:9.3f} ms  {name}")
                 for name, tiles in row["fused_profile"]["tiles"].items():
                     print(f"      tiles {name}: {tiles}")
+                args.save()
             del inputs
-        rows.append(row)
     return rows
 
 
@@ -281,21 +283,22 @@ def _cutoff_step(
 
 def cutoff_section(args: argparse.Namespace, device: torch.device) -> list[dict]:
     """Full kernel vs the same kernel with a cutoff keeping 1 %, 10 %, 50 % of the pairs."""
-    rows = []
+    rows = args.results.setdefault("cutoff", [])
     for shape in args.cutoff_shape:
-        rows += _cutoff_rows(args, device, *shape)
+        _cutoff_rows(args, device, *shape, rows)
     return rows
 
 
-def _cutoff_rows(args: argparse.Namespace, device: torch.device, B: int, N: int, M: int) -> list:
-    """The cutoff table of one ``(B, N, M)``."""
+def _cutoff_rows(
+    args: argparse.Namespace, device: torch.device, B: int, N: int, M: int, rows: list
+) -> None:
+    """The cutoff table of one ``(B, N, M)``, appended to ``rows`` (saved after each row)."""
     backend = "fused" if device.type == "cuda" else "chunked"
     print(f"\ncutoff, (B, N, M) = ({B}, {N}, {M}), uniform in the unit cube, {backend} backend")
     print(
         f"  {'D':>2} {'pairs':>6} {'cutoff':>7} {'tiles kept':>10} {'bound':>7} "
         f"{'full ms':>9} {'cutoff ms':>9} {'speed-up':>9}"
     )
-    rows = []
     for dim in args.cutoff_dims:
         gen = torch.Generator().manual_seed(dim)
         target = torch.rand(M, dim, generator=gen).to(device).requires_grad_()
@@ -336,12 +339,12 @@ def _cutoff_rows(args: argparse.Namespace, device: torch.device, B: int, N: int,
                 "rebuilds": cache.builds,
             }
             rows.append(row)
+            args.save()
             print(
                 f"  {dim:>2} {fraction:>6.0%} {radius:>7.4f} {kept:>10.1%} {1 / kept:>6.2f}x "
                 f"{full_ms:>9.3f} {cut_ms:>9.3f} {full_ms / cut_ms:>8.2f}x",
                 flush=True,
             )
-    return rows
 
 
 # --------------------------------------------------------------------------- epoch
@@ -408,6 +411,7 @@ def epoch_section(args: argparse.Namespace, device: torch.device) -> dict:
         "mlp": MLP(sizes=sizes, activation="tanh"),
     }
     result: dict[str, object] = {"samples": x.shape[0], "batch": args.batch_size}
+    args.results["epoch"] = result
     print(
         f"\nepoch: {'MNIST' if not args.quick else 'random'} {x.shape[0]} samples, batch "
         f"{args.batch_size}, Adam, {sizes}, data on {device.type}"
@@ -428,6 +432,7 @@ def epoch_section(args: argparse.Namespace, device: torch.device) -> dict:
             for _ in range(args.epochs)
         )
         result[f"{label}_s"] = seconds
+        args.save()
         print(f"  {label:<9} {seconds:8.3f} s/epoch", flush=True)
     result["ratio"] = result["particle_s"] / result["mlp_s"]
     print(f"  particle / mlp = {result['ratio']:.2f}")
@@ -489,27 +494,41 @@ def main(argv: list[str] | None = None) -> dict:
         f"particle layer benchmark on {name}; torch {torch.__version__}; "
         f"float32 matmul precision {torch.get_float32_matmul_precision()!r}"
     )
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
     results: dict[str, object] = {
         "device": device.type,
         "device_name": name,
         "torch": torch.__version__,
+        "triton": triton_version,
         "tf32": device.type == "cuda" and not args.no_tf32,
     }
     # tiny kernel values must not take the CPU's slow denormal paths; the process-wide
     # switch is turned back off (torch's default) when the run ends
+    args.results = results
+
+    def save() -> None:  # after every row, so a run cut short keeps what it measured
+        if args.out is not None:
+            args.out.write_text(json.dumps(results, indent=2))
+
+    args.save = save
     flush = device.type == "cpu" and torch.set_flush_denormal(True)
     try:
         if "layer" in args.sections:
-            results["layer"] = layer_section(args, device)
+            layer_section(args, device)
         if "cutoff" in args.sections:
-            results["cutoff"] = cutoff_section(args, device)
+            cutoff_section(args, device)
         if "epoch" in args.sections:
-            results["epoch"] = epoch_section(args, device)
+            epoch_section(args, device)
     finally:
         if flush:
             torch.set_flush_denormal(False)
+    save()
     if args.out is not None:
-        args.out.write_text(json.dumps(results, indent=2))
         print(f"\nwrote {args.out}")
     return results
 
