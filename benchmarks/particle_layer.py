@@ -213,6 +213,8 @@ def layer_section(args: argparse.Namespace, device: torch.device) -> list[dict]:
     paths = ["dense", "reference", "compiled", "fused"] if device.type == "cuda" else []
     if device.type != "cuda":
         paths = ["dense", "reference", "chunked"] + (["compiled"] if args.compile else [])
+    if args.paths:
+        paths = [p for p in paths if p in args.paths]
     rows = args.results.setdefault("layer", [])
     for B, N, M in args.shapes:
         row: dict[str, object] = {"B": B, "N": N, "M": M, "paths": {}}
@@ -461,6 +463,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--cutoff-shape", type=_shape, nargs="+", default=None, help="B,N,M triples"
     )
+    parser.add_argument("--paths", nargs="+", default=None, help="layer paths to time")
     parser.add_argument("--cutoff-dims", nargs="+", type=int, default=[2, 3])
     parser.add_argument("--repeats", type=int, default=None, help="timed steps (median)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first")

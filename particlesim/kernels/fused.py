@@ -399,19 +399,22 @@ def _grad_params_kernel(
     m_ok = offs_m < M
     n_ok = offs_n < N
     mn_ok = m_ok[:, None] & n_ok[None, :]
-    # dW = grad_yᵀ x for this tile, accumulated over B in registers.
+    # dW = grad_yᵀ x for this tile, accumulated over B in registers. Both operands arrive
+    # transposed ([M, B] and [N, B]), so B (the reduction) is contiguous in each: TF32
+    # warpgroup MMA reads 32-bit operands only in that (K-major) order.
     dw = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    m_rows = offs_m.to(tl.int64) * B
+    n_rows = offs_n.to(tl.int64) * B
     for b0 in range(0, B, BLOCK_B):
         offs_b = b0 + tl.arange(0, BLOCK_B)
         b_ok = offs_b < B
-        rows = offs_b.to(tl.int64)
         gyt = tl.load(
-            gy_ptr + rows[None, :] * M + offs_m[:, None],
+            gy_ptr + m_rows[:, None] + offs_b[None, :],
             mask=b_ok[None, :] & m_ok[:, None],
             other=0.0,
         )
         xt = tl.load(
-            x_ptr + rows[:, None] * N + offs_n[None, :],
+            x_ptr + n_rows[None, :] + offs_b[:, None],
             mask=b_ok[:, None] & n_ok[None, :],
             other=0.0,
         )
@@ -762,7 +765,7 @@ class _KernelMatmulFused(torch.autograd.Function):
                     config,
                     grid,
                     (
-                        x, grad_y, r_h, r_j, q_arg, mod_arg, logw,
+                        x.t().contiguous(), grad_y.t().contiguous(), r_h, r_j, q_arg, mod_arg, logw,
                         dummy if grad_rh is None else grad_rh,
                         dummy if grad_rj is None else grad_rj,
                         dummy if grad_q is None else grad_q,
