@@ -244,7 +244,8 @@ def compare_paths(
     results = []
     for path in ("reference", "chunked"):
         y = run_path(path, kernel, inp, chunk)
-        grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype)
+        gen = torch.Generator().manual_seed(7)  # drawn on the CPU, then moved: same on CUDA
+        grad_y = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(y.device)
         results.append([y, *torch.autograd.grad(y, leaves(kernel, inp), grad_y)])
     for ref, chk in zip(*results, strict=True):
         assert ref.shape == chk.shape
