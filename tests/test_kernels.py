@@ -1187,7 +1187,7 @@ dim = 2
 {interaction}
 
 [[interactions]]
-kind = "modulated"
+name = "modulated"
 source = "hidden"
 target = "output"
 backend = "chunked"

@@ -79,7 +79,7 @@ def example_source(hook_name: str) -> str:
     """The code after ``.. code-block:: python`` in the hookspec's docstring, dedented."""
     doc = getattr(hookspecs, hook_name).__doc__
     assert doc is not None and hookspecs.EXAMPLE_MARKER in doc, f"{hook_name} has no example"
-    return textwrap.dedent(doc.split(hookspecs.EXAMPLE_MARKER, 1)[1]).strip() + "\n"
+    return hookspecs.example_blocks(hook_name)["python"]
 
 
 def load_example(hook_name: str) -> tuple[types.ModuleType, PluginManager]:
@@ -152,7 +152,8 @@ def test_duplicate_kernel_name_names_both_plugins(tmp_path: Path) -> None:
     with pytest.raises(RegistryError) as info:
         load_plugins(builtins=[], entry_points=False, files=[a, b])
     assert str(info.value) == (
-        "duplicate kernel name 'same': registered by plugin 'alpha' and by plugin 'beta'"
+        "duplicate kernel name 'same': registered by plugin 'alpha' and by plugin 'beta'; "
+        "rename one, or disable one with -p no:beta"
     )
 
 
@@ -417,6 +418,9 @@ def fake_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         class Glow:
             name = "glow"
 
+            def __call__(self, x):
+                return x
+
         @hookimpl
         def particlesim_register_activations():
             return [Glow]
@@ -657,9 +661,9 @@ def test_hook_particlesim_simulation_start(examples_importable: None, capsys) ->
 def test_hook_particlesim_step_end(examples_importable: None, capsys) -> None:
     _, manager = load_example("particlesim_step_end")
     assert manager.has_impls("particlesim_step_end")
-    for step in (3, 100, 101):
+    for step in (3, 10, 101):
         manager.hook.particlesim_step_end(simulation=object(), step=step)
-    assert capsys.readouterr().out == "finished step 100\n"
+    assert capsys.readouterr().out == "finished step 10\n"
 
 
 def test_hook_particlesim_simulation_finish(examples_importable: None, capsys) -> None:
@@ -667,7 +671,7 @@ def test_hook_particlesim_simulation_finish(examples_importable: None, capsys) -
     for status in ("completed", "interrupted", "failed"):
         manager.hook.particlesim_simulation_finish(simulation=object(), status=status)
     assert capsys.readouterr().out == (
-        "simulation ended early: interrupted\nsimulation ended early: failed\n"
+        "simulation completed\nsimulation interrupted\nsimulation failed\n"
     )
 
 

@@ -147,13 +147,13 @@ layout = "ring"
 frozen = ["position"]
 
 [[interactions]]
-kind = "kernel"
+name = "kernel"
 source = "input"
 target = "hidden"
 kernel = {{ name = "cauchy", width = 1.5 }}
 
 [[interactions]]
-kind = "modulated"
+name = "modulated"
 source = "hidden"
 target = "output"
 kernel = "gaussian"
@@ -180,9 +180,9 @@ def test_explicit_groups_build_and_run(registries, tiny_data: Path) -> None:
     ("old", "new", "expected"),
     [
         (
-            'kind = "modulated"',
-            'kind = "modulatd"',
-            "interactions[1].kind: unknown interaction 'modulatd' (did you mean 'modulated'?)",
+            'name = "modulated"',
+            'name = "modulatd"',
+            "interactions[1].name: unknown interaction 'modulatd' (did you mean 'modulated'?)",
         ),
         (
             'kernel = "gaussian"',
@@ -208,8 +208,8 @@ def test_explicit_groups_build_and_run(registries, tiny_data: Path) -> None:
             "interactions[0].kernel: kernel 'cauchy': width must be one positive",
         ),
         (
-            'kind = "kernel"',
-            'kind = "kernel"\nbackend = "fast"',
+            'name = "kernel"',
+            'name = "kernel"\nbackend = "fast"',
             "s.toml: interactions[0].backend: expected one of 'auto', 'reference', 'chunked'",
         ),
         ("size = 6", 'size = "six"', "s.toml: groups[1].size: expected an integer"),
@@ -219,6 +219,13 @@ def test_explicit_groups_build_and_run(registries, tiny_data: Path) -> None:
 def test_group_errors(registries, old: str, new: str, expected: str) -> None:
     text = GROUPS.format(data_dir="/x").replace(old, new, 1)
     assert expected in error_of(text, registries)
+
+
+def test_interaction_kind_is_now_name(registries) -> None:
+    text = GROUPS.format(data_dir="/x").replace('name = "modulated"', 'kind = "modulated"', 1)
+    assert "interactions[1].kind: 'kind' is now 'name': write name = 'modulated'" in error_of(
+        text, registries
+    )
 
 
 def test_model_and_groups_together_is_an_error(registries) -> None:
@@ -354,6 +361,6 @@ def test_a_kernel_the_model_cannot_construct_is_one_error_naming_the_model(
     with pytest.raises(ScenarioError) as caught:
         build(plan, device="cpu", log=lambda m: None)
     message = str(caught.value)
-    assert message.startswith("s.toml: model: could not build the network: TypeError: ")
+    assert message.startswith("s.toml: model.kernel: kernel 'fixed': ")
     assert "unexpected keyword argument 'width'" in message and "\n" not in message
     assert message.endswith(" (model 'particle_network' of plugin 'lange')")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import shutil
 import sys
 import time
@@ -349,8 +350,15 @@ def _run(
     partial.replace(out_dir / "summary.json")
     if error is not None:
         raise fail(error, code)
+    measured = (
+        f"test accuracy {summary['test_accuracy']:.4f}"
+        if summary["test_accuracy"] is not None
+        else f"test loss {summary['test_loss']:.4g}"
+        if summary["test_loss"] is not None
+        else "no test measure"
+    )
     typer.echo(
-        f"{status}: test accuracy {summary['test_accuracy']:.4f} after "
+        f"{status}: {measured} after "
         f"{summary['epochs']:g} epoch{'' if summary['epochs'] == 1 else 's'} in "
         f"{summary['wall_time_s']:.1f} s; results in {out_dir}"
     )
@@ -423,15 +431,19 @@ def _summary(plan: Any, built: Any, status: str, error: str | None) -> dict[str,
         # the failure that ended the run (e.g. in the forward pass) would strike again
         test_loss, test_accuracy, val_accuracy = nan, nan, nan
     meta = sim.metadata
+
+    def number(value: float) -> float | None:  # JSON has no NaN: "not measured" is null
+        return value if math.isfinite(value) else None
+
     return {
         "scenario": meta["scenario_name"],
         "status": status,
         "error": error,
-        "test_accuracy": test_accuracy,
-        "test_loss": test_loss,
-        "val_accuracy": None if val_accuracy != val_accuracy else val_accuracy,
-        "train_loss": sim.running_mean("loss"),
-        "train_accuracy": sim.running_mean("correct"),
+        "test_accuracy": number(test_accuracy),
+        "test_loss": number(test_loss),
+        "val_accuracy": number(val_accuracy),
+        "train_loss": number(sim.running_mean("loss")),
+        "train_accuracy": number(sim.running_mean("correct")),
         "parameters": built.system.count_parameters(),
         "steps": sim.step,
         "epochs": sim.step / sim.steps_per_epoch,
@@ -552,6 +564,27 @@ def _disabled_on_command_line(argv: list[str]) -> list[str]:
     return _split_plugin_options(values)[1]
 
 
+def _leading_plugin_files(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``(files, rest)``: plugin files given with ``-p FILE`` before the command, and the rest.
+
+    ``particlesim -p my_plugin.py hello`` loads ``my_plugin.py`` before the command line
+    is parsed, so the commands it adds exist; ``-p no:NAME`` there is left to the command.
+    """
+    files: list[str] = []
+    rest = list(argv)
+    while rest:
+        flag = rest[0]
+        if flag in ("-p", "--plugin") and len(rest) > 1 and not rest[1].startswith("no:"):
+            files.append(rest[1])
+            rest = rest[2:]
+        elif flag.startswith("--plugin=") and not flag.startswith("--plugin=no:"):
+            files.append(flag.removeprefix("--plugin="))
+            rest = rest[1:]
+        else:
+            break
+    return files, rest
+
+
 def main() -> None:
     """Console-script entry point: add plugin commands, then run the app."""
     import warnings
@@ -559,8 +592,11 @@ def main() -> None:
     warnings.showwarning = _show_warning
     from particlesim.plugins.manager import ENV_STRICT, PluginManager, _env_flag
 
+    files, sys.argv[1:] = _leading_plugin_files(sys.argv[1:])
     try:
-        manager = PluginManager().load(disable=_disabled_on_command_line(sys.argv[1:]))
+        manager = PluginManager().load(
+            files=[Path(f) for f in files], disable=_disabled_on_command_line(sys.argv[1:])
+        )
     except ParticlesimError as exc:
         if not _env_flag(ENV_STRICT):  # strict: the command's own load reports it as its error
             typer.echo(f"warning: {exc}", err=True)

@@ -13,12 +13,14 @@ integrators move it once and trajectories record it beside positions and charges
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from particlesim.core.observables import Observable
+from particlesim.core.signatures import construct_with
 from particlesim.errors import OptionError
 
 if TYPE_CHECKING:
@@ -190,3 +192,24 @@ BUILTIN_ACTIVATIONS: tuple[type[Activation], ...] = (
     ESP,
     ESPPerNeuron,
 )
+
+
+class _CallableActivation(nn.Module):
+    """A plain callable (``torch.tanh``, a function) as the activation module of a group."""
+
+    def __init__(self, function: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.function = function
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.function(x)
+
+
+def make_activation(factory: Callable[..., Any], size: int) -> nn.Module:
+    """The activation module of a group of ``size`` neurons made by a registered ``factory``.
+
+    ``size`` is passed only when the factory's constructor takes it (activations with one
+    parameter per neuron); a factory that returns a plain callable is wrapped in a module.
+    """
+    made = construct_with(factory, {"size": size})
+    return made if isinstance(made, nn.Module) else _CallableActivation(made)

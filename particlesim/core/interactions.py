@@ -4,7 +4,7 @@ An interaction maps the source's outputs ``b [B, N]`` to a contribution to the
 target's pre-activations ``a [B, M]``. It reads the particles' fields from the
 two groups at call time, so positions and charges live in exactly one place.
 
-Kinds (``kind`` in a scenario):
+Built-in interactions (``name`` in a scenario's ``[[interactions]]``):
 
 * ``kernel`` — Lange (2015) eq. 9: ``a_h = q_h Σ_j k(r_h, r_j) b_j``.
 * ``modulated`` — Shader: ``a_h = Σ_j w_hj k(r_h, r_j) b_j`` with a free ``w``.
@@ -34,6 +34,8 @@ class Interaction(nn.Module):
     """
 
     name: ClassVar[str] = ""
+    #: Whether :meth:`effective_weight` gives an ``[M, N]`` matrix (trajectories record it).
+    has_effective_weight: ClassVar[bool] = True
 
     def __init__(self, source: ParticleGroup, target: ParticleGroup) -> None:
         super().__init__()

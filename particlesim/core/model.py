@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from particlesim.core.activations import make_activation
 from particlesim.core.group import ParticleGroup
 from particlesim.core.interactions import DenseInteraction
 from particlesim.core.system import System
@@ -37,6 +38,39 @@ class Model:
         dtype: torch.dtype,
     ) -> System:
         raise NotImplementedError  # pragma: no cover
+
+
+#: A model's ``kernel`` option: a registered name, or a table ``{name = …, <options>}``.
+KernelSpec = str | dict[str, Any]
+
+
+def kernel_factory(registries: Mapping[str, Any], spec: KernelSpec, **defaults: Any) -> Any:
+    """A function making a model's kernel from its ``kernel`` option.
+
+    ``spec`` is a registered kernel's name or a table whose ``name`` picks it and whose other
+    keys are its options; the model's own ``defaults`` (``width`` from ``kernel_width``…)
+    apply where the table does not set a key. The returned function takes keyword
+    overrides of its own and constructs a fresh kernel each call (one per layer).
+    """
+    if isinstance(spec, str):
+        name, options = spec, {}
+    else:
+        options = dict(spec)
+        name = options.pop("name", None)
+        if not isinstance(name, str):
+            raise OptionError("kernel", 'a kernel table needs name = "<a registered kernel>"')
+    kernel_class = registries["kernel"].get(name, where="kernel")
+
+    def make(**overrides: Any) -> Any:
+        merged = {**defaults, **overrides, **options}
+        try:
+            return kernel_class(**merged)
+        except (TypeError, ValueError) as exc:
+            raise OptionError("kernel", f"kernel {name!r}: {exc}") from None
+
+    make.kernel_class = kernel_class  # type: ignore[attr-defined]
+    make.name = name  # type: ignore[attr-defined]
+    return make
 
 
 def check_sizes(sizes: list[int], input_size: int, num_classes: int) -> list[int]:
@@ -107,7 +141,8 @@ class MLP(Model):
                 with torch.no_grad():
                     group.bias.uniform_(-bound, bound, generator=generator)
         activations = {
-            name: activation(size=size) for name, size in zip(names[1:-1], sizes[1:-1], strict=True)
+            name: make_activation(activation, size)
+            for name, size in zip(names[1:-1], sizes[1:-1], strict=True)
         }
         return System(groups, interactions, activations=activations)
 

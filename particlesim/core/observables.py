@@ -10,7 +10,7 @@ contract).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -110,6 +110,53 @@ def builtin_observables() -> list[Observable]:
         ),
         FunctionObservable("wall_time", lambda s: s.wall_time(), "s", "seconds spent in run()"),
     ]
+
+
+def system_observables(system: Any) -> list[Observable]:
+    """The observables a system offers by name: each potential's energy, each learned width.
+
+    ``potential/<name>``: the potential's energy before its coefficient (so potentials of
+    different strengths compare). ``width/<source>-><target>``: the kernel width σ of an
+    interaction whose width is trained (``[C]`` for a multi-width kernel), in position units.
+    Writers that were not given a list of observables record these too.
+    """
+    found: list[Observable] = []
+    used: set[str] = set()
+
+    def unique(name: str) -> str:
+        base, suffix = name, 2
+        while name in used:
+            name, suffix = f"{base}_{suffix}", suffix + 1
+        used.add(name)
+        return name
+
+    for potential in system.potentials:
+        found.append(
+            FunctionObservable(
+                unique(f"potential/{potential.name}"),
+                lambda s, p=potential: _plain(p.energy(s.system)),
+                "",
+                f"energy of potential {potential.name!r} (before its coefficient)",
+            )
+        )
+    for interaction in system.interactions:
+        log_width = getattr(getattr(interaction, "kernel", None), "log_width", None)
+        if isinstance(log_width, torch.nn.Parameter) and log_width.requires_grad:
+            found.append(
+                FunctionObservable(
+                    unique(f"width/{interaction.source}->{interaction.target}"),
+                    lambda s, w=log_width: _plain(w.exp()),
+                    "length",
+                    "learned kernel width σ",
+                )
+            )
+    return found
+
+
+def _plain(value: Tensor) -> Tensor | float:
+    """A detached scalar as a float; a larger tensor detached."""
+    value = value.detach()
+    return float(value) if value.numel() == 1 else value
 
 
 def to_python(value: Tensor | float) -> float | list:

@@ -15,7 +15,12 @@ from torch import Tensor
 
 from particlesim.core.integrators import Integrator
 from particlesim.core.losses import CrossEntropy, Loss
-from particlesim.core.observables import Observable, builtin_observables, to_python
+from particlesim.core.observables import (
+    Observable,
+    builtin_observables,
+    system_observables,
+    to_python,
+)
 from particlesim.core.system import System
 from particlesim.core.triggers import bind_epoch
 from particlesim.core.writers import Writer
@@ -275,8 +280,13 @@ class Simulation:
             system.parameters(), total_steps=self.total_steps, generator=self.noise_generator
         )
         self.observables: dict[str, Observable] = {}
-        for observable in [*builtin_observables(), *observables]:
+        own = system_observables(system)
+        for observable in [*builtin_observables(), *own, *observables]:
             self.observables[observable.name] = observable
+        for writer in writers:
+            if getattr(writer, "observables_defaulted", False) and writer.observables:
+                extra = [o.name for o in own if o.name not in writer.observables]
+                writer.observables = (*writer.observables, *extra)
         # Stable sort: a checkpoint writer (order 100) reports after the file writers.
         self.writers = sorted(writers, key=lambda w: getattr(w, "order", 0))
         for writer in self.writers:

@@ -140,12 +140,13 @@ class System(nn.Module):
         return total
 
     def effective_weights(self) -> dict[str, Tensor]:
-        """``[M, N]`` weight of every interaction, keyed ``"source->target"``."""
+        """``[M, N]`` weight of every interaction that has one, keyed ``"source->target"``."""
         return {
             f"{i.source}->{i.target}": i.effective_weight(
                 self.groups[i.source], self.groups[i.target]
             )
             for i in self.interactions
+            if i.has_effective_weight
         }
 
     def count_parameters(self) -> int:

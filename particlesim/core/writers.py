@@ -53,6 +53,9 @@ class Writer:
     ) -> None:
         self.trigger = OnEpoch() if trigger is None else as_trigger(trigger)
         self.observables = tuple(observables or self.default_observables)
+        #: No list given: the simulation adds the system's own observables (each potential's
+        #: energy, each learned width) to a non-empty default list.
+        self.observables_defaulted = observables is None
 
     def open(self, simulation: Simulation, out_dir: Path | None) -> None:
         """Called once before the first step (lazy initialisation goes here)."""

@@ -717,6 +717,8 @@ class TrajectoryWriter(Writer):
         assert self._connectivity_clock is not None
         used: set[str] = set()
         for interaction in system.interactions:
+            if not getattr(interaction, "has_effective_weight", True):
+                continue  # e.g. a plugin's plain module: no weight matrix to record
             source = system.groups[interaction.source]
             target = system.groups[interaction.target]
             name = base = f"{interaction.source}_to_{interaction.target}"

@@ -45,7 +45,27 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 """Marks a plugin function as a hook implementation (``from particlesim import hookimpl``)."""
 
 EXAMPLE_MARKER = ".. code-block:: python"
-"""Every hookspec docstring ends with this marker followed by its indented example."""
+"""Every hookspec docstring has this marker followed by its indented example plugin."""
+
+
+def example_blocks(hook_name: str) -> dict[str, str]:
+    """The code blocks of a hookspec's docstring by language, dedented.
+
+    ``"python"`` is the example plugin module; ``"toml"`` (registration and
+    run-lifecycle hooks) the scenario lines that select it; ``"console"`` a shell
+    session. The project's tests run each plugin through its scenario lines, so the
+    documentation cannot drift from the code.
+    """
+    import inspect
+    import re
+    import textwrap
+
+    doc = inspect.getdoc(globals()[hook_name]) or ""
+    blocks: dict[str, str] = {}
+    pattern = r"^\.\. code-block:: (\w+)\n\n((?:(?: {4}.*)?\n)+)"
+    for match in re.finditer(pattern, doc + "\n", flags=re.MULTILINE):
+        blocks[match.group(1)] = textwrap.dedent(match.group(2)).strip() + "\n"
+    return blocks
 
 
 class NamedFactory(Protocol):
@@ -110,6 +130,22 @@ def particlesim_register_kernels() -> Sequence[NamedFactory]:
         @hookimpl
         def particlesim_register_kernels():
             return [QuarticKernel]
+
+
+    Select it in a scenario (the plugin file beside the scenario file):
+
+    .. code-block:: toml
+
+        plugins = ["my_plugin.py"]
+
+        [model]
+        name = "particle_network"
+        kernel = { name = "quartic", width = 0.5 }
+        learnable_width = true
+
+    The run's ``scenario.toml`` records the kernel with its options, and each
+    layer's learned width is recorded by name in the trajectory
+    (``/observables/width/<source>-><target>``) and in the metrics.
     """
 
 
@@ -121,7 +157,7 @@ def particlesim_register_interactions() -> Sequence[NamedFactory]:
     registered, one implementation at a time. Takes no arguments.
 
     Return a list of interaction factories with a snake_case ``name``; a
-    scenario's ``[[interactions]]`` table selects one with ``kind = "<name>"``
+    scenario's ``[[interactions]]`` table selects one with ``name = "<name>"``
     and passes its other keys as constructor keywords. The full protocol is the
     engine's ``Interaction`` base class (``particlesim.core``); interactions are
     ``torch.nn.Module`` objects so that parameters, devices and state dicts work.
@@ -153,6 +189,48 @@ def particlesim_register_interactions() -> Sequence[NamedFactory]:
         @hookimpl
         def particlesim_register_interactions():
             return [ScaledIdentity]
+
+
+    Select it in a scenario (the plugin file beside the scenario file):
+
+    .. code-block:: toml
+
+        plugins = ["my_plugin.py"]
+
+        [[groups]]
+        name = "input"
+        size = 16  # the data set's input features
+        dim = 2
+
+        [[groups]]
+        name = "hidden"
+        size = 16
+        dim = 2
+        activation = "tanh"
+
+        [[groups]]
+        name = "output"
+        size = 3  # the data set's classes
+        dim = 2
+
+        [[interactions]]
+        name = "kernel"
+        source = "input"
+        target = "hidden"
+
+        [[interactions]]
+        name = "scaled_identity"  # a skip link: the input's activity, times a learned gain
+        source = "input"
+        target = "hidden"
+        gain = 0.5
+
+        [[interactions]]
+        name = "kernel"
+        source = "hidden"
+        target = "output"
+
+    Its ``gain`` is trained with the system's other parameters and saved in the
+    run's ``checkpoint.pt`` (``interactions.1.module.gain``).
     """
 
 
@@ -164,7 +242,7 @@ def particlesim_register_potentials() -> Sequence[NamedFactory]:
     registered, one implementation at a time. Takes no arguments.
 
     Return a list of potential factories with a snake_case ``name``; a
-    scenario's ``[[potentials]]`` table selects one with ``kind = "<name>"``
+    scenario's ``[[potentials]]`` table selects one with ``name = "<name>"``
     and passes its other keys (``strength``, ``groups``, …) as constructor
     keywords. The full protocol is the engine's ``Potential`` base class
     (``particlesim.core``); each potential's value is also reported as an
@@ -194,6 +272,22 @@ def particlesim_register_potentials() -> Sequence[NamedFactory]:
         @hookimpl
         def particlesim_register_potentials():
             return [HarmonicTether]
+
+
+    Select it in a scenario (the plugin file beside the scenario file):
+
+    .. code-block:: toml
+
+        plugins = ["my_plugin.py"]
+
+        [[potentials]]
+        name = "harmonic_tether"
+        strength = 0.1
+        groups = ["hidden1"]  # the engine's: the groups whose fields it is given (default all)
+
+    Its value is recorded as the observable ``potential/harmonic_tether``: a
+    column of the run's ``metrics.jsonl`` and ``/observables/potential/harmonic_tether``
+    in a trajectory.
     """
 
 
@@ -232,6 +326,21 @@ def particlesim_register_integrators() -> Sequence[NamedFactory]:
         @hookimpl
         def particlesim_register_integrators():
             return [NesterovSGD]
+
+
+    Select it in a scenario (the plugin file beside the scenario file):
+
+    .. code-block:: toml
+
+        plugins = ["my_plugin.py"]
+
+        [integrator]
+        name = "nesterov"
+        lr = 0.05
+        momentum = 0.8
+
+    The run's ``scenario.toml`` records it with its options, and its step size
+    is the observable ``lr`` (a column of ``metrics.jsonl``).
     """
 
 
@@ -276,6 +385,24 @@ def particlesim_register_observables() -> Sequence[NamedFactory]:
         @hookimpl
         def particlesim_register_observables():
             return [MeanRadius]
+
+
+    Select it in a scenario (the plugin file beside the scenario file):
+
+    .. code-block:: toml
+
+        plugins = ["my_plugin.py"]
+
+        [[observables]]
+        name = "mean_radius"
+        group = "hidden1"  # particle_network's first hidden layer
+
+        [[writers]]
+        name = "metrics"
+        every = 5
+        observables = ["train_loss", "mean_radius"]
+
+    Each line of the run's ``metrics.jsonl`` then has a ``mean_radius``.
     """
 
 
@@ -321,6 +448,25 @@ def particlesim_register_datasets() -> Sequence[NamedFactory]:
         @hookimpl
         def particlesim_register_datasets():
             return [two_moons]
+
+
+    Select it in a scenario (the plugin file beside the scenario file):
+
+    .. code-block:: toml
+
+        plugins = ["my_plugin.py"]
+
+        [data]
+        name = "two_moons"
+        size = 512
+        noise = 0.05
+
+    A function's ``(x, y)`` is split by the engine: ``test_fraction`` of the rows
+    (an engine key, default 0.2, drawn with the scenario's seed) become the test
+    set. Integer targets are classes (cross-entropy, accuracy); real ones are
+    regressed (mean squared error). A class may instead give ``load(seed, log)``
+    returning :class:`particlesim.data.DataSplits`. The summary's
+    ``data_source`` names the data set.
     """
 
 
@@ -332,7 +478,7 @@ def particlesim_register_writers() -> Sequence[NamedFactory]:
     registered, one implementation at a time. Takes no arguments.
 
     Return a list of writer factories with a snake_case ``name``; a scenario's
-    ``[[writers]]`` table selects one with ``kind = "<name>"`` and passes its
+    ``[[writers]]`` table selects one with ``name = "<name>"`` and passes its
     other keys as keywords. Writers receive observables that were already
     computed (they never compute their own) and state what they need next; the
     full protocol is the engine's writer base class (``particlesim.io``).
@@ -361,6 +507,23 @@ def particlesim_register_writers() -> Sequence[NamedFactory]:
         @hookimpl
         def particlesim_register_writers():
             return [PrintWriter]
+
+
+    Select it in a scenario (the plugin file beside the scenario file):
+
+    .. code-block:: toml
+
+        plugins = ["my_plugin.py"]
+
+        [[writers]]
+        name = "print"
+        every = 5
+        digits = 3
+        observables = ["train_loss"]
+
+    ``every`` and ``observables`` are the engine's keys (given to the writer only
+    if its constructor takes them); the run prints ``step 5: train_loss=…`` and
+    so on every 5 steps.
     """
 
 
@@ -397,6 +560,21 @@ def particlesim_register_activations() -> Sequence[NamedFactory]:
         @hookimpl
         def particlesim_register_activations():
             return [Softsign]
+
+
+    Select it in a scenario (the plugin file beside the scenario file):
+
+    .. code-block:: toml
+
+        plugins = ["my_plugin.py"]
+
+        [model]
+        name = "particle_network"
+        activation = "softsign"
+
+    A class whose constructor takes ``size`` is given the group's size (for
+    per-neuron parameters); others are constructed without arguments. The run's
+    ``scenario.toml`` records the activation.
     """
 
 
@@ -442,6 +620,24 @@ def particlesim_register_losses() -> Sequence[NamedFactory]:
         @hookimpl
         def particlesim_register_losses():
             return [Huber]
+
+
+    Select it in a scenario (the plugin file beside the scenario file):
+
+    .. code-block:: toml
+
+        plugins = ["my_plugin.py"]
+
+        [data]
+        name = "spherical_3spin"  # real-valued targets (plugin rotskoff)
+        dim = 8
+
+        [loss]
+        name = "huber"
+        delta = 0.5
+
+    The loss is the ``train_loss`` and ``test_loss`` of ``metrics.jsonl`` and of
+    the run's ``summary.json``.
     """
 
 
@@ -497,6 +693,20 @@ def particlesim_register_models() -> Sequence[NamedFactory]:
         @hookimpl
         def particlesim_register_models():
             return [TinyNetwork]
+
+
+    Select it in a scenario (the plugin file beside the scenario file):
+
+    .. code-block:: toml
+
+        plugins = ["my_plugin.py"]
+
+        [model]
+        name = "tiny_network"
+        hidden = 16
+
+    The run's ``scenario.toml`` records the model with its options, and its
+    groups are the trajectory's particle groups.
     """
 
 
@@ -532,6 +742,15 @@ def particlesim_simulation_start(simulation: Any) -> None:
         def particlesim_simulation_start(simulation):
             STARTED[id(simulation)] = time.perf_counter()
             print("simulation started")
+
+
+    Select it in a scenario (the plugin file beside the scenario file):
+
+    .. code-block:: toml
+
+        plugins = ["my_plugin.py"]
+
+    The run prints ``simulation started`` before its first step.
     """
 
 
@@ -558,8 +777,17 @@ def particlesim_step_end(simulation: Any, step: int) -> None:
 
         @hookimpl
         def particlesim_step_end(step):
-            if step % 100 == 0:
+            if step % 10 == 0:
                 print(f"finished step {step}")
+
+
+    Select it in a scenario (the plugin file beside the scenario file):
+
+    .. code-block:: toml
+
+        plugins = ["my_plugin.py"]
+
+    A run of 25 steps prints ``finished step 10`` and ``finished step 20``.
     """
 
 
@@ -588,8 +816,17 @@ def particlesim_simulation_finish(
 
         @hookimpl
         def particlesim_simulation_finish(status):
-            if status != "completed":
-                print(f"simulation ended early: {status}")
+            print(f"simulation {status}")
+
+
+    Select it in a scenario (the plugin file beside the scenario file):
+
+    .. code-block:: toml
+
+        plugins = ["my_plugin.py"]
+
+    A run that ends normally prints ``simulation completed`` after its writers
+    are closed; one stopped with Ctrl-C prints ``simulation interrupted``.
     """
 
 
@@ -621,4 +858,12 @@ def particlesim_add_commands(app: typer.Typer) -> None:
             def hello(name: str = "world") -> None:
                 \"\"\"Say hello (an example plugin command).\"\"\"
                 typer.echo(f"hello {name}")
+
+    Load the plugin file with ``-p`` before the command (an installed plugin
+    needs nothing):
+
+    .. code-block:: console
+
+        $ particlesim -p my_plugin.py hello --name you
+        hello you
     """

@@ -521,20 +521,25 @@ def _validated_items(items: object, where: str, kind: str) -> list[Any]:
 
 
 def _check_factory(factory: Any, where: str, kind: str, plugin: str) -> None:
-    """Kind-specific checks of one registered item (kernels: the contract of the kernel ops).
+    """Kind-specific checks of one registered item, when plugins load.
 
     A kernel that is not a :class:`~particlesim.kernels.Kernel`, or a radial kernel whose
-    profile is not elementwise, not finite, or disagrees with its closed-form derivative, is
-    refused here, naming the plugin, rather than failing (or training wrongly) mid-run.
+    profile is not elementwise, not finite, or disagrees with its closed-form derivative;
+    any other kind's factory that lacks the method the engine calls or takes its options
+    by position (:func:`particlesim.plugins.adapters.factory_problem`): refused here,
+    naming the plugin, rather than failing (or training wrongly) mid-run.
     """
-    if kind != "kernel":
-        return
-    from particlesim.kernels.base import kernel_class_problem  # torch only when kernels load
+    if kind == "kernel":
+        from particlesim.kernels.base import kernel_class_problem  # torch only when kernels load
 
-    problem = kernel_class_problem(factory)
+        problem = kernel_class_problem(factory)
+    else:
+        from particlesim.plugins.adapters import factory_problem
+
+        problem = factory_problem(kind, factory)
     if problem is not None:
         raise PluginError(
-            f"{where} returned kernel {factory.name!r}, which {problem}; fix it, or disable "
+            f"{where} returned {kind} {factory.name!r}, which {problem}; fix it, or disable "
             f"the plugin with -p no:{plugin}"
         )
 

@@ -40,7 +40,7 @@ class Registry:
             other = self._entries[name].plugin
             raise RegistryError(
                 f"duplicate {self.kind} name {name!r}: registered by plugin {other!r} "
-                f"and by plugin {plugin!r}"
+                f"and by plugin {plugin!r}; rename one, or disable one with -p no:{plugin}"
             )
         self._entries[name] = Entry(name, factory, plugin)
 

@@ -15,8 +15,11 @@ from typing import Any, Literal
 
 import torch
 
+from particlesim.core.activations import make_activation
 from particlesim.core.device import resolve_device, resolve_dtype
 from particlesim.core.group import ParticleGroup
+from particlesim.core.interactions import Interaction
+from particlesim.core.signatures import accepts
 from particlesim.core.simulation import Backoff, Simulation
 from particlesim.core.system import System
 from particlesim.core.triggers import OnEpoch, Periodic, Trigger
@@ -26,6 +29,15 @@ from particlesim.errors import (
     RegistryError,
     ScenarioError,
     close_matches,
+)
+from particlesim.plugins.adapters import (
+    CallableObservable,
+    CallablePotential,
+    CallableWriter,
+    FunctionDataset,
+    ModuleInteraction,
+    OptimizerIntegrator,
+    is_optimizer_factory,
 )
 from particlesim.scenario.options import (
     check_options,
@@ -110,7 +122,7 @@ def group_section(
 
 def interaction_section(
     *,
-    kind: str,
+    name: str,
     source: str,
     target: str,
     kernel: str | dict[str, Any] | None = None,
@@ -181,6 +193,45 @@ def _array_of_tables(raw: Mapping[str, Any], key: str, source: str) -> list[dict
     return [dict(v) for v in value]
 
 
+#: Keys of a scenario table that the engine reads itself when the factory does not take
+#: them (``plugins/adapters.py``): ``(type, default)`` per key, for the factories ``when``
+#: accepts.
+EngineKeys = dict[str, tuple[Any, Any]]
+
+
+def _engine_keys(kind: str, factory: Callable[..., Any]) -> EngineKeys:
+    """The engine's own keys of a ``kind`` table whose factory is ``factory``."""
+    from particlesim.core.integrators import ScheduleKind
+    from particlesim.core.observables import Observable
+    from particlesim.core.potentials import Potential
+    from particlesim.core.writers import Writer
+
+    is_class = isinstance(factory, type)
+    keys: EngineKeys = {}
+    if kind == "potential" and not (is_class and issubclass(factory, Potential)):
+        keys = {"coefficient": (float, 1.0), "groups": (list[str] | None, None)}
+    elif kind == "writer" and not (is_class and issubclass(factory, Writer)):
+        keys = {"observables": (list[str] | None, None)}
+    elif kind == "dataset" and not is_class:
+        keys = {"test_fraction": (float, 0.2)}
+    elif kind == "integrator" and is_optimizer_factory(factory):
+        keys = {"lr_schedule": (ScheduleKind, "constant"), "lr_final": (float, 0.0)}
+    elif kind == "observable" and not (is_class and issubclass(factory, Observable)):
+        keys = {}
+    return {k: v for k, v in keys.items() if not accepts(factory, k)}
+
+
+def _split_engine_keys(
+    keys: EngineKeys, table: dict[str, Any], path: str, source: str
+) -> dict[str, Any]:
+    """Pop and type-check the engine's keys from ``table``; fill their defaults."""
+    engine = {}
+    for key, (expected, default) in keys.items():
+        value = table.pop(key, default)
+        engine[key] = check_type(value, expected, f"{path}.{key}", source=source)
+    return engine
+
+
 def _construct(
     registries: Mapping[str, Any],
     kind: str,
@@ -191,7 +242,12 @@ def _construct(
     exclude: tuple[str, ...] = (),
     extra: Mapping[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Look up ``table["name"]`` in the ``kind`` registry, check the rest, construct it."""
+    """Look up ``table["name"]`` in the ``kind`` registry, check the rest, construct it.
+
+    Plain classes and functions from plugins are adapted to the engine's protocol of
+    ``kind`` (:mod:`particlesim.plugins.adapters`); keys the engine reads itself are
+    split off first when the factory does not take them.
+    """
     name = table.pop("name", None)
     if name is None:
         raise ScenarioError(
@@ -204,9 +260,13 @@ def _construct(
         raise ScenarioError(
             str(exc).split(": ", 1)[1], path=f"{path}.name", source=source
         ) from None
+    factory = entry.factory
+    engine = _split_engine_keys(_engine_keys(kind, factory), table, path, source)
+    optimizer = kind == "integrator" and is_optimizer_factory(factory)
+    exclude = (*exclude, "params") if optimizer else exclude
     try:
         options = check_options(
-            entry.factory, table, path, exclude=exclude, what=f"{kind} {name!r}", source=source
+            factory, table, path, exclude=exclude, what=f"{kind} {name!r}", source=source
         )
     except ScenarioError as exc:
         if not _is_plugin(entry.plugin):
@@ -214,9 +274,56 @@ def _construct(
         raise ScenarioError(
             f"{exc.detail} (plugin {entry.plugin!r})", path=exc.path, source=source
         ) from None
-    instance = _call(entry.factory, {**options, **(extra or {})}, path, source, entry.plugin)
-    resolved = {"name": name, **defaults(entry.factory, exclude), **options}
+    offered = dict(extra or {})
+    extra = {k: v for k, v in offered.items() if accepts(factory, k)}
+    if optimizer:
+        instance = _call(
+            lambda **kw: OptimizerIntegrator(factory, kw, name=name, **engine),
+            options, path, source, entry.plugin,
+        )  # fmt: skip
+    elif kind == "dataset" and not isinstance(factory, type):
+        instance = _call(
+            lambda **kw: FunctionDataset(factory, kw, name=name, **engine),
+            options, path, source, entry.plugin,
+        )  # fmt: skip
+    else:
+        instance = _call(factory, {**options, **extra}, path, source, entry.plugin)
+        instance = _adapt(kind, instance, name, engine, offered, path, source)
+    resolved = {"name": name, **defaults(factory, exclude), **options, **engine}
     return instance, resolved
+
+
+def _adapt(
+    kind: str,
+    instance: Any,
+    name: str,
+    engine: dict[str, Any],
+    offered: dict[str, Any],
+    path: str,
+    source: str,
+) -> Any:
+    """A constructed plugin component in the engine's protocol of ``kind`` (itself if it is)."""
+    from particlesim.core.observables import Observable
+    from particlesim.core.potentials import Potential
+    from particlesim.core.writers import Writer
+
+    try:
+        if kind == "potential" and not isinstance(instance, Potential):
+            return CallablePotential(instance, name=name, **engine)
+        if kind == "observable" and not isinstance(instance, Observable):
+            return CallableObservable(instance, name=name)
+        if kind == "writer" and not isinstance(instance, Writer):
+            return CallableWriter(instance, name=name, **engine, trigger=offered.get("trigger"))
+    except OptionError as exc:
+        raise ScenarioError(exc.detail, path=f"{path}.{exc.key}", source=source) from None
+    if kind == "dataset" and not callable(getattr(instance, "load", None)):
+        raise ScenarioError(
+            f"data set {name!r} made a {type(instance).__name__}, which has no load(seed, log); "
+            "register a function returning (x, y) or a class with load()",
+            path=path,
+            source=source,
+        )
+    return instance
 
 
 def _is_plugin(name: str) -> bool:
@@ -237,6 +344,15 @@ def _call(
     except (ValueError, TypeError) as exc:
         who = f" (plugin {plugin!r})" if _is_plugin(plugin) else ""
         raise ScenarioError(f"{exc}{who}", path=path, source=source) from None
+    except ParticlesimError:
+        raise
+    except Exception as exc:  # a plugin's constructor failing in its own way
+        who = f" of plugin {plugin!r}" if _is_plugin(plugin) else ""
+        name = getattr(factory, "name", None) or getattr(factory, "__name__", "component")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ScenarioError(
+            f"{name!r}{who} raised {type(exc).__name__}: {first}", path=path, source=source
+        ) from None
 
 
 def _kernel_table(value: str | dict[str, Any] | None) -> dict[str, Any]:
@@ -419,6 +535,16 @@ def _check_named_components(
                 registries[kind].entry(value)
             except RegistryError as exc:
                 raise ScenarioError(str(exc), path=f"{path}.{kind}", source=source) from None
+        elif kind == "kernel" and isinstance(value, dict):  # kernel = { name = …, <options> }
+            table = dict(value)
+            if "name" not in table:
+                raise ScenarioError(
+                    "missing required key 'name' (a registered kernel)",
+                    path=f"{path}.kernel",
+                    source=source,
+                )
+            # checks the name and the table's keys against the kernel's options
+            _construct(registries, "kernel", table, f"{path}.kernel", source)
 
 
 def _trigger(every: Any, path: str, source: str) -> Trigger:
@@ -478,7 +604,13 @@ def _validate_interactions(raw, registries, groups, source) -> list[dict[str, An
     interactions = []
     for i, table in enumerate(_array_of_tables(raw, "interactions", source)):
         path = f"interactions[{i}]"
-        common = {k: table.pop(k) for k in ("kind", "source", "target", "kernel") if k in table}
+        if "kind" in table:  # the word before `name` was settled on
+            raise ScenarioError(
+                f"'kind' is now 'name': write name = {table['kind']!r}",
+                path=f"{path}.kind",
+                source=source,
+            )
+        common = {k: table.pop(k) for k in ("name", "source", "target", "kernel") if k in table}
         common = check_options(interaction_section, common, path, source=source)
         for end in ("source", "target"):
             if common[end] not in names:
@@ -489,15 +621,15 @@ def _validate_interactions(raw, registries, groups, source) -> list[dict[str, An
                     source=source,
                 )
         try:
-            entry = registries["interaction"].entry(common["kind"])
+            entry = registries["interaction"].entry(common["name"])
         except RegistryError as exc:
-            raise ScenarioError(str(exc), path=f"{path}.kind", source=source) from None
+            raise ScenarioError(str(exc), path=f"{path}.name", source=source) from None
         options = check_options(
             entry.factory,
             table,
             path,
             exclude=("source", "target", "kernel", "generator"),
-            what=f"interaction {common['kind']!r}",
+            what=f"interaction {common['name']!r}",
             source=source,
         )
         resolved = {**common, **options}
@@ -564,12 +696,11 @@ def build(
         ) from None
     potentials = []
     for i, table in enumerate(resolved["potentials"]):
-        options = {k: v for k, v in table.items() if k != "name"}
-        potentials.append(
-            _call(registries["potential"].get(table["name"]), options, f"potentials[{i}]", source)
-        )
+        potential, _ = _construct(registries, "potential", dict(table), f"potentials[{i}]", source)
+        potentials.append(potential)
     for potential in potentials:
         system.potentials.append(potential)
+    _check_group_names(plan, system, potentials, source)
     system = system.to(dtype)
     run = resolved["run"]
     loss = plan.loss
@@ -607,6 +738,26 @@ def build(
     _warn_unrecorded(plan, [*plan.writers, *(extra_writers or [])], log)
     simulation.metadata.update(run_metadata(plan, data, hooks))
     return Built(plan, system, data, simulation, torch_device)
+
+
+def _check_group_names(plan: Plan, system: System, potentials: list[Any], source: str) -> None:
+    """Groups that potentials (``groups``) and observables (``group``) name must exist."""
+    named: list[tuple[str, Any]] = [
+        (f"potentials[{i}].groups", getattr(p, "groups", None)) for i, p in enumerate(potentials)
+    ]
+    named += [
+        (f"observables[{i}].group", getattr(getattr(o, "plugin", o), "group", None))
+        for i, o in enumerate(plan.observables)
+    ]
+    for path, value in named:
+        for group in [value] if isinstance(value, str) else list(value or []):
+            if group not in system.groups:
+                raise ScenarioError(
+                    f"unknown group {group!r}{close_matches(str(group), list(system.groups))}; "
+                    f"groups: {', '.join(system.groups)}",
+                    path=path,
+                    source=source,
+                )
 
 
 def _warn_unrecorded(plan: Plan, writers: list[Any], log: Callable[[str], None]) -> None:
@@ -683,7 +834,9 @@ def _build_system(plan, registries, input_size, data, generator, dtype, source) 
             dtype=dtype,
         )
     except OptionError as exc:
-        raise ScenarioError(exc.detail, path=f"model.{exc.key}", source=source) from None
+        raise ScenarioError(
+            f"{exc.detail}{_model_plugin(plan, registries)}", path=f"model.{exc.key}", source=source
+        ) from None
 
 
 def _build_groups(resolved, registries, generator, dtype, source) -> System:
@@ -715,10 +868,10 @@ def _build_groups(resolved, registries, generator, dtype, source) -> System:
     interactions = []
     for i, table in enumerate(resolved["interactions"]):
         options = dict(table)
-        kind = options.pop("kind")
+        name = options.pop("name")
         src, dst = by_name[options.pop("source")], by_name[options.pop("target")]
         kernel_table = options.pop("kernel", None)
-        factory = registries["interaction"].get(kind)
+        factory = registries["interaction"].get(name)
         if isinstance(kernel_table, dict) and "kernel" in _param_names(factory):
             kernel_options = {k: v for k, v in kernel_table.items() if k != "name"}
             options["kernel"] = _call(
@@ -729,11 +882,21 @@ def _build_groups(resolved, registries, generator, dtype, source) -> System:
             )
         if "generator" in _param_names(factory):
             options["generator"] = generator
+        if not (isinstance(factory, type) and issubclass(factory, Interaction)):
+            # a plain module or callable: the engine gives it the groups only if it asks
+            offered = {"source": src, "target": dst}
+            options.update({k: v for k, v in offered.items() if accepts(factory, k)})
+            plugin = _call(factory, options, f"interactions[{i}]", source)
+            if not isinstance(plugin, Interaction):
+                plugin = ModuleInteraction(src, dst, plugin, name=name)
+            interactions.append(plugin)
+            continue
         interactions.append(
             _call(factory, {"source": src, "target": dst, **options}, f"interactions[{i}]", source)
         )
     activations = {
-        g.name: registries["activation"].get(g.activation)(size=g.size) for g in groups[1:]
+        g.name: make_activation(registries["activation"].get(g.activation), g.size)
+        for g in groups[1:]
     }
     try:
         return System(

@@ -38,9 +38,10 @@ from typing import Literal
 import torch
 
 from particlesim import hookimpl
+from particlesim.core.activations import make_activation
 from particlesim.core.group import ParticleGroup
 from particlesim.core.interactions import KernelInteraction
-from particlesim.core.model import Model, check_sizes, layer_names
+from particlesim.core.model import KernelSpec, Model, check_sizes, kernel_factory, layer_names
 from particlesim.core.system import System
 from particlesim.errors import OptionError
 from particlesim.kernels.ops import Backend
@@ -89,7 +90,7 @@ class ParticleNetwork(Model):
         *,
         sizes: list[int],
         dim: int = 3,
-        kernel: str = "gaussian",
+        kernel: KernelSpec = "gaussian",
         kernel_width: float = 1.0,
         learnable_width: bool = False,
         activation: str = "tanh",
@@ -135,10 +136,12 @@ class ParticleNetwork(Model):
     def build(self, *, registries, input_size, num_classes, generator, dtype) -> System:
         sizes = check_sizes(self.sizes, input_size, num_classes)
         names = layer_names(len(sizes))
-        spread = self.position_spread or default_spread(self.dim, self.kernel_width)
-        kernel_class = registries["kernel"].get(self.kernel, where="kernel")
+        table_width = self.kernel.get("width") if isinstance(self.kernel, dict) else None
+        kernel_width = self.kernel_width if table_width is None else table_width
+        spread = self.position_spread or default_spread(self.dim, kernel_width)
+        make_kernel = kernel_factory(registries, self.kernel)
         activation = registries["activation"].get(self.activation, where="activation")
-        widths = channel_widths(self.kernel_width, self.charge_channels)
+        widths = channel_widths(kernel_width, self.charge_channels)
         groups = [
             ParticleGroup.create(
                 names[0],
@@ -164,7 +167,7 @@ class ParticleNetwork(Model):
                 activation=self.activation if i < len(sizes) - 1 else "identity",
             )
             kernel_options = {} if self.cutoff is None else {"cutoff": self.cutoff}
-            kernel = kernel_class(
+            kernel = make_kernel(
                 width=widths if len(widths) > 1 else widths[0],
                 learnable_width=self.learnable_width,
                 **kernel_options,
@@ -175,7 +178,8 @@ class ParticleNetwork(Model):
                 KernelInteraction(groups[-2], group, kernel=kernel, backend=self.backend)
             )
         activations = {
-            name: activation(size=size) for name, size in zip(names[1:-1], sizes[1:-1], strict=True)
+            name: make_activation(activation, size)
+            for name, size in zip(names[1:-1], sizes[1:-1], strict=True)
         }
         return System(
             groups, interactions, activations=activations, input_scaling=self.input_scaling

@@ -17,9 +17,10 @@ import math
 
 import torch
 
+from particlesim.core.activations import make_activation
 from particlesim.core.group import ParticleGroup
 from particlesim.core.mean_field import MeanFieldInteraction, MeanFieldUnits
-from particlesim.core.model import Model
+from particlesim.core.model import KernelSpec, Model, kernel_factory
 from particlesim.core.system import System
 from particlesim.errors import OptionError
 
@@ -50,7 +51,7 @@ class MeanField(Model):
         *,
         particles: int = 256,
         activation: str = "sigmoid",
-        kernel: str = "dot_product",
+        kernel: KernelSpec = "dot_product",
         bias: bool = True,
         position_std: float = 1.0,
         bias_std: float = 1.0,
@@ -76,7 +77,7 @@ class MeanField(Model):
     def build(self, *, registries, input_size, num_classes, generator, dtype) -> System:
         d, n = input_size, self.particles
         activation = registries["activation"].get(self.activation, where="activation")
-        kernel = registries["kernel"].get(self.kernel, where="kernel")()
+        kernel = kernel_factory(registries, self.kernel)()
         inputs = ParticleGroup(
             "input", {"position": torch.eye(d, dtype=dtype)}, frozen=["position"]
         )
@@ -104,7 +105,7 @@ class MeanField(Model):
                 MeanFieldUnits(inputs, particles, kernel=kernel),
                 MeanFieldInteraction(particles, output),
             ],
-            activations={"particles": activation(size=n)},
+            activations={"particles": make_activation(activation, n)},
         )
 
 

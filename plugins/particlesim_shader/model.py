@@ -44,10 +44,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from particlesim.core.activations import make_activation
 from particlesim.core.group import ParticleGroup
 from particlesim.core.interactions import DenseInteraction, ModulatedInteraction
 from particlesim.core.layouts import gaussian, ring
-from particlesim.core.model import Model, check_sizes, layer_names
+from particlesim.core.model import KernelSpec, Model, check_sizes, kernel_factory, layer_names
 from particlesim.core.system import System
 from particlesim.errors import OptionError
 
@@ -126,7 +127,7 @@ class PositionalMLP(Model):
         sizes: list[int],
         positional: bool = True,
         dim: int = 2,
-        kernel: str = "cauchy",
+        kernel: KernelSpec = "cauchy",
         kernel_width: float = 1.0,
         activation: str = "swish",
         bias: bool = True,
@@ -188,9 +189,7 @@ class PositionalMLP(Model):
                 "input_grid", f"{shape} holds {math.prod(shape)} pixels, not {sizes[0]} inputs"
             )
         activation = registries["activation"].get(self.activation, where="activation")
-        kernel_class = (
-            registries["kernel"].get(self.kernel, where="kernel") if self.positional else None
-        )
+        make_kernel = kernel_factory(registries, self.kernel) if self.positional else None
 
         positions = [pixel_grid(shape, self.dim, self.input_extent)]
         for i, size in enumerate(sizes[1:-1], start=1):
@@ -217,7 +216,7 @@ class PositionalMLP(Model):
         for source, target in itertools.pairwise(groups):
             weight = glorot_uniform(target.size, source.size, generator)
             if self.positional:
-                kernel = kernel_class(width=self.kernel_width)
+                kernel = make_kernel(width=self.kernel_width)
                 interaction = ModulatedInteraction(
                     source, target, kernel=kernel, backend=self.backend
                 )
@@ -231,6 +230,7 @@ class PositionalMLP(Model):
                 interaction.weight.copy_(weight.to(dtype))
             interactions.append(interaction)
         activations = {
-            name: activation(size=size) for name, size in zip(names[1:-1], sizes[1:-1], strict=True)
+            name: make_activation(activation, size)
+            for name, size in zip(names[1:-1], sizes[1:-1], strict=True)
         }
         return System(groups, interactions, activations=activations)

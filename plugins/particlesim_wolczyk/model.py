@@ -28,6 +28,7 @@ from typing import Literal
 
 import torch
 
+from particlesim.core.activations import make_activation
 from particlesim.core.group import ParticleGroup
 from particlesim.core.interactions import DenseInteraction
 from particlesim.core.model import Model, check_sizes, layer_names
@@ -165,6 +166,7 @@ class SpatialMLP(Model):
                 DensityCost(coefficient=self.beta, layers=layers),
             ]
         activations = {
-            name: activation(size=size) for name, size in zip(names[1:-1], sizes[1:-1], strict=True)
+            name: make_activation(activation, size)
+            for name, size in zip(names[1:-1], sizes[1:-1], strict=True)
         }
         return System(groups, interactions, potentials, activations=activations)
