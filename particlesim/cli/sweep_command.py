@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from particlesim.cli.common import EXIT_INTERRUPTED, fail, prepare
 from particlesim.errors import ParticlesimError
 
 if TYPE_CHECKING:
@@ -66,7 +67,6 @@ def sweep(
     DIR/logs), 2 for bad input, 130 when interrupted (run it again to continue).
     """
     from particlesim import sweeps
-    from particlesim.cli.app import EXIT_INTERRUPTED, fail, prepare
     from particlesim.scenario.loader import apply_override, read_scenario
 
     if workers < 1:
