@@ -117,7 +117,7 @@ def run(
     """Run a scenario: train, record metrics, write a summary; --resume continues a run."""
     context = None
     if distributed:
-        from particlesim.distributed import init_distributed
+        from particlesim.core.distributed import init_distributed
 
         try:
             context = init_distributed(device or "auto")
@@ -128,7 +128,7 @@ def run(
             _run(stack, scenario, set_, device, out, overwrite, plugin, progress, resume, context)
     finally:
         if context is not None:
-            from particlesim.distributed import shutdown
+            from particlesim.core.distributed import shutdown
 
             shutdown()
 
