@@ -681,7 +681,7 @@ def test_scenario_guard_options_are_checked(tiny_scenario: Path, assignment: str
 
 
 def test_scenario_guard_options_reach_the_simulation(tiny_scenario: Path) -> None:
-    from particlesim.cli.app import prepare
+    from particlesim.cli.common import prepare
     from particlesim.scenario.builder import build
 
     plan, manager = prepare(

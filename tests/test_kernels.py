@@ -51,6 +51,7 @@ from particlesim.kernels.neighbours import (
     bisection_order,
     build_neighbour_list,
     morton_order,
+    neighbour_list_for,
     tile_boxes,
 )
 from particlesim.kernels.ops import (
@@ -984,11 +985,11 @@ def test_neighbour_list_argument_errors() -> None:
         build_neighbour_list(rh, rj, 1.0, order="hilbert")
     nl = build_neighbour_list(rh, rj, 1.0, tile_m=4, tile_n=4)
     with pytest.raises(ValueError, match=r"built for tiles \(4, 4\) and cutoff 1"):
-        ops.neighbour_list_for(nl, rh, rj, 1.0, (8, 8))
+        neighbour_list_for(nl, rh, rj, 1.0, (8, 8))
     with pytest.raises(ValueError, match="built for 5 targets and 6 sources, got 4 and 6"):
-        ops.neighbour_list_for(nl, rh[:4], rj, 1.0, (4, 4))
+        neighbour_list_for(nl, rh[:4], rj, 1.0, (4, 4))
     with pytest.raises(TypeError, match="neighbours must be a NeighbourCache"):
-        ops.neighbour_list_for("list", rh, rj, 1.0, (4, 4))  # type: ignore[arg-type]
+        neighbour_list_for("list", rh, rj, 1.0, (4, 4))  # type: ignore[arg-type]
 
 
 def test_interaction_keeps_its_neighbour_list(small_cutoff_tiles: None) -> None:

@@ -26,21 +26,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from particlesim import sweeps
 from particlesim.cli.app import app
 from particlesim.errors import ScenarioError
 from particlesim.io.checkpoint import CHECKPOINT_FILE
+from particlesim.scenario import sweeps
 from particlesim.scenario.loader import parse_value, read_scenario
-from particlesim.sweeps import (
+from particlesim.scenario.sweep_table import (
     Distribution,
-    PointTask,
     expand,
     parse_sweep,
-    plan_sweep,
     point_id,
     point_scenario,
-    run_point,
+    toml_literal,
 )
+from particlesim.scenario.sweeps import PointTask, plan_sweep, run_point
 
 runner = CliRunner()
 
@@ -252,7 +251,7 @@ def test_random_samples_combine_with_grid_and_seeds_and_equal_draws_merge() -> N
     ],
 )
 def test_values_reach_the_scenario_exactly(value) -> None:
-    assert parse_value(sweeps._toml_literal(value)) == value
+    assert parse_value(toml_literal(value)) == value
 
 
 def test_point_scenario_applies_overrides_and_fixes_relative_paths(tmp_path: Path) -> None:
@@ -403,8 +402,8 @@ def test_any_sweep_table_parses_or_fails_in_one_line(table) -> None:
         assert len({p.point_id for p in points}) == len(points)
         for point in points:  # every value reaches the point's scenario unchanged
             for value in point.overrides.values():
-                text = sweeps._toml_literal(value)
-                assert sweeps._toml_literal(parse_value(text)) == text
+                text = toml_literal(value)
+                assert toml_literal(parse_value(text)) == text
 
 
 def test_every_point_is_validated_before_anything_runs(tiny_scenario: Path, registries) -> None:

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from particlesim.cli.common import EXIT_ERROR, fail
 from particlesim.errors import ParticlesimError
 
 if TYPE_CHECKING:
     import xarray as xr
 
-EXIT_ERROR = 2
 TABLE_SUFFIXES = (".nc", ".csv")
 FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
 PLOT_KINDS = ("both", "observables", "positions")
@@ -39,8 +39,6 @@ GroupOption = Annotated[
 
 def _fail(message: str) -> typer.Exit:
     """One ``error: …`` line on stderr; the exit to raise (the app's own ``fail``)."""
-    from particlesim.cli.app import fail
-
     return fail(message, EXIT_ERROR)
 
 

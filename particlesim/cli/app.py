@@ -9,13 +9,23 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from particlesim import __version__
+from particlesim.cli import analysis_commands, prune_command, sweep_command
+from particlesim.cli.common import (
+    EXIT_DIVERGED,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    PluginOption,
+    SetOption,
+    fail,
+    prepare,
+    split_plugin_options,
+)
 from particlesim.errors import DivergenceError, ParticlesimError, printable
 
 app = typer.Typer(
@@ -25,64 +35,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-EXIT_ERROR = 2
-EXIT_DIVERGED = 3
-EXIT_INTERRUPTED = 130
-
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-s", help="Override a scenario key: --set integrator.lr=0.01"),
-]
-PluginOption = Annotated[
-    list[str] | None,
-    typer.Option("--plugin", "-p", help="Load a plugin file (PATH.py), or disable one (no:NAME)."),
-]
-
-
-def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
-    """Print a one-line error to stderr and return the exit to raise."""
-    typer.echo(f"error: {printable(message)}", err=True)
-    return typer.Exit(code)
-
-
-def _split_plugin_options(plugins: list[str] | None) -> tuple[list[str], list[str]]:
-    files, disabled = [], []
-    for item in plugins or []:
-        (disabled if item.startswith("no:") else files).append(item.removeprefix("no:"))
-    return files, disabled
-
-
-def prepare(scenario: Path, overrides: list[str] | None, plugins: list[str] | None):
-    """Read, override, load plugins and validate: ``(plan, manager)``; raises ParticlesimError."""
-    from particlesim.plugins.manager import PluginManager
-    from particlesim.scenario.builder import validate
-    from particlesim.scenario.loader import apply_override, read_scenario
-    from particlesim.scenario.options import check_type
-
-    raw = read_scenario(scenario)
-    for assignment in overrides or []:
-        apply_override(raw, assignment)
-    files, disabled = _split_plugin_options(plugins)
-    # Checked before validation because the plugin files must load first.
-    scenario_plugins = check_type(
-        raw.get("plugins", []), list[str], "plugins", source=str(scenario)
-    )
-    manager = PluginManager()
-    base_dir = scenario.resolve().parent
-    manager.load(
-        files=[*(base_dir / p for p in scenario_plugins), *map(Path, files)],
-        base_dir=base_dir,
-        disable=disabled,
-    )
-    # Plugin failures arrive as PluginWarnings (main() prints each as one line, once).
-    for info in manager.plugins:
-        if info.source.startswith("file"):
-            typer.echo(
-                f"plugin: loaded {info.name} from {info.source.removeprefix('file ')}", err=True
-            )
-    plan = validate(raw, manager.registries, source=str(scenario), base_dir=base_dir)
-    return plan, manager
 
 
 @app.command()
@@ -166,7 +118,7 @@ def run(
     """Run a scenario: train, record metrics, write a summary; --resume continues a run."""
     context = None
     if distributed:
-        from particlesim.distributed import init_distributed
+        from particlesim.core.distributed import init_distributed
 
         try:
             context = init_distributed(device or "auto")
@@ -177,7 +129,7 @@ def run(
             _run(stack, scenario, set_, device, out, overwrite, plugin, progress, resume, context)
     finally:
         if context is not None:
-            from particlesim.distributed import shutdown
+            from particlesim.core.distributed import shutdown
 
             shutdown()
 
@@ -466,7 +418,7 @@ def plugins_command(
     """List plugins: where each came from and what it registers."""
     from particlesim.plugins.manager import PluginManager, describe
 
-    files, disabled = _split_plugin_options(plugin)
+    files, disabled = split_plugin_options(plugin)
     try:
         manager = PluginManager().load(files=[Path(f) for f in files], disable=disabled)
     except ParticlesimError as exc:
@@ -491,52 +443,10 @@ def version() -> None:
     typer.echo(__version__)
 
 
-def _register_analysis_commands() -> None:
-    from particlesim.cli.analysis_commands import register
-
-    register(app)
-
-
-_register_analysis_commands()
-
-
-def _register_sweep_command() -> None:
-    from particlesim.cli.sweep_command import register
-
-    register(app)
-
-
-_register_sweep_command()
-
-
-def _register_prune_command() -> None:
-    from particlesim.cli.prune_command import register
-
-    register(app)
-
-
-_register_prune_command()
-
-
-def command_entry_points(
-    name: str, command: Callable[..., Any]
-) -> tuple[Callable[[typer.Typer], None], Callable[[], None]]:
-    """``(register_command, main)`` of a plugin's command function.
-
-    ``register_command(app)`` adds ``command`` to the ``particlesim`` CLI as ``name`` (call it
-    from the plugin's ``particlesim_add_commands`` hook); ``main()`` runs it as a program of
-    its own (``python -m <plugin>.experiments``).
-    """
-
-    def register_command(app: typer.Typer) -> None:
-        app.command(name)(command)
-
-    def main() -> None:
-        cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-        cli.command()(command)
-        cli()
-
-    return register_command, main
+# The other built-in commands live in modules of their own, each exposing register(app).
+analysis_commands.register(app)
+sweep_command.register(app)
+prune_command.register(app)
 
 
 _SHOWN_WARNINGS: set[str] = set()
@@ -561,7 +471,7 @@ def _disabled_on_command_line(argv: list[str]) -> list[str]:
     """The ``NAME`` of every ``-p no:NAME`` / ``--plugin no:NAME`` (``=`` form too) in ``argv``."""
     values = [value for flag, value in itertools.pairwise(argv) if flag in ("-p", "--plugin")]
     values += [arg.removeprefix("--plugin=") for arg in argv if arg.startswith("--plugin=")]
-    return _split_plugin_options(values)[1]
+    return split_plugin_options(values)[1]
 
 
 def _leading_plugin_files(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from particlesim.cli.common import fail, prepare
 from particlesim.errors import ParticlesimError
 
 
@@ -67,8 +68,6 @@ def prune(
     try:
         _prune(run_dir, proportion, count, group, weights, normalize, scope, save, device)
     except ParticlesimError as exc:
-        from particlesim.cli.app import fail  # lazily: app imports this module
-
         raise fail(str(exc)) from None
 
 
@@ -76,7 +75,6 @@ def _prune(run_dir, proportion, count, groups, weights, normalize, scope, save, 
     import torch
 
     from particlesim.analysis.pruning import remove_neurons, select_neurons
-    from particlesim.cli.app import prepare
     from particlesim.io.checkpoint import CHECKPOINT_FILE, read_checkpoint
     from particlesim.scenario.builder import build
 

@@ -4,7 +4,7 @@ Each point runs as its own ``particlesim run`` process with its own output
 directory, on local worker threads (``--workers N``) or on Dask
 (``--dask-local`` starts a LocalCluster of N workers, ``--scheduler`` joins a
 running cluster). Finished points are skipped when the command is repeated, so
-a killed sweep continues where it stopped. See :mod:`particlesim.sweeps`.
+a killed sweep continues where it stopped. See :mod:`particlesim.scenario.sweeps`.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from particlesim.cli.common import EXIT_INTERRUPTED, fail, prepare
 from particlesim.errors import ParticlesimError
 
 if TYPE_CHECKING:
     import xarray as xr
 
-    from particlesim.sweeps import PointResult, SweepPlan
+    from particlesim.scenario.sweeps import PointResult, SweepPlan
 
 EXIT_FAILED_POINTS = 1
 #: At most this many rows in the printed table; the files hold every point.
@@ -65,8 +66,7 @@ def sweep(
     Exit status: 0 when every point completed, 1 when some did not (see
     DIR/logs), 2 for bad input, 130 when interrupted (run it again to continue).
     """
-    from particlesim import sweeps
-    from particlesim.cli.app import EXIT_INTERRUPTED, fail, prepare
+    from particlesim.scenario import sweeps
     from particlesim.scenario.loader import apply_override, read_scenario
 
     if workers < 1:

@@ -396,3 +396,75 @@ def _derivative_problem(u: Tensor, f: Tensor, closed: Tensor) -> str | None:
         f"has profile_derivative(u) = {got:.6g} at u = {at:g}, but the derivative of profile(u) "
         f"there is {want:.6g} (the chunked path's gradients use profile_derivative)"
     )
+
+
+def check_inputs(
+    kernel: Kernel,
+    target_pos: Tensor,
+    source_pos: Tensor,
+    charge: Tensor | None,
+    modulation: Tensor | None,
+    x: Tensor | None = None,
+    *,
+    mixed_precision: bool = False,
+) -> None:
+    """Check the arguments of an execution path up front so a mistake names the argument.
+
+    Shapes, devices and dtypes of ``y = x @ W.T`` (see :mod:`particlesim.kernels.ops`); the
+    reference, chunked and fused paths all call it, so it lives below them. With
+    ``mixed_precision`` (the fused path) each tensor may be float32 or bfloat16 on its own;
+    otherwise all must share one floating dtype.
+    """
+    if not isinstance(kernel, Kernel):
+        raise TypeError(f"kernel must be a particlesim Kernel, got {type(kernel).__name__}")
+    if target_pos.ndim != 2 or source_pos.ndim != 2:
+        raise ValueError(
+            "positions must be [M, D] and [N, D], got target_pos "
+            f"{tuple(target_pos.shape)} and source_pos {tuple(source_pos.shape)}"
+        )
+    if target_pos.shape[1] != source_pos.shape[1]:
+        raise ValueError(
+            f"target_pos and source_pos must share the dimension D, got "
+            f"{target_pos.shape[1]} and {source_pos.shape[1]}"
+        )
+    M, N, C = target_pos.shape[0], source_pos.shape[0], kernel.channels
+    tensors = {"target_pos": target_pos, "source_pos": source_pos}
+    if charge is not None:
+        tensors["charge"] = charge
+        ok = (charge.ndim == 1 and C == 1 and charge.shape[0] == M) or (
+            charge.ndim == 2 and tuple(charge.shape) == (M, C)
+        )
+        if not ok:
+            want = f"[{M}] or [{M}, 1]" if C == 1 else f"[{M}, {C}]"
+            raise ValueError(
+                f"charge must be {want} for {M} target particles and a {C}-channel kernel, "
+                f"got {tuple(charge.shape)}"
+            )
+    if modulation is not None:
+        tensors["modulation"] = modulation
+        if tuple(modulation.shape) != (M, N):
+            raise ValueError(
+                f"modulation must be [M, N] = [{M}, {N}], got {tuple(modulation.shape)}"
+            )
+    if x is not None:
+        tensors["x"] = x
+        if x.ndim != 2 or x.shape[1] != N:
+            raise ValueError(
+                f"x must be [B, N] with N = {N} source particles, got {tuple(x.shape)}"
+            )
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        raise ValueError(
+            "all tensors must be on one device, got "
+            + ", ".join(f"{name} on {d}" for name, d in devices.items())
+        )
+    dtypes = {name: t.dtype for name, t in tensors.items()}
+    if mixed_precision:
+        odd = {n: d for n, d in dtypes.items() if d not in (torch.float32, torch.bfloat16)}
+        if odd:
+            raise TypeError(f"tensors must be float32 or bfloat16 here, got {odd}")
+        return
+    if len(set(dtypes.values())) > 1:
+        raise TypeError(f"all tensors must share one dtype, got {dtypes}")
+    if not next(iter(dtypes.values())).is_floating_point:
+        raise TypeError(f"tensors must be floating point, got {dtypes}")

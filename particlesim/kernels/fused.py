@@ -60,9 +60,19 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from particlesim.kernels.base import CauchyKernel, ExponentialKernel, GaussianKernel, Kernel
-from particlesim.kernels.neighbours import NeighbourCache, NeighbourList
-from particlesim.kernels.ops import _validate, neighbour_list_for, to_neighbour_order
+from particlesim.kernels.base import (
+    CauchyKernel,
+    ExponentialKernel,
+    GaussianKernel,
+    Kernel,
+    check_inputs,
+)
+from particlesim.kernels.neighbours import (
+    NeighbourCache,
+    NeighbourList,
+    neighbour_list_for,
+    to_neighbour_order,
+)
 
 __all__ = [
     "DEFAULT_BLOCKS",
@@ -940,7 +950,7 @@ def _kernel_matmul_fused(
         "modulation": modulation,
     }
     kid = _check_fused_inputs(tensors, kernel)
-    _validate(kernel, target_pos, source_pos, charge, modulation, x, mixed_precision=True)
+    check_inputs(kernel, target_pos, source_pos, charge, modulation, x, mixed_precision=True)
     if blocks is not None:
         blocks = tuple(int(b) for b in blocks)
         if len(blocks) != 3 or any(b < 16 or b & (b - 1) for b in blocks):

@@ -22,9 +22,11 @@ here work on *tiles* (blocks of consecutive particles), so the list is block-spa
    Verlet-list criterion: two particles can then have approached by at most ``skin``, so no
    pair within ``cutoff`` can have left the listed tiles).
 
-The permutations are applied by the callers (:mod:`particlesim.kernels.ops`): inputs are
-gathered into sorted order, the kernels run on contiguous tiles, and the output is scattered
-back, so results and gradients come back in the caller's order.
+The permutations are applied by the callers (the chunked path of :mod:`particlesim.kernels.ops`
+and :mod:`particlesim.kernels.fused`, both through :func:`neighbour_list_for` and
+:func:`to_neighbour_order`): inputs are gathered into sorted order, the kernels run on
+contiguous tiles, and the output is scattered back, so results and gradients come back in
+the caller's order.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ __all__ = [
     "bisection_order",
     "build_neighbour_list",
     "morton_order",
+    "neighbour_list_for",
     "tile_boxes",
+    "to_neighbour_order",
 ]
 
 #: Most tile pairs whose box gaps are evaluated at once while building a list (bounds memory).
@@ -392,3 +396,57 @@ class NeighbourCache:
                 ]
             ).max()
         return bool(moved <= limit)
+
+
+def neighbour_list_for(
+    neighbours: NeighbourCache | NeighbourList | None,
+    target_pos: Tensor,
+    source_pos: Tensor,
+    cutoff: float,
+    tiles: tuple[int, int],
+) -> NeighbourList:
+    """The neighbour list to use: from ``neighbours`` (a cache or a list) or a fresh build.
+
+    A given :class:`NeighbourList` must have been built with these ``tiles`` and ``cutoff``.
+    """
+    if isinstance(neighbours, NeighbourCache):
+        return neighbours.get(target_pos, source_pos, cutoff, *tiles)
+    if isinstance(neighbours, NeighbourList):
+        M, N = target_pos.shape[0], source_pos.shape[0]
+        if (neighbours.tile_m, neighbours.tile_n) != tuple(tiles) or neighbours.cutoff != cutoff:
+            raise ValueError(
+                f"neighbour list was built for tiles {(neighbours.tile_m, neighbours.tile_n)} and "
+                f"cutoff {neighbours.cutoff:g}, this path needs tiles {tuple(tiles)} and cutoff "
+                f"{cutoff:g}"
+            )
+        if (neighbours.target_order.numel(), neighbours.source_order.numel()) != (M, N):
+            raise ValueError(
+                f"neighbour list was built for {neighbours.target_order.numel()} targets and "
+                f"{neighbours.source_order.numel()} sources, got {M} and {N}"
+            )
+        return neighbours
+    if neighbours is not None:
+        raise TypeError(
+            f"neighbours must be a NeighbourCache, a NeighbourList or None, "
+            f"got {type(neighbours).__name__}"
+        )
+    return build_neighbour_list(target_pos, source_pos, cutoff, tile_m=tiles[0], tile_n=tiles[1])
+
+
+def to_neighbour_order(
+    nl: NeighbourList,
+    x: Tensor,
+    target_pos: Tensor,
+    source_pos: Tensor,
+    charge: Tensor | None,
+    modulation: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Gather the inputs into the list's sorted order (differentiable: autograd scatters back)."""
+    t, j = nl.target_order, nl.source_order
+    return (
+        x.index_select(1, j),
+        target_pos.index_select(0, t),
+        source_pos.index_select(0, j),
+        None if charge is None else charge.index_select(0, t),
+        None if modulation is None else modulation.index_select(0, t).index_select(1, j),
+    )

@@ -50,10 +50,16 @@ from particlesim.kernels.base import (
     Kernel,
     KernelError,
     RadialKernel,
+    check_inputs,
     describe_kernel,
     squared_distance,
 )
-from particlesim.kernels.neighbours import NeighbourCache, NeighbourList, build_neighbour_list
+from particlesim.kernels.neighbours import (
+    NeighbourCache,
+    NeighbourList,
+    neighbour_list_for,
+    to_neighbour_order,
+)
 
 __all__ = [
     "AUTO_REFERENCE_MAX_ELEMENTS",
@@ -106,76 +112,6 @@ def default_chunk_size(num_source: int, channels: int = 1) -> int:
     Always at least 1 row (a single row of a huge layer is still linear memory).
     """
     return max(1, BLOCK_ELEMENTS // max(1, num_source * max(1, channels)))
-
-
-def _validate(
-    kernel: Kernel,
-    target_pos: Tensor,
-    source_pos: Tensor,
-    charge: Tensor | None,
-    modulation: Tensor | None,
-    x: Tensor | None = None,
-    *,
-    mixed_precision: bool = False,
-) -> None:
-    """Check shapes, devices and dtypes up front so a mistake names the argument.
-
-    With ``mixed_precision`` (the fused path) each tensor may be float32 or bfloat16 on its
-    own; otherwise all must share one floating dtype.
-    """
-    if not isinstance(kernel, Kernel):
-        raise TypeError(f"kernel must be a particlesim Kernel, got {type(kernel).__name__}")
-    if target_pos.ndim != 2 or source_pos.ndim != 2:
-        raise ValueError(
-            "positions must be [M, D] and [N, D], got target_pos "
-            f"{tuple(target_pos.shape)} and source_pos {tuple(source_pos.shape)}"
-        )
-    if target_pos.shape[1] != source_pos.shape[1]:
-        raise ValueError(
-            f"target_pos and source_pos must share the dimension D, got "
-            f"{target_pos.shape[1]} and {source_pos.shape[1]}"
-        )
-    M, N, C = target_pos.shape[0], source_pos.shape[0], kernel.channels
-    tensors = {"target_pos": target_pos, "source_pos": source_pos}
-    if charge is not None:
-        tensors["charge"] = charge
-        ok = (charge.ndim == 1 and C == 1 and charge.shape[0] == M) or (
-            charge.ndim == 2 and tuple(charge.shape) == (M, C)
-        )
-        if not ok:
-            want = f"[{M}] or [{M}, 1]" if C == 1 else f"[{M}, {C}]"
-            raise ValueError(
-                f"charge must be {want} for {M} target particles and a {C}-channel kernel, "
-                f"got {tuple(charge.shape)}"
-            )
-    if modulation is not None:
-        tensors["modulation"] = modulation
-        if tuple(modulation.shape) != (M, N):
-            raise ValueError(
-                f"modulation must be [M, N] = [{M}, {N}], got {tuple(modulation.shape)}"
-            )
-    if x is not None:
-        tensors["x"] = x
-        if x.ndim != 2 or x.shape[1] != N:
-            raise ValueError(
-                f"x must be [B, N] with N = {N} source particles, got {tuple(x.shape)}"
-            )
-    devices = {name: t.device for name, t in tensors.items()}
-    if len(set(devices.values())) > 1:
-        raise ValueError(
-            "all tensors must be on one device, got "
-            + ", ".join(f"{name} on {d}" for name, d in devices.items())
-        )
-    dtypes = {name: t.dtype for name, t in tensors.items()}
-    if mixed_precision:
-        odd = {n: d for n, d in dtypes.items() if d not in (torch.float32, torch.bfloat16)}
-        if odd:
-            raise TypeError(f"tensors must be float32 or bfloat16 here, got {odd}")
-        return
-    if len(set(dtypes.values())) > 1:
-        raise TypeError(f"all tensors must share one dtype, got {dtypes}")
-    if not next(iter(dtypes.values())).is_floating_point:
-        raise TypeError(f"tensors must be floating point, got {dtypes}")
 
 
 def _as_channels(k: object, kernel: Kernel, target: Tensor, source: Tensor) -> Tensor:
@@ -349,7 +285,7 @@ def effective_weight(
     Returns:
         ``[M, N]``, differentiable by autograd w.r.t. every input and kernel parameter.
     """
-    _validate(kernel, target_pos, source_pos, charge, modulation)
+    check_inputs(kernel, target_pos, source_pos, charge, modulation)
     k3 = _as_channels(kernel(target_pos, source_pos), kernel, target_pos, source_pos)
     return _combine(k3, _charge2(charge, kernel.channels), modulation)
 
@@ -374,7 +310,7 @@ def kernel_matmul_reference(
     Returns:
         ``[B, M]`` target pre-activations ``a_h``.
     """
-    _validate(kernel, target_pos, source_pos, charge, modulation, x)
+    check_inputs(kernel, target_pos, source_pos, charge, modulation, x)
     return x @ effective_weight(kernel, target_pos, source_pos, charge, modulation).T
 
 
@@ -762,63 +698,6 @@ def _backward_autograd(
     return [grad_x, grad_rh, grad_rj, grad_q, grad_mod, *grad_params]
 
 
-# --------------------------------------------------------------------------- neighbour order
-
-
-def neighbour_list_for(
-    neighbours: NeighbourCache | NeighbourList | None,
-    target_pos: Tensor,
-    source_pos: Tensor,
-    cutoff: float,
-    tiles: tuple[int, int],
-) -> NeighbourList:
-    """The neighbour list to use: from ``neighbours`` (a cache or a list) or a fresh build.
-
-    A given :class:`NeighbourList` must have been built with these ``tiles`` and ``cutoff``.
-    """
-    if isinstance(neighbours, NeighbourCache):
-        return neighbours.get(target_pos, source_pos, cutoff, *tiles)
-    if isinstance(neighbours, NeighbourList):
-        M, N = target_pos.shape[0], source_pos.shape[0]
-        if (neighbours.tile_m, neighbours.tile_n) != tuple(tiles) or neighbours.cutoff != cutoff:
-            raise ValueError(
-                f"neighbour list was built for tiles {(neighbours.tile_m, neighbours.tile_n)} and "
-                f"cutoff {neighbours.cutoff:g}, this path needs tiles {tuple(tiles)} and cutoff "
-                f"{cutoff:g}"
-            )
-        if (neighbours.target_order.numel(), neighbours.source_order.numel()) != (M, N):
-            raise ValueError(
-                f"neighbour list was built for {neighbours.target_order.numel()} targets and "
-                f"{neighbours.source_order.numel()} sources, got {M} and {N}"
-            )
-        return neighbours
-    if neighbours is not None:
-        raise TypeError(
-            f"neighbours must be a NeighbourCache, a NeighbourList or None, "
-            f"got {type(neighbours).__name__}"
-        )
-    return build_neighbour_list(target_pos, source_pos, cutoff, tile_m=tiles[0], tile_n=tiles[1])
-
-
-def to_neighbour_order(
-    nl: NeighbourList,
-    x: Tensor,
-    target_pos: Tensor,
-    source_pos: Tensor,
-    charge: Tensor | None,
-    modulation: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
-    """Gather the inputs into the list's sorted order (differentiable: autograd scatters back)."""
-    t, j = nl.target_order, nl.source_order
-    return (
-        x.index_select(1, j),
-        target_pos.index_select(0, t),
-        source_pos.index_select(0, j),
-        None if charge is None else charge.index_select(0, t),
-        None if modulation is None else modulation.index_select(0, t).index_select(1, j),
-    )
-
-
 def kernel_matmul_chunked(
     x: Tensor,
     kernel: Kernel,
@@ -855,7 +734,7 @@ def kernel_matmul_chunked(
     Returns:
         ``[B, M]``, equal to :func:`kernel_matmul_reference` to rounding.
     """
-    _validate(kernel, target_pos, source_pos, charge, modulation, x)
+    check_inputs(kernel, target_pos, source_pos, charge, modulation, x)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
     params = tuple(kernel.parameters())

@@ -157,7 +157,7 @@ class Plan:
     loss: Any = None
     writers: list[Any] = field(default_factory=list)
     observables: list[Any] = field(default_factory=list)
-    #: The parsed ``[sweep]`` table (a :class:`particlesim.sweeps.SweepSpec`), if any.
+    #: The parsed ``[sweep]`` table (a :class:`particlesim.scenario.sweep_table.SweepSpec`), if any.
     sweep: Any = None
     #: The ``[run]`` keys the scenario sets itself (the others are defaults).
     run_keys_given: frozenset[str] = frozenset()
@@ -383,7 +383,7 @@ def validate(
     resolved: dict[str, Any] = {}
     plan = Plan(resolved, registries, source=source, base_dir=base_dir or Path.cwd())
     if "sweep" in raw:  # `particlesim sweep` expands it; here only its shape is checked
-        from particlesim.sweeps import parse_sweep
+        from particlesim.scenario.sweep_table import parse_sweep
 
         plan.sweep = parse_sweep(raw["sweep"], source=source)
 

@@ -42,7 +42,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from particlesim.cli.app import command_entry_points, fail
+from particlesim.cli.common import command_entry_points, fail
 from particlesim.errors import ParticlesimError, printable
 
 HERE = Path(__file__).resolve().parent

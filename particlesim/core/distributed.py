@@ -14,6 +14,11 @@ result does not depend on the number of processes beyond floating-point
 summation order. Rank 0 alone writes the trajectory, metrics, checkpoints and
 summary; a checkpoint holds no per-rank state, so it resumes on any number of
 processes.
+
+Joining the group is plain torch and touches no file, like choosing the device
+(:mod:`particlesim.core.device`), so it lives in core beside the ``Simulation``
+it prepares; the CLI (``run --distributed``) and a user's own torchrun script
+both call it.
 """
 
 from __future__ import annotations
