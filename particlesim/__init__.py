@@ -15,13 +15,29 @@ except PackageNotFoundError:  # running from a source tree
 from particlesim.errors import ParticlesimError
 from particlesim.plugins.hookspecs import hookimpl
 
-__all__ = ["ParticlesimError", "__version__", "hookimpl", "open_trajectory"]
+__all__ = [
+    "ParticlesimError",
+    "RunResult",
+    "Runner",
+    "Simulation",
+    "__version__",
+    "hookimpl",
+    "open_trajectory",
+]
 
 
 def __getattr__(name: str):
-    """Lazy public names: ``open_trajectory`` pulls in h5py/xarray only when used."""
+    """Lazy public names: torch, h5py and xarray load only when these are used."""
     if name == "open_trajectory":
         from particlesim.io.trajectory import open_trajectory
 
         return open_trajectory
+    if name in ("Runner", "RunResult"):
+        from particlesim import runner
+
+        return getattr(runner, name)
+    if name == "Simulation":
+        from particlesim.core.simulation import Simulation
+
+        return Simulation
     raise AttributeError(f"module 'particlesim' has no attribute {name!r}")

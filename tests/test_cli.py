@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -448,3 +449,78 @@ def test_validate_build_meets_construction_errors(tiny_scenario: Path, tmp_path:
         in (errors[0])
     )
     assert errors[0].endswith("(model 'particle_network' of plugin 'lange')")
+
+
+def test_readme_python_runner_example_runs_verbatim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's notebook-style use: build from a scenario, run 100 steps, open as xarray."""
+    code = readme_block("### From Python: build, run, open", "python")
+    assert len(code.strip().splitlines()) <= 10
+    (tmp_path / "scenarios").symlink_to(ROOT / "scenarios")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert result.status == "completed" and result.summary["steps"] == 100
+    assert result.summary["test_accuracy"] > 0.5
+    assert result.out_dir == Path("runs/notebook")
+    assert dict(namespace["hidden"].sizes) == {"time": 6, "particle": 256, "spatial": 3}
+    status_line = capsys.readouterr().out.splitlines()[0]
+    assert status_line.startswith("completed 0.")
+    # the lock was released: the run directory can be resumed by another runner
+    from particlesim import Runner
+
+    with Runner.resume("runs/notebook", set=["run.steps=110"]) as again:
+        assert again.simulation.step == 100
+        assert again.run().summary["steps"] == 110
+
+
+def test_two_runs_into_one_directory_one_runs_the_other_touches_nothing(
+    tiny_scenario: Path, tmp_path: Path
+) -> None:
+    """``--overwrite`` into a live run's directory: refused before anything is removed."""
+    gate = tmp_path / "gate.py"
+    gate.write_text(
+        textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from particlesim import hookimpl
+
+        @hookimpl
+        def particlesim_step_end(step):
+            if step == 2:
+                Path({str(tmp_path / "started")!r}).touch()
+                deadline = time.monotonic() + 60
+                while not Path({str(tmp_path / "go")!r}).exists() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+        """)
+    )
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")])}
+    command = [sys.executable, "-m", "particlesim", "run", str(tiny_scenario), "--out", str(out)]
+    first = subprocess.Popen(
+        [*command, "-p", str(gate), "--set", "scenario.seed=11", "--no-progress"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "started").exists():
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        second = subprocess.run(
+            [*command, "--overwrite", "--set", "scenario.seed=22", "--no-progress"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert second.returncode == 2, second.stderr
+        errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, second.stderr
+        assert f"in use by another particlesim process (pid {first.pid})" in errors[0]
+        assert (out / "scenario.toml").is_file()  # the live run's files are still there
+    finally:
+        (tmp_path / "go").touch()
+        _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["seed"] == 11

@@ -5,10 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import math
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,7 +23,7 @@ from particlesim.cli.common import (
     prepare,
     split_plugin_options,
 )
-from particlesim.errors import DivergenceError, ParticlesimError, printable
+from particlesim.errors import ParticlesimError, printable
 
 app = typer.Typer(
     name="particlesim",
@@ -78,11 +75,6 @@ def validate(
             f"sweep: {plan.sweep.size} points; `particlesim sweep {scenario} --dry-run` "
             "checks every one"
         )
-
-
-def default_out_dir(plan: Any, scenario: Path) -> Path:
-    name = plan.resolved["scenario"]["name"] or scenario.stem
-    return Path("runs") / name
 
 
 @app.command()
@@ -146,18 +138,9 @@ def _run(
     resume: Path | None,
     context: Any,
 ) -> None:
-    """The body of ``run``: set up (every rank agrees it worked), run, summarise."""
-    from particlesim.io.checkpoint import (
-        CHECKPOINT_FILE,
-        DIVERGED_FILE,
-        CheckpointWriter,
-        load_checkpoint,
-        run_lock,
-        save_checkpoint,
-        scenario_fingerprint,
-    )
-    from particlesim.io.metrics import MetricsWriter
-    from particlesim.scenario.builder import build
+    """The body of ``run``: set up a :class:`~particlesim.runner.Runner` (every rank agrees it
+    worked), run it, show the outcome."""
+    from particlesim.runner import Runner
 
     main = context is None or context.is_main
 
@@ -166,78 +149,22 @@ def _run(
             typer.echo(message, err=True)
 
     setup_error: str | None = None
+    options = {"set": overrides or (), "plugins": plugin or (), "device": device}
     try:
-        checkpoint = None
         if resume is not None:
-            if not resume.is_dir():
-                raise ParticlesimError(f"--resume {resume}: no such run directory")
-            checkpoint = resume / CHECKPOINT_FILE
-            if not checkpoint.is_file():
-                raise ParticlesimError(
-                    f"--resume {resume}: holds no {CHECKPOINT_FILE} (the run stopped before "
-                    "its first checkpoint); start it again with --overwrite"
-                )
             if out is not None and out.resolve() != resume.resolve():
                 raise ParticlesimError(
                     f"--out {out} and --resume {resume} differ; a resumed run continues in "
                     "the directory it resumes"
                 )
-            scenario = scenario or resume / "scenario.toml"
+            runner = Runner.resume(resume, scenario=scenario, log=say, context=context, **options)
         elif scenario is None:
             raise ParticlesimError("give a scenario FILE to run, or --resume DIR to continue one")
-        plan, manager = prepare(scenario, overrides, plugin)
-        if plan.sweep is not None:
-            say(
-                f"note: running the base point of {scenario} only; "
-                f"`particlesim sweep {scenario}` runs its {plan.sweep.size} sweep points"
-            )
-        out_dir = resume or out or default_out_dir(plan, scenario)
-        # Rank 0 alone writes, so it alone checks: another rank may look only after rank 0
-        # has made the directory and locked it.
-        if (
-            main
-            and resume is None
-            and out_dir.exists()
-            and any(out_dir.iterdir())
-            and not overwrite
-        ):
-            hint = (
-                f"; it holds a checkpoint: continue that run with --resume {out_dir}"
-                if (out_dir / CHECKPOINT_FILE).is_file()
-                else ""
-            )
-            raise ParticlesimError(
-                f"output directory {out_dir} exists and is not empty; "
-                f"use --overwrite to replace it or --out to choose another{hint}"
-            )
-        fingerprint = scenario_fingerprint(plan.resolved)
-        extra_writers: list[Any] = []
-        if main:
-            if not any(isinstance(w, MetricsWriter) for w in plan.writers):
-                plan.writers.append(MetricsWriter())
-            every = plan.resolved["run"]["checkpoint_every"]
-            extra_writers.append(
-                CheckpointWriter(
-                    trigger=None if every is False or every == 0 else every,
-                    extra={"scenario_toml": plan.to_toml(), "fingerprint": fingerprint},
-                )
-            )
         else:
-            plan.writers.clear()  # rank 0 alone writes
-        run_device = device
-        if context is not None:
-            run_device = context.device
-        built = build(plan, device=run_device, hooks=manager, log=say, extra_writers=extra_writers)
-        sim = built.simulation
-        if context is not None:
-            sim.distribute(context.rank, context.world_size)
-        if checkpoint is not None:
-            load_checkpoint(checkpoint, sim, fingerprint=fingerprint, resolved=plan.resolved)
-        if main:
-            if out_dir.exists() and overwrite and resume is None:
-                shutil.rmtree(out_dir)
-            out_dir.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(run_lock(out_dir))
+            runner = Runner.from_scenario(
+                scenario, out=out, overwrite=overwrite, log=say, context=context, **options
+            )
+        stack.enter_context(runner)
     except ParticlesimError as exc:
         setup_error = str(exc)
     except KeyboardInterrupt:
@@ -249,72 +176,39 @@ def _run(
     if setup_error is not None:
         raise fail(setup_error)
 
-    if resume is not None and sim.step >= sim.total_steps:
+    sim = runner.simulation
+    if resume is not None and runner.finished:
         if main:
             typer.echo(
                 f"{resume}: the run already completed {sim.step} steps; nothing to do "
                 "(raise run.epochs or run.steps with --set to continue it)"
             )
         return
-    if main:
-        (out_dir / "scenario.toml").write_text(plan.to_toml(), encoding="utf-8")
     processes = "" if context is None else f" x {context.world_size} processes"
     action = f"resumed at step {sim.step}" if resume is not None else "run"
     say(
-        f"{action}: {sim.total_steps} steps ({sim.steps_per_epoch}/epoch) on {built.device}"
-        f"{processes}, {built.system.count_parameters():,} parameters -> {out_dir}"
+        f"{action}: {sim.total_steps} steps ({sim.steps_per_epoch}/epoch) on {runner.built.device}"
+        f"{processes}, {runner.system.count_parameters():,} parameters -> {runner.out_dir}"
     )
-    status = "failed"
-    error: str | None = None
-    code = 0
-    try:
-        with ProgressBar(sim, enabled=progress and main) as update:
-            result = sim.run(progress=update, out_dir=out_dir if main else None)
-        status = result.status
-    except DivergenceError as exc:
-        error, code = str(exc), EXIT_DIVERGED
-        if main and sim.last_good_state is not None:
-            try:
-                saved = save_checkpoint(
-                    out_dir / DIVERGED_FILE,
-                    sim,
-                    state=sim.last_good_state,
-                    extra={"fingerprint": fingerprint, "status": "diverged"},
-                )
-                error += f"; the last good state (step {sim.last_good_state['step']}) is in {saved}"
-            except ParticlesimError as save_error:
-                error += f"; the last good state could not be saved: {save_error}"
-    except ParticlesimError as exc:
-        error, code = str(exc), EXIT_ERROR
-    except (MemoryError, RuntimeError) as exc:  # e.g. out of memory on the device
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        error, code = f"step {sim.step + 1}: {type(exc).__name__}: {first}", EXIT_ERROR
-    if not main:
-        if error is not None:
-            raise fail(error, code)
-        if status == "interrupted":
-            raise typer.Exit(EXIT_INTERRUPTED)
-        return
-    summary = _summary(plan, built, status, error)
-    # Written whole, then renamed: a sweep reading it never sees half a file.
-    partial = out_dir / ".summary.json.partial"
-    partial.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    partial.replace(out_dir / "summary.json")
-    if error is not None:
-        raise fail(error, code)
-    measured = (
-        f"test accuracy {summary['test_accuracy']:.4f}"
-        if summary["test_accuracy"] is not None
-        else f"test loss {summary['test_loss']:.4g}"
-        if summary["test_loss"] is not None
-        else "no test measure"
-    )
-    typer.echo(
-        f"{status}: {measured} after "
-        f"{summary['epochs']:g} epoch{'' if summary['epochs'] == 1 else 's'} in "
-        f"{summary['wall_time_s']:.1f} s; results in {out_dir}"
-    )
-    if status == "interrupted":
+    with ProgressBar(sim, enabled=progress and main) as update:
+        result = runner.run(progress=update)
+    if result.error is not None:
+        raise fail(result.error, EXIT_DIVERGED if result.status == "diverged" else EXIT_ERROR)
+    if main:
+        summary = result.summary
+        measured = (
+            f"test accuracy {summary['test_accuracy']:.4f}"
+            if summary["test_accuracy"] is not None
+            else f"test loss {summary['test_loss']:.4g}"
+            if summary["test_loss"] is not None
+            else "no test measure"
+        )
+        typer.echo(
+            f"{result.status}: {measured} after "
+            f"{summary['epochs']:g} epoch{'' if summary['epochs'] == 1 else 's'} in "
+            f"{summary['wall_time_s']:.1f} s; results in {result.out_dir}"
+        )
+    if result.status == "interrupted":
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
@@ -369,45 +263,6 @@ class ProgressBar:
     def __exit__(self, *exc: Any) -> None:
         if self.enabled:
             self.progress.__exit__(*exc)
-
-
-def _summary(plan: Any, built: Any, status: str, error: str | None) -> dict[str, Any]:
-    sim = built.simulation
-    nan = float("nan")
-    try:
-        test_loss, test_accuracy = sim.evaluate("test")
-        _, val_accuracy = sim.evaluate("val")
-    except (ParticlesimError, RuntimeError, ValueError):
-        if error is None:
-            raise
-        # the failure that ended the run (e.g. in the forward pass) would strike again
-        test_loss, test_accuracy, val_accuracy = nan, nan, nan
-    meta = sim.metadata
-
-    def number(value: float) -> float | None:  # JSON has no NaN: "not measured" is null
-        return value if math.isfinite(value) else None
-
-    return {
-        "scenario": meta["scenario_name"],
-        "status": status,
-        "error": error,
-        "test_accuracy": number(test_accuracy),
-        "test_loss": number(test_loss),
-        "val_accuracy": number(val_accuracy),
-        "train_loss": number(sim.running_mean("loss")),
-        "train_accuracy": number(sim.running_mean("correct")),
-        "parameters": built.system.count_parameters(),
-        "steps": sim.step,
-        "epochs": sim.step / sim.steps_per_epoch,
-        "wall_time_s": sim.wall_time(),
-        "seconds_per_epoch": sim.wall_time() / max(sim.step / sim.steps_per_epoch, 1e-12),
-        "device": str(built.device),
-        "data_source": meta["data_source"],
-        "seed": meta["seed"],
-        "versions": meta["versions"],
-        "plugins": meta["plugins"],
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
 
 
 @app.command("plugins")

@@ -45,35 +45,18 @@ def split_plugin_options(plugins: list[str] | None) -> tuple[list[str], list[str
 
 
 def prepare(scenario: Path, overrides: list[str] | None, plugins: list[str] | None):
-    """Read, override, load plugins and validate: ``(plan, manager)``; raises ParticlesimError."""
-    from particlesim.plugins.manager import PluginManager
-    from particlesim.scenario.builder import validate
-    from particlesim.scenario.loader import apply_override, read_scenario
-    from particlesim.scenario.options import check_type
+    """Read, override, load plugins and validate: ``(plan, manager)``; raises ParticlesimError.
 
-    raw = read_scenario(scenario)
-    for assignment in overrides or []:
-        apply_override(raw, assignment)
-    files, disabled = split_plugin_options(plugins)
-    # Checked before validation because the plugin files must load first.
-    scenario_plugins = check_type(
-        raw.get("plugins", []), list[str], "plugins", source=str(scenario)
+    :func:`particlesim.runner.load_plan`, saying on stderr which plugin files it loaded.
+    """
+    from particlesim.runner import load_plan
+
+    return load_plan(
+        scenario,
+        set=overrides or (),
+        plugins=plugins or (),
+        log=lambda message: typer.echo(message, err=True),
     )
-    manager = PluginManager()
-    base_dir = scenario.resolve().parent
-    manager.load(
-        files=[*(base_dir / p for p in scenario_plugins), *map(Path, files)],
-        base_dir=base_dir,
-        disable=disabled,
-    )
-    # Plugin failures arrive as PluginWarnings (main() prints each as one line, once).
-    for info in manager.plugins:
-        if info.source.startswith("file"):
-            typer.echo(
-                f"plugin: loaded {info.name} from {info.source.removeprefix('file ')}", err=True
-            )
-    plan = validate(raw, manager.registries, source=str(scenario), base_dir=base_dir)
-    return plan, manager
 
 
 def command_entry_points(

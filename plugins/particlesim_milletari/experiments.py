@@ -138,17 +138,14 @@ def build_run(path: Path, assignments: Sequence[str], *writers: Any) -> Any:
 
     The ``writers`` (:class:`~particlesim.core.writers.MemoryWriter`) record the run in memory.
     """
-    from particlesim.plugins.manager import PluginManager
-    from particlesim.scenario.builder import build, validate
+    from particlesim.runner import Runner
     from particlesim.scenario.loader import apply_override, read_scenario
 
     raw = read_scenario(path)
     for assignment in assignments:
         apply_override(raw, assignment)
     raw["writers"] = []
-    manager = PluginManager().load()
-    plan = validate(raw, manager.registries, source=str(path), base_dir=path.parent)
-    return build(plan, log=lambda message: None, extra_writers=list(writers))
+    return Runner.in_memory(raw, base_dir=path.parent, extra_writers=writers).built
 
 
 def spectrum_indices(eigenvalues: Sequence[float], tol: float) -> tuple[float, float]:

@@ -112,17 +112,6 @@ class Settings:
 
 # --------------------------------------------------------------------------- runs
 
-_REGISTRIES: dict[str, Any] = {}
-
-
-def registries() -> Any:
-    """The registries of the engine and every installed plugin (loaded once per process)."""
-    if "all" not in _REGISTRIES:
-        from particlesim.plugins.manager import PluginManager
-
-        _REGISTRIES["all"] = PluginManager().load().registries
-    return _REGISTRIES["all"]
-
 
 def scenario_table(
     settings: Settings, condition: str, particles: int, seed: int
@@ -161,13 +150,12 @@ def scenario_table(
 
 def build_run(settings: Settings, condition: str, particles: int, seed: int) -> Any:
     """Validate and build one run (a :class:`~particlesim.scenario.builder.Built`)."""
-    from particlesim.scenario.builder import build, validate
+    from particlesim.runner import Runner
 
     raw, path = scenario_table(settings, condition, particles, seed)
-    plan = validate(raw, registries(), source=str(path), base_dir=path.parent)
-    if plan.resolved["model"]["name"] != "mean_field":
+    if raw.get("model", {}).get("name") != "mean_field":
         raise ParticlesimError(f"{path.name}: the experiment needs the model 'mean_field'")
-    return build(plan, log=lambda message: None)
+    return Runner.in_memory(raw, base_dir=path.parent).built
 
 
 def network_values(built: Any, x: Any) -> Any:

@@ -29,7 +29,6 @@ paper's numbers side by side, the paper's findings checked), ``generalisation.pn
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import math
 import statistics
@@ -126,14 +125,6 @@ def check_fraction(value: float, what: str = "training-data fraction") -> float:
     return float(value)
 
 
-@functools.cache
-def registries() -> Any:
-    """The plugin registries (plugins are loaded once per process)."""
-    from particlesim.plugins.manager import PluginManager
-
-    return PluginManager().load().registries
-
-
 def train(
     settings: Settings,
     model: str,
@@ -152,7 +143,7 @@ def train(
     dropped (a sweep needs only the final network).
     """
     from particlesim.core.triggers import Periodic
-    from particlesim.scenario.builder import build, validate
+    from particlesim.runner import Runner
     from particlesim.scenario.loader import apply_override, read_scenario
 
     check_fraction(fraction)
@@ -174,8 +165,7 @@ def train(
         apply_override(raw, assignment)
     writers = raw.get("writers", [])
     raw["writers"] = [w for w in writers if trajectory_frames and w.get("name") == "trajectory"]
-    plan = validate(raw, registries(), source=str(path), base_dir=path.parent)
-    built = build(plan, log=lambda message: None)
+    built = Runner.in_memory(raw, base_dir=path.parent).built
     simulation = built.simulation
     for writer in simulation.writers:  # about trajectory_frames frames over the run
         writer.trigger = Periodic(max(1, simulation.total_steps // trajectory_frames))

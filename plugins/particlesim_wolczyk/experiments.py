@@ -136,8 +136,7 @@ def prepare(
     settings: Settings, mode: str, network: str, seed: int, extra_writers: Sequence[Any] = ()
 ) -> Any:
     """Read, override, validate and build one scenario; the ``Built`` run, not yet trained."""
-    from particlesim.plugins.manager import PluginManager
-    from particlesim.scenario.builder import build, validate
+    from particlesim.runner import Runner
     from particlesim.scenario.loader import apply_override, read_scenario
 
     path = settings.scenarios / MODES[mode]
@@ -159,9 +158,7 @@ def prepare(
     ):
         apply_override(raw, assignment)
     raw["writers"] = []  # a sweep needs only the final network
-    manager = PluginManager().load()
-    plan = validate(raw, manager.registries, source=str(path), base_dir=path.parent)
-    return build(plan, log=_silent, extra_writers=list(extra_writers))
+    return Runner.in_memory(raw, base_dir=path.parent, extra_writers=extra_writers).built
 
 
 def train(settings: Settings, mode: str, network: str, seed: int) -> tuple[Any, float]:
@@ -440,8 +437,7 @@ def split_run(run_dir: Path, out: Path | None = None) -> dict[str, Any]:
         task_heads,
     )
     from particlesim.io.checkpoint import CHECKPOINT_FILE, read_checkpoint
-    from particlesim.plugins.manager import PluginManager
-    from particlesim.scenario.builder import build, validate
+    from particlesim.runner import Runner
     from particlesim.scenario.loader import read_scenario
 
     scenario = run_dir / "scenario.toml"
@@ -449,9 +445,9 @@ def split_run(run_dir: Path, out: Path | None = None) -> dict[str, Any]:
         raise ParticlesimError(f"{run_dir}: not a run directory (no scenario.toml)")
     raw = read_scenario(scenario)
     raw["writers"] = []
-    plan = validate(raw, PluginManager().load().registries, source=str(scenario), base_dir=run_dir)
     payload = read_checkpoint(run_dir / CHECKPOINT_FILE)
-    built = build(plan, log=_silent)
+    runner = Runner.in_memory(raw, base_dir=run_dir)
+    built, plan = runner.built, runner.plan
     built.simulation.load_state_dict(payload["simulation"])
     system, simulation = built.system, built.simulation
     penalised = getattr(plan.model, "penalised_layers", None)
