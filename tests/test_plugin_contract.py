@@ -368,3 +368,39 @@ def test_unknown_potential_group_names_the_key(tmp_path: Path, data_dir: Path) -
     result = CliRunner().invoke(app, ["validate", str(tmp_path / "scenario.toml"), "--build"])
     assert result.exit_code == 2, result.output
     assert "potentials[0].groups: unknown group 'hiden1'" in result.stderr
+
+
+# ------------------------------------------------------------------- options of a name
+
+
+def test_plugins_options_lists_each_option_with_type_default_and_doc() -> None:
+    result = CliRunner().invoke(app, ["plugins", "--options", "gaussian"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("kernel 'gaussian' (plugin particlesim): Gaussian")
+    width = next(line for line in lines if line.strip().startswith("width "))
+    assert "a number or an array of numbers" in width and "= 1.0" in width and "σ" in width
+    assert CliRunner().invoke(app, ["plugins", "gaussian"]).stdout == result.stdout
+
+
+def test_plugins_options_shows_the_engine_keys_of_a_plain_potential(tmp_path: Path) -> None:
+    (tmp_path / "my_plugin.py").write_text(
+        hookspecs.example_blocks("particlesim_register_potentials")["python"]
+    )
+    result = CliRunner().invoke(
+        app, ["plugins", "harmonic_tether", "-p", str(tmp_path / "my_plugin.py"), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads(result.stdout)
+    assert entry["kind"] == "potential" and entry["plugin"] == "my_plugin"
+    options = {o["name"]: o for o in entry["options"]}
+    assert options["strength"]["default"] == 1.0 and not options["strength"]["engine"]
+    assert options["coefficient"]["engine"] and options["groups"]["engine"]
+
+
+def test_plugins_options_of_an_unknown_name_is_one_line() -> None:
+    result = CliRunner().invoke(app, ["plugins", "--options", "gausian"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "error: no registered entry is called 'gausian' (did you mean 'gaussian'?)"
+    )

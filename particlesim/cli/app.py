@@ -267,10 +267,18 @@ class ProgressBar:
 
 @app.command("plugins")
 def plugins_command(
+    name: Annotated[
+        str | None,
+        typer.Argument(help="A registered name: list its options (like --options NAME)."),
+    ] = None,
+    options: Annotated[
+        str | None,
+        typer.Option("--options", help="List every option of the registered NAME.", metavar="NAME"),
+    ] = None,
     plugin: PluginOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """List plugins: where each came from and what it registers."""
+    """List plugins: where each came from and what it registers (or one name's options)."""
     from particlesim.plugins.manager import PluginManager, describe
 
     files, disabled = split_plugin_options(plugin)
@@ -278,6 +286,9 @@ def plugins_command(
         manager = PluginManager().load(files=[Path(f) for f in files], disable=disabled)
     except ParticlesimError as exc:
         raise fail(str(exc)) from None
+    if name is not None or options is not None:
+        _show_options(manager, options or name, as_json)
+        return
     rows = describe(manager)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -290,6 +301,38 @@ def plugins_command(
         for kind, names in (row.get("registered") or {}).items():
             if names:
                 typer.echo(f"    {kind}: {', '.join(names)}")
+
+
+def _show_options(manager: Any, name: str, as_json: bool) -> None:
+    """Print each option of every entry registered as ``name`` (type, default, description)."""
+    from particlesim.scenario.builder import describe_options
+
+    try:
+        entries = describe_options(manager.registries, name)
+    except ParticlesimError as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(entries, indent=2, default=repr))
+        return
+    for entry in entries:
+        typer.echo(
+            f"{entry['kind']} {entry['name']!r} (plugin {entry['plugin']}): {entry['summary']}"
+        )
+        rows = [
+            (
+                option["name"] + (" (engine)" if option["engine"] else ""),
+                option["type"],
+                "required" if option["required"] else f"= {option['default']!r}",
+                option["doc"],
+            )
+            for option in entry["options"]
+        ]
+        if not rows:
+            typer.echo("    (no options)")
+        widths = [max((len(row[i]) for row in rows), default=0) for i in range(3)]
+        for row in rows:
+            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+            typer.echo(f"    {'  '.join(cells)}  {row[3]}".rstrip())
 
 
 @app.command()

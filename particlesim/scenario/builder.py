@@ -907,3 +907,89 @@ def _build_groups(resolved, registries, generator, dtype, source) -> System:
         )
     except OptionError as exc:
         raise ScenarioError(exc.detail, path=exc.key, source=source) from None
+
+
+#: Constructor parameters the engine supplies itself, per kind (not scenario options).
+_SUPPLIED: dict[str, tuple[str, ...]] = {
+    "writer": ("trigger",),
+    "interaction": ("source", "target", "generator"),
+    "integrator": ("params",),
+    "activation": ("size",),
+}
+
+
+def describe_options(registries: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
+    """Every registered entry called ``name``, with the options a scenario may give it.
+
+    One dict per kind that has the name: ``kind``, ``name``, ``plugin``, ``summary`` (the
+    docstring's first line) and ``options``, a list of ``{name, type, default, required,
+    doc, engine}`` (``engine``: a key the engine reads itself, e.g. a plain potential's
+    ``coefficient``). Raises :class:`ScenarioError` for a name no registry has.
+    """
+    import inspect
+
+    from particlesim.scenario.options import describe, option_hints, option_parameters
+
+    found = []
+    for kind, registry in registries.items():
+        if name not in registry:
+            continue
+        entry = registry.entry(name)
+        factory = entry.factory
+        docs = _argument_docs(factory)
+        hints = option_hints(factory)
+        options = []
+        for key, parameter in option_parameters(factory, _SUPPLIED.get(kind, ())).items():
+            required = parameter.default is inspect.Parameter.empty
+            options.append({
+                "name": key,
+                "type": describe(hints.get(key, Any)),
+                "default": None if required else parameter.default,
+                "required": required,
+                "doc": docs.get(key, ""),
+                "engine": False,
+            })  # fmt: skip
+        for key, (expected, default) in _engine_keys(kind, factory).items():
+            options.append({
+                "name": key, "type": describe(expected), "default": default, "required": False,
+                "doc": _ENGINE_KEY_DOCS.get(key, ""), "engine": True,
+            })  # fmt: skip
+        doc = inspect.getdoc(factory) or ""
+        found.append({
+            "kind": kind, "name": name, "plugin": entry.plugin,
+            "summary": doc.splitlines()[0] if doc else "", "options": options,
+        })  # fmt: skip
+    if not found:
+        known = sorted({n for registry in registries.values() for n in registry.names()})
+        raise ScenarioError(f"no registered entry is called {name!r}{close_matches(name, known)}")
+    return found
+
+
+_ENGINE_KEY_DOCS = {
+    "coefficient": "multiplies the energy in the total (the recorded value is before it)",
+    "groups": "the groups whose fields the potential is given (default: every group)",
+    "observables": "the observables to write (default: epoch and train_loss)",
+    "test_fraction": "rows held out as the test set when the function returns (x, y)",
+    "lr_schedule": "how the step size lr decays over the run",
+    "lr_final": "the step size at the end of the run",
+}
+
+
+def _argument_docs(factory: Callable[..., Any]) -> dict[str, str]:
+    """``{argument: first line of its description}`` from a Google-style ``Args:`` section."""
+    import inspect
+    import re
+
+    texts = [inspect.getdoc(factory) or ""]
+    if isinstance(factory, type):  # the class, its constructor, then the classes it extends
+        texts.append(inspect.getdoc(factory.__init__) or "")
+        texts += [klass.__doc__ or "" for klass in factory.__mro__[1:]]
+        texts = [inspect.cleandoc(text) for text in texts]
+    docs: dict[str, str] = {}
+    for text in texts:
+        section = re.search(r"^(?:Args|Arguments|Parameters):\n((?:[ \t]+.*\n?|\n)+)", text, re.M)
+        if section is None:
+            continue
+        for match in re.finditer(r"^ {2,8}(\w+)(?: \([^)]*\))?: (.+)$", section.group(1), re.M):
+            docs.setdefault(match.group(1), match.group(2).strip())
+    return docs

@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, Union, get_args, get_origin
 
 from particlesim.errors import ScenarioError, close_matches
@@ -51,7 +51,7 @@ def describe(annotation: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in get_args(annotation))
     if origin in (Union, types.UnionType):
         return " or ".join(describe(a) for a in get_args(annotation) if a is not type(None))
-    if origin in (list, tuple, typing.Sequence, Iterable) or annotation in (list, tuple):
+    if origin in (list, tuple, typing.Sequence, Sequence, Iterable) or annotation in (list, tuple):
         args = get_args(annotation)
         return (
             f"an array of {describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
