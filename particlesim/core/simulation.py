@@ -284,9 +284,9 @@ class Simulation:
         for observable in [*builtin_observables(), *own, *observables]:
             self.observables[observable.name] = observable
         for writer in writers:
-            if getattr(writer, "observables_defaulted", False) and writer.observables:
-                extra = [o.name for o in own if o.name not in writer.observables]
-                writer.observables = (*writer.observables, *extra)
+            include = getattr(writer, "include_defaults", None)
+            if callable(include):
+                include(tuple(o.name for o in own))
         # Stable sort: a checkpoint writer (order 100) reports after the file writers.
         self.writers = sorted(writers, key=lambda w: getattr(w, "order", 0))
         for writer in self.writers:

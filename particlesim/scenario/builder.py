@@ -22,7 +22,7 @@ from particlesim.core.interactions import Interaction
 from particlesim.core.signatures import accepts
 from particlesim.core.simulation import Backoff, Simulation
 from particlesim.core.system import System
-from particlesim.core.triggers import OnEpoch, Periodic, Trigger
+from particlesim.core.triggers import PERIOD_WORDS, Trigger, parse_period
 from particlesim.errors import (
     OptionError,
     ParticlesimError,
@@ -249,6 +249,12 @@ def _construct(
     split off first when the factory does not take them.
     """
     name = table.pop("name", None)
+    if name is None and "kind" in table:  # the word before `name` was settled on
+        raise ScenarioError(
+            f"'kind' is now 'name': write name = {table['kind']!r}",
+            path=f"{path}.kind",
+            source=source,
+        )
     if name is None:
         raise ScenarioError(
             f"missing required key 'name' (a registered {kind})", path=path, source=source
@@ -500,17 +506,15 @@ def validate(
 
 def _check_guard_options(run: dict[str, Any], source: str) -> None:
     """``[run]`` checkpoint_every, clip_grad_norm and backoff (filled with its defaults)."""
-    every = run["checkpoint_every"]
-    if (
-        every is True
-        or (isinstance(every, str) and every != "epoch")
-        or (isinstance(every, int) and not isinstance(every, bool) and every < 0)
-    ):
+    try:
+        parse_period(run["checkpoint_every"], "run.checkpoint_every", allow_off=True)
+    except OptionError:
         raise ScenarioError(
-            f'expected a step count >= 0, "epoch" or false, got {type_name(every)}',
+            f"expected {PERIOD_WORDS}, or 0 / false for never, got "
+            f"{type_name(run['checkpoint_every'])}",
             path="run.checkpoint_every",
             source=source,
-        )
+        ) from None
     clip = run["clip_grad_norm"]
     if clip is not None and not 0 < clip < float("inf"):
         raise ScenarioError(
@@ -548,14 +552,16 @@ def _check_named_components(
 
 
 def _trigger(every: Any, path: str, source: str) -> Trigger:
-    if every == "epoch":
-        return OnEpoch()
-    if isinstance(every, int) and not isinstance(every, bool) and every >= 1:
-        return Periodic(every)
+    """A writer's ``every`` (:func:`~particlesim.core.triggers.parse_period`)."""
+    if isinstance(every, str | int) and not isinstance(every, bool):
+        try:
+            trigger = parse_period(every, path)
+            assert trigger is not None
+            return trigger
+        except OptionError:
+            pass
     raise ScenarioError(
-        f'expected a positive integer (steps) or "epoch", got {type_name(every)}',
-        path=path,
-        source=source,
+        f"expected {PERIOD_WORDS}, got {type_name(every)}", path=path, source=source
     )
 
 
