@@ -19,6 +19,7 @@ from particlesim.core.activations import make_activation
 from particlesim.core.device import resolve_device, resolve_dtype
 from particlesim.core.group import ParticleGroup
 from particlesim.core.interactions import Interaction
+from particlesim.core.seeds import SEED_LIMIT
 from particlesim.core.signatures import accepts
 from particlesim.core.simulation import Backoff, Simulation
 from particlesim.core.system import System
@@ -398,9 +399,11 @@ def validate(
         return {**defaults(func), **table}
 
     resolved["scenario"] = section(scenario_section, "scenario")
-    if resolved["scenario"]["seed"] < 0:
+    if not 0 <= resolved["scenario"]["seed"] < SEED_LIMIT:
         raise ScenarioError(
-            f"must be >= 0, got {resolved['scenario']['seed']}", path="scenario.seed", source=source
+            f"must be in 0 … 2^63 - 1 (a TOML integer), got {resolved['scenario']['seed']}",
+            path="scenario.seed",
+            source=source,
         )
     resolved["run"] = run = section(run_section, "run")
     plan.run_keys_given = frozenset(_table(raw, "run", source))
