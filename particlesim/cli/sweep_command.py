@@ -9,7 +9,6 @@ a killed sweep continues where it stopped. See :mod:`particlesim.scenario.sweeps
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -18,6 +17,7 @@ import typer
 
 from particlesim.cli.common import EXIT_INTERRUPTED, fail, prepare
 from particlesim.errors import ParticlesimError
+from particlesim.threads import available_cores
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -97,7 +97,7 @@ def sweep(
     else:
         kind = "Dask LocalCluster worker" if dask_local else "local worker"
         executor = f"{workers} {kind}{'s' if workers > 1 else ''}"
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = max(1, available_cores() // workers)
     try:
         sweeps.prepare_directory(plan, out_dir)
     except (ParticlesimError, OSError) as exc:

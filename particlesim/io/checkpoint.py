@@ -66,6 +66,7 @@ RESUMABLE_CHANGES = (
     ("run", "epochs"),
     ("run", "steps"),
     ("run", "checkpoint_every"),
+    ("run", "threads"),
     ("scenario", "device"),
 )
 

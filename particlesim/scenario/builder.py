@@ -89,8 +89,12 @@ def run_section(
     checkpoint_every: int | str | bool = "epoch",
     clip_grad_norm: float | None = None,
     backoff: dict[str, Any] | None = None,
+    threads: int | None = None,
 ) -> None:
     """``[run]``: length (epochs or steps), batch sizes, checkpoints and the divergence guard.
+
+    ``threads`` fixes torch's CPU threads (default: this process's cores shared with the
+    other particlesim runs on the machine; see :mod:`particlesim.threads`).
 
     ``batch_schedule = [[step, size], …]`` changes the batch size from ``step`` on
     (online data sets only). ``checkpoint_every`` is a step period or ``"epoch"``
@@ -407,7 +411,7 @@ def validate(
         )
     resolved["run"] = run = section(run_section, "run")
     plan.run_keys_given = frozenset(_table(raw, "run", source))
-    for key in ("batch_size", "eval_batch_size", "steps"):
+    for key in ("batch_size", "eval_batch_size", "steps", "threads"):
         if run[key] is not None and run[key] < 1:
             raise ScenarioError(
                 f"must be a positive integer, got {run[key]}", path=f"run.{key}", source=source
