@@ -528,3 +528,75 @@ def test_two_runs_into_one_directory_one_runs_the_other_touches_nothing(
     assert first.returncode == 0, stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["seed"] == 11
+
+
+def test_a_killed_runs_trajectory_is_named_by_inspect_and_recovered(
+    tiny_scenario: Path, tmp_path: Path
+) -> None:
+    """kill -9 mid-run: inspect says so, `particlesim recover` makes the file plainly readable."""
+    import h5py
+
+    scenario = tmp_path / "traj.toml"
+    scenario.write_text(
+        tiny_scenario.read_text() + '\n[[writers]]\nname = "trajectory"\nevery = 2\n'
+    )
+    gate = tmp_path / "gate.py"
+    gate.write_text(
+        textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from particlesim import hookimpl
+
+        @hookimpl
+        def particlesim_step_end(simulation, step):
+            if step == 7:
+                for writer in simulation.writers:
+                    writer.flush()
+                Path({str(tmp_path / "started")!r}).touch()
+                time.sleep(300)
+        """)
+    )
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")])}
+    command = [sys.executable, "-m", "particlesim", "run", str(scenario), "--out", str(out)]
+    writer = subprocess.Popen(
+        [*command, "-p", str(gate), "--no-progress"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "started").exists():
+            assert writer.poll() is None, writer.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        writer.kill()
+        writer.wait()
+    path = out / "trajectory.h5"
+    with pytest.raises(OSError):  # the state a killed writer leaves
+        h5py.File(path, "r")
+    with h5py.File(path, "r", swmr=True) as file:
+        frames = {name: len(file[f"particles/{name}/position/step"]) for name in file["particles"]}
+    assert min(frames.values()) >= 4  # steps 0, 2, 4, 6
+
+    shown = invoke("inspect", path)
+    assert shown.exit_code == 0, shown.output
+    state = [line for line in shown.stdout.splitlines() if line.startswith("state:")]
+    assert state and state[0].startswith("state: interrupted at step 6 (its writer was killed)"), (
+        repr(shown.stdout[-600:])
+    )
+    assert f"particlesim recover {path}" in shown.stdout
+
+    recovered = invoke("recover", path)
+    assert recovered.exit_code == 0, recovered.output
+    assert "recovered" in recovered.stdout
+    with h5py.File(path, "r") as file:  # plainly readable, every frame kept
+        assert {
+            name: len(file[f"particles/{name}/position/step"]) for name in file["particles"]
+        } == frames
+    assert "state:" not in invoke("inspect", path).stdout
+    again = invoke("recover", path)
+    assert again.exit_code == 0 and "closed cleanly; nothing to recover" in again.stdout
+    import xarray as xr
+
+    assert xr.open_dataset(path, engine="particlesim", group="hidden1").sizes["time"] == 4

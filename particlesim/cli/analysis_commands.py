@@ -9,6 +9,7 @@ that ``particlesim --help`` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -304,10 +305,72 @@ def inspect_command(
     """Show what a trajectory holds: groups, observables, connectivity, parameters."""
     with _opened(file) as tree:
         info = describe(tree, file)
+    interrupted = _interrupted_note(file, info)
+    if interrupted:
+        info["state"] = interrupted
     if as_json:
         typer.echo(json.dumps(info, indent=2))
     else:
         _render(info)
+        if interrupted:
+            typer.echo(interrupted)
+
+
+def _interrupted_note(file: Path, info: dict[str, Any]) -> str | None:
+    """The line that says a killed writer left ``file`` flagged open, and what to do."""
+    from particlesim.io.h5md import left_open_for_writing
+
+    if not left_open_for_writing(file):
+        return None
+    steps = [
+        int(row["steps"][-1])
+        for row in [*info.get("groups", []), *info.get("observables", [])]
+        if isinstance(row.get("steps"), list) and row["steps"]
+    ]
+    at = f" at step {max(steps)}" if steps else ""
+    return (
+        f"state: interrupted{at} (its writer was killed); it opens with "
+        f"h5py.File(path, 'r', swmr=True), or run `particlesim recover {file}` to make it "
+        "plainly readable"
+    )
+
+
+def recover_command(
+    files: Annotated[list[Path], typer.Argument(help="Trajectory files (.h5) of killed runs.")],
+) -> None:
+    """Make trajectories left by a killed run plainly readable again, keeping every frame.
+
+    A run killed while writing leaves its file flagged "open for writing": plain
+    ``h5py.File(path, "r")`` refuses it (only ``swmr=True`` opens it). This clears the flag
+    (as ``h5clear -s`` does); every frame that was written stays. A file whose run is still
+    alive (its directory locked) is left alone.
+    """
+    from particlesim.io.checkpoint import LOCK_FILE, CheckpointError, run_lock
+    from particlesim.io.h5md import clear_status_flags, left_open_for_writing
+    from particlesim.io.trajectory import TrajectoryError, check_file, open_trajectory
+
+    for file in files:
+        try:
+            check_file(file)
+            if not left_open_for_writing(file):
+                typer.echo(f"{file}: closed cleanly; nothing to recover")
+                continue
+            folder = file.resolve().parent
+            lock = run_lock(folder) if (folder / LOCK_FILE).exists() else contextlib.nullcontext()
+            with lock:  # a live run holds it: refused, naming its pid
+                cleared = clear_status_flags(file)
+            if not cleared:
+                raise ParticlesimError(
+                    f"{file}: its superblock could not be checked; left as it is"
+                )
+            tree = open_trajectory(file)
+            frames = max((len(node.ds["step"]) for node in tree.subtree if "step" in node.ds),
+                         default=0)  # fmt: skip
+        except (CheckpointError, TrajectoryError, ParticlesimError, OSError) as exc:
+            raise _fail(str(exc)) from None
+        typer.echo(
+            f"{file}: recovered; {frames} frames, readable with a plain h5py.File(path, 'r')"
+        )
 
 
 # --- analyze -------------------------------------------------------------------------------
@@ -538,6 +601,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "analyze": analyze_command,
     "plot": plot_command,
     "animate": animate_command,
+    "recover": recover_command,
 }
 
 
