@@ -441,3 +441,31 @@ def test_the_suite_ignores_a_broken_third_party_plugin_installed_beside_it(
     )  # fmt: skip
     assert suite.returncode == 0, suite.stdout[-3000:]
     assert " passed" in suite.stdout.splitlines()[-1]
+
+
+def test_a_plugin_failing_mid_run_loses_nothing_already_written(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    (tmp_path / "my_plugin.py").write_text(
+        textwrap.dedent("""
+        from particlesim import hookimpl
+
+        @hookimpl
+        def particlesim_step_end(step):
+            if step == 14:
+                raise RuntimeError("the plugin broke")
+        """)
+    )
+    scenario = base_scenario(data_dir) | {"plugins": ["my_plugin.py"]}
+    (tmp_path / "scenario.toml").write_text(tomli_w.dumps(scenario))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["run", str(tmp_path / "scenario.toml"), "--set", "run.steps=25", "--out", str(out)]
+    )
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "the plugin broke" in errors[0], result.stderr
+    assert [row["step"] for row in metrics(out)] == [6, 12]  # the epochs before it, kept
+    state = torch.load(out / "checkpoint.pt", weights_only=True)["simulation"]
+    assert state["step"] == 12  # the last periodic checkpoint stays
+    assert json.loads((out / "summary.json").read_text())["status"] == "failed"
