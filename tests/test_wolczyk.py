@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import particlesim_wolczyk.costs as costs_module
+import particlesim_wolczyk.split as split_module
 import pytest
 import torch
 import typer
@@ -20,11 +21,7 @@ from conftest import make_tiny_idx
 from particlesim_wolczyk import experiments
 from particlesim_wolczyk.costs import DensityCost, TransportCost, distance
 from particlesim_wolczyk.model import SpatialMLP
-from typer.testing import CliRunner
-
-import particlesim.analysis.split as split_module
-from particlesim.analysis.pruning import silenced
-from particlesim.analysis.split import (
+from particlesim_wolczyk.split import (
     SHARED,
     evaluate_split,
     greedy_split,
@@ -32,6 +29,9 @@ from particlesim.analysis.split import (
     split_summary,
     task_heads,
 )
+from typer.testing import CliRunner
+
+from particlesim.analysis.pruning import silenced
 from particlesim.cli.app import app
 from particlesim.core.group import ParticleGroup
 from particlesim.core.interactions import DenseInteraction
