@@ -1,13 +1,32 @@
-"""Shared fixtures: a tiny generated IDX data set and scenario files that use it."""
+"""Shared fixtures: a tiny generated IDX data set and scenario files that use it.
+
+The tests load only the plugins they name: ``PARTICLESIM_PLUGINS`` is set to the built-in
+plugins (this distribution's own entry points) for the whole session, so a third-party
+``particlesim`` plugin installed in the environment, broken or not, changes no test.
+Subprocesses inherit it. A test that needs another plugin loads it by file or sets the
+variable itself.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from particlesim.data.idx import write_idx
+
+#: The built-in plugins: the entry points this distribution declares.
+BUILTIN_PLUGINS = ",".join(
+    sorted(
+        ep.name
+        for ep in importlib.metadata.distribution("particlesim").entry_points
+        if ep.group == "particlesim"
+    )
+)
+os.environ["PARTICLESIM_PLUGINS"] = BUILTIN_PLUGINS
 
 SIDE = 4  # images are SIDE x SIDE
 CLASSES = 3

@@ -310,7 +310,11 @@ def test_installed_plugin_distribution(tmp_path: Path, tiny_scenario: Path) -> N
         text=True,
     )
     assert install.returncode == 0, install.stderr
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(target), str(ROOT), str(ROOT / "plugins")]),
+        "PARTICLESIM_PLUGINS": os.environ["PARTICLESIM_PLUGINS"] + ",throwaway",
+    }
     cli = [sys.executable, "-c", "from particlesim.cli.app import main; main()"]
     listing = subprocess.run([*cli, "plugins"], capture_output=True, text=True, env=env)
     assert re.search(

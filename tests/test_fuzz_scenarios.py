@@ -169,3 +169,34 @@ def test_unallocatable_network_is_one_line(tiny_scenario, tmp_path) -> None:
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "model: could not build the network:" in errors[0]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("seed", [0, 2**62, 2**63 - 1])
+def test_every_seed_a_toml_file_holds_runs(tiny_scenario, tmp_path, seed: int) -> None:
+    """Derived generator seeds are reduced modulo 2^63: the largest TOML integer works."""
+    out = tmp_path / "o"
+    args = ["--set", f"scenario.seed={seed}", "--set", "run.steps=2"]
+    built = CliRunner().invoke(app, ["validate", str(tiny_scenario), "--build", *args])
+    assert built.exit_code == 0, built.output
+    result = CliRunner().invoke(app, ["run", str(tiny_scenario), *args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f'"seed": {seed}' in (out / "summary.json").read_text()
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**64 - 1])
+def test_a_seed_out_of_range_is_one_line_at_validate(tiny_scenario, seed: int) -> None:
+    result = CliRunner().invoke(
+        app, ["validate", str(tiny_scenario), "--set", f"scenario.seed={seed}"]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.strip().endswith(
+        f"scenario.seed: must be in 0 … 2^63 - 1 (a TOML integer), got {seed}"
+    )
+
+
+def test_derived_seeds_keep_the_values_that_fit() -> None:
+    from particlesim.core.seeds import derived_seed
+
+    assert derived_seed(12345, 1_000_003, 999_983) == 12345 * 1_000_003 + 999_983
+    assert derived_seed(2**63 - 1, 1, 1) == 0
+    assert 0 <= derived_seed(2**63 - 1, 1_000_003, 999_983) < 2**63

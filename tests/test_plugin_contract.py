@@ -404,3 +404,40 @@ def test_plugins_options_of_an_unknown_name_is_one_line() -> None:
     assert result.stderr.strip() == (
         "error: no registered entry is called 'gausian' (did you mean 'gaussian'?)"
     )
+
+
+# ------------------------------------------------------------------- isolation
+
+
+def test_the_suite_ignores_a_broken_third_party_plugin_installed_beside_it(
+    tmp_path: Path,
+) -> None:
+    """Tests load only the plugins they name, so a broken installed plugin changes nothing."""
+    site = tmp_path / "site"
+    info = site / "broken_thing-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-thing\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[particlesim]\nbroken_thing = broken_thing\n")
+    (site / "broken_thing.py").write_text(
+        "from particlesim import hookimpl\n\n"
+        "@hookimpl\ndef particlesim_register_kernels():\n"
+        "    raise RuntimeError('this plugin is broken')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PARTICLESIM_PLUGINS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(site), str(ROOT), str(ROOT / "plugins")])
+    # outside the tests, the broken plugin is loaded and breaks every command
+    plugins = subprocess.run(
+        [sys.executable, "-m", "particlesim", "plugins"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "this plugin is broken" in plugins.stdout + plugins.stderr
+    tests = [
+        "tests/test_cli.py::test_run_end_to_end",
+        "tests/test_plugin_contract.py::test_example_runs_through_its_scenario",
+    ]
+    suite = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert suite.returncode == 0, suite.stdout[-3000:]
+    assert " passed" in suite.stdout.splitlines()[-1]

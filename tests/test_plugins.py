@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import BUILTIN_PLUGINS
 
 from particlesim.errors import PluginError, RegistryError
 from particlesim.plugins import (
@@ -40,8 +41,9 @@ HOOK_NAMES = sorted(
 @pytest.fixture(autouse=True)
 def clean_plugin_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests must not see the developer's plugin environment variables."""
-    for var in ("PARTICLESIM_PLUGINS", "PARTICLESIM_STRICT_PLUGINS", "PARTICLESIM_TRACE_PLUGINS"):
+    for var in ("PARTICLESIM_STRICT_PLUGINS", "PARTICLESIM_TRACE_PLUGINS"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PARTICLESIM_PLUGINS", BUILTIN_PLUGINS)  # only what the tests name
 
 
 @pytest.fixture
@@ -403,6 +405,7 @@ def test_trace_prints_hook_calls(monkeypatch: pytest.MonkeyPatch, capsys) -> Non
 @pytest.fixture
 def fake_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """An installed distribution ``fakepkg 0.1`` with three ``particlesim`` entry points."""
+    monkeypatch.setenv("PARTICLESIM_PLUGINS", f"{BUILTIN_PLUGINS},broken,good,badargs")
     info = tmp_path / "fakepkg-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fakepkg\nVersion: 0.1\n")

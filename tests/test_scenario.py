@@ -221,6 +221,14 @@ def test_group_errors(registries, old: str, new: str, expected: str) -> None:
     assert expected in error_of(text, registries)
 
 
+@pytest.mark.parametrize("section", ["potentials", "writers", "observables"])
+def test_kind_is_now_name_in_every_table(registries, section: str) -> None:
+    text = GROUPS.format(data_dir="/x") + f'\n[[{section}]]\nkind = "l2"\n'
+    assert f"{section}[0].kind: 'kind' is now 'name': write name = 'l2'" in error_of(
+        text, registries
+    )
+
+
 def test_interaction_kind_is_now_name(registries) -> None:
     text = GROUPS.format(data_dir="/x").replace('name = "modulated"', 'kind = "modulated"', 1)
     assert "interactions[1].kind: 'kind' is now 'name': write name = 'modulated'" in error_of(

@@ -21,6 +21,7 @@ from particlesim.core.observables import (
     system_observables,
     to_python,
 )
+from particlesim.core.seeds import derived_seed
 from particlesim.core.system import System
 from particlesim.core.triggers import bind_epoch
 from particlesim.core.writers import Writer
@@ -273,9 +274,9 @@ class Simulation:
                 raise OptionError("epochs", f"must be > 0, got {epochs}")
             self.total_steps = max(1, round(epochs * self.steps_per_epoch))
         self.integrator = integrator
-        self.noise_generator = torch.Generator().manual_seed(seed + 1)
+        self.noise_generator = torch.Generator().manual_seed(derived_seed(seed, 1, 1))
         #: Draws the batches of an online data set (its state is part of a checkpoint).
-        self.data_generator = torch.Generator().manual_seed(seed * 1_000_003 + 999_983)
+        self.data_generator = torch.Generator().manual_seed(derived_seed(seed, 1_000_003, 999_983))
         integrator.attach(
             system.parameters(), total_steps=self.total_steps, generator=self.noise_generator
         )
@@ -284,9 +285,9 @@ class Simulation:
         for observable in [*builtin_observables(), *own, *observables]:
             self.observables[observable.name] = observable
         for writer in writers:
-            if getattr(writer, "observables_defaulted", False) and writer.observables:
-                extra = [o.name for o in own if o.name not in writer.observables]
-                writer.observables = (*writer.observables, *extra)
+            include = getattr(writer, "include_defaults", None)
+            if callable(include):
+                include(tuple(o.name for o in own))
         # Stable sort: a checkpoint writer (order 100) reports after the file writers.
         self.writers = sorted(writers, key=lambda w: getattr(w, "order", 0))
         for writer in self.writers:
@@ -511,7 +512,7 @@ class Simulation:
         return self.train_x[rows], self.train_y[rows]
 
     def _batch_order(self, epoch: int) -> Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, 1_000_003, epoch))
         return torch.randperm(self.train_x.shape[0], generator=generator).to(self.device)
 
     def _report(self, step: int) -> None:

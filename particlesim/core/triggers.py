@@ -116,13 +116,45 @@ class Or(Trigger):
         return f"Or({list(self.triggers)})"
 
 
-def as_trigger(value: Trigger | int) -> Trigger:
-    """``int`` → :class:`Periodic`; triggers pass through."""
+#: How a period is written everywhere (scenarios, writers' options, the CLI): a step count or
+#: ``"epoch"``; where "never" is allowed, also ``0`` or ``false``.
+PERIOD_WORDS = 'a positive integer (steps) or "epoch"'
+
+
+def parse_period(value: object, key: str, *, allow_off: bool = False) -> Trigger | None:
+    """The one parser of periods (``every``, ``checkpoint_every``, ``connectivity_every``…).
+
+    ``"epoch"`` → :class:`OnEpoch`; an integer ``n ≥ 1`` → :class:`Periodic` ``(n)``; a
+    :class:`Trigger` passes through; with ``allow_off``, ``0``, ``false`` and ``None`` mean
+    never (``None`` is returned).
+
+    Raises:
+        OptionError: anything else, naming ``key`` and what is accepted.
+    """
+    from particlesim.errors import OptionError
+
     if isinstance(value, Trigger):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
+    if value == "epoch":
+        return OnEpoch()
+    if allow_off and (value is None or value is False or (type(value) is int and value == 0)):
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return Periodic(value)
-    raise TypeError(f"expected a Trigger or an int period, got {value!r}")
+    accepted = PERIOD_WORDS + (", or 0 / false for never" if allow_off else "")
+    raise OptionError(key, f"expected {accepted}, got {value!r}")
+
+
+def as_trigger(value: Trigger | int | str) -> Trigger:
+    """``int`` → :class:`Periodic`, ``"epoch"`` → :class:`OnEpoch`; triggers pass through."""
+    from particlesim.errors import OptionError
+
+    try:
+        trigger = parse_period(value, "trigger")
+    except OptionError as exc:
+        raise TypeError(f"expected a Trigger, an int period or 'epoch', got {value!r}") from exc
+    assert trigger is not None
+    return trigger
 
 
 def bind_epoch(trigger: Trigger, steps_per_epoch: int) -> Trigger:

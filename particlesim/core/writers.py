@@ -57,6 +57,15 @@ class Writer:
         #: energy, each learned width) to a non-empty default list.
         self.observables_defaulted = observables is None
 
+    def include_defaults(self, names: tuple[str, ...]) -> None:
+        """Also record ``names`` (the system's own observables) if no list was given.
+
+        Called by the simulation before the run; a writer given ``observables`` records
+        exactly those, and one with no default list (a checkpoint) records none.
+        """
+        if self.observables_defaulted and self.observables:
+            self.observables = (*self.observables, *(n for n in names if n not in self.observables))
+
     def open(self, simulation: Simulation, out_dir: Path | None) -> None:
         """Called once before the first step (lazy initialisation goes here)."""
 

@@ -49,6 +49,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
+from particlesim.core.seeds import derived_seed
 from particlesim.data.datasets import BUILTIN_DATASETS, DataSplits
 from particlesim.errors import DataError, OptionError, RegistryError, ScenarioError, close_matches
 
@@ -193,7 +194,7 @@ class MultiTask:
         for offset, split in enumerate(("train", "val", "test")):
             xs = [getattr(p, f"{split}_x") for p in parts]
             ys = [getattr(p, f"{split}_y") for p in parts]
-            generator = torch.Generator().manual_seed(pair_seed * 3 + offset)
+            generator = torch.Generator().manual_seed(derived_seed(pair_seed, 3, offset))
             composed[split] = self.compose(xs, ys, generator)
         train_x, train_y = composed["train"]
         if self.train_fraction < 1.0:

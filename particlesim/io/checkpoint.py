@@ -389,7 +389,7 @@ class CheckpointWriter(Writer):
         extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
-            trigger=OnEpoch() if trigger in (None, "epoch") else as_trigger(trigger),
+            trigger=OnEpoch() if trigger is None else as_trigger(trigger),
             observables=[],
         )
         self.periodic = trigger is not None

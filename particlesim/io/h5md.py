@@ -77,7 +77,14 @@ import h5py
 import numpy as np
 import torch
 
-from particlesim.core.triggers import OnEpoch, Periodic, Trigger, as_trigger, bind_epoch
+from particlesim.core.triggers import (
+    OnEpoch,
+    Periodic,
+    Trigger,
+    as_trigger,
+    bind_epoch,
+    parse_period,
+)
 from particlesim.core.writers import Request, Writer
 from particlesim.errors import OptionError, TrajectoryError
 
@@ -345,6 +352,7 @@ class TrajectoryWriter(Writer):
         self.record_final = record_final
         #: Every observable this writer needs (the simulation checks the names).
         self.observables = self.step_observables + self.epoch_observables
+        self.observables_defaulted = observables is None
         self.path: Path | None = None
         self._file: h5py.File | None = None
         self._clocks: list[_Clock] = []
@@ -371,6 +379,13 @@ class TrajectoryWriter(Writer):
             if wanted is not None:
                 return Request(ahead, wanted)
         return Request(simulation.total_steps - step + 1, ())
+
+    def include_defaults(self, names: tuple[str, ...]) -> None:
+        """The system's own observables join the step clock when no list was given."""
+        if self.observables_defaulted:
+            extra = tuple(n for n in names if n not in self.observables)
+            self.step_observables = (*self.step_observables, *extra)
+            self.observables = self.step_observables + self.epoch_observables
 
     def open(self, simulation: Simulation, out_dir: Path | None) -> None:
         """Create the file and every dataset (layout fixed), switch to SWMR, write frame 0."""
@@ -891,12 +906,10 @@ def clear_status_flags(path: str | os.PathLike[str]) -> bool:
 
 
 def _period(key: str, value: int | str) -> Trigger:
-    """``int`` → :class:`Periodic`, ``"epoch"`` → :class:`OnEpoch`."""
-    if value == "epoch":
-        return OnEpoch()
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return Periodic(value)
-    raise OptionError(key, f'expected a positive integer (steps) or "epoch", got {value!r}')
+    """``int`` → :class:`Periodic`, ``"epoch"`` → :class:`OnEpoch` (:func:`parse_period`)."""
+    trigger = parse_period(value, key)
+    assert trigger is not None
+    return trigger
 
 
 def _field_reader(group: Any, name: str, dtype: np.dtype) -> Callable[..., np.ndarray]:

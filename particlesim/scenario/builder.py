@@ -19,10 +19,11 @@ from particlesim.core.activations import make_activation
 from particlesim.core.device import resolve_device, resolve_dtype
 from particlesim.core.group import ParticleGroup
 from particlesim.core.interactions import Interaction
+from particlesim.core.seeds import SEED_LIMIT
 from particlesim.core.signatures import accepts, parameter_names
 from particlesim.core.simulation import Backoff, Simulation
 from particlesim.core.system import System
-from particlesim.core.triggers import OnEpoch, Periodic, Trigger
+from particlesim.core.triggers import PERIOD_WORDS, Trigger, parse_period
 from particlesim.errors import (
     OptionError,
     ParticlesimError,
@@ -253,6 +254,12 @@ def _construct(
     plugins, so ``-p no:NAME`` and ``PARTICLESIM_PLUGINS`` hold for them too).
     """
     name = table.pop("name", None)
+    if name is None and "kind" in table:  # the word before `name` was settled on
+        raise ScenarioError(
+            f"'kind' is now 'name': write name = {table['kind']!r}",
+            path=f"{path}.kind",
+            source=source,
+        )
     if name is None:
         raise ScenarioError(
             f"missing required key 'name' (a registered {kind})", path=path, source=source
@@ -399,9 +406,11 @@ def validate(
         return {**defaults(func), **table}
 
     resolved["scenario"] = section(scenario_section, "scenario")
-    if resolved["scenario"]["seed"] < 0:
+    if not 0 <= resolved["scenario"]["seed"] < SEED_LIMIT:
         raise ScenarioError(
-            f"must be >= 0, got {resolved['scenario']['seed']}", path="scenario.seed", source=source
+            f"must be in 0 … 2^63 - 1 (a TOML integer), got {resolved['scenario']['seed']}",
+            path="scenario.seed",
+            source=source,
         )
     resolved["run"] = run = section(run_section, "run")
     plan.run_keys_given = frozenset(_table(raw, "run", source))
@@ -507,17 +516,15 @@ def validate(
 
 def _check_guard_options(run: dict[str, Any], source: str) -> None:
     """``[run]`` checkpoint_every, clip_grad_norm and backoff (filled with its defaults)."""
-    every = run["checkpoint_every"]
-    if (
-        every is True
-        or (isinstance(every, str) and every != "epoch")
-        or (isinstance(every, int) and not isinstance(every, bool) and every < 0)
-    ):
+    try:
+        parse_period(run["checkpoint_every"], "run.checkpoint_every", allow_off=True)
+    except OptionError:
         raise ScenarioError(
-            f'expected a step count >= 0, "epoch" or false, got {type_name(every)}',
+            f"expected {PERIOD_WORDS}, or 0 / false for never, got "
+            f"{type_name(run['checkpoint_every'])}",
             path="run.checkpoint_every",
             source=source,
-        )
+        ) from None
     clip = run["clip_grad_norm"]
     if clip is not None and not 0 < clip < float("inf"):
         raise ScenarioError(
@@ -555,14 +562,16 @@ def _check_named_components(
 
 
 def _trigger(every: Any, path: str, source: str) -> Trigger:
-    if every == "epoch":
-        return OnEpoch()
-    if isinstance(every, int) and not isinstance(every, bool) and every >= 1:
-        return Periodic(every)
+    """A writer's ``every`` (:func:`~particlesim.core.triggers.parse_period`)."""
+    if isinstance(every, str | int) and not isinstance(every, bool):
+        try:
+            trigger = parse_period(every, path)
+            assert trigger is not None
+            return trigger
+        except OptionError:
+            pass
     raise ScenarioError(
-        f'expected a positive integer (steps) or "epoch", got {type_name(every)}',
-        path=path,
-        source=source,
+        f"expected {PERIOD_WORDS}, got {type_name(every)}", path=path, source=source
     )
 
 
