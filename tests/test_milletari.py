@@ -12,12 +12,12 @@ import pytest
 import torch
 import typer
 from particlesim_milletari import experiments
+from particlesim_milletari.activations import ESP, ESP_RELU_GAP, ActivationBeta, ESPPerNeuron
 from particlesim_milletari.datasets import Circles, LinearPlane, Moons
 from torch.nn import functional as F
 from typer.testing import CliRunner
 
 from particlesim.cli.app import app
-from particlesim.core.activations import ESP, ESP_RELU_GAP, ActivationBeta, ESPPerNeuron
 from particlesim.core.model import MLP
 from particlesim.errors import OptionError, ParticlesimError
 from particlesim.plugins.manager import PluginManager
@@ -41,6 +41,17 @@ def test_esp_is_registered_and_is_swish_at_beta_one(registries) -> None:
     esp = ESP(size=1).double()
     torch.testing.assert_close(esp(x[:, None])[:, 0], F.silu(x))
     assert isinstance(esp.beta, torch.nn.Parameter) and esp.beta.shape == ()
+    assert registries["activation"].entry("esp").plugin == "milletari"
+    assert registries["observable"].entry("activation_beta").plugin == "milletari"
+
+
+def test_esp_docstring_example() -> None:
+    import doctest
+
+    import particlesim_milletari.activations as activations_module
+
+    result = doctest.testmod(activations_module)
+    assert result.attempted > 0 and result.failed == 0
 
 
 @pytest.mark.parametrize("beta", [1.0, 10.0, 100.0, 1e4, 1e6])

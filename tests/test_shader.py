@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import doctest
 import itertools
 import math
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 import typer
 from particlesim_shader import experiments
 from particlesim_shader.model import PositionalMLP, grid_shape, pixel_grid
+from particlesim_shader.potentials import DistanceL2Potential
 from torch import nn
 from typer.testing import CliRunner
 
@@ -26,7 +28,7 @@ from particlesim.cli.app import app
 from particlesim.core.activations import Activation, Tanh
 from particlesim.core.group import ParticleGroup
 from particlesim.core.interactions import DenseInteraction, ModulatedInteraction
-from particlesim.core.potentials import DistanceL2Potential, L2Potential
+from particlesim.core.potentials import L2Potential
 from particlesim.core.system import System
 from particlesim.errors import AnalysisError, OptionError, ParticlesimError
 from particlesim.kernels.base import CauchyKernel
@@ -80,6 +82,13 @@ def test_distance_l2_matches_closed_form() -> None:
     assert float(mean(system).detach()) == pytest.approx(0.5 * expected / 6, rel=1e-12)
     chosen = DistanceL2Potential(interactions=["a->b"])
     assert float(chosen.energy(system).detach()) == pytest.approx(expected, rel=1e-12)
+
+
+def test_distance_l2_docstring_example() -> None:
+    import particlesim_shader.potentials as potentials_module
+
+    result = doctest.testmod(potentials_module)
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_distance_l2_errors() -> None:
@@ -153,7 +162,7 @@ def test_penalties_decrease_when_optimised_alone(registries) -> None:
 
 def test_model_is_registered_by_the_shader_plugin(registries) -> None:
     assert registries["model"].entry("positional_mlp").plugin == "shader"
-    assert registries["potential"].entry("distance_l2").plugin == "particlesim"
+    assert registries["potential"].entry("distance_l2").plugin == "shader"
 
 
 def test_layouts_input_grid_and_output_ring(registries) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import particlesim_wolczyk.costs as costs_module
+import particlesim_wolczyk.split as split_module
 import pytest
 import torch
 import typer
@@ -20,11 +21,7 @@ from conftest import make_tiny_idx
 from particlesim_wolczyk import experiments
 from particlesim_wolczyk.costs import DensityCost, TransportCost, distance
 from particlesim_wolczyk.model import SpatialMLP
-from typer.testing import CliRunner
-
-import particlesim.analysis.split as split_module
-from particlesim.analysis.pruning import silenced
-from particlesim.analysis.split import (
+from particlesim_wolczyk.split import (
     SHARED,
     evaluate_split,
     greedy_split,
@@ -32,6 +29,9 @@ from particlesim.analysis.split import (
     split_summary,
     task_heads,
 )
+from typer.testing import CliRunner
+
+from particlesim.analysis.pruning import silenced
 from particlesim.cli.app import app
 from particlesim.core.group import ParticleGroup
 from particlesim.core.interactions import DenseInteraction
@@ -406,6 +406,93 @@ def test_multitask_fashion_mnist_missing(tmp_path: Path, monkeypatch: pytest.Mon
     assert message.startswith("Fashion-MNIST data set not found; tried (1) data_dir: not set")
     assert "(4) system location" in message and "\n" not in message
     assert "to fix: set data_dir in [data] or PARTICLESIM_DATA" in message
+
+
+TASK_PLUGIN = """
+from particlesim import hookimpl
+from particlesim.data.datasets import IDXFolder
+
+
+class TinyTask(IDXFolder):
+    \"\"\"An IDX folder under another name: a task only this plugin file provides.\"\"\"
+
+    name = "tiny_task"
+
+
+@hookimpl
+def particlesim_register_datasets():
+    return [TinyTask]
+"""
+
+
+def multitask_scenario(tasks: str, plugins: str = "") -> str:
+    return f"""
+{plugins}
+[scenario]
+seed = 1
+device = "cpu"
+[data]
+name = "multitask"
+mode = "concatenate"
+tasks = [{tasks}]
+[model]
+name = "mlp"
+sizes = [0, 5, 0]
+[run]
+steps = 2
+batch_size = 16
+"""
+
+
+def test_multitask_tasks_obey_the_scenarios_plugins(
+    two_tasks: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task is looked up in the scenario's own plugins: ``-p no:NAME`` and
+    ``PARTICLESIM_PLUGINS`` hold for it, and a scenario's plugin file can provide it."""
+    (tmp_path / "tiny_task.py").write_text(TASK_PLUGIN, encoding="utf-8")
+    first, second = two_tasks
+    tasks = (
+        f'{{ name = "idx", data_dir = "{first}" }}, {{ name = "tiny_task", data_dir = "{second}" }}'
+    )
+    scenario = tmp_path / "local.toml"
+    scenario.write_text(multitask_scenario(tasks, 'plugins = ["tiny_task.py"]'), encoding="utf-8")
+    cli = CliRunner()
+    enabled = cli.invoke(app, ["validate", str(scenario), "--build"])
+    assert enabled.exit_code == 0, enabled.output
+    assert "data: multitask concatenate: 72 training" in enabled.output
+    disabled = cli.invoke(app, ["validate", str(scenario), "-p", "no:tiny_task"])
+    assert disabled.exit_code != 0
+    errors = [line for line in disabled.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and len(disabled.stderr.strip().splitlines()) == 1, disabled.output
+    assert errors[0].startswith(
+        f"error: {scenario}: data.tasks[1].name: unknown dataset 'tiny_task'"
+    ), errors[0]
+    # an installed plugin's data set (milletari's moons_2d): found, then not once disabled
+    other = tmp_path / "installed.toml"
+    tasks = '"mnist", "moons_2d"'
+    other.write_text(multitask_scenario(tasks), encoding="utf-8")
+    assert cli.invoke(app, ["validate", str(other)]).exit_code == 0
+    for args, env in (
+        (["-p", "no:milletari"], None),
+        ([], "lange,wolczyk"),  # PARTICLESIM_PLUGINS leaves milletari out
+    ):
+        if env is not None:
+            monkeypatch.setenv("PARTICLESIM_PLUGINS", env)
+        result = cli.invoke(app, ["validate", str(other), *args])
+        assert result.exit_code != 0
+        assert f"{other}: data.tasks[1].name: unknown dataset 'moons_2d'" in result.stderr
+
+
+def test_multitask_uses_the_registries_it_is_given(two_tasks: tuple[Path, Path]) -> None:
+    """Direct construction: the given registries, else only the engine's own data sets."""
+    without = PluginManager().load(disable=["milletari"]).registries
+    with pytest.raises(OptionError, match=r"tasks\[1\].name: unknown dataset 'moons_2d'"):
+        MultiTask(tasks=["mnist", "moons_2d"], registries=without)
+    with_it = PluginManager().load().registries
+    task = MultiTask(tasks=["mnist", "moons_2d"], registries=with_it)
+    assert type(task.tasks[1]).__name__ == "Moons"
+    with pytest.raises(OptionError, match="pass registries= for a plugin's"):
+        MultiTask(tasks=["mnist", "moons_2d"])
 
 
 # --------------------------------------------------------------------------- greedy split

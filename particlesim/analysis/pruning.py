@@ -20,8 +20,10 @@ the size of the neuron's group instead of by its number of connections
 ranking across groups is not. Neurons are ranked across all pruned groups
 together (``scope = "global"``, as in the paper) or within each group.
 
-Unlike the rest of :mod:`particlesim.analysis`, which reads trajectories, this
-module works on a live :class:`~particlesim.core.system.System` and imports torch.
+Whole-neuron removal stays in the engine because it is a generic mechanism: it works
+on any :class:`~particlesim.core.system.System` (any groups, fields, interactions and
+activations), not only Shader's network. Unlike the rest of :mod:`particlesim.analysis`,
+which reads trajectories, this module works on a live System and imports torch.
 On the command line, ``particlesim prune RUN_DIR --proportion 0.3`` prunes a
 finished run's network (:mod:`particlesim.cli.prune_command`).
 

@@ -148,8 +148,9 @@ class ParticleGroup(nn.Module):
         """Show an existing per-particle parameter ``[N, ...]`` as a learnable field.
 
         The tensor is shared, not copied: an activation with one parameter per
-        neuron (ESP's β) keeps it, and the group lists it so that integrators see
-        it once and trajectories record it with the other fields.
+        neuron (a slope, an inverse temperature β) keeps it, and the group lists it
+        so that integrators see it once and trajectories record it with the other
+        fields.
         """
         if field in self._field_names:
             raise OptionError(field, f"group {self.name!r} already has a field {field!r}")

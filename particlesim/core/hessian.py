@@ -39,6 +39,10 @@ Two methods:
 The observables ``hessian_alpha``, ``hessian_gamma``, ``hessian_min_eigenvalue``,
 ``hessian_max_eigenvalue``, ``hessian_energy`` (scalars), ``hessian_spectrum`` and
 ``hessian_density`` (vectors) share one computation per step and option set.
+
+They stay in the engine because they are a generic mechanism: they differentiate the
+energy of any :class:`~particlesim.core.System` with respect to whatever parameters it
+has, whatever its model, activation or potentials (Milletari's plugin is one user).
 """
 
 from __future__ import annotations

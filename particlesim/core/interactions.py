@@ -9,6 +9,10 @@ Built-in interactions (``name`` in a scenario's ``[[interactions]]``):
 * ``kernel`` — Lange (2015) eq. 9: ``a_h = q_h Σ_j k(r_h, r_j) b_j``.
 * ``modulated`` — Shader: ``a_h = Σ_j w_hj k(r_h, r_j) b_j`` with a free ``w``.
 * ``dense`` — a plain ``a = b Wᵀ``; positions only feel potentials (Wołczyk).
+
+The papers named are where each form comes from; each is a generic coupling between
+any two groups, usable by any model or ``[[interactions]]`` table with any registered
+kernel, so they are the engine's (DESIGN.md, core abstractions).
 """
 
 from __future__ import annotations

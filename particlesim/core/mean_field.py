@@ -28,6 +28,11 @@ In a :class:`~particlesim.core.System` the particles are one group (``position``
 :func:`mean_field_output` is the same function written out in one expression (tests and
 analysis compare the system against it). :class:`EffectiveNoise` reports the effective
 temperature ``θ = Δt/P`` of stochastic gradient descent with step ``Δt`` and batch ``P``.
+
+These stay in the engine because they are generic mechanisms: the interactions and the
+kernel couple any groups of any scenario (``[[groups]]`` or a model), with any registered
+kernel and activation, and ``effective_noise`` applies to any run with SGD; the rotskoff
+plugin adds only the paper's data set, model shorthand and experiment.
 """
 
 from __future__ import annotations

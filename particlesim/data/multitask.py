@@ -1,8 +1,11 @@
 """Multi-task data: two (or more) registered classification data sets as one, with one head each.
 
-A network that must solve several classification tasks at once (Wołczyk et al.,
-"Biologically-Inspired Spatial Neural Networks": MNIST and Fashion-MNIST) sees
-its inputs in one of three ways (``mode``):
+Composing registered data sets into one multi-head task is a generic mechanism any
+model can train on (any registered classification sets, any network with a
+``multi_head_cross_entropy`` head per task), so it stays in the engine; Wołczyk et al.
+("Biologically-Inspired Spatial Neural Networks": MNIST and Fashion-MNIST) is one user.
+A network that must solve several classification tasks at once sees its inputs in one
+of three ways (``mode``):
 
 * ``"concatenate"``: one example of each task side by side, ``x = [x_1, x_2]``
   (1568 inputs for two 28×28 sets); every example carries a label for every head;
@@ -16,9 +19,13 @@ for the loss ``multi_head_cross_entropy`` with ``heads = [K_1, K_2, …]`` (the
 tasks' class counts, ``num_classes = Σ K_t`` network outputs): head ``t`` owns
 outputs ``Σ_{s<t} K_s … Σ_{s≤t} K_s - 1``.
 
-Each task is any registered data set, resolved through the data-set registry
-with its own options (``data_dir``, ``train_fraction``, …), so its files are
-found offline first and verified like any other. In ``concatenate`` and ``mix``
+Each task is any registered data set, resolved with its own options
+(``data_dir``, ``train_fraction``, …) through the data-set registry of the scenario
+being built: the scenario builder passes its ``registries`` (the plugins that
+scenario loaded, so ``-p no:NAME`` and ``PARTICLESIM_PLUGINS`` hold for the tasks
+too). Constructed directly without ``registries``, a task may be one of the
+engine's own data sets only (``mnist``, ``fashion_mnist``, ``idx``). A task's files
+are found offline first and verified like any other. In ``concatenate`` and ``mix``
 modes examples are paired by a seeded permutation of each task (``pair_seed``;
 the pairing is fixed for the whole run), ``min(n_1, n_2, …)`` pairs per split;
 in ``sequential`` mode the tasks' examples are pooled and shuffled by the same
@@ -43,8 +50,8 @@ import torch
 from torch import Tensor
 
 from particlesim.core.seeds import derived_seed
-from particlesim.data.datasets import DataSplits
-from particlesim.errors import DataError, OptionError, RegistryError, ScenarioError
+from particlesim.data.datasets import BUILTIN_DATASETS, DataSplits
+from particlesim.errors import DataError, OptionError, RegistryError, ScenarioError, close_matches
 
 Mode = Literal["concatenate", "mix", "sequential"]
 MODES: tuple[str, ...] = ("concatenate", "mix", "sequential")
@@ -53,21 +60,22 @@ DEFAULT_TASKS: tuple[str, ...] = ("mnist", "fashion_mnist")
 #: Target of a head that has no label for an example (read by ``multi_head_cross_entropy``).
 NO_LABEL = -1
 
-_REGISTRY: Any = None
 
+def _task_factory(name: str, registries: Mapping[str, Any] | None) -> Any:
+    """The factory of data set ``name``: from ``registries["dataset"]``, else the engine's own.
 
-def dataset_registry() -> Any:
-    """The data-set registry of the built-in and installed plugins (loaded once per process).
-
-    Task data sets are looked up here, so a task may be any data set that the
-    engine or an installed plugin registers.
+    Raises:
+        RegistryError: an unknown name (one line, with close matches and the known names).
     """
-    global _REGISTRY
-    if _REGISTRY is None:
-        from particlesim.plugins.manager import load_plugins
-
-        _REGISTRY = load_plugins().registry("dataset")
-    return _REGISTRY
+    if registries is not None:
+        return registries["dataset"].get(name)
+    own = {cls.name: cls for cls in BUILTIN_DATASETS}
+    if name in own:
+        return own[name]
+    raise RegistryError(
+        f"unknown dataset {name!r}{close_matches(str(name), own)}; known: "
+        f"{', '.join(sorted(own))} (the engine's own; pass registries= for a plugin's)"
+    )
 
 
 def _task_table(task: str | Mapping[str, Any], index: int) -> dict[str, Any]:
@@ -95,6 +103,9 @@ class MultiTask:
         train_fraction: keep a seeded random subset of this fraction of the composed
             training examples (0 < f ≤ 1; drawn with the scenario's seed).
         limit_test: keep only the first ``k`` composed test examples (``None``: all).
+        registries: the registries the tasks are looked up in (``registries["dataset"]``);
+            the scenario builder passes the scenario's own, never a scenario key. ``None``:
+            the engine's own data sets only.
     """
 
     name: ClassVar[str] = "multitask"
@@ -109,6 +120,7 @@ class MultiTask:
         pair_seed: int = 0,
         train_fraction: float = 1.0,
         limit_test: int | None = None,
+        registries: Mapping[str, Any] | None = None,
     ) -> None:
         if mode not in MODES:
             raise OptionError("mode", f"must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
@@ -128,11 +140,12 @@ class MultiTask:
         self.train_fraction = float(train_fraction)
         self.limit_test = limit_test
         self.task_names = [t["name"] for t in tables]
-        self.tasks = [self._make_task(table, i) for i, table in enumerate(tables)]
+        self.tasks = [self._make_task(table, i, registries) for i, table in enumerate(tables)]
 
     @staticmethod
-    def _make_task(table: dict[str, Any], index: int) -> Any:
-        """Construct task ``index`` from the registry, errors keyed ``tasks[i].<key>``."""
+    def _make_task(table: dict[str, Any], index: int, registries: Mapping[str, Any] | None) -> Any:
+        """Construct task ``index`` from the registries, errors keyed ``tasks[i].<key>``."""
+        from particlesim.core.signatures import parameter_names
         from particlesim.scenario.options import check_options
 
         options = dict(table)
@@ -140,15 +153,23 @@ class MultiTask:
         if name == MultiTask.name:
             raise OptionError(f"tasks[{index}].name", "a task cannot itself be a multitask set")
         try:
-            factory = dataset_registry().get(name)
+            factory = _task_factory(name, registries)
         except RegistryError as exc:
             raise OptionError(f"tasks[{index}].name", str(exc)) from None
+        # a task that looks data sets up itself gets the same registries, never from its table
+        offered = {"registries": registries} if "registries" in parameter_names(factory) else {}
         try:
-            options = check_options(factory, options, f"tasks[{index}]", what=f"data set {name!r}")
+            options = check_options(
+                factory,
+                options,
+                f"tasks[{index}]",
+                exclude=tuple(offered),
+                what=f"data set {name!r}",
+            )
         except ScenarioError as exc:
             raise OptionError(exc.path, exc.detail) from None
         try:
-            return factory(**options)
+            return factory(**options, **offered)
         except OptionError as exc:
             raise OptionError(f"tasks[{index}].{exc.key}", exc.detail) from None
 
@@ -277,6 +298,5 @@ __all__ = [
     "MODES",
     "NO_LABEL",
     "MultiTask",
-    "dataset_registry",
     "task_labels",
 ]

@@ -75,8 +75,7 @@ def particlesim_register_losses():
 
 @hookimpl
 def particlesim_register_observables():
-    from particlesim.core.activations import ActivationBeta
     from particlesim.core.hessian import HESSIAN_OBSERVABLES
     from particlesim.core.mean_field import MEAN_FIELD_OBSERVABLES
 
-    return [ActivationBeta, *HESSIAN_OBSERVABLES, *MEAN_FIELD_OBSERVABLES]
+    return [*HESSIAN_OBSERVABLES, *MEAN_FIELD_OBSERVABLES]

@@ -466,7 +466,10 @@ def particlesim_register_datasets() -> Sequence[NamedFactory]:
     set. Integer targets are classes (cross-entropy, accuracy); real ones are
     regressed (mean squared error). A class may instead give ``load(seed, log)``
     returning :class:`particlesim.data.DataSplits`. The summary's
-    ``data_source`` names the data set.
+    ``data_source`` names the data set. A data set that looks other data sets up
+    (as ``multitask`` does its tasks) names a ``registries`` parameter: the engine
+    then passes the scenario's own registries (never a scenario key), so that
+    ``-p no:NAME`` and ``PARTICLESIM_PLUGINS`` hold for what it looks up.
     """
 
 

@@ -20,7 +20,7 @@ from particlesim.core.device import resolve_device, resolve_dtype
 from particlesim.core.group import ParticleGroup
 from particlesim.core.interactions import Interaction
 from particlesim.core.seeds import SEED_LIMIT
-from particlesim.core.signatures import accepts
+from particlesim.core.signatures import accepts, parameter_names
 from particlesim.core.simulation import Backoff, Simulation
 from particlesim.core.system import System
 from particlesim.core.triggers import PERIOD_WORDS, Trigger, parse_period
@@ -251,7 +251,11 @@ def _construct(
 
     Plain classes and functions from plugins are adapted to the engine's protocol of
     ``kind`` (:mod:`particlesim.plugins.adapters`); keys the engine reads itself are
-    split off first when the factory does not take them.
+    split off first when the factory does not take them. ``extra`` holds keywords the
+    engine offers (given to a factory that accepts them, never read from the table); a
+    data set whose constructor names ``registries`` is also given these ``registries``
+    (a composed data set such as ``multitask`` looks its parts up in the scenario's own
+    plugins, so ``-p no:NAME`` and ``PARTICLESIM_PLUGINS`` hold for them too).
     """
     name = table.pop("name", None)
     if name is None and "kind" in table:  # the word before `name` was settled on
@@ -272,6 +276,10 @@ def _construct(
             str(exc).split(": ", 1)[1], path=f"{path}.name", source=source
         ) from None
     factory = entry.factory
+    offered = dict(extra or {})
+    if kind == "dataset" and "registries" in parameter_names(factory):
+        offered["registries"] = registries
+    exclude = (*exclude, *(k for k in offered if k not in exclude))
     engine = _split_engine_keys(_engine_keys(kind, factory), table, path, source)
     optimizer = kind == "integrator" and is_optimizer_factory(factory)
     exclude = (*exclude, "params") if optimizer else exclude
@@ -285,7 +293,6 @@ def _construct(
         raise ScenarioError(
             f"{exc.detail} (plugin {entry.plugin!r})", path=exc.path, source=source
         ) from None
-    offered = dict(extra or {})
     extra = {k: v for k, v in offered.items() if accepts(factory, k)}
     if optimizer:
         instance = _call(
@@ -295,7 +302,7 @@ def _construct(
     elif kind == "dataset" and not isinstance(factory, type):
         instance = _call(
             lambda **kw: FunctionDataset(factory, kw, name=name, **engine),
-            options, path, source, entry.plugin,
+            {**options, **extra}, path, source, entry.plugin,
         )  # fmt: skip
     else:
         instance = _call(factory, {**options, **extra}, path, source, entry.plugin)
@@ -928,6 +935,7 @@ _SUPPLIED: dict[str, tuple[str, ...]] = {
     "interaction": ("source", "target", "generator"),
     "integrator": ("params",),
     "activation": ("size",),
+    "dataset": ("registries",),
 }
 
 

@@ -6,12 +6,13 @@ variable at inverse temperature β ("Expected Signal Propagation"), and characte
 training by the Hessian of the loss: the fraction α of negative eigenvalues and the
 fraction γ of zero eigenvalues at the points training passes through.
 
-The engine provides both halves in general form: the activations ``esp`` (one learnable
-β per layer) and ``esp_per_neuron`` (one per neuron, recorded as the group's ``beta``
-field), and the Hessian observables ``hessian_alpha``, ``hessian_gamma``,
-``hessian_spectrum``, … (:mod:`particlesim.core.hessian`, dense or stochastic Lanczos).
-This plugin adds the paper's 2-D binary classification data sets (``linear_2d``,
-``moons_2d``, ``circles_2d``; one output, ``binary_cross_entropy``) and the experiments::
+This plugin adds the paper's activation, ``esp`` (one learnable β per layer) and
+``esp_per_neuron`` (one per neuron, recorded as the group's ``beta`` field), with the
+observable ``activation_beta`` (:mod:`particlesim_milletari.activations`); the paper's
+2-D binary classification data sets (``linear_2d``, ``moons_2d``, ``circles_2d``; one
+output, ``binary_cross_entropy``); and the experiments. The Hessian observables
+``hessian_alpha``, ``hessian_gamma``, ``hessian_spectrum``, … are the engine's
+(:mod:`particlesim.core.hessian`, dense or stochastic Lanczos), usable on any network::
 
     [data]
     name = "moons_2d"
@@ -35,6 +36,20 @@ from __future__ import annotations
 from particlesim import hookimpl
 
 __version__ = "0.1.0"
+
+
+@hookimpl
+def particlesim_register_activations():
+    from particlesim_milletari.activations import ACTIVATIONS
+
+    return list(ACTIVATIONS)
+
+
+@hookimpl
+def particlesim_register_observables():
+    from particlesim_milletari.activations import OBSERVABLES
+
+    return list(OBSERVABLES)
 
 
 @hookimpl

@@ -3,7 +3,8 @@
 Neurons get positions in R^D; a layer's effective weight is the free weight
 times a falloff of the distance between the two neurons it joins,
 ``W_f = b(d)·w`` with ``b(d) = 1/(1 + d²)``. A distance-weighted penalty
-``Σ w²·d²`` (the engine's ``distance_l2`` potential) plus plain L2 (``l2``)
+``Σ w²·d²`` (this plugin's ``distance_l2`` potential,
+:mod:`particlesim_shader.potentials`) plus the engine's plain L2 (``l2``)
 make strong couplings cheap only between close neurons, so hidden neurons move
 towards what they read from and what they drive. Registered as the model
 ``positional_mlp`` (see :mod:`particlesim_shader.model`)::
@@ -38,6 +39,13 @@ def particlesim_register_models():
     from particlesim_shader.model import PositionalMLP
 
     return [PositionalMLP]
+
+
+@hookimpl
+def particlesim_register_potentials():
+    from particlesim_shader.potentials import POTENTIALS
+
+    return list(POTENTIALS)
 
 
 @hookimpl

@@ -5,7 +5,7 @@ long strong connections expensive and a *density* cost keeps the neurons of a
 layer apart (:mod:`particlesim_wolczyk.costs`, registered as the potentials
 ``transport`` and ``density``). Trained on two tasks at once, the network's
 last layers separate into one region per task, so that a greedy split
-(:mod:`particlesim.analysis.split`) leaves each task's sub-network nearly as
+(:mod:`particlesim_wolczyk.split`) leaves each task's sub-network nearly as
 accurate as the whole. Registered as the model ``spatial_mlp``
 (:mod:`particlesim_wolczyk.model`); the two tasks come from the engine's
 ``multitask`` data set::

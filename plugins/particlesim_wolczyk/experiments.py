@@ -8,11 +8,11 @@ each seed, one run:
 1. reads the scenario and overrides ``scenario.seed``, the run length and any
    ``--set``; validates and builds it (:mod:`particlesim.scenario`) and trains it;
 2. splits the trained network greedily into one sub-network per task over the
-   penalised layers (:func:`particlesim.analysis.split.greedy_split`; the earlier
+   penalised layers (:func:`particlesim_wolczyk.split.greedy_split`; the earlier
    layers are shared);
 3. scores, on the test set, the full network and each sub-network on its own
    task with the other task's neurons disabled
-   (:func:`particlesim.analysis.split.evaluate_split`): full accuracy, split
+   (:func:`particlesim_wolczyk.split.evaluate_split`): full accuracy, split
    accuracy and the drop, each averaged over the two tasks.
 
 The paper gives no training length; every run here takes the same number of
@@ -175,14 +175,14 @@ def run_one(settings: Settings, mode: str, network: str, seed: int) -> dict[str,
     """Train, split and score one (mode, network, seed); the CSV row (and a figure for seed 0)."""
     import torch
 
-    from particlesim.analysis.split import (
+    from particlesim_wolczyk.costs import DensityCost, TransportCost
+    from particlesim_wolczyk.split import (
         evaluate_split,
         greedy_split,
         plot_split,
         split_summary,
         task_heads,
     )
-    from particlesim_wolczyk.costs import DensityCost, TransportCost
 
     if settings.jobs > 1:
         torch.set_num_threads(1)
@@ -429,16 +429,16 @@ def split_run(run_dir: Path, out: Path | None = None) -> dict[str, Any]:
     and scores the split on the test set. Writes ``split.json`` and ``split.png``
     into ``out`` (default: the run directory) and returns the summary.
     """
-    from particlesim.analysis.split import (
+    from particlesim.io.checkpoint import CHECKPOINT_FILE, read_checkpoint
+    from particlesim.runner import Runner
+    from particlesim.scenario.loader import read_scenario
+    from particlesim_wolczyk.split import (
         evaluate_split,
         greedy_split,
         plot_split,
         split_summary,
         task_heads,
     )
-    from particlesim.io.checkpoint import CHECKPOINT_FILE, read_checkpoint
-    from particlesim.runner import Runner
-    from particlesim.scenario.loader import read_scenario
 
     scenario = run_dir / "scenario.toml"
     if not scenario.is_file():

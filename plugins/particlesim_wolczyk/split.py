@@ -22,8 +22,10 @@ neurons of every other task disabled (their outputs held at 0); it is scored
 on task ``i``'s examples by head ``i``. The report gives, per task, the full
 network's and the sub-network's accuracy, and the drop between them.
 
-Unlike the trajectory analyses of :mod:`particlesim.analysis`, this module
-works on a live :class:`~particlesim.core.system.System` and imports torch.
+The split is Wołczyk et al.'s analysis, so it lives in their plugin; it works on a
+live :class:`~particlesim.core.system.System` (any network whose output group holds
+the task heads side by side) and reuses the engine's generic whole-neuron silencing
+(:func:`particlesim.analysis.pruning.silenced`).
 
 Example:
     >>> import torch
