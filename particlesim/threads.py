@@ -29,6 +29,11 @@ __all__ = ["ThreadShare", "available_cores", "fixed_threads"]
 #: Seconds between two counts of the runs sharing the machine.
 RECOUNT_S = 1.0
 
+#: The process this module was imported in. A child forked from it (multiprocessing's
+#: "fork") keeps its parent's OpenMP pool, which must not be resized there: GNU OpenMP can
+#: hang. Such a child keeps the thread count it inherited.
+_IMPORTED_IN = os.getpid()
+
 
 def available_cores() -> int:
     """Cores this process may run on: its CPU affinity, capped by a cgroup CPU quota."""
@@ -110,8 +115,8 @@ class ThreadShare:
             self._handle = None
             if self._path is not None:
                 self._path.unlink(missing_ok=True)
-        if self._saved is not None:
-            torch.set_num_threads(self._saved)
+        if self._saved is not None and self._saved != torch.get_num_threads():
+            torch.set_num_threads(self._saved)  # (unchanged in a forked child: equal)
 
     def _register(self) -> None:
         try:
@@ -158,7 +163,9 @@ class ThreadShare:
             return self.threads or torch.get_num_threads()
         self._next = now + RECOUNT_S
         wanted = self.fixed or max(1, self.cores // self.runs_sharing())
-        if wanted != self.threads:
+        # only when it changes: resizing the OpenMP pool is not free (and a forked child
+        # must not touch a pool its parent started)
+        if wanted != torch.get_num_threads() and os.getpid() == _IMPORTED_IN:
             torch.set_num_threads(wanted)
-            self.threads = wanted
+        self.threads = wanted
         return wanted

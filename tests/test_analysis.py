@@ -600,7 +600,7 @@ def fake_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_register_adds_commands_once() -> None:
     app = cli_app()
     names = [c.name for c in app.registered_commands]
-    assert names == ["inspect", "analyze", "plot", "animate"]
+    assert names == ["inspect", "analyze", "plot", "animate", "recover"]
     help_text = invoke("analyze", "--help").output
     assert "connection_length" in help_text
     # every metric's options are shown (square brackets would be eaten as rich markup)
