@@ -480,10 +480,11 @@ def test_readme_python_runner_example_runs_verbatim(
         assert again.run().summary["steps"] == 110
 
 
+@pytest.mark.parametrize("second", ["plain", "overwrite", "resume"])
 def test_two_runs_into_one_directory_one_runs_the_other_touches_nothing(
-    tiny_scenario: Path, tmp_path: Path
+    tiny_scenario: Path, tmp_path: Path, second: str
 ) -> None:
-    """``--overwrite`` into a live run's directory: refused before anything is removed."""
+    """Into a live run's directory, with any flags: refused before anything is removed."""
     gate = tmp_path / "gate.py"
     gate.write_text(
         textwrap.dedent(f"""
@@ -493,7 +494,7 @@ def test_two_runs_into_one_directory_one_runs_the_other_touches_nothing(
 
         @hookimpl
         def particlesim_step_end(step):
-            if step == 2:
+            if step == 8:  # after the first epoch's checkpoint
                 Path({str(tmp_path / "started")!r}).touch()
                 deadline = time.monotonic() + 60
                 while not Path({str(tmp_path / "go")!r}).exists() and time.monotonic() < deadline:
@@ -513,15 +514,21 @@ def test_two_runs_into_one_directory_one_runs_the_other_touches_nothing(
             assert first.poll() is None, first.communicate()
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        second = subprocess.run(
-            [*command, "--overwrite", "--set", "scenario.seed=22", "--no-progress"],
-            env=env, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert second.returncode == 2, second.stderr
-        errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1, second.stderr
+        before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+        flags = {
+            "plain": [*command, "--set", "scenario.seed=22"],
+            "overwrite": [*command, "--overwrite", "--set", "scenario.seed=22"],
+            "resume": [sys.executable, "-m", "particlesim", "run", "--resume", str(out)],
+        }[second]
+        late = subprocess.run(
+            [*flags, "--no-progress"], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert late.returncode == 2, late.stderr
+        errors = [line for line in late.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, late.stderr
         assert f"in use by another particlesim process (pid {first.pid})" in errors[0]
-        assert (out / "scenario.toml").is_file()  # the live run's files are still there
+        after = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+        assert after == before  # the live run's files: untouched
     finally:
         (tmp_path / "go").touch()
         _, stderr = first.communicate(timeout=120)
