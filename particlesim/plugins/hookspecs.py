@@ -21,9 +21,14 @@ Two families of hooks:
   :meth:`~particlesim.plugins.PluginManager.has_impls` before the loop, so an
   unimplemented hook costs nothing.
 
-Every hookspec docstring ends with a complete plugin module after
-``.. code-block:: python``; ``tests/test_plugins.py`` executes each one, so the
-examples stay true.
+Every hookspec docstring holds a complete plugin module after
+``.. code-block:: python`` and, for the hooks a scenario reaches, the scenario
+lines that select it after ``.. code-block:: toml`` (``plugins = ["my_plugin.py"]``
+and the table), then says where what it registers shows up.
+``tests/test_plugin_contract.py`` writes each example to a file, runs it through
+its scenario lines with ``particlesim run`` and looks for it there, so the
+examples stay true. A plugin need not use the engine's base classes: plain
+classes and functions are adapted (:mod:`particlesim.plugins.adapters`).
 """
 
 from __future__ import annotations
