@@ -401,6 +401,23 @@ def test_quick_experiment_writes_tables_and_plots(tmp_path: Path) -> None:
     assert "3 steps of Δt = 1" in readme
 
 
+def test_quick_experiment_resumes_from_its_journal(tmp_path: Path) -> None:
+    arguments = ["rotskoff", "scaling", "--out", str(tmp_path), "--sizes", "16,32", "--seeds", "1",
+                 "--init-seeds", "2", "--steps", "3", "--condition", "low_temperature"]  # fmt: skip
+    result = CliRunner().invoke(cli(), arguments)
+    assert result.exit_code == 0, result.output
+    tables = {name: (tmp_path / name).read_bytes() for name in ("scaling.csv", "particles.csv")}
+    (tmp_path / "scaling.csv").unlink()
+    result = CliRunner().invoke(cli(), [*arguments, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "resume: 7 of 7 points already in scaling.points.jsonl, 0 to run" in result.output
+    assert "seed=0: error" not in result.output  # nothing trained again
+    assert {name: (tmp_path / name).read_bytes() for name in tables} == tables
+    result = CliRunner().invoke(cli(), [*arguments[:-1], "finite_temperature", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "resume:" not in result.output  # another condition: other points
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

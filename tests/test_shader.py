@@ -439,6 +439,32 @@ def test_experiments_quick_end_to_end(tiny_data: Path, tmp_path: Path) -> None:
     assert (out / "run_info.json").read_text() == info
 
 
+def test_experiments_resume_a_killed_run(tiny_data: Path, tmp_path: Path) -> None:
+    cli = typer.Typer()
+    cli.command()(experiments.command)
+    out = tmp_path / "results"
+    args = [*quick_args(tiny_data, out)[1:], "--seeds", "2"]
+    result = CliRunner().invoke(cli, ["generalisation", *args])
+    assert result.exit_code == 0, result.output
+
+    def table() -> list[dict]:  # timing aside
+        rows = experiments.read_csv(out / "generalisation.csv")
+        return [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]
+
+    whole = table()
+    journal = out / "generalisation.points.jsonl"
+    lines = journal.read_text().splitlines(keepends=True)
+    assert len(lines) == 3 * 3 * 2  # fractions x models x seeds
+    journal.write_text("".join(lines[:7]) + lines[7][:40])  # killed while recording the 8th
+    result = CliRunner().invoke(cli, ["generalisation", *args, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "resume: 7 of 18 points already in generalisation.points.jsonl, 11 to run" in (
+        result.output
+    )
+    assert result.output.count("generalisation: ") == 11
+    assert table() == whole  # as the uninterrupted run's
+
+
 def test_experiments_bad_input(tiny_data: Path, tmp_path: Path) -> None:
     cli = typer.Typer()
     cli.command()(experiments.command)

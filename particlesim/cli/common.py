@@ -28,6 +28,15 @@ PluginOption = Annotated[
     list[str] | None,
     typer.Option("--plugin", "-p", help="Load a plugin file (PATH.py), or disable one (no:NAME)."),
 ]
+#: An experiment's ``--resume``: keep the grid points already recorded in ``--out``
+#: (:func:`particlesim.experiments.run_grid`).
+Resume = Annotated[
+    bool,
+    typer.Option(
+        help="Keep the runs already recorded in --out with these settings and run only the "
+        "others (a killed reproduction goes on); default: run everything anew."
+    ),
+]
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:

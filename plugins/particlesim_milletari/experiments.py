@@ -18,11 +18,12 @@ Each training run is a scenario (``scenarios/milletari_toy.toml``,
 ``scenarios/milletari_mnist.toml``) read, overridden (``data.name``, ``model.sizes``,
 ``model.activation``, ``scenario.seed``, ``run.epochs`` and any ``--set``), validated
 and built by :mod:`particlesim.scenario`; the observables are recorded by a
-:class:`~particlesim.core.writers.MemoryWriter`. Results go to ``--out`` (default
-``results/`` beside this module): ``toy_curves.csv``, ``toy_spectra.csv``,
-``mnist.csv``, ``results.md`` (tables and the paper's statements side by side),
-``toy_energy.png``, ``toy_alpha.png``, ``toy_gamma.png``, ``toy_spectrum.png`` and
-``mnist_accuracy.png``::
+:class:`~particlesim.core.writers.MemoryWriter`. The runs are grids of
+:mod:`particlesim.experiments`: each is recorded as it ends, and ``--resume`` goes on with a
+killed reproduction. Results go to ``--out`` (default ``results/`` beside this module):
+``toy_curves.csv``, ``toy_spectra.csv``, ``mnist.csv``, ``results.md`` (tables and the
+paper's statements side by side), ``toy_energy.png``, ``toy_alpha.png``, ``toy_gamma.png``,
+``toy_spectrum.png`` and ``mnist_accuracy.png``::
 
     python -m particlesim_milletari.experiments all --out results
     particlesim milletari toy --quick        # the same, as a particlesim command
@@ -30,7 +31,6 @@ and built by :mod:`particlesim.scenario`; the observables are recorded by a
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import statistics
@@ -42,8 +42,10 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from particlesim.cli.common import command_entry_points, fail
+from particlesim import experiments as harness
+from particlesim.cli.common import Resume, command_entry_points, fail
 from particlesim.errors import ParticlesimError, printable
+from particlesim.experiments import Point, read_csv
 
 HERE = Path(__file__).resolve().parent
 #: Where the scenario files live in a source checkout (``<repo>/scenarios``).
@@ -88,6 +90,8 @@ TOLERANCES = (1e-6, 1e-3)
 ENERGY_TARGET = 0.05
 #: A run ending above this energy is stuck (ln 2 = 0.693 is a constant 50/50 output).
 STUCK_ENERGY = 0.5
+#: Floats in the CSV files: 10 significant digits.
+FLOAT_FORMAT = ".10g"
 
 #: The paper's statements (slides, Milletari 2018), quoted where the experiments check them.
 PAPER = {
@@ -127,6 +131,8 @@ class Settings:
     toy_overrides: list[str] = field(default_factory=list)
     mnist_overrides: list[str] = field(default_factory=list)
     device: str = "cpu"
+    #: Keep the runs already recorded in ``out`` (a killed reproduction goes on).
+    resume: bool = False
     log: Callable[[str], None] = print
 
 
@@ -138,14 +144,7 @@ def build_run(path: Path, assignments: Sequence[str], *writers: Any) -> Any:
 
     The ``writers`` (:class:`~particlesim.core.writers.MemoryWriter`) record the run in memory.
     """
-    from particlesim.runner import Runner
-    from particlesim.scenario.loader import apply_override, read_scenario
-
-    raw = read_scenario(path)
-    for assignment in assignments:
-        apply_override(raw, assignment)
-    raw["writers"] = []
-    return Runner.in_memory(raw, base_dir=path.parent, extra_writers=writers).built
+    return harness.build_point(path, assignments, extra_writers=writers).built
 
 
 def spectrum_indices(eigenvalues: Sequence[float], tol: float) -> tuple[float, float]:
@@ -228,125 +227,125 @@ def toy_run(
 
 
 def run_toy(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Every data set × architecture × activation × seed; curves and final spectra."""
-    curves: list[dict[str, Any]] = []
-    spectra: list[dict[str, Any]] = []
-    for dataset in settings.datasets:
-        for sizes in settings.architectures:
-            for activation in settings.activations:
-                for seed in range(settings.seeds):
-                    rows, spectrum = toy_run(settings, dataset, sizes, activation, seed)
-                    curves.extend(rows)
-                    for moment in ("initial", "final"):
-                        spectra.extend(
-                            {
-                                "dataset": dataset,
-                                "architecture": rows[0]["architecture"],
-                                "activation": activation,
-                                "seed": seed,
-                                "moment": moment,
-                                "index": i,
-                                "eigenvalue": value,
-                            }
-                            for i, value in enumerate(spectrum[moment])
-                        )
-    return curves, spectra
+    """Every data set × architecture × activation × seed; curves and final spectra.
+
+    Each run is recorded in ``toy_curves.csv`` and ``toy_spectra.csv`` as it ends.
+    """
+    axes = {
+        "dataset": settings.datasets,
+        "architecture": settings.architectures,
+        "activation": settings.activations,
+        "seed": range(settings.seeds),
+    }
+    context = {
+        "scenarios": str(settings.scenarios),
+        "epochs": settings.toy_epochs,
+        "hessian_every": settings.hessian_every,
+        "overrides": settings.toy_overrides,
+        "device": settings.device,
+    }
+
+    def run_point(point: Point) -> dict[str, list[dict[str, Any]]]:
+        dataset, activation, seed = point["dataset"], point["activation"], point["seed"]
+        rows, spectrum = toy_run(settings, dataset, point["architecture"], activation, seed)
+        spectra = [
+            {"dataset": dataset, "architecture": rows[0]["architecture"], "activation": activation,
+             "seed": seed, "moment": moment, "index": i, "eigenvalue": value}
+            for moment in ("initial", "final")
+            for i, value in enumerate(spectrum[moment])
+        ]  # fmt: skip
+        return {"curves": rows, "spectra": spectra}
+
+    out = settings.out
+    tables = {"curves": out / "toy_curves.csv", "spectra": out / "toy_spectra.csv"}
+    results = harness.run_grid(
+        harness.grid(axes, context=context),
+        run_point,
+        tables,
+        resume=settings.resume,
+        journal=out / "toy.points.jsonl",
+        float_format=FLOAT_FORMAT,
+        log=settings.log,
+    )
+    return results["curves"], results["spectra"]
 
 
-def run_mnist(settings: Settings) -> list[dict[str, Any]]:
-    """ESP against ReLU on MNIST: accuracy per epoch; Lanczos α and γ at the start and end."""
+def mnist_run(settings: Settings, activation: str, seed: int) -> list[dict[str, Any]]:
+    """One MNIST network: a row per epoch (and the start); Lanczos α, γ at the start and end."""
     from particlesim.core.triggers import At, OnEpoch, Or
     from particlesim.core.writers import MemoryWriter
 
-    rows: list[dict[str, Any]] = []
     path = settings.scenarios / MNIST_SCENARIO
-    for activation in settings.mnist_activations:
-        for seed in range(settings.mnist_seeds):
-            observables = list(MNIST_OBSERVABLES)
-            if activation.startswith("esp"):
-                observables.append("activation_beta")
-            epochs = MemoryWriter(trigger=Or([At([0]), OnEpoch()]), observables=observables)
-            ends = MemoryWriter(trigger=At([0]), observables=list(MNIST_HESSIAN))
-            built = build_run(
-                path,
-                [
-                    f'model.activation="{activation}"',
-                    f"scenario.seed={seed}",
-                    f"run.epochs={float(settings.mnist_epochs)!r}",
-                    f'scenario.device="{settings.device}"',
-                    *settings.mnist_overrides,
-                ],
-                epochs,
-                ends,
-            )
-            ends.trigger = At([0, built.simulation.total_steps])
-            start = time.perf_counter()
-            result = built.simulation.run()
-            seconds = time.perf_counter() - start
-            if result.status != "completed":
-                raise ParticlesimError(f"{path.name}: the run ended {result.status}")
-            hessian = {frame["step"]: frame for frame in ends.rows}
-            for frame in epochs.rows:
-                rows.append(
-                    {
-                        "activation": activation,
-                        "seed": seed,
-                        "sizes": "-".join(str(g.size) for g in built.system.groups.values()),
-                        "parameters": built.system.count_parameters(),
-                        **{k: v for k, v in frame.items() if k != "step"},
-                        **{k: hessian.get(frame["step"], {}).get(k, "") for k in MNIST_HESSIAN},
-                        "step": frame["step"],
-                        "train_seconds": round(seconds, 1),
-                    }
-                )
-            last = rows[-1]
-            settings.log(
-                f"mnist: {activation:<5} seed {seed} test accuracy {last['test_accuracy']:.4f} "
-                f"α {last['hessian_alpha']:.4f} γ {last['hessian_gamma']:.3f} ({seconds:.0f} s)"
-            )
+    observables = list(MNIST_OBSERVABLES)
+    if activation.startswith("esp"):
+        observables.append("activation_beta")
+    epochs = MemoryWriter(trigger=Or([At([0]), OnEpoch()]), observables=observables)
+    ends = MemoryWriter(trigger=At([0]), observables=list(MNIST_HESSIAN))
+    built = build_run(
+        path,
+        [
+            f'model.activation="{activation}"',
+            f"scenario.seed={seed}",
+            f"run.epochs={float(settings.mnist_epochs)!r}",
+            f'scenario.device="{settings.device}"',
+            *settings.mnist_overrides,
+        ],
+        epochs,
+        ends,
+    )
+    ends.trigger = At([0, built.simulation.total_steps])
+    start = time.perf_counter()
+    result = built.simulation.run()
+    seconds = time.perf_counter() - start
+    if result.status != "completed":
+        raise ParticlesimError(f"{path.name}: the run ended {result.status}")
+    hessian = {frame["step"]: frame for frame in ends.rows}
+    rows = [
+        {
+            "activation": activation,
+            "seed": seed,
+            "sizes": "-".join(str(g.size) for g in built.system.groups.values()),
+            "parameters": built.system.count_parameters(),
+            **{k: v for k, v in frame.items() if k != "step"},
+            **{k: hessian.get(frame["step"], {}).get(k, "") for k in MNIST_HESSIAN},
+            "step": frame["step"],
+            "train_seconds": round(seconds, 1),
+        }
+        for frame in epochs.rows
+    ]
+    last = rows[-1]
+    settings.log(
+        f"mnist: {activation:<5} seed {seed} test accuracy {last['test_accuracy']:.4f} "
+        f"α {last['hessian_alpha']:.4f} γ {last['hessian_gamma']:.3f} ({seconds:.0f} s)"
+    )
     return rows
+
+
+def run_mnist(settings: Settings) -> list[dict[str, Any]]:
+    """ESP against ReLU on MNIST, every activation × seed, each recorded in ``mnist.csv``."""
+    axes = {"activation": settings.mnist_activations, "seed": range(settings.mnist_seeds)}
+    context = {
+        "scenarios": str(settings.scenarios),
+        "epochs": settings.mnist_epochs,
+        "overrides": settings.mnist_overrides,
+        "device": settings.device,
+    }
+    return harness.run_grid(
+        harness.grid(axes, context=context),
+        lambda point: mnist_run(settings, point["activation"], point["seed"]),
+        settings.out / "mnist.csv",
+        resume=settings.resume,
+        float_format=FLOAT_FORMAT,
+        log=settings.log,
+    )
 
 
 # --------------------------------------------------------------------------- reporting
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Rows as CSV with the union of their keys as header; floats to 10 significant digits."""
-    header = list(dict.fromkeys(k for row in rows for k in row))
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=header)
-        writer.writeheader()
-        writer.writerows(
-            {k: format(v, ".10g") if isinstance(v, float) else v for k, v in row.items()}
-            for row in rows
-        )
-
-
-def read_csv(path: Path) -> list[dict[str, Any]]:
-    """Rows written by :func:`write_csv`, numbers parsed back."""
-
-    def parse(value: str) -> Any:
-        try:
-            return int(value)
-        except ValueError:
-            pass
-        try:
-            return float(value)
-        except ValueError:
-            return value
-
-    with path.open(encoding="utf-8") as handle:
-        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(handle)]
-
-
-def _stats(values: Sequence[float]) -> str:
-    values = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
-    if not values:
-        return "–"
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.4g}"
-    return f"{mean:.4g} ± {statistics.stdev(values):.2g}"
+def _stats(values: Sequence[Any]) -> str:
+    """``"mean ± std"`` of the finite numbers among ``values`` (``–`` for none)."""
+    return harness.cell(harness.describe(harness.numbers(values)), ".4g", ".2g")
 
 
 def _runs(rows: Sequence[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
@@ -585,31 +584,18 @@ def markdown(
             f"{ENERGY_TARGET:g}” is γ (tol 1e-3) there, so that activations compare at equal "
             "energy.",
             "",
-            "| data | network | activation | energy | test acc. | α (1e-6) | γ (1e-6) "
-            f"| α (1e-3) | γ (1e-3) | epochs to {ENERGY_TARGET:g} | γ (1e-3) at {ENERGY_TARGET:g} "
-            "| β |",
-            "|---" * 12 + "|",
         ]
-        for (dataset, architecture, activation), entry in toy_summary(curves).items():
-            lines.append(
-                f"| {DATASET_TITLES.get(dataset, dataset)} | {architecture} "
-                f"| {LABELS.get(activation, activation)} | "
-                + " | ".join(
-                    _stats(entry.get(key, []))
-                    for key in (
-                        "energy",
-                        "test_accuracy",
-                        "alpha_1e-06",
-                        "gamma_1e-06",
-                        "alpha_0.001",
-                        "gamma_0.001",
-                        "epochs_to_target",
-                        "gamma_at_target",
-                        "beta",
-                    )
-                )
-                + " |"
-            )
+        header = ["data", "network", "activation", "energy", "test acc.", "α (1e-6)", "γ (1e-6)",
+                  "α (1e-3)", "γ (1e-3)", f"epochs to {ENERGY_TARGET:g}",
+                  f"γ (1e-3) at {ENERGY_TARGET:g}", "β"]  # fmt: skip
+        keys = ("energy", "test_accuracy", "alpha_1e-06", "gamma_1e-06", "alpha_0.001",
+                "gamma_0.001", "epochs_to_target", "gamma_at_target", "beta")  # fmt: skip
+        table = [
+            [DATASET_TITLES.get(dataset, dataset), architecture, LABELS.get(activation, activation),
+             *(_stats(entry.get(key, [])) for key in keys)]
+            for (dataset, architecture, activation), entry in toy_summary(curves).items()
+        ]  # fmt: skip
+        lines += harness.markdown_table(header, table)
         lines += ["", "### The paper's statements and what these runs show", ""]
         lines += [*toy_findings(curves, spectra or []), ""]
     if mnist:
@@ -624,31 +610,24 @@ def markdown(
             "training images (30 Lanczos steps, one Rademacher probe), after the last step; "
             "“init” is before the first step.",
             "",
-            "| activation | test acc. | train loss (last epoch) | α | γ | λ_min | λ_max "
-            "| α init | γ init | β | s/run |",
-            "|---" * 11 + "|",
         ]
+        table = []
         for activation in dict.fromkeys(r["activation"] for r in mnist):
             rows = [r for r in final if r["activation"] == activation]
             first = [r for r in initial if r["activation"] == activation]
-            lines.append(
-                f"| {LABELS.get(activation, activation)} | "
-                + " | ".join(
-                    [
-                        _stats([r["test_accuracy"] for r in rows]),
-                        _stats([r["train_loss"] for r in rows]),
-                        _stats([r["hessian_alpha"] for r in rows]),
-                        _stats([r["hessian_gamma"] for r in rows]),
-                        _stats([r["hessian_min_eigenvalue"] for r in rows]),
-                        _stats([r["hessian_max_eigenvalue"] for r in rows]),
-                        _stats([r["hessian_alpha"] for r in first]),
-                        _stats([r["hessian_gamma"] for r in first]),
-                        _stats([r.get("activation_beta", "") for r in rows]),
-                        _stats([r["train_seconds"] for r in rows]),
-                    ]
-                )
-                + " |"
+            table.append(
+                [
+                    LABELS.get(activation, activation),
+                    *(_stats([r[k] for r in rows]) for k in ("test_accuracy", "train_loss")),
+                    *(_stats([r[k] for r in rows]) for k in MNIST_HESSIAN),
+                    *(_stats([r[k] for r in first]) for k in MNIST_HESSIAN[:2]),
+                    _stats([r.get("activation_beta", "") for r in rows]),
+                    _stats([r["train_seconds"] for r in rows]),
+                ]
             )
+        header = ["activation", "test acc.", "train loss (last epoch)", "α", "γ", "λ_min",
+                  "λ_max", "α init", "γ init", "β", "s/run"]  # fmt: skip
+        lines += harness.markdown_table(header, table)
         per_epoch: dict[str, dict[float, list[float]]] = {}
         for r in mnist:
             if float(r["epoch"]) > 0:
@@ -656,19 +635,14 @@ def markdown(
                     float(r["test_accuracy"])
                 )
         epochs = sorted({e for v in per_epoch.values() for e in v})
-        lines += [
-            "",
-            "Test accuracy per epoch:",
-            "",
-            "| activation | " + " | ".join(f"epoch {e:g}" for e in epochs) + " |",
-            "|---" * (len(epochs) + 1) + "|",
-        ]
-        for activation, values in per_epoch.items():
-            lines.append(
-                f"| {LABELS.get(activation, activation)} | "
-                + " | ".join(_stats(values.get(e, [])) for e in epochs)
-                + " |"
-            )
+        lines += ["", "Test accuracy per epoch:", ""]
+        lines += harness.markdown_table(
+            ["activation", *(f"epoch {e:g}" for e in epochs)],
+            [
+                [LABELS.get(a, a), *(_stats(values.get(e, [])) for e in epochs)]
+                for a, values in per_epoch.items()
+            ],
+        )
         accuracy = {
             a: _finite_mean([r["test_accuracy"] for r in final if r["activation"] == a])
             for a in per_epoch
@@ -883,8 +857,6 @@ def run(what: Experiment, settings: Settings) -> dict[str, Path]:
         toy_start = time.perf_counter()
         curves, spectra = run_toy(settings)
         toy_seconds = time.perf_counter() - toy_start
-        write_csv(curves, out / "toy_curves.csv")
-        write_csv(spectra, out / "toy_spectra.csv")
         written["toy_curves.csv"] = out / "toy_curves.csv"
         written["toy_spectra.csv"] = out / "toy_spectra.csv"
     elif (out / "toy_curves.csv").exists() and (out / "toy_spectra.csv").exists():
@@ -893,7 +865,6 @@ def run(what: Experiment, settings: Settings) -> dict[str, Path]:
         mnist_start = time.perf_counter()
         mnist = run_mnist(settings)
         mnist_seconds = time.perf_counter() - mnist_start
-        write_csv(mnist, out / "mnist.csv")
         written["mnist.csv"] = out / "mnist.csv"
     elif (out / "mnist.csv").exists():
         mnist = read_csv(out / "mnist.csv")
@@ -918,8 +889,7 @@ def run(what: Experiment, settings: Settings) -> dict[str, Path]:
             "epochs": settings.mnist_epochs,
             "overrides": settings.mnist_overrides,
         }
-    info_path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    written["run_info.json"] = info_path
+    written["run_info.json"] = harness.write_json(info_path, info)
     (out / "results.md").write_text(markdown(curves, spectra, mnist, info), encoding="utf-8")
     written["results.md"] = out / "results.md"
     for path in write_plots(curves, spectra, mnist, out):
@@ -968,6 +938,7 @@ def command(
         Path, typer.Option(help="Folder of the milletari_*.toml files.")
     ] = SCENARIOS,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
+    resume: Resume = False,
 ) -> None:
     """Reproduce Milletari's ESP experiments (2-D toy problems, MNIST); write tables and plots."""
     if what not in ("toy", "mnist", "all", "report"):
@@ -982,6 +953,7 @@ def command(
         toy_overrides=list(set_ or []),
         mnist_overrides=list(mnist_set or []),
         device=device,
+        resume=resume,
         log=lambda message: typer.echo(message, err=True),
     )
     if activation:

@@ -27,12 +27,14 @@ if its error drops, the trained errors are still limited by the training time, n
 
 Each run is a scenario read, overridden (``model.particles`` and ``integrator.particles``
 together, ``scenario.seed``, ``run.steps`` with the quench moved in proportion, any
-``--set``), validated and built by :mod:`particlesim.scenario`. Results go to ``--out``
-(default ``results/`` beside this module): ``scaling.csv`` (one row per run),
-``particles.csv`` (``c``, ``|a|``, ``b`` of every particle of one run before and after
-training), ``slice.csv`` (``f`` and ``f_n`` on the slides' 2-D slice), ``results.md``
-(tables, fitted slopes, the paper's statements side by side), ``README.md`` (what was run,
-training lengths) and ``scaling.png``, ``particles.png``, ``slice.png``::
+``--set``), validated and built by :mod:`particlesim.scenario`. The runs are a grid of
+:mod:`particlesim.experiments`: each is recorded as it ends, and ``--resume`` goes on with a
+killed reproduction. Results go to ``--out`` (default ``results/`` beside this module):
+``scaling.csv`` (one row per run), ``particles.csv`` (``c``, ``|a|``, ``b`` of every particle
+of one run before and after training), ``slice.csv`` (``f`` and ``f_n`` on the slides' 2-D
+slice), ``results.md`` (tables, fitted slopes, the paper's statements side by side),
+``README.md`` (what was run, training lengths) and ``scaling.png``, ``particles.png``,
+``slice.png``::
 
     python -m particlesim_rotskoff.experiments scaling --out results
     particlesim rotskoff scaling --quick
@@ -40,8 +42,7 @@ training lengths) and ``scaling.png``, ``particles.png``, ``slice.png``::
 
 from __future__ import annotations
 
-import csv
-import json
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -51,8 +52,11 @@ from typing import Annotated, Any
 
 import typer
 
-from particlesim.cli.common import command_entry_points, fail
+from particlesim import experiments as harness
+from particlesim.cli.common import Resume, command_entry_points, fail
 from particlesim.errors import ParticlesimError, printable
+from particlesim.experiments import Point
+from particlesim.experiments import read_csv as read_csv  # the reader of scaling.csv
 
 HERE = Path(__file__).resolve().parent
 #: Where the scenario files live in a source checkout (``<repo>/scenarios``).
@@ -107,6 +111,8 @@ class Settings:
     #: Train the largest size once more for twice the steps (is the error time-limited?).
     length_check: bool = True
     overrides: list[str] = field(default_factory=list)
+    #: Keep the runs already recorded in ``out`` (a killed reproduction goes on).
+    resume: bool = False
     log: Callable[[str], None] = print
 
 
@@ -216,74 +222,107 @@ def slice_rows(built: Any, points: int = 181) -> list[dict[str, Any]]:
     ]
 
 
+def scaling_points(settings: Settings) -> list[Point]:
+    """The runs, in the order of ``scaling.csv``: ``init_seeds`` networks per size measured at
+    initialisation, ``seeds`` trained networks per condition and size, the length check."""
+    context = {
+        "scenarios": str(settings.scenarios),
+        "steps": settings.steps,
+        "overrides": settings.overrides,
+        "init_condition": settings.conditions[0],
+        "snapshot": snapshot_size(settings),
+    }
+    sizes = settings.sizes
+    init = {"kind": ["init"], "particles": sizes, "seed": range(settings.init_seeds)}
+    trained = {"kind": settings.conditions, "particles": sizes, "seed": range(settings.seeds)}
+    check = {"kind": [f"{settings.conditions[0]}_twice_as_long"], "particles": [max(sizes)]}
+    return [
+        *harness.grid(init, context=context),
+        *harness.grid(trained, context=context),
+        *(harness.grid({**check, "seed": [0]}, context=context) if settings.length_check else []),
+    ]
+
+
+def snapshot_size(settings: Settings) -> int:
+    """The size whose particles (seed 0) are recorded: the nearest to ``snapshot_size``."""
+    return min(settings.sizes, key=lambda n: (abs(n - settings.snapshot_size), n))
+
+
 def run_scaling(
     settings: Settings,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    """Every run of the experiment: scaling rows, particle rows, slice rows, run lengths."""
-    rows: list[dict[str, Any]] = []
-    particles: list[dict[str, Any]] = []
-    slices: list[dict[str, Any]] = []
-    lengths: dict[str, Any] = {}
-    snapshot = min(settings.sizes, key=lambda n: (abs(n - settings.snapshot_size), n))
-    for n in settings.sizes:
-        for seed in range(settings.init_seeds):
-            built = build_run(settings, settings.conditions[0], n, seed)
-            errors = field_errors(built)
-            rows.append(
-                {"kind": "init", "particles": n, "seed": seed, "norm": errors["norm"],
-                 "error": errors["error"], "loss": errors["loss"]}
-            )  # fmt: skip
-        settings.log(f"init n={n}: {settings.init_seeds} networks measured")
-    for condition in settings.conditions:
-        for n in settings.sizes:
-            for seed in range(settings.seeds):
-                built = build_run(settings, condition, n, seed)
-                simulation = built.simulation
-                keep = n == snapshot and seed == 0
-                if keep:
-                    particles += particle_rows(built, condition, seed, "init")
-                result = simulation.run()
-                if result.status != "completed":
-                    raise ParticlesimError(f"{condition} n={n}: the run ended {result.status}")
-                errors = field_errors(built)
-                if keep:
-                    particles += particle_rows(built, condition, seed, "trained")
-                    slices += [{"condition": condition, **r} for r in slice_rows(built)]
-                rows.append(
-                    {"kind": condition, "particles": n, "seed": seed, "norm": errors["norm"],
-                     "error": errors["error"], "loss": errors["loss"],
-                     "steps": simulation.step, "time": round(simulation.time, 6),
-                     "wall_s": round(result.wall_time, 2)}
-                )  # fmt: skip
-                settings.log(
-                    f"{condition} n={n} seed={seed}: error {errors['error']:.4g} "
-                    f"({result.wall_time:.1f} s)"
-                )
-                if condition not in lengths:
-                    lengths[condition] = describe_run(built)
-    if settings.length_check:
-        rows.append(length_check(settings, rows))
-    return rows, particles, slices, lengths
+    """Every run of the experiment: scaling rows, particle rows, slice rows, run lengths.
 
+    Each run is recorded in ``scaling.csv`` (and ``particles.csv``, ``slice.csv``) as it
+    ends; the run lengths are read from each condition's first network, built untrained.
+    """
+    snapshot = snapshot_size(settings)
+    lengths = {
+        c: describe_run(build_run(settings, c, settings.sizes[0], 0)) for c in settings.conditions
+    }
 
-def length_check(settings: Settings, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Train the largest size (first condition, seed 0) for twice the steps; one row."""
-    import dataclasses
+    def run_point(point: Point) -> dict[str, list[dict[str, Any]]]:
+        kind, n, seed = point["kind"], point["particles"], point["seed"]
+        if kind == "init":
+            errors = field_errors(build_run(settings, settings.conditions[0], n, seed))
+            return {"scaling": [{"kind": "init", "particles": n, "seed": seed, **errors}]}
+        if kind.endswith("_twice_as_long"):
+            condition = kind.removesuffix("_twice_as_long")
+            steps = 2 * int(lengths[condition]["steps"])
+            return {"scaling": [length_check(settings, condition, n, steps)]}
+        built = build_run(settings, kind, n, seed)
+        simulation = built.simulation
+        keep = n == snapshot and seed == 0
+        particles = particle_rows(built, kind, seed, "init") if keep else []
+        result = simulation.run()
+        if result.status != "completed":
+            raise ParticlesimError(f"{kind} n={n}: the run ended {result.status}")
+        errors = field_errors(built)
+        if keep:
+            particles += particle_rows(built, kind, seed, "trained")
+        slices = [{"condition": kind, **r} for r in slice_rows(built)] if keep else []
+        settings.log(
+            f"{kind} n={n} seed={seed}: error {errors['error']:.4g} ({result.wall_time:.1f} s)"
+        )
+        row = {"kind": kind, "particles": n, "seed": seed, **errors, "steps": simulation.step,
+               "time": round(simulation.time, 6), "wall_s": round(result.wall_time, 2)}  # fmt: skip
+        return {"scaling": [row], "particles": particles, "slice": slices}
 
-    condition, n = settings.conditions[0], max(settings.sizes)
-    first = next(
-        r for r in rows if r["kind"] == condition and r["particles"] == n and r["seed"] == 0
+    def done(point: Point, result: Any) -> None:
+        if point["kind"] == "init" and point["seed"] == settings.init_seeds - 1:
+            settings.log(f"init n={point['particles']}: {settings.init_seeds} networks measured")
+
+    tables = {name: settings.out / f"{name}.csv" for name in ("scaling", "particles", "slice")}
+    results = harness.run_grid(
+        scaling_points(settings),
+        run_point,
+        tables,
+        resume=settings.resume,
+        on_point=done,
+        log=settings.log,
     )
-    longer = dataclasses.replace(settings, steps=2 * int(first["steps"]))
+    rows = results["scaling"]
+    for check in [r for r in rows if str(r["kind"]).endswith("_twice_as_long")]:
+        condition = str(check["kind"]).removesuffix("_twice_as_long")
+        first = next(
+            r for r in rows if r["kind"] == condition and r["particles"] == check["particles"]
+            and r["seed"] == 0
+        )  # fmt: skip
+        settings.log(
+            f"length check {condition} n={check['particles']}: error {first['error']:.4g} after "
+            f"{first['steps']} steps, {check['error']:.4g} after {check['steps']} "
+            f"({check['wall_s']:.1f} s)"
+        )
+    return rows, results["particles"], results["slice"], lengths
+
+
+def length_check(settings: Settings, condition: str, n: int, steps: int) -> dict[str, Any]:
+    """Train size ``n`` (seed 0) for ``steps``, twice the others' length; its row."""
+    longer = dataclasses.replace(settings, steps=steps)
     built = build_run(longer, condition, n, 0)
     result = built.simulation.run()
     errors = field_errors(built)
-    settings.log(
-        f"length check {condition} n={n}: error {first['error']:.4g} after {first['steps']} "
-        f"steps, {errors['error']:.4g} after {built.simulation.step} ({result.wall_time:.1f} s)"
-    )
-    return {"kind": f"{condition}_twice_as_long", "particles": n, "seed": 0,
-            "norm": errors["norm"], "error": errors["error"], "loss": errors["loss"],
+    return {"kind": f"{condition}_twice_as_long", "particles": n, "seed": 0, **errors,
             "steps": built.simulation.step, "time": round(built.simulation.time, 6),
             "wall_s": round(result.wall_time, 2)}  # fmt: skip
 
@@ -380,32 +419,6 @@ def finding(kind: str, fit: dict[str, float]) -> str:
 # --------------------------------------------------------------------------- files
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Rows as CSV (columns: the union of the rows' keys, in first-seen order)."""
-    columns: list[str] = []
-    for row in rows:
-        columns += [key for key in row if key not in columns]
-    with path.open("w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def read_csv(path: Path) -> list[dict[str, Any]]:
-    """Rows written by :func:`write_csv`, numbers parsed back."""
-
-    def parse(value: str) -> Any:
-        for kind in (int, float):
-            try:
-                return kind(value)
-            except ValueError:
-                pass
-        return value
-
-    with path.open(encoding="utf-8") as file:
-        return [{k: parse(v) for k, v in row.items() if v != ""} for row in csv.DictReader(file)]
-
-
 def markdown(
     rows: Sequence[dict[str, Any]], lengths: dict[str, Any], settings: Settings, wall: float
 ) -> str:
@@ -423,30 +436,26 @@ def markdown(
         "",
         "## Error against the number of particles n",
         "",
-        "| n | " + " | ".join(f"{LABELS[k]} (seeds)" for k in kinds) + " |",
-        "|---|" + "---|" * len(kinds),
     ]
+
+    def error(kind: str, n: int) -> str:
+        value = summary[kind].get(n)
+        return "–" if value is None else f"{value[0]:.4g} ({value[1]})"
+
     sizes = sorted({n for k in kinds for n in summary[k]})
-    for n in sizes:
-        cells = []
-        for kind in kinds:
-            value = summary[kind].get(n)
-            cells.append("–" if value is None else f"{value[0]:.4g} ({value[1]})")
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "## Fitted log-log slopes beside the paper",
-        "",
-        "| quantity | measured slope ± s.e. | paper | the paper's statement |",
-        "|---|---|---|---|",
-    ]
+    lines += harness.markdown_table(
+        ["n", *(f"{LABELS[k]} (seeds)" for k in kinds)],
+        [[n, *(error(kind, n) for kind in kinds)] for n in sizes],
+    )
+    lines += ["", "## Fitted log-log slopes beside the paper", ""]
+    slope_rows = []
     for kind in kinds:
         fit = fits[kind]
         expected, statement = PAPER[kind]
         spread = "" if math.isnan(fit["stderr"]) else f" ± {fit['stderr']:.2f}"
-        lines.append(
-            f"| {LABELS[kind]} | {fit['slope']:.2f}{spread} | {expected:g} | {statement} |"
-        )
+        slope_rows.append([LABELS[kind], f"{fit['slope']:.2f}{spread}", f"{expected:g}", statement])
+    header = ["quantity", "measured slope ± s.e.", "paper", "the paper's statement"]
+    lines += harness.markdown_table(header, slope_rows)
     lines += ["", "## Findings", ""]
     lines += [f"* {finding(kind, fits[kind])}" for kind in kinds]
     checks = [r for r in rows if str(r["kind"]).endswith("_twice_as_long")]
@@ -484,14 +493,14 @@ def _loss_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     kinds = [k for k in ("init", *CONDITIONS) if any(r["kind"] == k for r in rows)]
     if not kinds:
         return []
-    table = ["| n | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
-    for n in sorted({int(r["particles"]) for r in rows}):
-        cells = []
-        for kind in kinds:
-            values = [float(r["loss"]) for r in rows if r["kind"] == kind and r["particles"] == n]
-            cells.append(f"{sum(values) / len(values):.4g}" if values else "–")
-        table.append(f"| {n} | " + " | ".join(cells) + " |")
-    return table
+    loss = harness.summarize(rows, lambda r: (r["kind"], int(r["particles"])), "loss")
+
+    def mean(kind: str, n: int) -> str:
+        stats = loss.get((kind, n))
+        return "–" if stats is None else f"{stats.mean:.4g}"
+
+    sizes = sorted({int(r["particles"]) for r in rows})
+    return harness.markdown_table(["n", *kinds], [[n, *(mean(k, n) for k in kinds)] for n in sizes])
 
 
 def describe_length(info: dict[str, Any]) -> str:
@@ -657,16 +666,8 @@ def run(settings: Settings) -> dict[str, Path]:
     start = time.perf_counter()
     rows, particles, slices, lengths = run_scaling(settings)
     wall = time.perf_counter() - start
-    files = {
-        "scaling.csv": rows,
-        "particles.csv": particles,
-        "slice.csv": slices,
-    }
-    written: dict[str, Path] = {}
-    for name, content in files.items():
-        if content:
-            write_csv(content, settings.out / name)
-            written[name] = settings.out / name
+    files = {"scaling.csv": rows, "particles.csv": particles, "slice.csv": slices}
+    written = {name: settings.out / name for name, content in files.items() if content}
     (settings.out / "results.md").write_text(
         markdown(rows, lengths, settings, wall), encoding="utf-8"
     )
@@ -676,25 +677,20 @@ def run(settings: Settings) -> dict[str, Path]:
     for path in write_plots(rows, particles, slices, settings.out):
         written[path.name] = path
     summary = summarize(rows)
-    (settings.out / "run_info.json").write_text(
-        json.dumps(
-            {
-                "wall_seconds": round(wall, 1),
-                "sizes": settings.sizes,
-                "seeds": settings.seeds,
-                "init_seeds": settings.init_seeds,
-                "conditions": list(settings.conditions),
-                "overrides": settings.overrides,
-                "lengths": lengths,
-                "length_check": settings.length_check,
-                "slopes": slopes(summary),
-            },
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
+    written["run_info.json"] = harness.write_json(
+        settings.out / "run_info.json",
+        {
+            "wall_seconds": round(wall, 1),
+            "sizes": settings.sizes,
+            "seeds": settings.seeds,
+            "init_seeds": settings.init_seeds,
+            "conditions": list(settings.conditions),
+            "overrides": settings.overrides,
+            "lengths": lengths,
+            "length_check": settings.length_check,
+            "slopes": slopes(summary),
+        },
     )
-    written["run_info.json"] = settings.out / "run_info.json"
     settings.log(f"done in {wall:.0f} s: {', '.join(sorted(written))} in {settings.out}")
     return written
 
@@ -741,6 +737,7 @@ def command(
     scenarios: Annotated[
         Path, typer.Option(help="Folder of the rotskoff_*.toml files.")
     ] = SCENARIOS,
+    resume: Resume = False,
 ) -> None:
     """Reproduce Rotskoff & Vanden-Eijnden's error scaling; write tables and plots."""
     if what != "scaling":
@@ -750,6 +747,7 @@ def command(
         out=out,
         scenarios=scenarios,
         overrides=list(set_ or []),
+        resume=resume,
         log=lambda message: typer.echo(message, err=True),
     )
     try:

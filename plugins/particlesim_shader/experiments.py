@@ -15,9 +15,10 @@
 Each training run is a scenario (``scenarios/shader_positional.toml``,
 ``shader_vanilla.toml``, ``shader_vanilla_l2.toml``) read, overridden
 (``data.train_fraction``, ``scenario.seed``, ``run.steps`` or ``run.epochs``
-and any ``--set``), validated and built by :mod:`particlesim.scenario`.
-Results go to ``--out``
-(default: ``results/`` beside this module): ``generalisation.csv`` and
+and any ``--set``), validated and built by :mod:`particlesim.scenario`. The runs are grids
+of :mod:`particlesim.experiments`: each finished run is recorded at once, and ``--resume``
+goes on with a killed reproduction. Results go to ``--out`` (default: ``results/`` beside
+this module): ``generalisation.csv`` and
 ``pruning.csv`` (one row per run and proportion), ``results.md`` (tables, the
 paper's numbers side by side, the paper's findings checked), ``generalisation.png``,
 ``pruning.png`` and ``positions.gif`` (neurons moving during one positional run)::
@@ -28,8 +29,6 @@ paper's numbers side by side, the paper's findings checked), ``generalisation.pn
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import statistics
 import tempfile
@@ -41,8 +40,10 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from particlesim.cli.common import command_entry_points, fail
+from particlesim import experiments as harness
+from particlesim.cli.common import Resume, command_entry_points, fail
 from particlesim.errors import ParticlesimError, printable
+from particlesim.experiments import Point, read_csv
 
 HERE = Path(__file__).resolve().parent
 #: Where the scenario files live in a source checkout (``<repo>/scenarios``).
@@ -112,6 +113,8 @@ class Settings:
     overrides: list[str] = field(default_factory=list)
     device: str = "auto"
     animate: bool = True
+    #: Keep the runs already recorded in ``out`` (a killed reproduction goes on).
+    resume: bool = False
     log: Callable[[str], None] = print
 
 
@@ -143,29 +146,25 @@ def train(
     dropped (a sweep needs only the final network).
     """
     from particlesim.core.triggers import Periodic
-    from particlesim.runner import Runner
-    from particlesim.scenario.loader import apply_override, read_scenario
 
     check_fraction(fraction)
     path = settings.scenarios / MODELS[model]
     if (epochs is None) == (steps is None):
         raise ParticlesimError("give a run length in either epochs or steps")
-    raw = read_scenario(path)
-    run_table = raw.setdefault("run", {})
-    run_table.pop("epochs", None)
-    run_table.pop("steps", None)
     length = f"run.steps={int(steps)}" if steps is not None else f"run.epochs={float(epochs)!r}"
-    for assignment in (
+    assignments = [
         f"data.train_fraction={fraction!r}",
         f"scenario.seed={seed}",
         length,
         f'scenario.device="{settings.device}"',
         *settings.overrides,
-    ):
-        apply_override(raw, assignment)
-    writers = raw.get("writers", [])
-    raw["writers"] = [w for w in writers if trajectory_frames and w.get("name") == "trajectory"]
-    built = Runner.in_memory(raw, base_dir=path.parent).built
+    ]
+    built = harness.build_point(
+        path,
+        assignments,
+        clear=("run.epochs", "run.steps"),
+        keep_writers=("trajectory",) if trajectory_frames else (),
+    ).built
     simulation = built.simulation
     for writer in simulation.writers:  # about trajectory_frames frames over the run
         writer.trigger = Periodic(max(1, simulation.total_steps // trajectory_frames))
@@ -215,35 +214,54 @@ def accuracy_on_test(system: Any, built: Any) -> float:
 # --------------------------------------------------------------------------- experiments
 
 
+def _context(settings: Settings, **length: Any) -> dict[str, Any]:
+    """What every run of a grid shares and its results depend on (it enters the points' ids)."""
+    return {
+        "scenarios": str(settings.scenarios),
+        **length,
+        "overrides": settings.overrides,
+        "device": settings.device,
+    }
+
+
 def run_generalisation(settings: Settings) -> list[dict[str, Any]]:
-    """Test accuracy of every model at every fraction and seed (paper Fig. 2)."""
+    """Test accuracy of every model at every fraction and seed (paper Fig. 2).
+
+    Each run is recorded in ``generalisation.csv`` as it ends.
+    """
     fractions = [check_fraction(f) for f in settings.fractions]
     steps = settings.generalisation_steps
     epochs = None if steps else settings.generalisation_epochs
-    rows = []
-    for seed in range(settings.seeds):
-        for fraction in fractions:
-            for model in settings.models:
-                built, seconds = train(
-                    settings, model, fraction=fraction, seed=seed, steps=steps, epochs=epochs
-                )
-                accuracy = accuracy_on_test(built.system, built)
-                rows.append(
-                    {
-                        "model": model,
-                        "train_fraction": fraction,
-                        "seed": seed,
-                        **run_length(built),
-                        "train_examples": int(built.data.train_x.shape[0]),
-                        "test_accuracy": accuracy,
-                        "train_seconds": round(seconds, 2),
-                    }
-                )
-                settings.log(
-                    f"generalisation: {model:<10} fraction {fraction:<5g} seed {seed} "
-                    f"accuracy {accuracy:.4f} ({seconds:.1f} s)"
-                )
-    return rows
+    axes = {"seed": range(settings.seeds), "train_fraction": fractions, "model": settings.models}
+    points = harness.grid(axes, context=_context(settings, steps=steps, epochs=epochs))
+
+    def run_point(point: Point) -> dict[str, Any]:
+        model, fraction, seed = point["model"], point["train_fraction"], point["seed"]
+        built, seconds = train(
+            settings, model, fraction=fraction, seed=seed, steps=steps, epochs=epochs
+        )
+        accuracy = accuracy_on_test(built.system, built)
+        settings.log(
+            f"generalisation: {model:<10} fraction {fraction:<5g} seed {seed} "
+            f"accuracy {accuracy:.4f} ({seconds:.1f} s)"
+        )
+        return {
+            "model": model,
+            "train_fraction": fraction,
+            "seed": seed,
+            **run_length(built),
+            "train_examples": int(built.data.train_x.shape[0]),
+            "test_accuracy": accuracy,
+            "train_seconds": round(seconds, 2),
+        }
+
+    return harness.run_grid(
+        points,
+        run_point,
+        settings.out / "generalisation.csv",
+        resume=settings.resume,
+        log=settings.log,
+    )
 
 
 def prune_and_score(built: Any, proportion: float, scoring: str) -> dict[str, Any]:
@@ -276,46 +294,61 @@ def prune_and_score(built: Any, proportion: float, scoring: str) -> dict[str, An
 
 
 def run_pruning(settings: Settings) -> list[dict[str, Any]]:
-    """Test accuracy after whole-neuron pruning at every proportion (paper Fig. 3)."""
+    """Test accuracy after whole-neuron pruning at every proportion (paper Fig. 3).
+
+    Each trained network's rows (every scoring and proportion) are recorded in
+    ``pruning.csv`` as its run ends.
+    """
     fraction = check_fraction(settings.pruning_fraction)
     proportions = [check_fraction(p, "pruning proportion") for p in settings.proportions]
-    rows = []
-    for seed in range(settings.seeds):
-        for model in settings.models:
-            animate = settings.animate and seed == 0 and model == "positional"
-            with tempfile.TemporaryDirectory(prefix="shader_run_") as run_dir:
-                built, seconds = train(
-                    settings, model, fraction=fraction, seed=seed, epochs=settings.pruning_epochs,
-                    out_dir=Path(run_dir), trajectory_frames=60 if animate else 0,
-                )  # fmt: skip
-                if animate:
-                    trajectory = Path(run_dir) / "trajectory.h5"
-                    write_animation(trajectory, settings.out / "positions.gif", settings)
-            base = {
-                "model": model,
-                "train_fraction": fraction,
-                "seed": seed,
-                **run_length(built),
-                "train_seconds": round(seconds, 2),
-            }
-            unpruned = accuracy_on_test(built.system, built)
-            for scoring in SCORINGS:
+    context = _context(
+        settings, fraction=fraction, epochs=settings.pruning_epochs, proportions=proportions
+    )
+    points = harness.grid(
+        {"seed": range(settings.seeds), "model": settings.models}, context=context
+    )
+
+    def run_point(point: Point) -> list[dict[str, Any]]:
+        model, seed = point["model"], point["seed"]
+        animate = settings.animate and seed == 0 and model == "positional"
+        with tempfile.TemporaryDirectory(prefix="shader_run_") as run_dir:
+            built, seconds = train(
+                settings, model, fraction=fraction, seed=seed, epochs=settings.pruning_epochs,
+                out_dir=Path(run_dir), trajectory_frames=60 if animate else 0,
+            )  # fmt: skip
+            if animate:
+                trajectory = Path(run_dir) / "trajectory.h5"
+                write_animation(trajectory, settings.out / "positions.gif", settings)
+        base = {
+            "model": model,
+            "train_fraction": fraction,
+            "seed": seed,
+            **run_length(built),
+            "train_seconds": round(seconds, 2),
+        }
+        unpruned = accuracy_on_test(built.system, built)
+        rows = []
+        for scoring in SCORINGS:
+            rows.append(
+                {**base, "scoring": scoring, "prune_proportion": 0.0, "neurons_removed": 0,
+                 "emptied_groups": "", "hidden_sizes_after": "", "test_accuracy": unpruned}
+            )  # fmt: skip
+            for proportion in proportions:
                 rows.append(
-                    {**base, "scoring": scoring, "prune_proportion": 0.0, "neurons_removed": 0,
-                     "emptied_groups": "", "hidden_sizes_after": "", "test_accuracy": unpruned}
+                    {**base, "scoring": scoring, "prune_proportion": proportion,
+                     **prune_and_score(built, proportion, scoring)}
                 )  # fmt: skip
-                for proportion in proportions:
-                    rows.append(
-                        {**base, "scoring": scoring, "prune_proportion": proportion,
-                         **prune_and_score(built, proportion, scoring)}
-                    )  # fmt: skip
-            line = ", ".join(
-                f"{r['prune_proportion']:g}: {r['test_accuracy']:.3f}"
-                for r in rows[-len(SCORINGS) * (len(proportions) + 1) :][: len(proportions) + 1]
-            )
-            first = next(iter(SCORINGS))
-            settings.log(f"pruning: {model:<10} seed {seed} ({seconds:.1f} s) {first} {line}")
-    return rows
+        line = ", ".join(
+            f"{r['prune_proportion']:g}: {r['test_accuracy']:.3f}"
+            for r in rows[: len(proportions) + 1]
+        )
+        first = next(iter(SCORINGS))
+        settings.log(f"pruning: {model:<10} seed {seed} ({seconds:.1f} s) {first} {line}")
+        return rows
+
+    return harness.run_grid(
+        points, run_point, settings.out / "pruning.csv", resume=settings.resume, log=settings.log
+    )
 
 
 # --------------------------------------------------------------------------- reporting
@@ -323,64 +356,21 @@ def run_pruning(settings: Settings) -> list[dict[str, Any]]:
 
 def summarize(
     rows: Sequence[dict[str, Any]], key: str, where: dict[str, Any] | None = None
-) -> dict[str, dict[float, tuple[float, float, int]]]:
-    """``{model: {key value: (mean, std, n)}}`` of test accuracy over seeds."""
-    groups: dict[str, dict[float, list[float]]] = {}
-    for row in rows:
-        if where and any(row.get(k) != v for k, v in where.items()):
-            continue
-        groups.setdefault(row["model"], {}).setdefault(float(row[key]), []).append(
-            float(row["test_accuracy"])
-        )
-    return {
-        model: {
-            x: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
-            for x, v in sorted(values.items())
-        }
-        for model, values in groups.items()
-    }
-
-
-def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Rows as CSV with the union of their keys as header."""
-    header = list(dict.fromkeys(k for row in rows for k in row))
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=header)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def read_csv(path: Path) -> list[dict[str, Any]]:
-    """Rows written by :func:`write_csv`, numbers parsed back."""
-
-    def parse(value: str) -> Any:
-        try:
-            return float(value) if any(c in value for c in ".en") else int(value)
-        except ValueError:
-            return value
-
-    with path.open(encoding="utf-8") as handle:
-        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(handle)]
-
-
-def _cell(stats: tuple[float, float, int] | None) -> str:
-    if stats is None:
-        return "–"
-    mean, std, n = stats
-    return f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f}"
-
-
-def _paper(values: list[float], grid: list[float], x: float) -> str:
-    for g, v in zip(grid, values, strict=True):
-        if math.isclose(g, x, abs_tol=1e-9):
-            return f"{v:.3f}"
-    return "–"
+) -> dict[str, dict[float, harness.Stats]]:
+    """``{model: {key value: (mean, std, n)}}`` of test accuracy over seeds, ``x`` ascending."""
+    flat = harness.summarize(
+        rows, lambda row: (row["model"], float(row[key])), "test_accuracy", where=where
+    )
+    summary: dict[str, dict[float, harness.Stats]] = {}
+    for (model, x), stats in flat.items():
+        summary.setdefault(model, {})[x] = stats
+    return {model: dict(sorted(values.items())) for model, values in summary.items()}
 
 
 def _paper_summary(paper: dict[str, list[float]], grid: list[float]) -> dict[str, dict]:
     """The paper's curves in the shape :func:`summarize` returns (std 0, one trial)."""
     return {
-        model: {x: (v, 0.0, 1) for x, v in zip(grid, values, strict=True)}
+        model: {x: harness.Stats(v, 0.0, 1) for x, v in zip(grid, values, strict=True)}
         for model, values in paper.items()
     }
 
@@ -436,6 +426,19 @@ def pruning_findings(summary: dict[str, dict[float, tuple]], scoring: str) -> li
     return lines
 
 
+def _table(
+    index: str,
+    xs: list[float],
+    summary: dict[str, dict[float, harness.Stats]],
+    paper: dict[str, list[float]],
+    paper_x: list[float],
+) -> list[str]:
+    """Mean ± std of each model per ``x``, the paper's positional and vanilla curves beside."""
+    ours = {LABELS[m]: summary[m] for m in MODELS if m in summary}
+    theirs = {m: dict(zip(paper_x, paper[m], strict=True)) for m in PAPER_MODELS}
+    return harness.comparison_table(index, xs, ours, theirs, fmt=".4f", paper_fmt=".3f")
+
+
 def markdown(
     generalisation: Sequence[dict[str, Any]] | None,
     pruning: Sequence[dict[str, Any]] | None,
@@ -450,22 +453,16 @@ def markdown(
     ]
     if generalisation:
         summary = summarize(generalisation, "train_fraction")
-        models = [m for m in MODELS if m in summary]
         seeds = len({r["seed"] for r in generalisation})
+        xs = sorted({float(r["train_fraction"]) for r in generalisation})
         lines += [
             f"## Generalisation ({describe_length(generalisation)}, {seeds} seed(s) per point)",
             "",
-            "| fraction | " + " | ".join(LABELS[m] for m in models)
-            + " | paper positional | paper vanilla |",
-            "|---" * (len(models) + 3) + "|",
-        ]  # fmt: skip
-        for x in sorted({float(r["train_fraction"]) for r in generalisation}):
-            cells = [_cell(summary[m].get(x)) for m in models]
-            paper = [
-                _paper(PAPER_GENERALISATION[m], FRACTIONS, x) for m in ("positional", "vanilla")
-            ]
-            lines.append(f"| {x:g} | " + " | ".join(cells + paper) + " |")
-        lines += ["", *generalisation_findings(summary), ""]
+            *_table("fraction", xs, summary, PAPER_GENERALISATION, FRACTIONS),
+            "",
+            *generalisation_findings(summary),
+            "",
+        ]
     if pruning:
         seeds = len({r["seed"] for r in pruning})
         fraction = pruning[0]["train_fraction"]
@@ -473,24 +470,15 @@ def markdown(
             summary = summarize(pruning, "prune_proportion", {"scoring": scoring})
             if not summary:
                 continue
-            models = [m for m in MODELS if m in summary]
+            xs = sorted({float(r["prune_proportion"]) for r in pruning})
             lines += [
                 f"## Pruning by {SCORING_TITLES[scoring]}",
                 "",
                 f"Scoring `{scoring}`; data fraction {fraction:g}, {describe_length(pruning)}, "
                 f"{seeds} seed(s).",
                 "",
-                "| pruned | " + " | ".join(LABELS[m] for m in models)
-                + " | paper positional | paper vanilla |",
-                "|---" * (len(models) + 3) + "|",
-            ]  # fmt: skip
-            xs = sorted({float(r["prune_proportion"]) for r in pruning})
-            for x in xs:
-                cells = [_cell(summary[m].get(x)) for m in models]
-                paper = [
-                    _paper(PAPER_PRUNING[m], PROPORTIONS, x) for m in ("positional", "vanilla")
-                ]
-                lines.append(f"| {x:g} | " + " | ".join(cells + paper) + " |")
+                *_table("pruned", xs, summary, PAPER_PRUNING, PROPORTIONS),
+            ]
             emptied = sorted(
                 {
                     (r["model"], float(r["prune_proportion"]))
@@ -604,13 +592,11 @@ def run(what: Experiment, settings: Settings) -> dict[str, Path]:
     generalisation = pruning = None
     if what in ("generalisation", "all"):
         generalisation = run_generalisation(settings)
-        write_csv(generalisation, settings.out / "generalisation.csv")
         written["generalisation.csv"] = settings.out / "generalisation.csv"
     elif (settings.out / "generalisation.csv").exists():
         generalisation = read_csv(settings.out / "generalisation.csv")
     if what in ("pruning", "all"):
         pruning = run_pruning(settings)
-        write_csv(pruning, settings.out / "pruning.csv")
         written["pruning.csv"] = settings.out / "pruning.csv"
         if (settings.out / "positions.gif").exists():
             written["positions.gif"] = settings.out / "positions.gif"
@@ -628,24 +614,20 @@ def run(what: Experiment, settings: Settings) -> dict[str, Path]:
     if what == "report":  # the runs' own record stays as it was
         settings.log(f"report: {', '.join(sorted(written))} in {settings.out}")
         return written
-    (settings.out / "run_info.json").write_text(
-        json.dumps(
-            {
-                "experiment": what,
-                "wall_seconds": round(elapsed, 1),
-                "seeds": settings.seeds,
-                "generalisation_steps": settings.generalisation_steps,
-                "generalisation_epochs": settings.generalisation_epochs,
-                "pruning_epochs": settings.pruning_epochs,
-                "fractions": settings.fractions,
-                "proportions": settings.proportions,
-                "overrides": settings.overrides,
-                "device": settings.device,
-            },
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
+    harness.write_json(
+        settings.out / "run_info.json",
+        {
+            "experiment": what,
+            "wall_seconds": round(elapsed, 1),
+            "seeds": settings.seeds,
+            "generalisation_steps": settings.generalisation_steps,
+            "generalisation_epochs": settings.generalisation_epochs,
+            "pruning_epochs": settings.pruning_epochs,
+            "fractions": settings.fractions,
+            "proportions": settings.proportions,
+            "overrides": settings.overrides,
+            "device": settings.device,
+        },
     )
     settings.log(f"done in {elapsed:.0f} s: {', '.join(sorted(written))} in {settings.out}")
     return written
@@ -688,6 +670,7 @@ def command(
     fraction: Annotated[
         float, typer.Option(help="Training-data fraction of the pruning experiment.")
     ] = PRUNING_FRACTION,
+    resume: Resume = False,
 ) -> None:
     """Reproduce Shader's generalisation and pruning experiments; write tables and plots."""
     if what not in ("generalisation", "pruning", "all", "report"):
@@ -704,6 +687,7 @@ def command(
         device=device,
         pruning_fraction=fraction,
         animate=animate and not quick,
+        resume=resume,
         log=lambda message: typer.echo(message, err=True),
     )
     if quick:

@@ -18,8 +18,10 @@ each seed, one run:
 The paper gives no training length; every run here takes the same number of
 Adam steps of batch 256 (``--steps``, default :data:`DEFAULT_STEPS`), the same
 for every mode (a sequential epoch holds both data sets, twice as many
-examples). Results go to ``--out`` (default ``results/`` beside this module):
-``table1.csv`` (one row per run), ``table1.md`` (mean ± std over seeds, the
+examples). The runs are a grid of :mod:`particlesim.experiments`: each finished run is
+recorded at once, and ``--resume`` goes on with a killed reproduction. Results go to
+``--out`` (default ``results/`` beside this module): ``table1.csv`` (one row per run),
+``table1.md`` (mean ± std over seeds, the
 paper's numbers beside ours, and whether each lies within the paper's spread),
 ``split_<mode>_<network>.png`` (the split layers' neurons at their positions,
 coloured by task, for seed 0: the paper's Figures 1–2) and ``run_info.json``::
@@ -44,7 +46,7 @@ evidence for how the paper's cost, as written, behaves at α = 1.
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import json
 import math
 import multiprocessing
@@ -53,13 +55,16 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from particlesim.cli.common import command_entry_points, fail
+from particlesim import experiments as harness
+from particlesim.cli.common import Resume, command_entry_points, fail
 from particlesim.errors import ParticlesimError, printable
+from particlesim.experiments import Point, read_csv, write_csv
 
 HERE = Path(__file__).resolve().parent
 #: Where the scenario files live in a source checkout (``<repo>/scenarios``).
@@ -117,6 +122,8 @@ class Settings:
     figures: bool = True
     #: Rewrite the tables and plots from the CSV files already in ``out``; train nothing.
     report_only: bool = False
+    #: Keep the runs already recorded in ``out`` (a killed reproduction goes on).
+    resume: bool = False
     log: Callable[[str], None] = print
 
     @property
@@ -136,29 +143,21 @@ def prepare(
     settings: Settings, mode: str, network: str, seed: int, extra_writers: Sequence[Any] = ()
 ) -> Any:
     """Read, override, validate and build one scenario; the ``Built`` run, not yet trained."""
-    from particlesim.runner import Runner
-    from particlesim.scenario.loader import apply_override, read_scenario
-
-    path = settings.scenarios / MODES[mode]
-    raw = read_scenario(path)
-    run_table = raw.setdefault("run", {})
-    run_table.pop("epochs", None)
-    run_table.pop("steps", None)
     if settings.steps is not None:
         length = f"run.steps={int(settings.steps)}"
     else:
         length = f"run.epochs={float(settings.epochs or 1.0)!r}"
-    for assignment in (
+    assignments = [
         f"model.spatial={'true' if network == 'spatial' else 'false'}",
         f'model.transport_normalize="{settings.transport_normalize}"',
         f"scenario.seed={seed}",
         length,
         f'scenario.device="{settings.device}"',
         *settings.overrides,
-    ):
-        apply_override(raw, assignment)
-    raw["writers"] = []  # a sweep needs only the final network
-    return Runner.in_memory(raw, base_dir=path.parent, extra_writers=extra_writers).built
+    ]
+    path = settings.scenarios / MODES[mode]
+    clear = ("run.epochs", "run.steps")
+    return harness.build_point(path, assignments, clear=clear, extra_writers=extra_writers).built
 
 
 def train(settings: Settings, mode: str, network: str, seed: int) -> tuple[Any, float]:
@@ -223,39 +222,49 @@ def run_one(settings: Settings, mode: str, network: str, seed: int) -> dict[str,
     }
 
 
-def _run_packed(args: tuple[Settings, str, str, int]) -> dict[str, Any]:
-    settings, mode, network, seed = args
-    return run_one(replace(settings, log=_silent), mode, network, seed)
+def table1_points(settings: Settings) -> list[Point]:
+    """Every (mode, network, seed) of Table 1, seeds fastest; the run's settings in each id."""
+    context = {
+        "scenarios": str(settings.scenarios),
+        "steps": settings.steps,
+        "epochs": settings.epochs,
+        "transport_normalize": settings.transport_normalize,
+        "overrides": settings.overrides,
+        "device": settings.device,
+    }
+    axes = {"mode": settings.modes, "network": settings.networks, "seed": range(settings.seeds)}
+    return harness.grid(axes, context=context)
+
+
+def _table1_point(settings: Settings, point: Point) -> dict[str, Any]:
+    return run_one(settings, point["mode"], point["network"], point["seed"])
 
 
 def run_table1(settings: Settings) -> list[dict[str, Any]]:
-    """Every (mode, network, seed) of Table 1; rows in that order."""
-    jobs = [
-        (mode, network, seed)
-        for mode in settings.modes
-        for network in settings.networks
-        for seed in range(settings.seeds)
-    ]
-    rows: list[dict[str, Any]] = []
+    """Every run of Table 1, each recorded in ``table1<suffix>.csv`` as it ends; the rows."""
 
-    def done(row: dict[str, Any]) -> None:
-        rows.append(row)
+    def done(point: Point, row: dict[str, Any]) -> None:
         settings.log(
             f"table1: {row['mode']:<10} {row['network']:<7} seed {row['seed']} full "
             f"{row['full_accuracy']:.3f} split {row['split_accuracy']:.3f} drop "
             f"{row['accuracy_drop']:+.3f} ({row['train_seconds']:.0f} s)"
         )
 
-    if settings.jobs > 1:
-        packed = [(replace(settings, log=_silent), *job) for job in jobs]
-        context = multiprocessing.get_context("spawn")  # no forked torch thread pools
-        with ProcessPoolExecutor(max_workers=settings.jobs, mp_context=context) as pool:
-            for row in pool.map(_run_packed, packed):
-                done(row)
-    else:
-        for job in jobs:
-            done(run_one(settings, *job))
-    return rows
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if settings.jobs > 1:
+            context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+            pool = ProcessPoolExecutor(max_workers=settings.jobs, mp_context=context)
+            stack.enter_context(pool)
+        return harness.run_grid(
+            table1_points(settings),
+            partial(_table1_point, replace(settings, log=_silent)),
+            settings.out / f"table1{settings.suffix}.csv",
+            resume=settings.resume,
+            executor=pool,
+            on_point=done,
+            log=settings.log,
+        )
 
 
 # --------------------------------------------------------------------------- forces
@@ -476,34 +485,18 @@ def split_run(run_dir: Path, out: Path | None = None) -> dict[str, Any]:
 # --------------------------------------------------------------------------- reporting
 
 
-def summarize(
-    rows: Sequence[dict[str, Any]],
-) -> dict[tuple[str, str, str], tuple[float, float, int]]:
+def summarize(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str], harness.Stats]:
     """``{(quantity, mode, network): (mean, std, n)}`` over seeds."""
-    values: dict[tuple[str, str, str], list[float]] = {}
-    for row in rows:
-        for quantity in ROWS:
-            values.setdefault((quantity, row["mode"], row["network"]), []).append(
-                float(row[quantity])
-            )
     return {
-        key: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
-        for key, v in values.items()
+        (quantity, *key): stats
+        for quantity in ROWS
+        for key, stats in harness.summarize(rows, ("mode", "network"), quantity).items()
     }
 
 
-def within_spread(ours: tuple[float, float, int], paper: tuple[float, float]) -> bool:
+def within_spread(ours: harness.Stats, paper: tuple[float, float]) -> bool:
     """Whether our mean lies within the paper's mean ± std (or the paper's within ours)."""
-    mean, std, _ = ours
-    p_mean, p_std = paper
-    return abs(mean - p_mean) <= max(p_std, std) + 0.005
-
-
-def _cell(stats: tuple[float, float, int] | None) -> str:
-    if stats is None:
-        return "–"
-    mean, std, n = stats
-    return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
+    return harness.within_spread(ours, paper, slack=0.005)
 
 
 def markdown(
@@ -539,60 +532,41 @@ def markdown(
     ]
     if borrowed:
         lines += ["The Regular columns are the runs of `table1.csv` (no transport cost).", ""]
-    header = ["", *[f"{MODE_TITLES[m]} {NETWORK_TITLES[n]}" for m in modes for n in networks]]
-    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    for quantity, title in ROWS.items():
-        ours = [_cell(summary.get((quantity, m, n))) for m in modes for n in networks]
-        lines.append(f"| {title} (ours) | " + " | ".join(ours) + " |")
-        if quantity in PAPER_TABLE1:
-            paper = [
-                "{:.2f} ± {:.2f}".format(*PAPER_TABLE1[quantity][m][n])
-                for m in modes
-                for n in networks
-            ]
-            lines.append(f"| {title} (paper) | " + " | ".join(paper) + " |")
+    cells = [(m, n) for m in modes for n in networks]
+    table = []
+    for q, title in ROWS.items():
+        table.append(
+            [f"{title} (ours)", *(harness.cell(summary.get((q, *c)), ".2f") for c in cells)]
+        )
+        if q in PAPER_TABLE1:
+            paper = [harness.Stats(*PAPER_TABLE1[q][m][n], n=3) for m, n in cells]
+            table.append([f"{title} (paper)", *(harness.cell(p, ".2f") for p in paper)])
             check = [
-                "yes" if within_spread(summary[(quantity, m, n)], PAPER_TABLE1[quantity][m][n])
-                else "no"
-                for m in modes
-                for n in networks
-                if (quantity, m, n) in summary
-            ]  # fmt: skip
-            lines.append(f"| {title}: within spread? | " + " | ".join(check) + " |")
+                "yes" if within_spread(summary[(q, *c)], (p.mean, p.std)) else "no"
+                for c, p in zip(cells, paper, strict=True)
+                if (q, *c) in summary
+            ]
+            table.append([f"{title}: within spread?", *check])
+    header = ["", *(f"{MODE_TITLES[m]} {NETWORK_TITLES[n]}" for m, n in cells)]
+    lines += harness.markdown_table(header, table)
     lines += ["", "Per task (mean over seeds): full → split accuracy.", ""]
-    lines += ["| mode | network | MNIST | Fashion-MNIST | neurons per task (h3, h4) |"]
-    lines += ["|---|---|---|---|---|"]
-    for m in modes:
-        for n in networks:
-            chosen = [r for r in rows if r["mode"] == m and r["network"] == n]
-            if not chosen:
-                continue
-            cells = []
-            for task in ("mnist", "fashion_mnist"):
-                full = statistics.fmean(float(r[f"full_accuracy_{task}"]) for r in chosen)
-                part = statistics.fmean(float(r[f"split_accuracy_{task}"]) for r in chosen)
-                cells.append(f"{full:.3f} → {part:.3f}")
-            counts = "; ".join(
-                ", ".join(str(r[k]) for k in r if k.startswith("neurons_hidden")) for r in chosen
-            )
-            lines.append(f"| {MODE_TITLES[m]} | {NETWORK_TITLES[n]} | " + " | ".join(cells)
-                         + f" | {counts} |")  # fmt: skip
+    per_task = []
+    for m, n in cells:
+        chosen = [r for r in rows if r["mode"] == m and r["network"] == n]
+        if not chosen:
+            continue
+        accuracies = [
+            f"{statistics.fmean(float(r[f'full_accuracy_{task}']) for r in chosen):.3f} → "
+            f"{statistics.fmean(float(r[f'split_accuracy_{task}']) for r in chosen):.3f}"
+            for task in ("mnist", "fashion_mnist")
+        ]
+        counts = "; ".join(
+            ", ".join(str(r[k]) for k in r if k.startswith("neurons_hidden")) for r in chosen
+        )
+        per_task.append([MODE_TITLES[m], NETWORK_TITLES[n], *accuracies, counts])
+    header = ["mode", "network", "MNIST", "Fashion-MNIST", "neurons per task (h3, h4)"]
+    lines += harness.markdown_table(header, per_task)
     return "\n".join(lines).rstrip() + "\n"
-
-
-def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Rows as CSV with the union of their keys as header."""
-    header = list(dict.fromkeys(k for row in rows for k in row))
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=header)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def read_csv(path: Path) -> list[dict[str, Any]]:
-    """Rows written by :func:`write_csv` (numbers stay strings; callers convert)."""
-    with path.open(encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 def plot_table(rows: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -644,8 +618,6 @@ def run(settings: Settings) -> dict[str, Path]:
         "csv": settings.out / f"table1{suffix}.csv",
         "md": settings.out / f"table1{suffix}.md",
     }
-    if not settings.report_only:
-        write_csv(rows, paths["csv"])
     borrowed = []
     main_table = settings.out / "table1.csv"
     if suffix and "regular" not in settings.networks and main_table.exists():
@@ -666,26 +638,21 @@ def run(settings: Settings) -> dict[str, Path]:
     if settings.report_only:
         settings.log(f"rewrote {', '.join(sorted(written))} in {settings.out}")
         return written
-    info = settings.out / f"run_info{suffix}.json"
-    info.write_text(
-        json.dumps(
-            {
-                "experiment": "table1",
-                "wall_seconds": round(elapsed, 1),
-                "seeds": settings.seeds,
-                "steps": settings.steps,
-                "epochs": settings.epochs,
-                "modes": list(settings.modes),
-                "networks": list(settings.networks),
-                "transport_normalize": settings.transport_normalize,
-                "overrides": settings.overrides,
-                "device": settings.device,
-                "jobs": settings.jobs,
-            },
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
+    info = harness.write_json(
+        settings.out / f"run_info{suffix}.json",
+        {
+            "experiment": "table1",
+            "wall_seconds": round(elapsed, 1),
+            "seeds": settings.seeds,
+            "steps": settings.steps,
+            "epochs": settings.epochs,
+            "modes": list(settings.modes),
+            "networks": list(settings.networks),
+            "transport_normalize": settings.transport_normalize,
+            "overrides": settings.overrides,
+            "device": settings.device,
+            "jobs": settings.jobs,
+        },
     )
     written[info.name] = info
     settings.log(f"done in {elapsed:.0f} s: {', '.join(sorted(written))} in {settings.out}")
@@ -751,6 +718,7 @@ def command(
         bool, typer.Option(help="1 seed (unless --seeds), 5 steps, no figures.")
     ] = False,
     jobs: Annotated[int, typer.Option(help="Runs in parallel (one CPU thread each).")] = 1,
+    resume: Resume = False,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", "-s", help="Override a key of every scenario: data.limit_test=100"),
@@ -794,6 +762,7 @@ def command(
         device=device,
         jobs=jobs,
         report_only=report_only,
+        resume=resume,
         log=lambda message: typer.echo(message, err=True),
     )
     if quick:
