@@ -54,7 +54,12 @@ def validate(
         if build_network:
             from particlesim.scenario.builder import build
 
-            built = build(plan, hooks=manager, log=lambda message: typer.echo(message, err=True))
+            built = build(
+                plan,
+                hooks=manager,
+                log=lambda message: typer.echo(message, err=True),
+                preflight=True,
+            )
     except ParticlesimError as exc:
         raise fail(str(exc)) from None
     r = plan.resolved
@@ -70,6 +75,10 @@ def validate(
             f"{built.simulation.total_steps} steps ({built.simulation.steps_per_epoch}/epoch) "
             f"on {built.device}"
         )
+        if built.memory is not None:
+            typer.echo(f"memory: {built.memory.describe()}")
+        else:
+            typer.echo("memory: not estimated (a step too long to trace, or not traceable)")
     if plan.sweep is not None:
         typer.echo(
             f"sweep: {plan.sweep.size} points; `particlesim sweep {scenario} --dry-run` "

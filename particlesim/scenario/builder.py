@@ -677,6 +677,8 @@ class Built:
     data: Any
     simulation: Simulation
     device: torch.device
+    #: The memory preflight's estimate (:mod:`particlesim.scenario.preflight`), if it ran.
+    memory: Any = None
 
 
 def build(
@@ -686,8 +688,14 @@ def build(
     hooks: Any = None,
     log: Callable[[str], None] = print,
     extra_writers: list[Any] | None = None,
+    preflight: bool | None = None,
 ) -> Built:
-    """Load the data, create the system and the simulation described by ``plan``."""
+    """Load the data, create the system and the simulation described by ``plan``.
+
+    ``preflight``: estimate the memory training needs before anything is allocated and
+    refuse a scenario that cannot fit (:mod:`particlesim.scenario.preflight`); the estimate
+    is ``Built.memory`` (None when not made or too long to trace).
+    """
     resolved, registries, source = plan.resolved, plan.registries, plan.source
     scenario = resolved["scenario"]
     device_name = device or scenario["device"]
@@ -700,6 +708,11 @@ def build(
     data = plan.dataset.load(seed=seed, log=log)
     generator = torch.Generator().manual_seed(seed)
     input_size = int(data.train_x.shape[1])
+    run = resolved["run"]
+    loss = _data_loss(plan, data)
+    memory = None
+    if _should_preflight(plan, preflight):
+        memory = _preflight(plan, data, input_size, loss, torch_device, dtype)
     try:
         system = _build_system(plan, registries, input_size, data, generator, dtype, source)
     except ParticlesimError:
@@ -722,15 +735,6 @@ def build(
         system.potentials.append(potential)
     _check_group_names(plan, system, potentials, source)
     system = system.to(dtype)
-    run = resolved["run"]
-    loss = plan.loss
-    if loss is None:  # the data set's own loss
-        try:
-            loss = registries["loss"].get(data.loss)(**data.loss_options)
-        except (RegistryError, OptionError) as exc:
-            raise ScenarioError(
-                f"the data set asks for loss {data.loss!r}: {exc}", path="data", source=source
-            ) from None
     _check_batch_size(plan, data, run["batch_size"])
     try:
         simulation = Simulation(
@@ -757,7 +761,72 @@ def build(
         raise ScenarioError(exc.detail, path=exc.key, source=source) from None
     _warn_unrecorded(plan, [*plan.writers, *(extra_writers or [])], log)
     simulation.metadata.update(run_metadata(plan, data, hooks))
-    return Built(plan, system, data, simulation, torch_device)
+    return Built(plan, system, data, simulation, torch_device, memory)
+
+
+def _data_loss(plan: Plan, data: Any) -> Any:
+    """The scenario's ``[loss]``, else the one the data set names."""
+    if plan.loss is not None:
+        return plan.loss
+    try:
+        return plan.registries["loss"].get(data.loss)(**data.loss_options)
+    except (RegistryError, OptionError) as exc:
+        raise ScenarioError(
+            f"the data set asks for loss {data.loss!r}: {exc}", path="data", source=plan.source
+        ) from None
+
+
+def _should_preflight(plan: Plan, preflight: bool | None) -> bool:
+    from particlesim.scenario.preflight import environment_allows_skipping
+
+    return bool(preflight) and not environment_allows_skipping()
+
+
+def _preflight(
+    plan: Plan, data: Any, input_size: int, loss: Any, device: torch.device, dtype: torch.dtype
+) -> Any:
+    """Trace the scenario's training on fake tensors; refuse it if it cannot fit in memory."""
+    from particlesim.scenario.preflight import estimate_memory
+
+    resolved, source = plan.resolved, plan.source
+    where = "model" if plan.model is not None else "groups"
+    rows = int(data.train_x.shape[0])
+    batch = resolved["run"]["batch_size"]
+    batch = batch if data.sampler is not None else min(batch, max(rows, 1))
+
+    def build_system() -> System:
+        system = _build_system(
+            plan, plan.registries, input_size, data, torch.Generator().manual_seed(0), dtype, source
+        )
+        for i, table in enumerate(resolved["potentials"]):
+            potential, _ = _construct(
+                plan.registries, "potential", dict(table), f"potentials[{i}]", source
+            )
+            system.potentials.append(potential)
+        return system
+
+    try:
+        memory = estimate_memory(
+            build_system,
+            plan.integrator,
+            loss,
+            input_size=input_size,
+            batch_size=batch,
+            target=data.train_y[0],
+            device=device,
+        )
+    except ParticlesimError:
+        raise
+    except Exception:
+        return None
+    if not memory.fits:
+        raise ScenarioError(
+            f"the network needs {memory.describe()}; use smaller sizes or a smaller "
+            "run.batch_size (PARTICLESIM_NO_PREFLIGHT=1 skips this check)",
+            path=where,
+            source=source,
+        )
+    return memory
 
 
 def _check_group_names(plan: Plan, system: System, potentials: list[Any], source: str) -> None:
