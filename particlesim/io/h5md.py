@@ -63,11 +63,13 @@ and appends from there. Nothing before the checkpoint is rewritten.
 from __future__ import annotations
 
 import getpass
+import itertools
 import json
 import math
 import os
 import platform
 import weakref
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -975,8 +977,9 @@ def write_synthetic(
 
     Writes ``/particles/<group>/position/{step, time, value [frames, particles, dim]}``
     (plus ``/h5md`` and ``box``) in blocks of ``block`` frames, with the writer's
-    chunk shape. ``fill=False`` declares the full-size value dataset without
-    writing it (HDF5 allocates no chunks), for tests of lazy opening.
+    chunk shape. ``fill=False`` writes zeros instead, as gzip chunks written
+    directly (every chunk allocated, a few bytes each: a file of any declared size
+    in a moment and a few MB), for tests of lazy opening and of bounded memory.
     """
     path = Path(path)
     rng = np.random.default_rng(seed)
@@ -996,14 +999,21 @@ def write_synthetic(
             "time", data=steps * 0.01, maxshape=(None,), chunks=(SCALAR_FRAMES_PER_CHUNK,)
         )
         tail = (particles, dim)
+        chunks = value_chunks(tail)
         value = element.create_dataset(
             "value",
             shape=(frames, *tail),
             maxshape=(None, *tail),
             dtype=np.float32,
-            chunks=value_chunks(tail),
+            chunks=chunks,
+            **({} if fill else {"compression": "gzip"}),
         )
-        if fill:
+        if not fill:
+            zeros = zlib.compress(bytes(math.prod(chunks) * 4))
+            starts = [range(0, n, c) for n, c in zip(value.shape, chunks, strict=True)]
+            for offset in itertools.product(*starts):
+                value.id.write_direct_chunk(offset, zeros)
+        else:
             current = rng.standard_normal(tail).astype(np.float32)
             for start in range(0, frames, block):
                 count = min(block, frames - start)
