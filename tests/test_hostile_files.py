@@ -875,3 +875,74 @@ def test_a_selection_by_index_reads_only_those_rows(tmp_path: Path) -> None:
         picked = position.isel(time=[0, 4095, 7], particle=[3, 1]).values
     assert picked.shape == (3, 2, 3)
     assert reads and all(shape[0] <= 3 for shape in reads), reads
+
+
+# --------------------------------------------------------------------------- bounded memory
+
+
+@pytest.fixture(scope="module")
+def long_trajectory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20,000 frames of 500 particles in 3-D (115 MiB as float32) and a [50,000, 40]
+    observable (15 MiB), all zeros the file holds as gzip chunks (a few MB on disk)."""
+    folder = tmp_path_factory.mktemp("long")
+    path = write_synthetic(folder / "long.h5", frames=20_000, particles=500, dim=3, fill=False)
+    with h5py.File(path, "a") as file:
+        loss = file.create_group("observables").create_group("spectrum")
+        steps = np.arange(50_000, dtype=np.int64)
+        loss.create_dataset("step", data=steps, chunks=(4096,), compression="gzip")
+        loss.create_dataset("time", data=steps * 0.01, chunks=(4096,), compression="gzip")
+        value = loss.create_dataset(
+            "value", shape=(50_000, 40), dtype=np.float64, chunks=(4096, 40), compression="gzip"
+        )
+        zero_chunks(value)
+    return path
+
+
+#: (command arguments, traced MiB allowed) with PARTICLESIM_SLICE_BYTES = 1 MiB: the values
+#: take 115 MiB (230 MiB as float64); the bound is a few slices plus coordinates and results.
+LONG_COMMANDS = {
+    "inspect": (("inspect", "--json"), 8),
+    "centroid": (("analyze", "centroid", "radius_of_gyration", "-o", "{tmp}/m.nc"), 16),
+    "msd": (("analyze", "msd", "-O", "lag=true", "-O", "max_lag=2", "-o", "{tmp}/m.nc"), 16),
+    "observables": (("plot", "--kind", "observables", "-o", "{tmp}/o.png", "--dpi", "20"), 24),
+    "animate": (("animate", "--every", "4000", "--projection", "pca", "-o", "{tmp}/a.gif"), 16),
+}
+
+
+@pytest.mark.parametrize("command", sorted(LONG_COMMANDS))
+def test_memory_is_bounded_by_the_slice_not_the_length(
+    command: str, long_trajectory: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from particlesim.analysis import plots
+
+    monkeypatch.setenv("PARTICLESIM_SLICE_BYTES", str(1 << 20))
+    monkeypatch.setattr(plots, "MAX_PLOT_VALUES", 100_000)  # an envelope of the 2,000,000 values
+    args, mebibytes = LONG_COMMANDS[command]
+    argv = [args[0], str(long_trajectory), *(a.format(tmp=tmp_path) for a in args[1:])]
+    warm = [argv[0], str(_sound(tmp_path / "warm.h5")), *argv[2:]]
+    if command == "observables":
+        warm = [*warm[:2], "-o", str(tmp_path / "w.png")]
+    runner.invoke(app, warm)  # imports, font caches
+    result, peak = _traced(lambda: runner.invoke(app, argv))
+    assert not isinstance(result, Exception) and result.exit_code == 0, result.output
+    assert peak < mebibytes << 20, f"{command}: {peak / 2**20:.1f} MiB traced"
+
+
+def test_a_gif_is_written_frame_by_frame(tmp_path: Path) -> None:
+    """The GIF writer appends each frame to the file (matplotlib's PillowWriter keeps them all)."""
+    from PIL import Image
+
+    from particlesim.analysis.plots import GifStreamWriter, new_figure
+
+    fig = new_figure(figsize=(2, 2), dpi=40)
+    ax = fig.add_subplot()
+    writer = GifStreamWriter(fps=4)
+    sizes = []
+    with writer.saving(fig, tmp_path / "a.gif", dpi=40):
+        for i in range(3):
+            ax.plot([0, 1], [0, i])
+            writer.grab_frame()
+            sizes.append((tmp_path / "a.gif").stat().st_size)
+    assert sizes[0] > 0 and sizes[0] < sizes[1] < sizes[2]  # on disk as it goes
+    with Image.open(tmp_path / "a.gif") as gif:
+        assert gif.n_frames == 3 and gif.info["duration"] == 250 and gif.info["loop"] == 0

@@ -2,9 +2,18 @@
 
 ``register(app)`` adds them to a typer app (the main one calls it once). Every
 command opens the trajectory with :func:`particlesim.io.trajectory.open_trajectory`
-and reports any problem as one ``error: …`` line with exit status 2.
+and reports any problem as one ``error: …`` line with exit status 2; what the
+reader leaves out or cuts short (a dangling link, values that are not numbers,
+series of different lengths) is a ``warning: …`` line naming its HDF5 path.
 Heavy imports (xarray, matplotlib, networkx) happen inside the commands so
 that ``particlesim --help`` stays fast.
+
+Memory does not grow with the trajectory's length beyond its coordinates (16
+bytes a frame of each clock) and the results (a few numbers a frame):
+``inspect`` reads one frame of each observable; ``analyze``, ``plot`` and
+``animate`` read values a slice of frames at a time, at most
+``PARTICLESIM_SLICE_BYTES`` (default 64 MiB as float64) and at least one frame
+(:mod:`particlesim.analysis.stream`); a GIF is written a frame at a time.
 """
 
 from __future__ import annotations
