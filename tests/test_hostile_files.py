@@ -46,7 +46,12 @@ from particlesim.io.h5md import (
     write_h5md_header,
     write_synthetic,
 )
-from particlesim.io.trajectory import TrajectoryWarning, open_group, open_trajectory
+from particlesim.io.trajectory import (
+    TrajectoryWarning,
+    left_open_for_writing,
+    open_group,
+    open_trajectory,
+)
 
 runner = CliRunner()
 
@@ -836,6 +841,52 @@ def test_a_file_being_written_shows_no_warning_for_its_frame_in_progress(tmp_pat
         warnings.simplefilter("error")
         ds = open_group(path, "hidden")
     assert ds.sizes["time"] == 4 and ds.position.shape == (4, 5, 2)
+
+
+def _values_ahead_of_step(path: Path, rows: int) -> Path:
+    """The writer's layout with every value and time ``rows`` frames ahead of ``step``."""
+    _sound(path)
+    with h5py.File(path, "a") as file:
+        step = file["particles/hidden/position/step"]
+        for name in ("position/time", "position/value", "charge/value"):
+            data = file[f"particles/hidden/{name}"][()]
+            del file[f"particles/hidden/{name}"]
+            more = np.concatenate([data, np.repeat(data[-1:], rows, axis=0)])
+            file.create_dataset(f"particles/hidden/{name}", data=more)
+        file["particles/hidden/charge"].pop("time")
+        file["particles/hidden/charge/time"] = file["particles/hidden/position/time"]
+        del file["observables/loss"]
+        loss = file["observables"].create_group("loss")
+        loss["step"], loss["time"] = step, file["particles/hidden/position/time"]
+        loss.create_dataset("value", data=np.arange(4.0 + rows))
+    return path
+
+
+def _flag_open_for_writing(path: Path) -> None:
+    """Set the superblock's "open for SWMR writing" flags, as a live or killed writer does."""
+    from particlesim.io.h5md import _lookup3
+
+    block = bytearray(path.read_bytes()[:48])
+    assert block[8] in (2, 3) and block[9] == 8  # superblock v2/v3, 8-byte offsets
+    block[11] = 0x05  # write access | SWMR write access
+    with path.open("r+b") as handle:
+        handle.write(bytes(block[:44]) + _lookup3(bytes(block[:44])).to_bytes(4, "little"))
+
+
+def test_a_live_file_reads_silently_however_far_values_run_ahead_of_step(
+    tmp_path: Path,
+) -> None:
+    """Read while the writer appends, later-read series are ahead; closed, that is a warning."""
+    live = _values_ahead_of_step(tmp_path / "live.h5", rows=3)
+    _flag_open_for_writing(live)
+    assert left_open_for_writing(live)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tree = open_trajectory(live)
+    assert tree["particles/hidden"].sizes["time"] == tree["observables"].sizes["time"] == 4
+    closed = _values_ahead_of_step(tmp_path / "closed.h5", rows=3)
+    with pytest.warns(TrajectoryWarning, match=r"position/value 7.*read the first 4 frames"):
+        open_trajectory(closed)
 
 
 def test_open_group_and_open_trajectory_agree_on_a_shared_clock(tmp_path: Path) -> None:

@@ -327,7 +327,7 @@ def inspect_command(
 
 def _interrupted_note(file: Path, info: dict[str, Any]) -> str | None:
     """The line that says a killed writer left ``file`` flagged open, and what to do."""
-    from particlesim.io.h5md import left_open_for_writing
+    from particlesim.io.trajectory import left_open_for_writing
 
     if not left_open_for_writing(file):
         return None
@@ -355,8 +355,13 @@ def recover_command(
     alive (its directory locked) is left alone.
     """
     from particlesim.io.checkpoint import LOCK_FILE, CheckpointError, run_lock
-    from particlesim.io.h5md import clear_status_flags, left_open_for_writing
-    from particlesim.io.trajectory import TrajectoryError, check_file, open_trajectory
+    from particlesim.io.h5md import clear_status_flags
+    from particlesim.io.trajectory import (
+        TrajectoryError,
+        check_file,
+        left_open_for_writing,
+        open_trajectory,
+    )
 
     for file in files:
         try:

@@ -89,6 +89,7 @@ from particlesim.core.triggers import (
 )
 from particlesim.core.writers import Request, Writer
 from particlesim.errors import OptionError, TrajectoryError
+from particlesim.io.trajectory import left_open_for_writing as left_open_for_writing
 
 if TYPE_CHECKING:
     from particlesim.core.simulation import Simulation
@@ -872,24 +873,6 @@ def _lookup3(data: bytes, initval: int = 0) -> int:
     b = (b ^ a) - rot(a, 14) & mask
     c = (c ^ b) - rot(b, 24) & mask
     return c
-
-
-def left_open_for_writing(path: str | os.PathLike[str]) -> bool:
-    """Whether an HDF5 file's superblock still says a writer has it open (a killed run).
-
-    Such a file opens only with ``swmr=True`` (plain ``h5py.File(path, "r")`` refuses it)
-    until :func:`clear_status_flags` (``particlesim recover``, ``h5clear -s``) resets the
-    flags. False for a closed file and for anything that is not HDF5 with a version 2/3
-    superblock.
-    """
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(12)
-    except OSError:
-        return False
-    return (
-        len(head) == 12 and head[:8] == b"\x89HDF\r\n\x1a\n" and head[8] in (2, 3) and head[11] != 0
-    )
 
 
 def clear_status_flags(path: str | os.PathLike[str]) -> bool:

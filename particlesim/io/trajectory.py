@@ -30,8 +30,9 @@ clock has ``min(len(step), len(time), len(value) …)`` frames over every series
 on it in the whole file, so the groups sampled together share one time axis
 (``open_group`` counts the other nodes' series too) and a file being written
 (or cut short by ``kill -9``) reads consistently. The writer appends a frame's
-values and ``time`` before its ``step``, so one row more than ``step`` is read
-silently; any other difference is a :class:`TrajectoryWarning` naming each
+values and ``time`` before its ``step``, so rows beyond ``step`` are read
+silently (any number while the file is flagged open for writing, one in a
+closed file); any other difference is a :class:`TrajectoryWarning` naming each
 series and its length.
 
 **Other axes.** ``position`` (and ``velocity``, ``force``, ``image`` when they
@@ -97,8 +98,10 @@ from particlesim.errors import TrajectoryError, close_matches
 __all__ = [
     "H5Array",
     "TrajectoryWarning",
+    "check_allocated",
     "check_file",
     "drop",
+    "left_open_for_writing",
     "open_group",
     "open_trajectory",
 ]
@@ -196,6 +199,22 @@ def _stored_eof(head: bytes) -> int | None:
     if eof == b"\xff" * offsets:
         return None
     return base + int.from_bytes(eof, "little")
+
+
+def left_open_for_writing(path: str | os.PathLike[str]) -> bool:
+    """Whether an HDF5 file's superblock says a writer has it open (a live or killed run).
+
+    Such a file opens only with ``swmr=True`` (plain ``h5py.File(path, "r")`` refuses it)
+    until :func:`particlesim.io.h5md.clear_status_flags` (``particlesim recover``,
+    ``h5clear -s``) resets the flags. False for a closed file and for anything that is not
+    HDF5 with a version 2/3 superblock.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+    except OSError:
+        return False
+    return len(head) == 12 and head[:8] == HDF5_SIGNATURE and head[8] in (2, 3) and head[11] != 0
 
 
 def read_limit() -> int:
@@ -532,6 +551,7 @@ class _Scan:
         self.path = path
         self.clocks: dict[Any, _Clock] = {}
         self.skipped: list[str] = []
+        self.writing = left_open_for_writing(path)  # a live run, or one killed
 
     def skip(self, name: str, reason: str, where: str | None = None) -> None:
         """Leave ``name`` out: listed in the root attr ``skipped``, a note naming ``where``."""
@@ -619,10 +639,12 @@ class _Scan:
 
         ``elements`` are those of every node read, so that the series sharing
         one clock (hard-linked ``step``) share one time axis everywhere. A
-        writer appends a frame's values and ``time`` before its ``step``, so in
-        a file being written, or left by a killed run, they may hold one row
-        more than ``step``: that is read silently. Any other difference is a
-        note naming every series and its length.
+        writer appends a frame's values and ``time`` before its ``step``: in a
+        file still flagged open for writing (a live run, read while it appends,
+        or a killed one) they may hold more rows than ``step``, in a closed one
+        one more (a frame cut by an error). That is read silently; any other
+        difference (``step`` longer than a value, or a closed file's series
+        apart by more than a frame) is a note naming each series and its length.
         """
         lengths: dict[Any, dict[str, int]] = {}
         for element in elements:
@@ -639,8 +661,8 @@ class _Scan:
                 series = {**series, time_name: len(clock.times)}
             frames = min(series.values())
             clock.frames = frames
-            in_progress = max(series.values()) - frames <= 1 and (
-                clock.steps is None or len(clock.steps) == frames
+            in_progress = (clock.steps is None or len(clock.steps) == frames) and (
+                self.writing or max(series.values()) - frames <= 1
             )
             if not in_progress:
                 reference = series.get(step_name, max(series.values()))
