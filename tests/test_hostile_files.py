@@ -24,6 +24,8 @@ import itertools
 import math
 import os
 import re
+import subprocess
+import sys
 import tracemalloc
 import warnings
 import zlib
@@ -821,6 +823,35 @@ def test_every_reader_names_the_hdf5_path_of_an_inconsistency(
         assert "\n" not in errors[0]
     else:
         assert naming[0].startswith("warning:"), f"{case}/{reader}: {lines}"
+
+
+PEAK_RSS_SCRIPT = """
+import resource, sys
+from typer.testing import CliRunner
+from particlesim.cli.app import app
+path, out = sys.argv[1], sys.argv[2]
+for args in (["inspect", path], ["analyze", path, "centroid", "-o", out + "/m.csv"],
+             ["plot", path, "-o", out + "/p.png"], ["animate", path, "-o", out + "/a.gif"]):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "declares 1000000000 frames" in result.stderr, result.output
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(peak if sys.platform == "darwin" else peak * 1024)
+"""
+
+
+def test_a_declared_billion_frames_keeps_the_peak_rss_of_a_small_file(tmp_path: Path) -> None:
+    """Resident memory, C allocations included (HDF5's), stays far below the 7.5 GiB declared."""
+    path = declared_frames(tmp_path / "trajectory.h5")
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_SCRIPT, str(path), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    peak = int(done.stdout.split()[-1])
+    assert peak < 1 << 30, f"peak RSS {peak / 2**20:.0f} MiB"
 
 
 def test_a_file_being_written_shows_no_warning_for_its_frame_in_progress(tmp_path: Path) -> None:
