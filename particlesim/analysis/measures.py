@@ -8,17 +8,25 @@ they are inner-joined on their ``step`` coordinate, so weights recorded
 every epoch meet the positions recorded at the same steps. A field on a
 secondary clock (``time_<k>``, ``step_<k>``) is read as if on ``time``.
 
+**Bounded memory.** Values are read a slice of frames at a time
+(:mod:`particlesim.analysis.stream`: at most ``PARTICLESIM_SLICE_BYTES``,
+default 64 MiB as float64, and at least one frame), so a measure over a
+trajectory of any length holds a few slices, the ``time``/``step``
+coordinates and its result, never the whole ``[T, N, D]`` history.
+
 No torch here: this module reads files written by any version of the engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import xarray as xr
 
+from particlesim.analysis.stream import blockwise, frames_per_slice, slices
 from particlesim.analysis.tree import AnalysisError
 
 ArrayLike = xr.Dataset | xr.DataArray
@@ -62,16 +70,51 @@ def _time_coords(da: xr.DataArray) -> dict[str, xr.DataArray]:
     return {str(k): v for k, v in da.coords.items() if v.dims == ("time",)}
 
 
-def _frames(
-    *arrays: xr.DataArray, core: Sequence[Sequence[str]]
-) -> tuple[list[np.ndarray], dict[str, xr.DataArray] | None]:
-    """Numpy stacks ``[T, *core]`` of the arrays, inner-joined on ``step`` (else ``time``).
+@dataclass
+class _Frames:
+    """Arrays aligned on ``time``, read a slice of frames at a time as numpy ``[t, *core]``.
 
-    Arrays without ``time`` (frozen fields) are broadcast views over the
-    frames of the others; dtypes are kept (callers cast one frame at a time,
-    so a float32 weight history is never copied whole). Returns the stacks
-    and the output's time coords (``time``, ``step``), or ``None`` when no
-    array has ``time`` (then ``T = 1``).
+    Arrays without ``time`` (frozen fields) are read once and repeated (broadcast
+    views) over the frames of the others; dtypes are kept (callers cast one frame
+    at a time). ``coords`` are the output's time coords (``time``, ``step``), or
+    ``None`` when no array has ``time`` (then there is one frame).
+    """
+
+    arrays: list[xr.DataArray]
+    core: Sequence[Sequence[str]]
+    n_frames: int
+    coords: dict[str, xr.DataArray] | None
+
+    def blocks(self) -> Iterator[list[np.ndarray]]:
+        """Stacks ``[t, *core]`` of the arrays for consecutive slices of frames."""
+        frozen = {
+            i: np.asarray(a.transpose(*dims).values)
+            for i, (a, dims) in enumerate(zip(self.arrays, self.core, strict=True))
+            if "time" not in a.dims
+        }
+        per = frames_per_slice(*self.arrays)
+        for part in slices(self.n_frames, per):
+            count = part.stop - part.start
+            stacks = []
+            for i, (a, dims) in enumerate(zip(self.arrays, self.core, strict=True)):
+                if i in frozen:
+                    stacks.append(np.broadcast_to(frozen[i], (count, *frozen[i].shape)))
+                else:
+                    stacks.append(np.asarray(a.isel(time=part).transpose("time", *dims).values))
+            yield stacks
+
+    def each(self) -> Iterator[list[np.ndarray]]:
+        """One frame at a time: the arrays' values ``[*core]`` at that frame."""
+        for stacks in self.blocks():
+            for t in range(stacks[0].shape[0]):
+                yield [stack[t] for stack in stacks]
+
+
+def _frames(*arrays: xr.DataArray, core: Sequence[Sequence[str]]) -> _Frames:
+    """The arrays inner-joined on ``step`` (else ``time``), to be read by :class:`_Frames`.
+
+    Nothing is read here but the coordinates; the join selects the common frames
+    lazily (a trajectory's variables then read only those rows).
     """
     timed = [i for i, a in enumerate(arrays) if "time" in a.dims]
     arrays = list(arrays)
@@ -92,14 +135,7 @@ def _frames(
             arrays[i] = a if key == "time" else a.swap_dims(step="time")
     coords = _time_coords(arrays[timed[0]]) if timed else None
     n_frames = arrays[timed[0]].sizes["time"] if timed else 1
-    stacks = []
-    for a, dims in zip(arrays, core, strict=True):
-        if "time" in a.dims:
-            values = a.transpose("time", *dims).values
-        else:
-            values = np.broadcast_to(a.transpose(*dims).values, (n_frames, *a.shape))
-        stacks.append(values)
-    return stacks, coords
+    return _Frames(arrays, core, n_frames, coords)
 
 
 def _result(
@@ -131,14 +167,6 @@ def _cdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def _pair_distances(a: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    """Flat distances: pairs ``i < j`` of ``a`` (``b`` None), else every ``(i, j)`` of a × b."""
-    if b is None:
-        i, j = np.triu_indices(a.shape[0], k=1)
-        return _cdist(a, a)[i, j]
-    return _cdist(a, b).ravel()
-
-
 # --- single-group measures ---------------------------------------------------------------
 
 
@@ -152,7 +180,7 @@ def centroid(ds: ArrayLike) -> xr.DataArray:
     Returns:
         ``(time, spatial)`` (``(spatial)`` for frozen positions), in length units.
     """
-    out = _positions(ds).mean("particle")
+    out = blockwise(_positions(ds), lambda pos: pos.mean("particle"))
     out.attrs = {"long_name": "centroid of positions"}
     return out.rename("centroid")
 
@@ -165,9 +193,12 @@ def radius_of_gyration(ds: ArrayLike) -> xr.DataArray:
     Returns:
         ``(time)`` (a scalar for frozen positions), in length units.
     """
-    pos = _positions(ds)
-    sq = ((pos - pos.mean("particle")) ** 2).sum("spatial")
-    out = np.sqrt(sq.mean("particle"))
+
+    def spread(pos: xr.DataArray) -> xr.DataArray:
+        sq = ((pos - pos.mean("particle")) ** 2).sum("spatial")
+        return np.sqrt(sq.mean("particle"))
+
+    out = blockwise(_positions(ds), spread)
     out.attrs = {"long_name": "radius of gyration"}
     return out.rename("radius_of_gyration")
 
@@ -196,18 +227,15 @@ def mean_squared_displacement(
     if not lag:
         if not -n_frames <= reference < n_frames:
             raise AnalysisError(f"reference frame {reference} out of range for {n_frames} frames")
-        disp = pos - pos.isel(time=reference, drop=True)
-        out = (disp**2).sum("spatial").mean("particle")
+        origin = pos.isel(time=reference, drop=True).load()
+        out = blockwise(pos, lambda block: ((block - origin) ** 2).sum("spatial").mean("particle"))
         out.attrs = {"long_name": "mean squared displacement", "reference_frame": reference}
         return out.rename("msd")
     top = n_frames - 1 if max_lag is None else min(int(max_lag), n_frames - 1)
     if top < 0:
         raise AnalysisError(f"max_lag must be >= 0, got {max_lag}")
-    values = pos.transpose("time", "particle", "spatial").values.astype(np.float64)
-    msd = np.empty(top + 1)
-    for tau in range(top + 1):
-        d = values[tau:] - values[: n_frames - tau]
-        msd[tau] = np.einsum("tnd,tnd->", d, d) / (d.shape[0] * d.shape[1])
+    msd = _lag_sums(pos.transpose("time", "particle", "spatial"), top)
+    msd /= (n_frames - np.arange(top + 1)) * pos.sizes["particle"]
     coords: dict[str, object] = {"lag": np.arange(top + 1)}
     times = np.asarray(pos["time"].values, dtype=np.float64)
     if n_frames > 1 and np.allclose(np.diff(times), times[1] - times[0]):
@@ -224,35 +252,82 @@ def mean_squared_displacement(
     )
 
 
+def _lag_sums(pos: xr.DataArray, top: int) -> np.ndarray:
+    """``Σ_{t0} Σ_i |r_i(t0+τ) - r_i(t0)|²`` for ``τ = 0 … top``, two slices in memory at a time.
+
+    Frames are read in slices of half the budget; each pair of slices ``A ≤ B``
+    adds the lags from a frame of A to a later frame of B (every pair of frames
+    once), so the whole history is never in memory; with one slice it reads once.
+    """
+    n_frames = pos.sizes["time"]
+    per = max(1, frames_per_slice(pos) // 2)
+    parts = list(slices(n_frames, per))
+    sums = np.zeros(top + 1)
+
+    def read(part: slice) -> np.ndarray:
+        return np.asarray(pos.isel(time=part).values, dtype=np.float64)
+
+    for i, first in enumerate(parts):
+        a = read(first)
+        for second in parts[i:]:
+            if second.start - (first.stop - 1) > top:
+                break
+            b = a if second == first else read(second)
+            lowest = max(0, second.start - first.stop + 1)
+            highest = min(top, second.stop - 1 - first.start)
+            for tau in range(lowest, highest + 1):
+                start = max(first.start, second.start - tau)  # frames t0 of A with t0+tau in B
+                stop = min(first.stop, second.stop - tau)
+                d = b[start + tau - second.start : stop + tau - second.start]
+                d = d - a[start - first.start : stop - first.start]
+                sums[tau] += np.einsum("tnd,tnd->", d, d)
+    return sums
+
+
+def _pair_chunks(a: np.ndarray, b: np.ndarray | None) -> Iterator[np.ndarray]:
+    """Flat distances, a few rows at a time: pairs ``i < j`` of ``a`` (``b`` None), else a × b."""
+    a = np.asarray(a, dtype=np.float64)
+    other = a if b is None else np.asarray(b, dtype=np.float64)
+    rows = max(1, _CHUNK_ELEMENTS // max(1, other.shape[0] * max(1, a.shape[1])))
+    for start in range(0, a.shape[0], rows):
+        d = _cdist(a[start : start + rows], other)
+        if b is None:  # pairs i < j only
+            i = np.arange(start, start + d.shape[0])[:, None]
+            d = d[np.arange(other.shape[0])[None, :] > i]
+        yield d.ravel()
+
+
 def max_pair_distance(a: ArrayLike, b: ArrayLike | None = None) -> float:
     """Largest pairwise distance in any frame (within ``a``, or between ``a`` and ``b``).
 
     The default upper edge of :func:`pair_distance_histogram`; a caller
     histogramming several groups on shared bins takes the max over them.
     """
+    top = 0.0
+    for frame in _pair_frames(a, b).each():
+        for chunk in _pair_chunks(frame[0], frame[1] if len(frame) > 1 else None):
+            top = max(top, float(chunk.max(initial=0)))
+    return top
+
+
+def _pair_frames(a: ArrayLike, b: ArrayLike | None) -> _Frames:
     pa = _positions(a)
     if b is None:
-        (stack,), _ = _frames(pa, core=[("particle", "spatial")])
-        other = None
-    else:
-        pb = _positions(b).rename(particle="particle_b")
-        (stack, other), _ = _frames(
-            pa, pb, core=[("particle", "spatial"), ("particle_b", "spatial")]
-        )
-    return max(
-        (
-            float(_pair_distances(stack[t], None if other is None else other[t]).max(initial=0))
-            for t in np.arange(stack.shape[0])
-        ),
-        default=0.0,
-    )
+        return _frames(pa, core=[("particle", "spatial")])
+    pb = _positions(b).rename(particle="particle_b")
+    return _frames(pa, pb, core=[("particle", "spatial"), ("particle_b", "spatial")])
 
 
 def charge_range(ds: ArrayLike) -> tuple[float, float]:
     """Smallest and largest finite charge in any frame and channel (``(0, 1)`` if none)."""
-    values = np.asarray(_field(ds, "charge").values, dtype=np.float64)
-    finite = values[np.isfinite(values)]
-    return (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    q = _field(ds, "charge")
+    lo, hi = np.inf, -np.inf
+    for (block,) in _frames(q, core=[[d for d in q.dims if d != "time"]]).blocks():
+        values = np.asarray(block, dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    return (lo, hi) if hi >= lo else (0.0, 1.0)
 
 
 def pair_distance_histogram(
@@ -280,20 +355,7 @@ def pair_distance_histogram(
     """
     if bins < 1:
         raise AnalysisError(f"bins must be a positive integer, got {bins}")
-    pa = _positions(a)
-    if b is None:
-        (stack,), coords = _frames(pa, core=[("particle", "spatial")])
-        other = None
-    else:
-        pb = _positions(b).rename(particle="particle_b")
-        (stack, other), coords = _frames(
-            pa, pb, core=[("particle", "spatial"), ("particle_b", "spatial")]
-        )
-
-    def frame(t: int) -> np.ndarray:
-        return _pair_distances(stack[t], None if other is None else other[t])
-
-    n_frames = stack.shape[0]
+    frames = _pair_frames(a, b)
     if range is None:
         top = max_pair_distance(a, b)
         range = (0.0, top if top > 0 else 1.0)
@@ -301,12 +363,15 @@ def pair_distance_histogram(
     if not hi > lo:
         raise AnalysisError(f"range must be (low, high) with high > low, got {range}")
     edges = np.linspace(lo, hi, bins + 1)
-    counts = np.stack([np.histogram(frame(t), bins=edges)[0] for t in np.arange(n_frames)])
-    n_pairs = (
-        stack.shape[1] * (stack.shape[1] - 1) // 2
-        if other is None
-        else stack.shape[1] * other.shape[1]
-    )
+    counts = np.zeros((frames.n_frames, bins), dtype=np.int64)
+    sizes = [frames.arrays[0].sizes["particle"]]
+    if b is not None:
+        sizes.append(frames.arrays[1].sizes["particle_b"])
+    for t, frame in enumerate(frames.each()):
+        for chunk in _pair_chunks(frame[0], frame[1] if b is not None else None):
+            counts[t] += np.histogram(chunk, bins=edges)[0]
+    coords = frames.coords
+    n_pairs = sizes[0] * (sizes[0] - 1) // 2 if b is None else sizes[0] * sizes[1]
     width = edges[1] - edges[0]
     values = counts / (n_pairs * width) if density and n_pairs else counts.astype(np.int64)
     return _result(
@@ -357,15 +422,18 @@ def charge_histogram(
         counts = np.histogram(x, bins=edges)[0]
         return counts / (x.size * width) if density else counts
 
-    out = xr.apply_ufunc(
-        hist,
-        q,
-        input_core_dims=[["particle"]],
-        output_core_dims=[["charge_bin"]],
-        vectorize=True,
-        output_dtypes=[np.float64 if density else np.int64],
-        dask_gufunc_kwargs={"output_sizes": {"charge_bin": bins}},
-    )
+    def histograms(block: xr.DataArray) -> xr.DataArray:
+        return xr.apply_ufunc(
+            hist,
+            block,
+            input_core_dims=[["particle"]],
+            output_core_dims=[["charge_bin"]],
+            vectorize=True,
+            output_dtypes=[np.float64 if density else np.int64],
+            dask_gufunc_kwargs={"output_sizes": {"charge_bin": bins}},
+        )
+
+    out = blockwise(q, histograms)
     out = out.assign_coords(charge_bin=0.5 * (edges[:-1] + edges[1:]))
     order = [d for d in ("time", "channel") if d in out.dims]
     out = out.transpose(*order, ..., "charge_bin")
@@ -381,8 +449,8 @@ def charge_histogram(
 
 def _weight_distance_frames(
     weight: ArrayLike, source_positions: ArrayLike, target_positions: ArrayLike
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, xr.DataArray] | None]:
-    """``w [T, H, J]``, source ``[T, J, D]``, target ``[T, H, D]`` and time coords."""
+) -> _Frames:
+    """Frames of ``w [H, J]``, source ``[J, D]`` and target ``[H, D]``, with time coords."""
     w = _field(weight, "weight")
     if {"target", "source"} - set(map(str, w.dims)):
         raise AnalysisError(f"weights need dims (time, target, source), got {tuple(w.dims)}")
@@ -393,10 +461,9 @@ def _weight_distance_frames(
             f"weight shape (target {w.sizes['target']}, source {w.sizes['source']}) does not "
             f"match the groups' particle counts ({tgt.sizes['target']}, {src.sizes['source']})"
         )
-    (w_, s_, t_), coords = _frames(
+    return _frames(
         w, src, tgt, core=[("target", "source"), ("source", "spatial"), ("target", "spatial")]
     )
-    return w_, s_, t_, coords
 
 
 def connection_length(
@@ -416,13 +483,13 @@ def connection_length(
     Returns:
         ``(time)``, in length units.
     """
-    w, src, tgt, coords = _weight_distance_frames(weight, source_positions, target_positions)
-    values = np.empty(w.shape[0])
-    for t in np.arange(w.shape[0]):
-        strength = np.abs(np.asarray(w[t], dtype=np.float64))
+    frames = _weight_distance_frames(weight, source_positions, target_positions)
+    values = np.empty(frames.n_frames)
+    for t, (w, src, tgt) in enumerate(frames.each()):
+        strength = np.abs(np.asarray(w, dtype=np.float64))
         total = strength.sum()
-        values[t] = (strength * _cdist(tgt[t], src[t])).sum() / total if total > 0 else np.nan
-    return _result(values, coords, (), attrs={"long_name": "connection length"}).rename(
+        values[t] = (strength * _cdist(tgt, src)).sum() / total if total > 0 else np.nan
+    return _result(values, frames.coords, (), attrs={"long_name": "connection length"}).rename(
         "connection_length"
     )
 
@@ -461,17 +528,17 @@ def weight_distance_correlation(
     """
     if method not in ("pearson", "spearman"):
         raise AnalysisError(f"method must be 'pearson' or 'spearman', got {method!r}")
-    w, src, tgt, coords = _weight_distance_frames(weight, source_positions, target_positions)
-    values = np.empty(w.shape[0])
-    for t in np.arange(w.shape[0]):
-        x = np.abs(np.asarray(w[t], dtype=np.float64)).ravel()
-        y = _cdist(tgt[t], src[t]).ravel()
+    frames = _weight_distance_frames(weight, source_positions, target_positions)
+    values = np.empty(frames.n_frames)
+    for t, (w, src, tgt) in enumerate(frames.each()):
+        x = np.abs(np.asarray(w, dtype=np.float64)).ravel()
+        y = _cdist(tgt, src).ravel()
         if method == "spearman":
             x, y = _ranks(x), _ranks(y)
         values[t] = _pearson(x, y)
     return _result(
         values,
-        coords,
+        frames.coords,
         (),
         attrs={"long_name": f"{method} correlation of |weight| with distance", "method": method},
     ).rename("weight_distance_correlation")

@@ -5,6 +5,16 @@ never through ``pyplot``, so nothing leaks between calls (no global current
 figure, no GUI backend needed). Positions are drawn in the shared space of
 all groups: each group with its own marker, every particle coloured by its
 charge (first channel) on one symmetric colour scale, frozen fields included.
+
+**Bounded memory.** Nothing here loads a whole history: positions and
+charges are read a slice of frames at a time (:mod:`particlesim.analysis.stream`,
+``PARTICLESIM_SLICE_BYTES``, default 64 MiB) to fit the axis limits, the colour
+scale and the PCA projection (a running mean and D × D scatter matrix), and one
+frame at a time to draw; an observable is read whole when it has at most
+:data:`MAX_PLOT_VALUES` values, else a slice at a time and drawn as the min/max
+envelope of :data:`MAX_PLOT_VALUES` / 2 buckets. A ``.gif`` is written a frame
+at a time (:class:`GifStreamWriter`), an ``.mp4`` through ffmpeg's pipe: the
+animation holds one image, not one per frame.
 """
 
 from __future__ import annotations
@@ -12,17 +22,20 @@ from __future__ import annotations
 import math
 import shutil
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from io import BytesIO
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
+from matplotlib.animation import AbstractMovieWriter
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure, SubFigure
 
+from particlesim.analysis.stream import frames_per_slice, read_rows, slices
 from particlesim.analysis.tree import (
     AnalysisError,
     check_groups,
@@ -39,6 +52,8 @@ ANIMATION_SUFFIXES = (".gif", ".mp4")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 CMAP = "coolwarm"
 FROZEN_COLOR = "0.55"
+#: Values of one observable drawn as they are; a longer one is drawn as a min/max envelope.
+MAX_PLOT_VALUES = 2_000_000
 
 
 def new_figure(**kwargs: Any) -> Figure:
@@ -90,9 +105,7 @@ def plot_observables(
             values = np.atleast_1d(np.asarray(da.values, dtype=np.float64)).reshape(1, -1)
             x = np.zeros(1)
         else:
-            values = np.asarray(da.transpose(dim, ...).values, dtype=np.float64)
-            values = values.reshape(values.shape[0], -1)
-            x = step_coord(obs, dim)
+            x, values = _series(da, dim, step_coord(obs, dim))
         style = "o-" if values.shape[0] <= 30 else "-"
         ax.plot(x, values, style, markersize=3, linewidth=1.2)
         ax.set_title(name, fontsize=10)
@@ -102,6 +115,34 @@ def plot_observables(
             ax.set_ylabel(str(unit))
         ax.grid(alpha=0.3)
     return fig
+
+
+def _series(da: xr.DataArray, dim: str, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(x [k], values [k, C])`` of an observable over ``dim``, at most MAX_PLOT_VALUES values.
+
+    Up to :data:`MAX_PLOT_VALUES` values it is the observable itself; beyond, the
+    frames are cut into buckets and each gives two points, its smallest value at
+    its first step and its largest at its last (per component), read a slice at
+    a time: a spike stays visible, memory stays bounded.
+    """
+    da = da.transpose(dim, ...)
+    n = da.sizes[dim]
+    width = max(1, math.prod(int(v) for d, v in da.sizes.items() if d != dim))
+    if n * width <= MAX_PLOT_VALUES:
+        values = np.asarray(da.values, dtype=np.float64)
+        return steps, values.reshape(values.shape[0], -1)
+    size = math.ceil(n / max(1, MAX_PLOT_VALUES // (2 * width)))  # frames of a bucket
+    per = max(size, frames_per_slice(da, dim=dim) // size * size)
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    for part in slices(n, per):
+        block = np.asarray(da.isel({dim: part}).values, dtype=np.float64).reshape(-1, width)
+        for start in range(0, block.shape[0], size):
+            bucket = block[start : start + size]
+            first, last = part.start + start, part.start + start + bucket.shape[0] - 1
+            xs.append(np.asarray([steps[first], steps[last]]))
+            ys.append(np.stack([np.fmin.reduce(bucket, axis=0), np.fmax.reduce(bucket, axis=0)]))
+    return np.concatenate(xs), np.concatenate(ys)
 
 
 # --- positions ----------------------------------------------------------------------------
@@ -114,7 +155,8 @@ class _Scene:
     moving groups are read at the nearest recorded step; frozen fields are
     drawn at every frame. For ``pca`` the two principal axes are fitted once
     to the positions pooled over every group and every drawn frame, so an
-    animation keeps one projection.
+    animation keeps one projection. Passes over the drawn frames (the PCA fit,
+    the colour scale, the axis limits) read a slice of frames at a time.
     """
 
     def __init__(
@@ -156,18 +198,38 @@ class _Scene:
             raise AnalysisError(f"projection '3d' needs D >= 3, positions have D = {self.dim}")
         self.mode = mode
         self.frames = self._check_frames(frames)
+        self._rows: dict[tuple[str, str], np.ndarray | None] = {}
         self.mean = np.zeros(self.dim)
         self.basis: np.ndarray | None = None
         self.explained: np.ndarray | None = None
         if mode == "pca":
-            pooled = np.concatenate(
-                [self.positions(name, f) for f in self.frames for name in self.groups]
-            )
-            self.mean = pooled.mean(axis=0)
-            _, s, vt = np.linalg.svd(pooled - self.mean, full_matrices=False)
-            self.basis = vt[:2].T
-            var = s**2
-            self.explained = var[:2] / var.sum() if var.sum() > 0 else np.zeros(2)
+            self._fit_pca()
+
+    def _fit_pca(self) -> None:
+        """Principal axes of the positions of every group at every drawn frame, streamed.
+
+        A running mean and D × D scatter matrix (Chan et al.'s pairwise update)
+        stand in for the pooled points; the axes are its leading eigenvectors,
+        each signed so that its largest component is positive.
+        """
+        count, mean, scatter = 0, np.zeros(self.dim), np.zeros((self.dim, self.dim))
+        for name in self.groups:
+            for points in self.each(name, "position"):
+                if not len(points):
+                    continue
+                k, m = len(points), points.mean(axis=0)
+                centred = points - m
+                delta = m - mean
+                scatter += centred.T @ centred + np.outer(delta, delta) * count * k / (count + k)
+                mean += delta * k / (count + k)
+                count += k
+        self.mean = mean
+        var, vectors = np.linalg.eigh(scatter)
+        var, vectors = np.clip(var[::-1], 0, None), vectors[:, ::-1]
+        basis = vectors[:, :2]
+        signs = np.sign(basis[np.abs(basis).argmax(axis=0), np.arange(basis.shape[1])])
+        self.basis = basis * np.where(signs == 0, 1.0, signs)
+        self.explained = var[:2] / var.sum() if var.sum() > 0 else np.zeros(2)
 
     def _check_frames(self, frames: Sequence[int] | slice | None) -> list[int]:
         if frames is None:
@@ -186,26 +248,50 @@ class _Scene:
             raise AnalysisError("no frames selected")
         return out
 
-    def _at(self, da: xr.DataArray, frame: int) -> xr.DataArray:
-        if "time" not in da.dims or self.axis is None:
-            return da
-        if "step" in da.coords and "step" in self.axis.coords:
-            step = self.axis["step"].values[frame]
-            return da.swap_dims(time="step").sel(step=step, method="nearest")
-        return da.sel(time=self.axis.values[frame], method="nearest")
+    def _field(self, name: str, var: str) -> xr.DataArray:
+        da = self.groups[name][var]
+        return da.isel(channel=0) if "channel" in da.dims else da
+
+    def _row_of(self, name: str, var: str) -> np.ndarray | None:
+        """Row of ``var`` of group ``name`` at each frame of the axis (None: no time)."""
+        key = (name, var)
+        if key not in self._rows:
+            da = self._field(name, var)
+            if "time" not in da.dims or self.axis is None:
+                self._rows[key] = None
+            elif "step" in da.coords and "step" in self.axis.coords:  # the nearest step
+                index = da.swap_dims(time="step").indexes["step"]
+                self._rows[key] = index.get_indexer(self.axis["step"].values, method="nearest")
+            else:
+                index = da.indexes["time"]
+                self._rows[key] = index.get_indexer(self.axis.values, method="nearest")
+        return self._rows[key]
+
+    def _order(self, var: str) -> tuple[str, ...]:
+        return ("particle", "spatial") if var == "position" else ("particle",)
+
+    def _read(self, name: str, var: str, frame: int) -> np.ndarray:
+        da, rows = self._field(name, var), self._row_of(name, var)
+        if rows is not None:
+            da = da.isel(time=int(rows[frame]))
+        return np.asarray(da.transpose(*self._order(var)).values, dtype=np.float64)
+
+    def each(self, name: str, var: str) -> Iterator[np.ndarray]:
+        """``var`` of group ``name`` at each drawn frame, read a slice of frames at a time."""
+        rows = self._row_of(name, var)
+        wanted = np.zeros(len(self.frames), dtype=np.int64)
+        if rows is not None:
+            wanted = rows[np.asarray(self.frames, dtype=np.int64)]
+        for values in read_rows(self._field(name, var), wanted, self._order(var)):
+            yield np.asarray(values, dtype=np.float64)
 
     def positions(self, name: str, frame: int) -> np.ndarray:
-        pos = self._at(self.groups[name]["position"], frame)
-        return np.asarray(pos.transpose("particle", "spatial").values, dtype=np.float64)
+        return self._read(name, "position", frame)
 
     def charges(self, name: str, frame: int) -> np.ndarray | None:
-        ds = self.groups[name]
-        if "charge" not in ds.data_vars:
+        if "charge" not in self.groups[name].data_vars:
             return None
-        q = self._at(ds["charge"], frame)
-        if "channel" in q.dims:
-            q = q.isel(channel=0)
-        return np.asarray(q.transpose("particle").values, dtype=np.float64)
+        return self._read(name, "charge", frame)
 
     def multichannel(self) -> bool:
         return any(
@@ -243,9 +329,10 @@ class _Scene:
         top = 0.0
         found = False
         for name in self.groups:
-            for f in self.frames:
-                q = self.charges(name, f)
-                if q is not None and q.size:
+            if "charge" not in self.groups[name].data_vars:
+                continue
+            for q in self.each(name, "charge"):
+                if q.size:
                     found = True
                     top = max(top, float(np.nanmax(np.abs(q))))
         if not found:
@@ -254,10 +341,18 @@ class _Scene:
         return Normalize(-top, top)
 
     def limits(self) -> list[tuple[float, float]]:
-        pts = np.concatenate(
-            [self.project(n, self.positions(n, f)) for f in self.frames for n in self.groups]
-        )
-        lo, hi = pts.min(axis=0), pts.max(axis=0)
+        lo = hi = None
+        width = 3 if self.mode == "3d" else 2
+        for name in self.groups:
+            for points in self.each(name, "position"):
+                if not len(points):
+                    continue
+                pts = self.project(name, points)
+                low, high = pts.min(axis=0), pts.max(axis=0)
+                lo = low if lo is None else np.minimum(lo, low)
+                hi = high if hi is None else np.maximum(hi, high)
+        if lo is None or hi is None:  # no particle anywhere: numpy's own error
+            lo = hi = np.empty((0, width)).min(axis=0)
         pad = np.maximum(0.05 * (hi - lo), 0.05)
         if self.mode == "1d":
             return [(lo[0] - pad[0], hi[0] + pad[0]), (-0.5, len(self.groups) - 0.5)]
@@ -377,6 +472,43 @@ def plot_summary(
 # --- animation ----------------------------------------------------------------------------
 
 
+class GifStreamWriter(AbstractMovieWriter):
+    """Write a ``.gif`` a frame at a time, holding one image.
+
+    matplotlib's ``PillowWriter`` keeps every frame until the end (an RGB image
+    each, about 1 MB at the default size), so memory grows with the animation's
+    length. Here each frame is reduced to its own 256-colour palette (as Pillow
+    does when it saves a GIF) and appended to the file at once, with its palette
+    as a local colour table; the file ends with the GIF trailer in ``finish``.
+    """
+
+    def setup(self, fig: Figure, outfile: str | Path, dpi: float | None = None) -> None:
+        super().setup(fig, outfile, dpi=dpi)
+        self._handle = open(outfile, "wb")  # noqa: SIM115 (closed in finish)
+        self._count = 0
+
+    def grab_frame(self, **savefig_kwargs: Any) -> None:
+        from PIL import GifImagePlugin, Image
+
+        buffer = BytesIO()
+        self.fig.savefig(buffer, **{**savefig_kwargs, "format": "rgba", "dpi": self.dpi})
+        rgba = Image.frombuffer("RGBA", self.frame_size, buffer.getbuffer(), "raw", "RGBA", 0, 1)
+        image = rgba.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE)
+        duration = int(1000 / self.fps)
+        if self._count == 0:
+            header, _ = GifImagePlugin.getheader(image, info={"loop": 0, "duration": duration})
+            self._handle.write(b"".join(header))
+        for data in GifImagePlugin.getdata(image, duration=duration, include_color_table=True):
+            self._handle.write(data)
+        self._handle.flush()  # on disk frame by frame, as ffmpeg's pipe would have it
+        self._count += 1
+
+    def finish(self) -> None:
+        if not self._handle.closed:
+            self._handle.write(b";")  # the GIF trailer
+            self._handle.close()
+
+
 def check_animation_path(out_path: str | Path) -> str:
     """The writer for ``out_path``: ``"pillow"`` (.gif) or ``"ffmpeg"`` (.mp4), or an error."""
     suffix = Path(out_path).suffix.lower()
@@ -411,7 +543,9 @@ def animate(
     One figure is drawn and then updated frame by frame by
     ``matplotlib.animation.FuncAnimation``; axis limits, the colour scale and
     (for D > 3) the PCA projection are fixed over all frames so motion is
-    real motion. ``.gif`` uses Pillow; ``.mp4`` needs ``ffmpeg`` on PATH.
+    real motion. ``.gif`` is written a frame at a time with Pillow
+    (:class:`GifStreamWriter`); ``.mp4`` needs ``ffmpeg`` on PATH. Memory holds
+    one frame of each group and one image, whatever the number of frames.
 
     Args:
         frames: indices into the frame axis, or a slice (``slice(None, None, 5)``:
@@ -423,7 +557,7 @@ def animate(
     Returns:
         The written path.
     """
-    from matplotlib.animation import FFMpegWriter, FuncAnimation, PillowWriter
+    from matplotlib.animation import FFMpegWriter, FuncAnimation
 
     out_path = Path(out_path)
     kind = check_animation_path(out_path)
@@ -435,7 +569,7 @@ def animate(
     fig.canvas.draw()  # lay out once; then freeze it, so axes stay put and frames are cheap
     fig.set_layout_engine("none")
     anim = FuncAnimation(fig, update, frames=len(scene.frames), blit=False, repeat=False)
-    writer = PillowWriter(fps=fps) if kind == "pillow" else FFMpegWriter(fps=fps)
+    writer = GifStreamWriter(fps=fps) if kind == "pillow" else FFMpegWriter(fps=fps)
     if callable(progress):
         anim.save(out_path, writer=writer, dpi=dpi, progress_callback=progress)
     elif progress:
@@ -465,6 +599,7 @@ def animate(
 __all__ = [
     "ANIMATION_SUFFIXES",
     "PROJECTIONS",
+    "GifStreamWriter",
     "animate",
     "check_animation_path",
     "new_figure",

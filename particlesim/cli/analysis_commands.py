@@ -2,9 +2,18 @@
 
 ``register(app)`` adds them to a typer app (the main one calls it once). Every
 command opens the trajectory with :func:`particlesim.io.trajectory.open_trajectory`
-and reports any problem as one ``error: …`` line with exit status 2.
+and reports any problem as one ``error: …`` line with exit status 2; what the
+reader leaves out or cuts short (a dangling link, values that are not numbers,
+series of different lengths) is a ``warning: …`` line naming its HDF5 path.
 Heavy imports (xarray, matplotlib, networkx) happen inside the commands so
 that ``particlesim --help`` stays fast.
+
+Memory does not grow with the trajectory's length beyond its coordinates (16
+bytes a frame of each clock) and the results (a few numbers a frame):
+``inspect`` reads one frame of each observable; ``analyze``, ``plot`` and
+``animate`` read values a slice of frames at a time, at most
+``PARTICLESIM_SLICE_BYTES`` (default 64 MiB as float64) and at least one frame
+(:mod:`particlesim.analysis.stream`); a GIF is written a frame at a time.
 """
 
 from __future__ import annotations
@@ -318,7 +327,7 @@ def inspect_command(
 
 def _interrupted_note(file: Path, info: dict[str, Any]) -> str | None:
     """The line that says a killed writer left ``file`` flagged open, and what to do."""
-    from particlesim.io.h5md import left_open_for_writing
+    from particlesim.io.trajectory import left_open_for_writing
 
     if not left_open_for_writing(file):
         return None
@@ -346,8 +355,13 @@ def recover_command(
     alive (its directory locked) is left alone.
     """
     from particlesim.io.checkpoint import LOCK_FILE, CheckpointError, run_lock
-    from particlesim.io.h5md import clear_status_flags, left_open_for_writing
-    from particlesim.io.trajectory import TrajectoryError, check_file, open_trajectory
+    from particlesim.io.h5md import clear_status_flags
+    from particlesim.io.trajectory import (
+        TrajectoryError,
+        check_file,
+        left_open_for_writing,
+        open_trajectory,
+    )
 
     for file in files:
         try:

@@ -63,11 +63,13 @@ and appends from there. Nothing before the checkpoint is rewritten.
 from __future__ import annotations
 
 import getpass
+import itertools
 import json
 import math
 import os
 import platform
 import weakref
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +89,7 @@ from particlesim.core.triggers import (
 )
 from particlesim.core.writers import Request, Writer
 from particlesim.errors import OptionError, TrajectoryError
+from particlesim.io.trajectory import left_open_for_writing as left_open_for_writing
 
 if TYPE_CHECKING:
     from particlesim.core.simulation import Simulation
@@ -872,24 +875,6 @@ def _lookup3(data: bytes, initval: int = 0) -> int:
     return c
 
 
-def left_open_for_writing(path: str | os.PathLike[str]) -> bool:
-    """Whether an HDF5 file's superblock still says a writer has it open (a killed run).
-
-    Such a file opens only with ``swmr=True`` (plain ``h5py.File(path, "r")`` refuses it)
-    until :func:`clear_status_flags` (``particlesim recover``, ``h5clear -s``) resets the
-    flags. False for a closed file and for anything that is not HDF5 with a version 2/3
-    superblock.
-    """
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(12)
-    except OSError:
-        return False
-    return (
-        len(head) == 12 and head[:8] == b"\x89HDF\r\n\x1a\n" and head[8] in (2, 3) and head[11] != 0
-    )
-
-
 def clear_status_flags(path: str | os.PathLike[str]) -> bool:
     """Clear the "open for (SWMR) writing" flags a killed writer left; True if any were set.
 
@@ -975,8 +960,9 @@ def write_synthetic(
 
     Writes ``/particles/<group>/position/{step, time, value [frames, particles, dim]}``
     (plus ``/h5md`` and ``box``) in blocks of ``block`` frames, with the writer's
-    chunk shape. ``fill=False`` declares the full-size value dataset without
-    writing it (HDF5 allocates no chunks), for tests of lazy opening.
+    chunk shape. ``fill=False`` writes zeros instead, as gzip chunks written
+    directly (every chunk allocated, a few bytes each: a file of any declared size
+    in a moment and a few MB), for tests of lazy opening and of bounded memory.
     """
     path = Path(path)
     rng = np.random.default_rng(seed)
@@ -996,14 +982,21 @@ def write_synthetic(
             "time", data=steps * 0.01, maxshape=(None,), chunks=(SCALAR_FRAMES_PER_CHUNK,)
         )
         tail = (particles, dim)
+        chunks = value_chunks(tail)
         value = element.create_dataset(
             "value",
             shape=(frames, *tail),
             maxshape=(None, *tail),
             dtype=np.float32,
-            chunks=value_chunks(tail),
+            chunks=chunks,
+            **({} if fill else {"compression": "gzip"}),
         )
-        if fill:
+        if not fill:
+            zeros = zlib.compress(bytes(math.prod(chunks) * 4))
+            starts = [range(0, n, c) for n, c in zip(value.shape, chunks, strict=True)]
+            for offset in itertools.product(*starts):
+                value.id.write_direct_chunk(offset, zeros)
+        else:
             current = rng.standard_normal(tail).astype(np.float32)
             for start in range(0, frames, block):
                 count = min(block, frames - start)

@@ -25,9 +25,15 @@ the most frames is ``time`` (ties: most elements, then file order); any other
 is ``time_<label>`` with coords ``time_<label>`` and ``step_<label>``, where
 ``<label>`` is the ``particlesim_series`` attribute of its ``step`` dataset
 (``epoch`` for the per-epoch observables) or, in files from other programs,
-the name of the first field or observable on it (``time_velocity``). Each
-dim has ``min(len(step), len(time), len(value) …)`` frames, so a file being
-written (or cut short by ``kill -9``) reads consistently.
+the name of the first field or observable on it (``time_velocity``). A
+clock has ``min(len(step), len(time), len(value) …)`` frames over every series
+on it in the whole file, so the groups sampled together share one time axis
+(``open_group`` counts the other nodes' series too) and a file being written
+(or cut short by ``kill -9``) reads consistently. The writer appends a frame's
+values and ``time`` before its ``step``, so rows beyond ``step`` are read
+silently (any number while the file is flagged open for writing, one in a
+closed file); any other difference is a :class:`TrajectoryWarning` naming each
+series and its length.
 
 **Other axes.** ``position`` (and ``velocity``, ``force``, ``image`` when they
 have D components) use ``spatial``; multi-channel ``charge`` uses ``channel``;
@@ -35,10 +41,14 @@ any other trailing axis of a field or observable ``x`` is ``x_dim_<i>``.
 An observable named like a coordinate (``time``, ``step``) is stored as
 ``<name>_observable``.
 
-**Lazy.** Opening reads only metadata and the small ``step``/``time``
-datasets; every value is an :class:`H5Array` that opens the file (with SWMR,
-so a file still being written can be read) for the duration of one read and
-holds no handle, so Datasets pickle and work with dask.
+**Lazy, bounded.** Opening reads only metadata and the ``step``/``time``
+datasets (the coordinates: 16 bytes a frame of each clock, in memory); every
+value is an :class:`H5Array` that opens the file (with SWMR, so a file still
+being written can be read) for the duration of one read and holds no handle,
+so Datasets pickle and work with dask (``xr.open_dataset(…, chunks={})``
+reads in the file's chunks). A read allocates what it returns and no more: a
+selection by index reads those rows, not the span between them. The analysis
+reads values a slice of frames at a time (:mod:`particlesim.analysis.stream`).
 
 Files from other H5MD writers are read as far as they follow the standard;
 what particlesim would have written but is missing is listed in the root
@@ -51,19 +61,29 @@ virtual datasets and external raw storage (which could point at any file),
 paths that are not regular files (a FIFO would block, a device never ends),
 ``step`` datasets that are not 1-D integers, and any read larger than the
 machine's memory (a 12-byte header can declare a terabyte dataset; set
-``PARTICLESIM_MAX_READ_BYTES`` to lower the limit). Elements whose values are
-not numbers are skipped (listed in the root attr ``skipped``); link cycles and
-groups nested deeper than :data:`MAX_DEPTH` are not followed.
+``PARTICLESIM_MAX_READ_BYTES`` to lower the limit). Declared lengths are
+checked against what the file holds (:func:`check_allocated`: the chunks a
+chunked dataset has allocated, the bytes a contiguous one stores), before
+``step`` and ``time`` are read and for the frames each value is read for: a
+dataset resized to 10^9 frames and never written is refused, naming it, where
+HDF5 would have read gigabytes of fill values. What is left out is never
+silent: a dangling soft link, an element whose values are not numbers
+(strings, compound records, variable-length data), one without ``step`` or
+``value``, a link cycle or a group nested deeper than :data:`MAX_DEPTH` is a
+:class:`TrajectoryWarning` naming its HDF5 path (once per open); elements and
+groups left out are also listed in the root attr ``skipped``.
 """
 
 from __future__ import annotations
 
+import contextvars
 import math
 import os
 import stat
 import warnings
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +98,10 @@ from particlesim.errors import TrajectoryError, close_matches
 __all__ = [
     "H5Array",
     "TrajectoryWarning",
+    "check_allocated",
     "check_file",
     "drop",
+    "left_open_for_writing",
     "open_group",
     "open_trajectory",
 ]
@@ -179,6 +201,22 @@ def _stored_eof(head: bytes) -> int | None:
     return base + int.from_bytes(eof, "little")
 
 
+def left_open_for_writing(path: str | os.PathLike[str]) -> bool:
+    """Whether an HDF5 file's superblock says a writer has it open (a live or killed run).
+
+    Such a file opens only with ``swmr=True`` (plain ``h5py.File(path, "r")`` refuses it)
+    until :func:`particlesim.io.h5md.clear_status_flags` (``particlesim recover``,
+    ``h5clear -s``) resets the flags. False for a closed file and for anything that is not
+    HDF5 with a version 2/3 superblock.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+    except OSError:
+        return False
+    return len(head) == 12 and head[:8] == HDF5_SIGNATURE and head[8] in (2, 3) and head[11] != 0
+
+
 def read_limit() -> int:
     """Bytes one read may take: ``PARTICLESIM_MAX_READ_BYTES`` or the physical memory."""
     text = os.environ.get(MAX_READ_ENV)
@@ -205,24 +243,144 @@ def check_read_size(path: Any, name: str, shape: tuple[int, ...], dtype: np.dtyp
         )
 
 
+# --------------------------------------------------------------------------- notes
+
+#: The notes of the open in progress (message -> None, an ordered set); None: warn at once.
+_NOTES: contextvars.ContextVar[dict[str, None] | None] = contextvars.ContextVar(
+    "particlesim_trajectory_notes", default=None
+)
+
+
+def _note(message: str) -> None:
+    """Report something left out or cut short: a :class:`TrajectoryWarning`, once per open."""
+    notes = _NOTES.get()
+    if notes is None:
+        warnings.warn(message, TrajectoryWarning, stacklevel=3)
+    else:
+        notes.setdefault(message, None)
+
+
+@contextmanager
+def _noting(*, emit: bool = True) -> Iterator[dict[str, None]]:
+    """Collect the notes of one open; warn each distinct one at the end (``emit``) if it worked."""
+    notes: dict[str, None] = {}
+    token = _NOTES.set(notes)
+    try:
+        yield notes
+    finally:
+        _NOTES.reset(token)
+    if emit:
+        for message in notes:
+            warnings.warn(message, TrajectoryWarning, stacklevel=4)
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def _nbytes(nbytes: int) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= size:
+            return f"{nbytes / size:,.1f} {unit}"
+    return f"{nbytes} bytes"
+
+
+def check_allocated(path: Any, dataset: h5py.Dataset, rows: int | None = None) -> None:
+    """Refuse ``dataset`` when the file does not hold its first ``rows`` rows.
+
+    A 12-byte header can declare any shape: a chunked dataset resized to 10^9
+    rows without a write allocates no chunk, and HDF5 (h5py) then reads its
+    fill value, 0, for every missing row, so a reader would build gigabytes of
+    zeros from a few kB of file. Here the declared rows (default all) are
+    checked against what the file stores: a chunked dataset must have
+    allocated at least the chunks those rows take (their count, compression
+    aside: a compressed chunk is still one chunk), and the chunk of the last
+    row that must be there; a contiguous one its full size. The last row may
+    be missing: a writer in SWMR mode extends a dataset before the row's chunk
+    reaches the file, so a file being written (or left by a killed run) shows
+    one such row, which reads as the fill value.
+
+    Raises :class:`TrajectoryError` naming the dataset, its declared shape and
+    what the file holds.
+    """
+    shape = tuple(int(n) for n in dataset.shape or ())
+    if not shape:
+        return
+    rows = shape[0] if rows is None else min(int(rows), shape[0])
+    needed = rows - 1  # rows that must be stored: all but a last one being written
+    row_size = math.prod(shape[1:])
+    if needed <= 0 or row_size == 0:
+        return
+    dsid = dataset.id
+    try:
+        layout = dsid.get_create_plist().get_layout()
+    except (OSError, RuntimeError, ValueError):
+        return  # unknown layout: a read error will name it
+    itemsize = dataset.dtype.itemsize
+    frame = f"{list(shape[1:])} " if shape[1:] else ""
+    declared = (
+        f"{dataset.name} declares {rows} frames ({frame}{dataset.dtype}, "
+        f"{_nbytes(rows * row_size * itemsize)})"
+    )
+    if layout == h5py.h5d.CONTIGUOUS:
+        stored = dsid.get_storage_size()
+        if stored < math.prod(shape) * itemsize:
+            raise TrajectoryError(
+                f"{path}: {declared}, but the file stores {_nbytes(stored)} of it; it is "
+                "damaged or hostile (a declared size that was never written)"
+            )
+        return
+    if layout != h5py.h5d.CHUNKED or dataset.chunks is None:
+        return  # compact: the values live in the header, all of them
+    chunks = dataset.chunks
+    per_row = math.prod(math.ceil(n / c) for n, c in zip(shape[1:], chunks[1:], strict=True))
+    wanted = math.ceil(needed / chunks[0]) * per_row
+    try:
+        held = dsid.get_num_chunks()
+        last = dsid.get_chunk_info_by_coord(
+            ((needed - 1) // chunks[0] * chunks[0], *(0 for _ in shape[1:]))
+        )
+    except (AttributeError, OSError, RuntimeError, ValueError):  # HDF5 < 1.10.5
+        held = wanted if dsid.get_storage_size() > 0 else 0
+        last = None
+    if held < wanted or (last is not None and last.byte_offset is None):
+        raise TrajectoryError(
+            f"{path}: {declared}, but the file holds {held} of the {wanted} chunks they fill; "
+            "it is damaged or hostile (a declared length that was never written)"
+        )
+
+
 def _child(path: Any, group: h5py.Group, name: str) -> h5py.Group | h5py.Dataset | None:
-    """``group[name]`` without leaving the file: external links are an error, dangling None."""
+    """``group[name]`` without leaving the file.
+
+    External links are an error; a dangling soft link (or a member that cannot be
+    opened) is None and a note naming it.
+    """
+    where = f"{group.name.rstrip('/')}/{name}"
     try:
         link = group.get(name, getlink=True)
-    except (KeyError, OSError, RuntimeError, ValueError):
+    except (KeyError, OSError, RuntimeError, ValueError) as exc:
+        _note(f"{path}: {where} cannot be opened ({exc}); left out")
         return None
     if link is None:
         return None
     if isinstance(link, h5py.ExternalLink):
         raise TrajectoryError(
-            f"{path}: {group.name.rstrip('/')}/{name} is an external link to "
+            f"{path}: {where} is an external link to "
             f"{link.filename}:{link.path}; particlesim reads only self-contained trajectories"
         )
     try:
         obj = group.get(name)
-    except (KeyError, OSError, RuntimeError, ValueError):  # a dangling or broken soft link
-        return None
-    return obj if isinstance(obj, h5py.Group | h5py.Dataset) else None
+    except (KeyError, OSError, RuntimeError, ValueError) as exc:  # a broken member
+        obj = None
+        reason = f"cannot be opened ({exc})"
+    else:
+        reason = "is not a group or a dataset"
+    if obj is None and isinstance(link, h5py.SoftLink):
+        reason = f"is a soft link to {link.path}, which is not in the file"
+    if isinstance(obj, h5py.Group | h5py.Dataset):
+        return obj
+    _note(f"{path}: {where} {reason}; left out")
+    return None
 
 
 def _members(path: Any, group: h5py.Group) -> list[tuple[str, h5py.Group | h5py.Dataset]]:
@@ -267,8 +425,11 @@ def _open_h5(path: str | os.PathLike[str]) -> h5py.File:
 class H5Array(BackendArray):
     """A lazy view of the first ``shape[0]`` rows of one HDF5 dataset.
 
-    Each read opens the file (SWMR), reads one hyperslab and closes it again;
-    the object holds only the path and the dataset name, so it pickles.
+    Each read opens the file (SWMR), reads one selection and closes it again;
+    the object holds only the path and the dataset name, so it pickles. A
+    selection by a list of indices (``isel(time=[0, 500, 999])``) reads those
+    rows only, never the span between them, so a read allocates what it
+    returns, and a read larger than :func:`read_limit` is refused.
     """
 
     def __init__(self, path: str, name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
@@ -278,24 +439,35 @@ class H5Array(BackendArray):
         self.dtype = np.dtype(dtype)
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        # h5py reads one sorted list of indices per selection: xarray picks the axis
+        # where a list saves the most and reads the others as spans.
         return indexing.explicit_indexing_adapter(
-            key, self.shape, indexing.IndexingSupport.BASIC, self._read
+            key, self.shape, indexing.IndexingSupport.OUTER_1VECTOR, self._read
         )
 
     def _read(self, key: tuple[Any, ...]) -> np.ndarray:
         # Slices are bounded by this array's shape: the dataset may have grown since.
-        bounded = tuple(
-            slice(*k.indices(n)) if isinstance(k, slice) else (int(k) + n if k < 0 else int(k))
-            for k, n in zip(key, self.shape, strict=False)
-        )
-        if any(isinstance(k, slice) and len(range(k.start, k.stop, k.step)) == 0 for k in bounded):
-            shape = [len(range(k.start, k.stop, k.step)) for k in bounded if isinstance(k, slice)]
-            return np.zeros((*shape, *self.shape[len(bounded) :]), dtype=self.dtype)
-        wanted = [len(range(k.start, k.stop, k.step)) for k in bounded if isinstance(k, slice)]
-        check_read_size(self.path, self.name, (*wanted, *self.shape[len(bounded) :]), self.dtype)
+        bounded: list[Any] = []
+        for k, n in zip(key, self.shape, strict=False):
+            if isinstance(k, slice):
+                bounded.append(slice(*k.indices(n)))
+            elif isinstance(k, np.ndarray):  # sorted, unique (xarray's OUTER_1VECTOR)
+                bounded.append(np.where(k < 0, k + n, k).astype(np.int64))
+            else:
+                bounded.append(int(k) + n if k < 0 else int(k))
+        bounded_key = tuple(bounded)
+        wanted = [
+            len(range(k.start, k.stop, k.step)) if isinstance(k, slice) else len(k)
+            for k in bounded_key
+            if not isinstance(k, int)
+        ]
+        tail = self.shape[len(bounded_key) :]
+        if any(n == 0 for n in wanted):
+            return np.zeros((*wanted, *tail), dtype=self.dtype)
+        check_read_size(self.path, self.name, (*wanted, *tail), self.dtype)
         try:
             with _open_h5(self.path) as file:
-                return np.asarray(file[self.name][bounded])
+                return np.asarray(file[self.name][bounded_key])
         except (OSError, KeyError, RuntimeError, TypeError, ValueError, MemoryError) as exc:
             raise TrajectoryError(f"{self.path}: cannot read {self.name}: {exc}") from None
 
@@ -320,6 +492,8 @@ class _Clock:
     step_rule: tuple[int, int] | None = None  # fixed interval: (step, offset)
     time_rule: tuple[float, float] | None = None  # fixed interval: (time, offset)
     time_attrs: dict[str, Any] | None = None
+    names: tuple[str, str | None] = ("", None)  # HDF5 paths of step and time
+    frames: int | None = None  # frames of every series on it (set by _Scan.settle)
 
     @property
     def length(self) -> int | None:
@@ -357,6 +531,18 @@ class _Element:
     clock: Any = None  # a key into the scan's clocks; None when time-independent
 
 
+@dataclass
+class _Node:
+    """What one node of the tree holds, before its Dataset is built."""
+
+    elements: list[_Element]
+    axes: Callable[[_Element, tuple[int, ...]], tuple[str, ...]]
+    attrs: dict[str, Any]
+    rename_clashes: bool = False
+    particles: int | None = None
+    missing: list[str] = field(default_factory=list)
+
+
 class _Scan:
     """Reads the structure of one open file (metadata, step and time only)."""
 
@@ -365,22 +551,39 @@ class _Scan:
         self.path = path
         self.clocks: dict[Any, _Clock] = {}
         self.skipped: list[str] = []
+        self.writing = left_open_for_writing(path)  # a live run, or one killed
+
+    def skip(self, name: str, reason: str, where: str | None = None) -> None:
+        """Leave ``name`` out: listed in the root attr ``skipped``, a note naming ``where``."""
+        self.skipped.append(name)
+        _note(f"{self.path}: {where or name} {reason}; left out")
 
     def element(self, obj: h5py.Group | h5py.Dataset, name: str) -> _Element | None:
         if isinstance(obj, h5py.Dataset):
             _check_storage(self.path, obj)
-            if obj.dtype.kind not in NUMERIC_KINDS or obj.shape is None:
-                self.skipped.append(obj.name)
+            if obj.shape is None:
+                self.skip(obj.name, "is an empty (null) dataset")
+                return None
+            if obj.dtype.kind not in NUMERIC_KINDS:
+                self.skip(obj.name, f"holds {_kind(obj.dtype)}, not numbers")
                 return None
             attrs = _with_units(_attrs(obj.attrs))
             return _Element(name, obj.name, obj.shape, obj.dtype, obj.chunks, attrs)
         value, step = _child(self.path, obj, "value"), _child(self.path, obj, "step")
         if not isinstance(value, h5py.Dataset) or not isinstance(step, h5py.Dataset):
-            self.skipped.append(obj.name)
+            lacks = " and ".join(
+                f"a {part} dataset"
+                for part, found in (("value", value), ("step", step))
+                if not isinstance(found, h5py.Dataset)
+            )
+            self.skip(obj.name, f"has no {lacks} (an H5MD element needs step and value)")
             return None
         _check_storage(self.path, value)
-        if value.ndim == 0 or value.dtype.kind not in NUMERIC_KINDS:
-            self.skipped.append(obj.name)
+        if value.shape is None or value.ndim == 0:
+            self.skip(obj.name, "is a scalar, not a series of frames", value.name)
+            return None
+        if value.dtype.kind not in NUMERIC_KINDS:
+            self.skip(obj.name, f"holds {_kind(value.dtype)}, not numbers", value.name)
             return None
         time = _child(self.path, obj, "time")
         time = time if isinstance(time, h5py.Dataset) else None
@@ -397,13 +600,13 @@ class _Scan:
             if series is None:
                 continue
             _check_storage(self.path, series)
-            if series.dtype.kind not in kinds or series.ndim > 1:
+            if series.shape is None or series.dtype.kind not in kinds or series.ndim > 1:
                 raise TrajectoryError(
                     f"{self.path}: {series.name} holds {series.dtype} values of shape "
-                    f"{list(series.shape)}, not integers"
+                    f"{list(series.shape or ())}, not integers"
                     if what == "integers"
                     else f"{self.path}: {series.name} holds {series.dtype} values of shape "
-                    f"{list(series.shape)}, not 1-D numbers"
+                    f"{list(series.shape or ())}, not 1-D numbers"
                 )
             if series.ndim == 1 and series.shape[0] * series.dtype.itemsize > read_limit():
                 raise TrajectoryError(
@@ -411,8 +614,12 @@ class _Scan:
                     f"the {read_limit():,} bytes one read may take ({MAX_READ_ENV}); raise the "
                     "limit, or the file is damaged or was not written by an H5MD writer"
                 )
+            check_allocated(self.path, series)  # before reading it whole
         clock = _Clock(
-            None, None, time_attrs=None if time is None else _with_units(_attrs(time.attrs))
+            None,
+            None,
+            time_attrs=None if time is None else _with_units(_attrs(time.attrs)),
+            names=(step.name, None if time is None else time.name),
         )
         if step.ndim == 0:  # H5MD fixed interval: step of frame i = offset + step * i
             clock.step_rule = (int(step[()]), int(step.attrs.get("offset", 0)))
@@ -427,9 +634,48 @@ class _Scan:
         self.clocks[key] = clock
         return key
 
+    def settle(self, elements: Iterable[_Element]) -> None:
+        """Fix each clock's frames: the fewest rows of its ``step``, ``time`` and values.
+
+        ``elements`` are those of every node read, so that the series sharing
+        one clock (hard-linked ``step``) share one time axis everywhere. A
+        writer appends a frame's values and ``time`` before its ``step``: in a
+        file still flagged open for writing (a live run, read while it appends,
+        or a killed one) they may hold more rows than ``step``, in a closed one
+        one more (a frame cut by an error). That is read silently; any other
+        difference (``step`` longer than a value, or a closed file's series
+        apart by more than a frame) is a note naming each series and its length.
+        """
+        lengths: dict[Any, dict[str, int]] = {}
+        for element in elements:
+            if element.clock is not None:
+                rows = lengths.setdefault(element.clock, {})
+                rows[element.path] = int(element.shape[0])
+        for key, rows in lengths.items():
+            clock = self.clocks[key]
+            series = dict(rows)
+            step_name, time_name = clock.names
+            if clock.steps is not None:
+                series = {step_name: len(clock.steps), **series}
+            if clock.times is not None and time_name is not None:
+                series = {**series, time_name: len(clock.times)}
+            frames = min(series.values())
+            clock.frames = frames
+            in_progress = (clock.steps is None or len(clock.steps) == frames) and (
+                self.writing or max(series.values()) - frames <= 1
+            )
+            if not in_progress:
+                reference = series.get(step_name, max(series.values()))
+                odd = ", ".join(f"{name} {n}" for name, n in series.items() if n != reference)
+                what = f"{step_name} ({reference} frames)" if step_name in series else step_name
+                _note(
+                    f"{self.path}: the series sampled by {what} differ in length ({odd}); "
+                    f"read the first {frames} frames of each"
+                )
+
     # -- nodes -------------------------------------------------------------------------
 
-    def particle_group(self, name: str) -> xr.Dataset:
+    def particle_group(self, name: str) -> _Node:
         group = self.file["particles"][name]
         attrs: dict[str, Any] = {}
         missing: list[str] = []
@@ -449,6 +695,7 @@ class _Scan:
             if (
                 isinstance(edges, h5py.Dataset)
                 and edges.dtype.kind in NUMERIC_KINDS
+                and edges.size is not None
                 and edges.size <= 64
             ):
                 _check_storage(self.path, edges)
@@ -456,10 +703,10 @@ class _Scan:
         else:
             missing.append("box")
         elements = []
-        for field, obj in _members(self.path, group):
-            if field == "box":
+        for field_name, obj in _members(self.path, group):
+            if field_name == "box":
                 continue
-            element = self.element(obj, field)
+            element = self.element(obj, field_name)
             if element is not None:
                 elements.append(element)
         dim = attrs.get("dimension") or None
@@ -487,14 +734,10 @@ class _Scan:
                 f"particles, more than the {read_limit():,} bytes one read may take "
                 f"({MAX_READ_ENV}); raise the limit, or the file is damaged or hostile"
             )
-        ds = self.node(elements, axes, attrs)
-        if particles:
-            ds = ds.assign_coords(particle=np.arange(particles.pop(), dtype=np.int64))
-        if missing:
-            ds.attrs["missing"] = missing
-        return ds
+        count = particles.pop() if particles else None
+        return _Node(elements, axes, attrs, particles=count, missing=missing)
 
-    def observables(self) -> xr.Dataset:
+    def observables(self) -> _Node:
         elements: list[_Element] = []
         seen: set[int] = set()
 
@@ -503,8 +746,11 @@ class _Scan:
             for name, obj in _members(self.path, group):
                 full = f"{prefix}{name}"
                 if isinstance(obj, h5py.Group) and "value" not in obj:
-                    if depth >= MAX_DEPTH or _address(obj) in seen:  # too deep, or a cycle
-                        self.skipped.append(obj.name)
+                    if depth >= MAX_DEPTH:
+                        self.skip(obj.name, f"is nested deeper than {MAX_DEPTH} groups")
+                        continue
+                    if _address(obj) in seen:
+                        self.skip(obj.name, "links back to a group above it (a cycle)")
                         continue
                     walk(obj, f"{full}_", depth + 1)  # H5MD allows /observables/<group>/<name>
                     continue
@@ -517,9 +763,9 @@ class _Scan:
         def axes(element: _Element, tail: tuple[int, ...]) -> tuple[str, ...]:
             return tuple(f"{element.name}_dim_{i}" for i in range(len(tail)))
 
-        return self.node(elements, axes, {}, rename_clashes=True)
+        return _Node(elements, axes, {}, rename_clashes=True)
 
-    def connectivity(self, name: str) -> xr.Dataset:
+    def connectivity(self, name: str) -> _Node:
         group = self.file["connectivity"][name]
         attrs = _attrs(group.attrs)
         if "_to_" in name:
@@ -532,15 +778,33 @@ class _Scan:
             element = self.element(weight, "weight")
             if element is not None:
                 elements.append(element)
+        else:
+            _note(f"{self.path}: {group.name} has no weight; it holds no connectivity")
 
         def axes(element: _Element, tail: tuple[int, ...]) -> tuple[str, ...]:
             if len(tail) == 2:
                 return ("target", "source")
             return tuple(f"{element.name}_dim_{i}" for i in range(len(tail)))
 
-        return self.node(elements, axes, attrs)
+        return _Node(elements, axes, attrs)
 
-    def node(
+    def spec(self, key: str) -> _Node:
+        """The node at ``key``: ``particles/<g>``, ``observables`` or ``connectivity/<c>``."""
+        if key == "observables":
+            return self.observables()
+        kind, _, name = key.partition("/")
+        return self.particle_group(name) if kind == "particles" else self.connectivity(name)
+
+    def build(self, node: _Node) -> xr.Dataset:
+        """The lazy Dataset of ``node`` (after :meth:`settle`)."""
+        ds = self.dataset(node.elements, node.axes, node.attrs, rename_clashes=node.rename_clashes)
+        if node.particles is not None:
+            ds = ds.assign_coords(particle=np.arange(node.particles, dtype=np.int64))
+        if node.missing:
+            ds.attrs["missing"] = node.missing
+        return ds
+
+    def dataset(
         self,
         elements: list[_Element],
         axes: Any,
@@ -559,11 +823,14 @@ class _Scan:
                 members[element.clock].append(element)
         frames: dict[Any, int] = {}
         for key in order:
-            lengths = [e.shape[0] for e in members[key]]
-            clock_length = self.clocks[key].length
-            if clock_length is not None:
-                lengths.append(clock_length)
-            frames[key] = min(lengths)
+            settled = self.clocks[key].frames
+            if settled is None:  # not settled: this node's own shortest series
+                lengths = [e.shape[0] for e in members[key]]
+                clock_length = self.clocks[key].length
+                if clock_length is not None:
+                    lengths.append(clock_length)
+                settled = min(lengths)
+            frames[key] = settled
         ranked = sorted(order, key=lambda k: (-frames[k], -len(members[k]), order.index(k)))
         dims: dict[Any, str] = {}
         for i, key in enumerate(ranked):
@@ -588,6 +855,7 @@ class _Scan:
             else:
                 shape = (frames[element.clock], *element.shape[1:])
                 time_dims = (dims[element.clock],)
+            check_allocated(self.path, self.file[element.path], shape[0] if shape else None)
             tail = shape[len(time_dims) :]
             var_dims = (*time_dims, *axes(element, tail))
             data = _lazy(H5Array(self.path, element.path, shape, element.dtype))
@@ -639,6 +907,17 @@ class _Scan:
         if missing:
             attrs["missing"] = missing
         return attrs
+
+
+def _kind(dtype: np.dtype) -> str:
+    """What a non-numeric dtype holds, in words (``strings (dtype object)``)."""
+    if dtype.fields is not None:
+        return f"compound records ({', '.join(dtype.names or ())})"
+    if h5py.check_string_dtype(dtype) is not None or dtype.kind in "SU":
+        return f"strings (dtype {dtype})"
+    if h5py.check_vlen_dtype(dtype) is not None:
+        return "variable-length sequences"
+    return f"{dtype} values"
 
 
 def _has_rows(element: _Element) -> bool:
@@ -708,19 +987,37 @@ def _parameters(
 
 
 def _nodes(file: h5py.File, path: Any) -> dict[str, list[str]]:
-    """Names of the particle groups, the connectivity entries, and whether there are observables."""
-    particles = _child(path, file, "particles")
-    connectivity = _child(path, file, "connectivity")
-    observables = _child(path, file, "observables")
-    return {
-        "particles": [
-            k for k, v in _members(path, particles) if isinstance(v, h5py.Group)
-        ] if isinstance(particles, h5py.Group) else [],
-        "connectivity": [
-            k for k, v in _members(path, connectivity) if isinstance(v, h5py.Group)
-        ] if isinstance(connectivity, h5py.Group) else [],
-        "observables": ["observables"] if isinstance(observables, h5py.Group) else [],
-    }  # fmt: skip
+    """Names of the particle groups, the connectivity entries, and whether there are observables.
+
+    A member of ``/particles`` or ``/connectivity`` that is not a group, or one of
+    those three that is not a group, is a note naming it (left out).
+    """
+    found: dict[str, list[str]] = {"particles": [], "connectivity": [], "observables": []}
+    for kind in ("particles", "connectivity", "observables"):
+        top = _child(path, file, kind)
+        if top is None:
+            continue
+        if not isinstance(top, h5py.Group):
+            _note(f"{path}: /{kind} is a dataset, not a group; left out")
+            continue
+        if kind == "observables":
+            found[kind] = ["observables"]
+            continue
+        for name, obj in _members(path, top):
+            if isinstance(obj, h5py.Group):
+                found[kind].append(name)
+            else:
+                _note(f"{path}: {obj.name} is a dataset, not a group; left out")
+    return found
+
+
+def _keys(nodes: dict[str, list[str]]) -> list[str]:
+    """Node paths in tree order: particle groups, observables, connectivity."""
+    return [
+        *(f"particles/{g}" for g in nodes["particles"]),
+        *nodes["observables"],
+        *(f"connectivity/{c}" for c in nodes["connectivity"]),
+    ]
 
 
 def _open_checked(path: str | os.PathLike[str]) -> tuple[h5py.File, str]:
@@ -745,38 +1042,42 @@ def _fail(path: Any, exc: Exception) -> TrajectoryError:
     return TrajectoryError(f"{path}: cannot read the trajectory: {exc}")
 
 
+#: What reading a damaged file may raise besides TrajectoryError (turned into one).
+_READ_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError, MemoryError)
+
+
 def open_trajectory(path: str | os.PathLike[str]) -> xr.DataTree:
     """Open an H5MD trajectory as a lazy DataTree (layout in the module docstring).
 
-    Reads only metadata and ``step``/``time``; values load on ``.values`` /
-    ``.load()``. Works on files still being written (SWMR) and on files left
-    by a killed run. Raises :class:`TrajectoryError` for a missing, non-HDF5,
-    non-H5MD or truncated file.
+    Reads only metadata and ``step``/``time`` (16 bytes a frame of each clock,
+    the coordinates); values load on ``.values`` / ``.load()``. Works on files
+    still being written (SWMR) and on files left by a killed run. Raises
+    :class:`TrajectoryError` for a missing, non-HDF5, non-H5MD, truncated or
+    inconsistent file (a declared length the file does not hold); warns
+    (:class:`TrajectoryWarning`, naming the HDF5 path) for what it leaves out or
+    cuts short.
 
     Example:
         >>> tree = open_trajectory("run/trajectory.h5")  # doctest: +SKIP
         >>> tree["particles/hidden"].position.isel(particle=3).values  # [T, D]  # doctest: +SKIP
     """
     file, name = _open_checked(path)
-    with file:
+    with file, _noting():
         try:
             scan = _Scan(file, name)
-            nodes = _nodes(file, path)
+            keys = _keys(_nodes(file, path))
+            specs = {key: scan.spec(key) for key in keys}
+            scan.settle(e for spec in specs.values() for e in spec.elements)
             datasets: dict[str, xr.Dataset] = {}
-            if nodes["particles"]:
-                datasets["particles"] = xr.Dataset()
-            for group in nodes["particles"]:
-                datasets[f"particles/{group}"] = scan.particle_group(group)
-            if nodes["observables"]:
-                datasets["observables"] = scan.observables()
-            if nodes["connectivity"]:
-                datasets["connectivity"] = xr.Dataset()
-            for entry in nodes["connectivity"]:
-                datasets[f"connectivity/{entry}"] = scan.connectivity(entry)
+            for key in keys:
+                parent = key.partition("/")[0]
+                if parent != key and parent not in datasets:
+                    datasets[parent] = xr.Dataset()
+                datasets[key] = scan.build(specs[key])
             attrs = scan.root_attrs()
         except TrajectoryError:
             raise
-        except (OSError, KeyError, RuntimeError, ValueError, TypeError, MemoryError) as exc:
+        except _READ_ERRORS as exc:
             raise _fail(path, exc) from None
     _warn_foreign(path, attrs)
     root = xr.Dataset(attrs=attrs)
@@ -790,29 +1091,41 @@ def open_group(path: str | os.PathLike[str], group: str) -> xr.Dataset:
     ``group`` is a particle group's name (``"hidden1"``) or a node path:
     ``"particles/hidden1"``, ``"observables"``, ``"connectivity/input_to_hidden1"``
     (or just ``"input_to_hidden1"``). An unknown name is a
-    :class:`TrajectoryError` listing the nodes that exist.
+    :class:`TrajectoryError` listing the nodes that exist. The node's time axes
+    are those :func:`open_trajectory` gives it: the other nodes' series on a
+    shared clock count toward its frames (nodes that cannot be read are passed
+    over for that).
     """
     file, name = _open_checked(path)
-    with file:
+    with file, _noting():
         try:
             nodes = _nodes(file, path)
-        except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:
+        except _READ_ERRORS as exc:
             raise _fail(path, exc) from None
         key = group.strip("/")
-        scan = _Scan(file, name)
-        try:
-            if key == "observables" and nodes["observables"]:
-                return scan.observables()
-            for kind in ("particles", "connectivity"):
-                entry = key.removeprefix(f"{kind}/")
-                if entry in nodes[kind] and (entry == key or key.startswith(f"{kind}/")):
-                    if kind == "particles":
-                        return scan.particle_group(entry)
-                    return scan.connectivity(entry)
-        except TrajectoryError:
-            raise
-        except (OSError, KeyError, RuntimeError, ValueError, TypeError, MemoryError) as exc:
-            raise _fail(path, exc) from None
+        wanted = None
+        if key == "observables" and nodes["observables"]:
+            wanted = "observables"
+        for kind in ("particles", "connectivity"):
+            entry = key.removeprefix(f"{kind}/")
+            if entry in nodes[kind] and (entry == key or key.startswith(f"{kind}/")):
+                wanted = f"{kind}/{entry}"
+                break
+        if wanted is not None:
+            scan = _Scan(file, name)
+            try:
+                spec = scan.spec(wanted)
+                elements = list(spec.elements)
+                clocks = {e.clock for e in elements if e.clock is not None}
+                for other in _keys(nodes):
+                    if other != wanted:
+                        elements += [e for e in _quietly(scan, other) if e.clock in clocks]
+                scan.settle(elements)
+                return scan.build(spec)
+            except TrajectoryError:
+                raise
+            except _READ_ERRORS as exc:
+                raise _fail(path, exc) from None
     known = [
         *nodes["particles"],
         *nodes["observables"],
@@ -822,6 +1135,18 @@ def open_group(path: str | os.PathLike[str], group: str) -> xr.Dataset:
     raise TrajectoryError(
         f"{path}: no group {group!r}{close_matches(key, known)}; groups: {listing}"
     )
+
+
+def _quietly(scan: _Scan, key: str) -> list[_Element]:
+    """The time series of node ``key``, read without notes; none if it cannot be read."""
+    skipped = list(scan.skipped)
+    try:
+        with _noting(emit=False):
+            elements = scan.spec(key).elements
+    except (TrajectoryError, *_READ_ERRORS):
+        elements = []
+    scan.skipped[:] = skipped
+    return [e for e in elements if e.clock is not None]
 
 
 def _warn_foreign(path: Any, attrs: dict[str, Any]) -> None:

@@ -11,6 +11,12 @@ in ``pyproject.toml`` under ``[project.entry-points."xarray.backends"]``.
 ``guess_can_open`` claims only ``.h5``/``.h5md``/``.hdf5`` files whose
 ``/h5md/creator`` is particlesim; pass ``engine="particlesim"`` anyway.
 
+The reader's checks apply (an inconsistent file is a ``TrajectoryError``
+naming the dataset; what is left out a ``TrajectoryWarning`` naming the HDF5
+path). Opening holds the coordinates (16 bytes a frame); each selection then
+reads just its rows, and ``chunks={}`` streams through dask in the file's
+chunks (``preferred_chunks``), so ``ds.position.mean()`` holds a chunk at a time.
+
 This module never imports torch (xarray imports every backend when it lists engines).
 """
 
