@@ -798,11 +798,12 @@ def _preflight(
         system = _build_system(
             plan, plan.registries, input_size, data, torch.Generator().manual_seed(0), dtype, source
         )
-        for i, table in enumerate(resolved["potentials"]):
-            potential, _ = _construct(
-                plan.registries, "potential", dict(table), f"potentials[{i}]", source
-            )
-            system.potentials.append(potential)
+        potentials = [
+            _construct(plan.registries, "potential", dict(table), f"potentials[{i}]", source)[0]
+            for i, table in enumerate(resolved["potentials"])
+        ]
+        system.potentials.extend(potentials)
+        _check_group_names(plan, system, potentials, source)  # before anything is traced
         return system
 
     try:
