@@ -30,7 +30,11 @@ plan, _ = load_plan(sys.argv[1], set=sys.argv[2:])
 estimate = build(plan, log=lambda m: None, preflight=True).memory
 plan, _ = load_plan(sys.argv[1], set=sys.argv[2:])
 import gc; gc.collect()
-Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
+try:
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
+except OSError:
+    print(json.dumps({"skip": "cannot reset the peak RSS here"}))
+    sys.exit(0)
 before = status("VmRSS:")
 built = build(plan, log=lambda m: None, preflight=False)
 built.simulation.run()
@@ -58,6 +62,8 @@ def test_the_estimate_is_within_twice_the_measured_peak(tiny_scenario: Path, mod
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     sizes = json.loads(done.stdout.splitlines()[-1])
+    if "skip" in sizes:
+        pytest.skip(sizes["skip"])
     estimate, measured = sizes["estimate"], sizes["measured"]
     assert measured > 20 * 2**20, sizes  # large enough to measure above the noise
     assert measured / 2 <= estimate <= 2 * measured, sizes
