@@ -28,7 +28,14 @@ def _generic_owners() -> tuple[type, ...]:
 
 _GENERIC_OWNERS = _generic_owners()
 
-__all__ = ["accepts", "call_by_name", "construct_with", "parameter_names", "signature_of"]
+__all__ = [
+    "accepts",
+    "by_name",
+    "call_by_name",
+    "construct_with",
+    "parameter_names",
+    "signature_of",
+]
 
 
 def signature_of(fn: Callable[..., Any]) -> inspect.Signature | None:
@@ -70,23 +77,38 @@ def construct_with(factory: Callable[..., Any], offered: Mapping[str, Any], **op
     return factory(**options, **extra)
 
 
+def by_name(fn: Callable[..., Any], what: str) -> Callable[[Mapping[str, Callable[[], Any]]], Any]:
+    """``fn`` as a function of the arguments on offer: it takes those its parameters name.
+
+    The signature is read once, here, so the returned function costs a dict lookup per
+    parameter; call it with ``{name: maker}``, each ``maker()`` making the argument.
+
+    Raises (when called):
+        OptionError: a required parameter is not one on offer.
+    """
+    signature = signature_of(fn)
+    wanted = [
+        (name, p.default is p.empty)
+        for name, p in (signature.parameters if signature else {}).items()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and name != "self"
+    ]
+
+    def call(available: Mapping[str, Callable[[], Any]]) -> Any:
+        kwargs = {}
+        for name, required in wanted:
+            if name in available:
+                kwargs[name] = available[name]()
+            elif required:
+                known = ", ".join(sorted(available))
+                raise OptionError("name", f"{what} asks for {name!r}, which the engine does "
+                                  f"not give (it gives: {known})")  # fmt: skip
+        return fn(**kwargs)
+
+    return call
+
+
 def call_by_name(
     fn: Callable[..., Any], available: Mapping[str, Callable[[], Any]], what: str
 ) -> Any:
-    """Call ``fn`` with the arguments its parameters name, each made by ``available[name]()``.
-
-    Raises:
-        OptionError: a required parameter is not one the engine can supply.
-    """
-    kwargs = {}
-    signature = signature_of(fn)
-    for name, p in (signature.parameters if signature else {}).items():
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or name == "self":
-            continue
-        if name in available:
-            kwargs[name] = available[name]()
-        elif p.default is p.empty:
-            known = ", ".join(sorted(available))
-            raise OptionError("name", f"{what} asks for {name!r}, which the engine does not give"
-                              f" (it gives: {known})")  # fmt: skip
-    return fn(**kwargs)
+    """Call ``fn`` once with the arguments its parameters name (see :func:`by_name`)."""
+    return by_name(fn, what)(available)

@@ -39,6 +39,7 @@ from particlesim.core.observables import Observable
 from particlesim.core.potentials import Potential
 from particlesim.core.signatures import (
     accepts,
+    by_name,
     call_by_name,
     construct_with,
     parameter_names,
@@ -106,13 +107,15 @@ class CallablePotential(Potential):
         self.name = name  # type: ignore[misc]
         self.plugin = plugin
         self.groups = None if groups is None else list(groups)
-        self._fn = _method(plugin, ("energy",))
-        self._names = set(parameter_names(self._fn))
+        what = f"potential {name!r}"
+        fn = _method(plugin, ("energy",))
+        self._names = set(parameter_names(fn))
+        self._call = by_name(fn, what)  # the signature is read once, not every step
 
     def energy(self, system: Any) -> Tensor:
         what = f"potential {self.name!r}"
         if "system" in self._names:
-            return torch.as_tensor(call_by_name(self._fn, {"system": lambda: system}, what))
+            return torch.as_tensor(self._call({"system": lambda: system}))
         if self.groups is not None:
             unknown = [g for g in self.groups if g not in system.groups]
             if unknown:
@@ -125,7 +128,7 @@ class CallablePotential(Potential):
             fields = _group_fields(group)
             if not self._names <= set(fields):
                 continue  # a group without one of the fields it asks for
-            value = torch.as_tensor(call_by_name(self._fn, fields, what))
+            value = torch.as_tensor(self._call(fields))
             total = value if total is None else total + value
         if total is None:
             return torch.zeros((), dtype=system.dtype, device=system.device)
@@ -149,7 +152,7 @@ class CallableObservable(Observable):
         self.unit = str(getattr(plugin, "unit", ""))  # type: ignore[misc]
         self.description = str(getattr(plugin, "description", ""))  # type: ignore[misc]
         self.category = getattr(plugin, "category", "scalar")  # type: ignore[misc]
-        self._fn = _method(plugin, ("compute",))
+        self._call = by_name(_method(plugin, ("compute",)), f"observable {name!r}")
 
     def compute(self, simulation: Any) -> Tensor | float:
         available: dict[str, Callable[[], Any]] = {
@@ -166,7 +169,7 @@ class CallableObservable(Observable):
                                   f"{group_name!r}; groups: {', '.join(groups)}")  # fmt: skip
             available = {**_group_fields(groups[group_name]), **available}
         with torch.no_grad():
-            return call_by_name(self._fn, available, f"observable {self.name!r}")
+            return self._call(available)
 
 
 # --------------------------------------------------------------------------- writers
@@ -189,7 +192,7 @@ class CallableWriter(Writer):
         super().__init__(trigger=trigger, observables=observables)
         self.name = name  # type: ignore[misc]
         self.plugin = plugin
-        self._fn = _method(plugin, ("write", "report"))
+        self._call = by_name(_method(plugin, ("write", "report")), f"writer {name!r}")
 
     def _forward(self, method: str, available: Mapping[str, Callable[[], Any]]) -> None:
         fn = getattr(self.plugin, method, None)
@@ -209,7 +212,7 @@ class CallableWriter(Writer):
             "simulation": lambda: simulation,
             "epoch": lambda: step / simulation.steps_per_epoch,
         }
-        call_by_name(self._fn, available, f"writer {self.name!r}")
+        self._call(available)
 
     def flush(self) -> None:
         self._forward("flush", {})
@@ -283,18 +286,20 @@ class ModuleInteraction(Interaction):
     def __init__(self, source: Any, target: Any, plugin: Any, *, name: str) -> None:
         super().__init__(source, target)
         self.name = name  # type: ignore[misc]
-        self.module = plugin
-        self._fn = _method(plugin, ("forward",)) if not isinstance(plugin, nn.Module) else plugin
-        names = parameter_names(plugin.forward if isinstance(plugin, nn.Module) else self._fn)
-        self._first = names[0] if names else None
+        self.module = plugin  # a submodule when it is one: its parameters train and are saved
+        is_module = isinstance(plugin, nn.Module)
+        forward = plugin.forward if is_module else _method(plugin, ("forward",))
+        self._call = plugin if is_module else forward  # a module through __call__ (hooks)
+        self._names = parameter_names(forward)  # read once, not every batch
 
     def forward(self, b: Tensor, source: Any, target: Any) -> Tensor:
-        available = {"source": lambda: source, "target": lambda: target}
-        if self._first is not None and self._first not in available:
-            available[self._first] = lambda: b
-        fn = self.module.forward if isinstance(self.module, nn.Module) else self._fn
-        kwargs = {k: f() for k, f in available.items() if k in parameter_names(fn)}
-        return self.module(**kwargs) if isinstance(self.module, nn.Module) else fn(**kwargs)
+        groups = {"source": source, "target": target}
+        kwargs = {
+            name: groups.get(name, b)
+            for i, name in enumerate(self._names)
+            if name in groups or i == 0  # the first parameter takes the activity
+        }
+        return self._call(**kwargs)
 
     def effective_weight(self, source: Any, target: Any) -> Tensor:
         raise NotImplementedError(f"interaction {self.name!r} has no weight matrix")
