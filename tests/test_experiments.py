@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import TINY_SCENARIO
 
 from particlesim.errors import ParticlesimError
 from particlesim.experiments import (
@@ -425,29 +426,10 @@ def test_comparison_table_puts_the_paper_beside_ours() -> None:
 
 # --------------------------------------------------------------------------- through the runner
 
-SCENARIO = """
-[scenario]
-name = "harness"
-seed = 1
-device = "cpu"
-
-[data]
-name = "idx"
-data_dir = "{data_dir}"
-
-[model]
-name = "particle_network"
-sizes = [0, 6, 0]
-dim = 2
-
-[integrator]
-name = "adam"
-lr = 0.05
-
-[run]
-epochs = 2
-batch_size = 16
-
+#: The shared tiny scenario, recording metrics and a trajectory every step.
+SCENARIO = (
+    TINY_SCENARIO
+    + """
 [[writers]]
 name = "metrics"
 every = 1
@@ -456,6 +438,7 @@ every = 1
 name = "trajectory"
 every = 1
 """
+)
 
 
 def test_build_point_and_a_grid_through_the_runner(tmp_path: Path, tiny_data: Path) -> None:

@@ -207,7 +207,6 @@ EngineKeys = dict[str, tuple[Any, Any]]
 def _engine_keys(kind: str, factory: Callable[..., Any]) -> EngineKeys:
     """The engine's own keys of a ``kind`` table whose factory is ``factory``."""
     from particlesim.core.integrators import ScheduleKind
-    from particlesim.core.observables import Observable
     from particlesim.core.potentials import Potential
     from particlesim.core.writers import Writer
 
@@ -221,8 +220,6 @@ def _engine_keys(kind: str, factory: Callable[..., Any]) -> EngineKeys:
         keys = {"test_fraction": (float, 0.2)}
     elif kind == "integrator" and is_optimizer_factory(factory):
         keys = {"lr_schedule": (ScheduleKind, "constant"), "lr_final": (float, 0.0)}
-    elif kind == "observable" and not (is_class and issubclass(factory, Observable)):
-        keys = {}
     return {k: v for k, v in keys.items() if not accepts(factory, k)}
 
 
@@ -567,16 +564,15 @@ def _check_named_components(
 
 def _trigger(every: Any, path: str, source: str) -> Trigger:
     """A writer's ``every`` (:func:`~particlesim.core.triggers.parse_period`)."""
-    if isinstance(every, str | int) and not isinstance(every, bool):
-        try:
-            trigger = parse_period(every, path)
-            assert trigger is not None
-            return trigger
-        except OptionError:
-            pass
-    raise ScenarioError(
-        f"expected {PERIOD_WORDS}, got {type_name(every)}", path=path, source=source
-    )
+    try:
+        trigger = parse_period(every, path)
+    except OptionError:
+        trigger = None
+    if trigger is None:
+        raise ScenarioError(
+            f"expected {PERIOD_WORDS}, got {type_name(every)}", path=path, source=source
+        )
+    return trigger
 
 
 def _validate_groups(raw, registries, source) -> list[dict[str, Any]]:
