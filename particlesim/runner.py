@@ -343,7 +343,14 @@ class Runner:
             elif not main:
                 plan.writers.clear()  # rank 0 alone writes
             run_device = context.device if context is not None else device
-            built = build(plan, device=run_device, hooks=manager, log=log, extra_writers=writers)
+            built = build(
+                plan,
+                device=run_device,
+                hooks=manager,
+                log=log,
+                extra_writers=writers,
+                preflight=True,
+            )
             if context is not None:
                 built.simulation.distribute(context.rank, context.world_size)
             if checkpoint is not None:

@@ -153,7 +153,18 @@ def test_cli_extremes_end_in_one_line(tmp_path, document: dict[str, Any]) -> Non
     assert len(errors) == 1, result.stderr
 
 
-def test_unallocatable_network_is_one_line(tiny_scenario, tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("preflight", "expected"),
+    [
+        ("1", "model: the network needs at least "),  # refused before anything is allocated
+        ("0", "model: could not build the network: "),  # the allocator's refusal, caught
+    ],
+    ids=["preflight", "no-preflight"],
+)
+def test_unallocatable_network_is_one_line(
+    tiny_scenario, tmp_path, monkeypatch, preflight: str, expected: str
+) -> None:
+    monkeypatch.setenv("PARTICLESIM_NO_PREFLIGHT", "" if preflight == "1" else "1")
     result = CliRunner().invoke(
         app,
         [
@@ -167,7 +178,7 @@ def test_unallocatable_network_is_one_line(tiny_scenario, tmp_path) -> None:
     )
     assert result.exit_code == 2, result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "model: could not build the network:" in errors[0]
+    assert len(errors) == 1 and expected in errors[0], result.stderr
     assert not (tmp_path / "o").exists()
 
 

@@ -690,7 +690,8 @@ def build(
 
     ``preflight``: estimate the memory training needs before anything is allocated and
     refuse a scenario that cannot fit (:mod:`particlesim.scenario.preflight`); the estimate
-    is ``Built.memory`` (None when not made or too long to trace).
+    is ``Built.memory`` (None when not made or not traceable; a lower bound when the step
+    was too long to trace).
     """
     resolved, registries, source = plan.resolved, plan.registries, plan.source
     scenario = resolved["scenario"]

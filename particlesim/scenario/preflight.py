@@ -14,10 +14,14 @@ path, one block on the chunked path) and the activations at the batch size; it d
 count the data set (already loaded when the check runs), allocator fragmentation, or
 trajectory buffers (a few frames).
 
-Tracing costs a few seconds the first time in a process (PyTorch's fake-tensor machinery)
-and grows with the number of operations of a step, so it runs when asked
-(``particlesim validate --build``), and a step of more than :data:`MAX_OPERATIONS`
-operations is not estimated.
+Tracing costs under a second the first time in a process (PyTorch's fake-tensor
+machinery, ~0.1 s after that) and grows with the number of operations of a step. It runs
+in ``particlesim validate --build`` (which prints the estimate) and before a run builds
+its network (``particlesim run``, :class:`particlesim.runner.Runner`), so a scenario that
+cannot fit is refused before anything is allocated or written. A step of more than
+:data:`MAX_OPERATIONS` operations (e.g. the chunked kernel path's loop over millions of
+blocks) is not traced to its end: the estimate is then a lower bound, parameters and
+gradients, which still refuses a network whose weights alone cannot fit.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any
 
 #: Operations traced at most: a step longer than this (e.g. the chunked kernel path's loop
 #: over millions of blocks) is not estimated rather than traced for minutes.
-MAX_OPERATIONS = 20_000
+MAX_OPERATIONS = 8_000
 
 
 class TraceTooLongError(Exception):
@@ -48,6 +52,9 @@ class MemoryEstimate:
     step: int
     batch_size: int
     available: int | None
+    #: False when building or the step was too long to trace: ``total`` is then a lower
+    #: bound (parameters and gradients where known, and what was live at the trace's peak).
+    complete: bool = True
 
     @property
     def total(self) -> int:
@@ -59,12 +66,22 @@ class MemoryEstimate:
 
     def describe(self) -> str:
         """``~1.2 GB to train (parameters …, one step … at batch 128); 23 GB available``."""
+        room = "" if self.available is None else f"; {_size(self.available)} available"
+        if not self.complete:
+            known = (
+                f"parameters {_size(self.parameters)}, gradients {_size(self.gradients)}, "
+                if self.parameters
+                else ""
+            )
+            return (
+                f"at least {_size(self.total)} ({known}{_size(self.step)} at the traced peak "
+                f"of building and training; the rest was too long to trace){room}"
+            )
         parts = (
             f"parameters {_size(self.parameters)}, gradients {_size(self.gradients)}, "
             f"optimiser {_size(self.optimizer)}, one step {_size(self.step)} at batch "
             f"{self.batch_size}"
         )
-        room = "" if self.available is None else f"; {_size(self.available)} available"
         return f"~{_size(self.total)} to train ({parts}){room}"
 
 
@@ -135,18 +152,38 @@ def estimate_memory(
 
     integrator = copy.deepcopy(integrator)
     tracker = _Tracker()
+    sizes = {"parameters": 0, "gradients": 0}
+
+    def lower_bound() -> MemoryEstimate:
+        """What a network too long to trace needs at least: parameters and gradients where
+        known, and the peak of what was live while tracing (positions being built, …)."""
+        known = sizes["parameters"] + sizes["gradients"]
+        return MemoryEstimate(
+            parameters=sizes["parameters"],
+            gradients=sizes["gradients"],
+            optimizer=0,
+            step=max(0, tracker.peak - known),
+            batch_size=batch_size,
+            available=available_memory(device),
+            complete=False,
+        )
+
     with FakeTensorMode(allow_non_fake_inputs=True):
-        with tracker:  # building may materialise weights too (e.g. to normalise charges)
-            system = build_system()
-            parameters = [p for p in system.parameters() if p.requires_grad]
-            param_bytes = sum(p.numel() * p.element_size() for p in system.parameters())
-            grad_bytes = sum(p.numel() * p.element_size() for p in parameters)
-            x = torch.zeros(batch_size, input_size, dtype=next(system.parameters()).dtype)
-            y = torch.zeros((batch_size, *target.shape), dtype=target.dtype)
-            value = loss(system(x), y)
-            if len(system.potentials):
-                value = value + system.potential_energy()
-            value.backward()
+        try:
+            with tracker:  # building may materialise weights too (e.g. to normalise charges)
+                system = build_system()
+                parameters = [p for p in system.parameters() if p.requires_grad]
+                param_bytes = sum(p.numel() * p.element_size() for p in system.parameters())
+                grad_bytes = sum(p.numel() * p.element_size() for p in parameters)
+                sizes.update(parameters=param_bytes, gradients=grad_bytes)
+                x = torch.zeros(batch_size, input_size, dtype=next(system.parameters()).dtype)
+                y = torch.zeros((batch_size, *target.shape), dtype=target.dtype)
+                value = loss(system(x), y)
+                if len(system.potentials):
+                    value = value + system.potential_energy()
+                value.backward()
+        except TraceTooLongError:
+            return lower_bound()
         integrator.attach(parameters, total_steps=1)
         integrator.step(1)
         optimizer = getattr(integrator, "optimizer", None)

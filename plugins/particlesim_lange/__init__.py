@@ -195,14 +195,28 @@ class ParticleNetwork(Model):
             if self.charge_init == "normal":
                 scale = torch.full(shape[:1], 1.0 / math.sqrt(source.size), dtype=torch.float64)
             else:
-                k = kernel(target.position.double(), source.position.double())
-                norms = k.pow(2).sum(-1).sqrt()  # [M] or [C, M]
-                if norms.ndim == 2:
-                    norms = norms.pow(2).sum(0).sqrt()
+                norms = _kernel_row_norms(kernel, target.position, source.position)
                 scale = 1.0 / norms.clamp_min(1e-12)
             if len(shape) == 2:
                 scale = scale[:, None] / math.sqrt(shape[1])
             target.charge.copy_((noise * scale * self.charge_gain).to(target.charge.dtype))
+
+
+#: Kernel entries evaluated at once when charges are normalised (float64: 128 MiB), so
+#: a layer of any size is initialised in memory linear in its width.
+_NORM_BLOCK_ENTRIES = 1 << 24
+
+
+def _kernel_row_norms(kernel, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """‖k(r_i, ·)‖ over the source particles for each target i (all channels), in row blocks."""
+    source = source.double()
+    rows = max(1, _NORM_BLOCK_ENTRIES // max(1, source.shape[0]))
+    parts = []
+    for start in range(0, target.shape[0], rows):
+        k = kernel(target[start : start + rows].double(), source)  # [m, N] or [C, m, N]
+        squares = k.pow(2).sum(-1)
+        parts.append(squares.sum(0) if squares.ndim == 2 else squares)
+    return torch.cat(parts).sqrt()
 
 
 @hookimpl
