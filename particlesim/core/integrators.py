@@ -36,6 +36,13 @@ def make_schedule(kind: str, start: float, stop: float, total_steps: int) -> Sch
     raise OptionError("schedule", f"unknown schedule {kind!r}; known: constant, cosine, linear")
 
 
+def _check_finite_nonnegative(**options: float) -> None:
+    """Each option a finite number >= 0 (torch.optim refuses the rest only when attached)."""
+    for key, value in options.items():
+        if not (math.isfinite(value) and value >= 0):
+            raise OptionError(key, f"must be a finite number >= 0, got {value}")
+
+
 class Integrator:
     """Base class. ``attach`` binds parameters; ``step(step)`` applies one update.
 
@@ -79,7 +86,12 @@ class Integrator:
         """Create the underlying optimiser for ``parameters`` and the step-size schedule."""
         params = [p for p in parameters if p.requires_grad]
         self.parameters = params
-        self.optimizer = self.make_optimizer(params)
+        try:
+            self.optimizer = self.make_optimizer(params)
+        except ValueError as exc:  # torch.optim's own checks: "Invalid epsilon value: -inf"
+            if isinstance(exc, OptionError):
+                raise
+            raise OptionError("integrator", f"the optimiser refused its options: {exc}") from None
         self.schedule = make_schedule(self.lr_schedule, self.lr, self.lr_final, total_steps)
         self.generator = generator
 
@@ -141,6 +153,7 @@ class SGD(Integrator):
         super().__init__(lr=lr, lr_schedule=lr_schedule, lr_final=lr_final)
         if not 0 <= momentum < 1:
             raise OptionError("momentum", f"must be in [0, 1), got {momentum}")
+        _check_finite_nonnegative(weight_decay=weight_decay)
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
 
     def make_optimizer(self, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -173,6 +186,7 @@ class Adam(Integrator):
         betas = [0.9, 0.999] if betas is None else list(betas)
         if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
             raise OptionError("betas", f"must be two numbers in [0, 1), got {betas}")
+        _check_finite_nonnegative(eps=eps, weight_decay=weight_decay)
         self.betas, self.eps, self.weight_decay = (betas[0], betas[1]), eps, weight_decay
 
     def make_optimizer(self, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:

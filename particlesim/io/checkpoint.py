@@ -364,6 +364,19 @@ def run_lock(directory: str | os.PathLike[str]) -> Iterator[Path]:
 # --------------------------------------------------------------------------- the writer
 
 
+def remove_partial_saves(path: Path) -> list[Path]:
+    """Delete what a writer killed mid-save left beside ``path``: :func:`atomic_save`'s
+    temporaries (``.NAME.*.tmp``), never renamed over ``path`` and so never read.
+
+    Call it only while holding the run directory's lock, so no live writer owns them.
+    """
+    removed = []
+    for partial in path.parent.glob(f".{path.name}.*.tmp"):
+        partial.unlink(missing_ok=True)
+        removed.append(partial)
+    return removed
+
+
 class CheckpointWriter(Writer):
     """Save ``<out>/checkpoint.pt`` when ``trigger`` fires and at every clean stop.
 
@@ -403,6 +416,7 @@ class CheckpointWriter(Writer):
     def open(self, simulation: Simulation, out_dir: Path | None) -> None:
         self.path = Path(self.file) if out_dir is None else Path(out_dir) / self.file
         self._simulation = simulation
+        remove_partial_saves(self.path)
 
     def wants(self, step: int) -> tuple[str, ...] | None:
         return () if self.periodic and step > 0 and self.trigger(step) else None

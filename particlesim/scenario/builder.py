@@ -48,6 +48,9 @@ from particlesim.scenario.options import (
     without_none,
 )
 
+#: ``[run] threads`` at most: more intra-op threads than this only oversubscribes any machine.
+MAX_THREADS = 1024
+
 SECTIONS = (
     "scenario",
     "data",
@@ -426,6 +429,12 @@ def validate(
         raise ScenarioError("give either epochs or steps, not both", path="run", source=source)
     if run["epochs"] is None and run["steps"] is None:
         run["epochs"] = 1.0
+    if run["threads"] is not None and run["threads"] > MAX_THREADS:
+        raise ScenarioError(
+            f"must be at most {MAX_THREADS}, got {run['threads']}",
+            path="run.threads",
+            source=source,
+        )
     _check_guard_options(run, source)
     for i, entry in enumerate(run["batch_schedule"] or []):
         if len(entry) != 2 or entry[0] < 0 or entry[1] < 1:

@@ -54,6 +54,10 @@ def default_spread(dim: int, width: float = 1.0) -> float:
     return width * math.sqrt((5.0 ** (3.0 / dim) - 1.0) / 4.0)
 
 
+#: Charge channels at most: their widths, spaced by factors of 2, then span 2^±32 σ.
+MAX_CHARGE_CHANNELS = 64
+
+
 def channel_widths(width: float, channels: int) -> list[float]:
     """``C`` kernel widths spaced by factors of 2 around ``width``."""
     if channels == 1:
@@ -112,8 +116,12 @@ class ParticleNetwork(Model):
             raise OptionError("dim", f"must be a positive integer, got {dim}")
         if not kernel_width > 0:
             raise OptionError("kernel_width", f"must be > 0, got {kernel_width}")
-        if charge_channels < 1:
-            raise OptionError("charge_channels", f"must be >= 1, got {charge_channels}")
+        if not 1 <= charge_channels <= MAX_CHARGE_CHANNELS:
+            raise OptionError(
+                "charge_channels",
+                f"must be in 1 … {MAX_CHARGE_CHANNELS} (the channels' widths are spaced by "
+                f"factors of 2), got {charge_channels}",
+            )
         if position_spread is not None and not position_spread > 0:
             raise OptionError("position_spread", f"must be > 0, got {position_spread}")
         if cutoff is not None and not (math.isfinite(cutoff) and cutoff > 0):
