@@ -34,16 +34,28 @@ from particlesim.scenario.options import option_hints
 
 REGISTRIES = PluginManager().load().registries
 
-#: The keys drawn, by section: the engine's own sections and the tiny scenario's plugins.
-SECTIONS: dict[str, Any] = {
+#: The keys drawn, by table: the engine's own sections and the tiny scenario's plugins
+#: (a ``[[writers]]`` and a ``[[potentials]]`` entry included).
+SECTIONS: dict[tuple[str, ...] | str, Any] = {
     "scenario": scenario_section,
     "run": run_section,
     "model": REGISTRIES["model"].get("particle_network"),
     "integrator": REGISTRIES["integrator"].get("adam"),
     "data": REGISTRIES["dataset"].get("idx"),
+    ("writers", 0): REGISTRIES["writer"].get("trajectory"),
+    ("potentials", 0): REGISTRIES["potential"].get("l2"),
 }
-#: Keys left alone: where the data lives (the test's own files).
-FIXED = {("data", "data_dir")}
+#: Keys left alone: where the data lives (the test's own files), what the entry is.
+FIXED = {("data", "data_dir"), (("writers", 0), "name"), (("potentials", 0), "name")}
+EXTRA_TABLES = """
+[[writers]]
+name = "trajectory"
+every = 1
+
+[[potentials]]
+name = "l2"
+coefficient = 1e-4
+"""
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 #: Boundaries a user meets first (0, 1, -1, 2^31, 2^53, 2^63 - 1) beside the whole range.
@@ -93,8 +105,13 @@ def scenarios(draw: st.DrawFn, base: dict[str, Any]) -> tuple[dict[str, Any], li
     changed = []
     for section, key, hint in draw(st.lists(st.sampled_from(KEYS), min_size=1, max_size=3)):
         value = draw(strategy(hint))
-        document.setdefault(section, {})[key] = value
-        changed.append(f"{section}.{key}={value!r}")
+        if isinstance(section, tuple):
+            document[section[0]][section[1]][key] = value
+            where = f"{section[0]}[{section[1]}]"
+        else:
+            document.setdefault(section, {})[key] = value
+            where = section
+        changed.append(f"{where}.{key}={value!r}")
     return document, changed
 
 
@@ -137,7 +154,7 @@ def check_document(document: dict[str, Any], changed: list[str], folder: Path) -
 
 
 def _property(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, examples: int) -> None:
-    base = tomllib.loads(TINY_SCENARIO.format(data_dir=tiny_data))
+    base = tomllib.loads(TINY_SCENARIO.format(data_dir=tiny_data) + EXTRA_TABLES)
     folder = tmp_path_factory.mktemp("drawn")
 
     @settings(
@@ -171,4 +188,6 @@ def test_every_section_key_is_drawn() -> None:
     drawn = {(section, key) for section, key, _ in KEYS}
     assert ("scenario", "seed") in drawn and ("run", "threads") in drawn
     assert ("model", "sizes") in drawn and ("integrator", "lr") in drawn
+    assert (("writers", 0), "connectivity_every") in drawn
+    assert (("potentials", 0), "coefficient") in drawn
     assert len(drawn) >= 30
