@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from particlesim.errors import DivergenceError, ParticlesimError
-from particlesim.threads import ThreadShare
+from particlesim.threads import ThreadShare, useful_threads
 
 __all__ = ["RunResult", "Runner", "load_plan"]
 
@@ -407,7 +407,9 @@ class Runner:
             (out_dir / "scenario.toml").write_text(self.plan.to_toml(), encoding="utf-8")
         status: Status = "failed"
         error: str | None = None
-        share = ThreadShare(self.plan.resolved["run"].get("threads"))
+        share = ThreadShare(
+            self.plan.resolved["run"].get("threads"), useful=useful_threads(self.system)
+        )
 
         def each_step(simulation: Any) -> None:
             share.update()  # cheap: recounts the runs sharing the cores about once a second

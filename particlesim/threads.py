@@ -10,7 +10,9 @@ long as one alone, where sharing predicts 3×. A run therefore takes its thread 
    any cgroup CPU quota) divided by the particlesim runs alive on the machine, counted
    through a registry of locked files in the temporary directory
    (``particlesim-<uid>/cpu/<pid>``). The count is taken again every second or so of the
-   run, so runs that start or end later move the others' thread counts.
+   run, so runs that start or end later move the others' thread counts;
+3. and at most one thread for a network too small for more to help
+   (:func:`useful_threads`: fewer than :data:`SMALL_NETWORK_PAIRS` coupled pairs).
 
 A killed run's registry file is unlocked by the system, and the next count removes it.
 """
@@ -24,10 +26,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ThreadShare", "available_cores", "fixed_threads"]
+__all__ = ["ThreadShare", "available_cores", "fixed_threads", "useful_threads"]
 
 #: Seconds between two counts of the runs sharing the machine.
 RECOUNT_S = 1.0
+
+#: Coupled pairs (Σ source × target over the interactions, or weights) below which a
+#: second thread does not speed a step up. Measured (2 cores, torch 2.13, fwd + bwd +
+#: Adam, batch 16 and 128; 1-thread / 2-thread time): 784-16-10 (12.7k pairs) 1.04-1.06,
+#: 64-32-10 (2.4k) 0.97, 16-8-3 0.97-0.98; 784-64-10 (50.8k) 1.22, 784-256-10 1.45.
+SMALL_NETWORK_PAIRS = 16_384
 
 #: The process this module was imported in. A child forked from it (multiprocessing's
 #: "fork") keeps its parent's OpenMP pool, which must not be resized there: GNU OpenMP can
@@ -81,16 +89,34 @@ def _registry() -> Path:
     return folder
 
 
+def useful_threads(system: Any) -> int | None:
+    """1 for a network too small for a second thread to help, else None (no cap).
+
+    Its size is the number of coupled pairs: Σ source size × target size over the
+    system's interactions (what a kernel evaluates), or its weights where larger.
+    """
+    sizes = {name: int(group.size) for name, group in getattr(system, "groups", {}).items()}
+    pairs = sum(
+        sizes.get(i.source, 0) * sizes.get(i.target, 0) for i in getattr(system, "interactions", ())
+    )
+    try:
+        weights = sum(p.numel() for p in system.parameters())
+    except AttributeError:
+        weights = 0
+    return 1 if max(pairs, weights) < SMALL_NETWORK_PAIRS else None
+
+
 class ThreadShare:
     """Holds this run's place in the machine's registry and sets torch's thread count.
 
     Use as a context manager around a run and call :meth:`update` often (it is cheap
     between recounts). With a fixed count, or where ``fcntl`` is missing, it sets the count
-    once and registers nothing.
+    once and registers nothing. ``useful`` caps the share (see :func:`useful_threads`).
     """
 
-    def __init__(self, configured: int | None = None) -> None:
+    def __init__(self, configured: int | None = None, *, useful: int | None = None) -> None:
         self.fixed = fixed_threads(configured)
+        self.useful = useful
         self.cores = available_cores()
         self.threads: int | None = None
         self._handle: Any = None
@@ -162,7 +188,8 @@ class ThreadShare:
         if not force and now < self._next:
             return self.threads or torch.get_num_threads()
         self._next = now + RECOUNT_S
-        wanted = self.fixed or max(1, self.cores // self.runs_sharing())
+        share = max(1, self.cores // self.runs_sharing())
+        wanted = self.fixed or (share if self.useful is None else min(self.useful, share))
         # only when it changes: resizing the OpenMP pool is not free (and a forked child
         # must not touch a pool its parent started)
         if wanted != torch.get_num_threads() and os.getpid() == _IMPORTED_IN:

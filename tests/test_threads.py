@@ -92,3 +92,34 @@ def test_threads_in_the_scenario_fix_the_count(
     assert seen == [1, 1, 1]
     with pytest.raises(ParticlesimError, match=r"run\.threads: must be a positive integer, got 0"):
         Runner.from_scenario(tiny_scenario, set=["run.threads=0"], out=tmp_path / "p")
+    with pytest.raises(ParticlesimError, match=r"run\.threads: must be at most 1024, got 4096"):
+        Runner.from_scenario(tiny_scenario, set=["run.threads=4096"], out=tmp_path / "q")
+
+
+def test_a_network_too_small_for_two_threads_takes_one(
+    registry: Path, tiny_scenario: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tiny network (16 x 8 x 3 pairs) runs on one thread even with 4 cores free; a
+    network above SMALL_NETWORK_PAIRS gets the cores; ``[run] threads`` still wins."""
+    from particlesim import Runner
+    from particlesim.threads import SMALL_NETWORK_PAIRS, useful_threads
+
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
+    seen: list[int] = []
+    with Runner.from_scenario(tiny_scenario, set=["run.steps=2"], out=tmp_path / "o") as runner:
+        assert useful_threads(runner.system) == 1
+        runner.run(progress=lambda simulation: seen.append(torch.get_num_threads()))
+    assert seen == [1, 1]
+    side = int(SMALL_NETWORK_PAIRS**0.5) + 1
+    with Runner.from_scenario(
+        tiny_scenario,
+        set=[f"model.sizes=[0, {side}, {side}, 0]", "run.steps=1"],
+        out=tmp_path / "p",
+    ) as runner:
+        assert useful_threads(runner.system) is None
+    seen.clear()
+    with Runner.from_scenario(
+        tiny_scenario, set=["run.steps=1", "run.threads=2"], out=tmp_path / "q"
+    ) as runner:
+        runner.run(progress=lambda simulation: seen.append(torch.get_num_threads()))
+    assert seen == [2]
