@@ -337,21 +337,40 @@ def test_chunked_computes_only_requested_gradients(
 
 
 def test_kernel_matmul_auto_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off CUDA: the matmul path for a radial kernel with the closed form (with a cutoff
+    only for small layers); for other kernels reference up to the size limit, chunked above."""
     kernel = make_kernel("gaussian", 1)
     inp = make_inputs(2, 6, 4, 2, 1)
     args = (inp["x"], kernel, inp["target_pos"], inp["source_pos"], inp["charge"])
 
-    def chosen(**kw: object) -> str:
-        name = type(kernel_matmul(*args, **kw).grad_fn).__name__  # type: ignore[arg-type]
-        return "chunked" if "KernelMatmulChunked" in name else "reference"
+    def chosen(*call: object, **kw: object) -> str:
+        name = type(kernel_matmul(*(call or args), **kw).grad_fn).__name__  # type: ignore
+        return (
+            "chunked"
+            if "KernelMatmulChunked" in name or "IndexSelect" in name  # (cutoff: re-sorted)
+            else "matmul"
+            if "RadialMatmul" in name
+            else "reference"
+        )
 
     assert ops.AUTO_REFERENCE_MAX_ELEMENTS == 2**22
-    assert chosen() == "reference"
-    monkeypatch.setattr(ops, "AUTO_REFERENCE_MAX_ELEMENTS", 23)  # M·N = 24 > 23
-    assert chosen() == "chunked"
+    assert chosen() == "matmul"
     assert chosen(backend="reference") == "reference"
+    assert chosen(backend="matmul") == "matmul"
+    opaque = ExpDotKernel([0.5])  # not radial: no closed form
+    other = (inp["x"], opaque, inp["target_pos"], inp["source_pos"], inp["charge"])
+    assert chosen(*other) == "reference"
+    with pytest.warns(UserWarning, match="the matmul backend needs a radial kernel"):
+        assert chosen(*other, backend="matmul") == "reference"
+    cut = GaussianKernel(1.3, cutoff=1.5).to(F64)
+    with_cutoff = (inp["x"], cut, inp["target_pos"], inp["source_pos"], inp["charge"])
+    assert chosen(*with_cutoff) == "matmul"
+    monkeypatch.setattr(ops, "AUTO_REFERENCE_MAX_ELEMENTS", 23)  # M·N = 24 > 23
+    assert chosen(*other) == "chunked"
+    assert chosen(*with_cutoff) == "chunked"  # the neighbour list skips far pairs
+    assert chosen() == "matmul"  # memory stays linear: it works in row blocks
     monkeypatch.setattr(ops, "AUTO_REFERENCE_MAX_ELEMENTS", 24)
-    assert chosen() == "reference"
+    assert chosen(*other) == "reference"
     assert chosen(backend="chunked", chunk_size=3) == "chunked"
     torch.testing.assert_close(kernel_matmul(*args, backend="chunked"), kernel_matmul(*args))
     with pytest.raises(ValueError, match="backend must be"):
@@ -1025,9 +1044,9 @@ def test_select_backend_auto_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     x, rh, rj = torch.randn(2, 6), torch.randn(4, 2), torch.randn(6, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert select_backend(kernel, x, rh, rj) == "reference"
+        assert select_backend(kernel, x, rh, rj) == "matmul"
         monkeypatch.setattr(ops, "AUTO_REFERENCE_MAX_ELEMENTS", 23)
-        assert select_backend(kernel, x, rh, rj) == "chunked"
+        assert select_backend(kernel, x, rh, rj) == "matmul"
         assert select_backend(kernel, x, rh, rj, backend="reference") == "reference"
 
 
@@ -1061,7 +1080,7 @@ def test_fused_request_falls_back_with_one_warning(
         reason = "Triton is not installed"  # an unsupported kernel is named first
     expected = (
         rf"interaction a -> b: the fused backend cannot run kernel '\w+' here \(.*{reason}.*\); "
-        "using the reference backend instead"
+        "using the matmul backend instead"
     )
     with pytest.warns(UserWarning, match=expected) as record:
         y = kernel_matmul(x, kernel, rh, rj, q, backend="fused", where="interaction a -> b")

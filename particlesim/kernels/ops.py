@@ -90,8 +90,8 @@ AUTO_REFERENCE_MAX_ELEMENTS: int = 2**22
 #: block is still a worthwhile matmul).
 CHUNKED_CUTOFF_TILES: tuple[int, int] = (64, 64)
 
-Backend = Literal["auto", "reference", "chunked", "fused"]
-BACKENDS: tuple[str, ...] = ("auto", "reference", "chunked", "fused")
+Backend = Literal["auto", "reference", "chunked", "matmul", "fused"]
+BACKENDS: tuple[str, ...] = ("auto", "reference", "chunked", "matmul", "fused")
 
 #: One block of the chunked path: target rows ``[start, stop)`` and the source particles it
 #: meets: None (all of them), a ``slice`` (a contiguous run) or an index tensor. Blocks of a
@@ -251,7 +251,8 @@ def _uses_closed_form(kernel: Kernel) -> bool:
         return False
     cls = type(kernel)
     if (
-        cls.forward is not RadialKernel.forward
+        cls.profile_derivative is RadialKernel.profile_derivative  # no derivative given
+        or cls.forward is not RadialKernel.forward
         or cls.scaled is not RadialKernel.scaled
         or cls.width is not RadialKernel.width
     ):
@@ -767,13 +768,17 @@ def select_backend(
     backend: str = "auto",
     where: str = "",
 ) -> str:
-    """The execution path :func:`kernel_matmul` takes: ``reference``, ``chunked`` or ``fused``.
+    """The path :func:`kernel_matmul` takes: ``reference``, ``chunked``, ``matmul`` or ``fused``.
 
     * ``"auto"``: ``fused`` when the tensors are on CUDA and a fused version exists for the
       kernel, dimension and dtype (see :func:`particlesim.kernels.fused.fused_unsupported`);
-      otherwise ``reference`` for tiny layers (``M·N ≤`` :data:`AUTO_REFERENCE_MAX_ELEMENTS`)
-      and ``chunked`` above.
-    * ``"reference"`` / ``"chunked"``: that path.
+      otherwise, off CUDA, ``matmul`` (:mod:`particlesim.kernels.matmul`) for a radial kernel
+      with the closed form (any profile, channels, modulation; with a cutoff only up to
+      ``M·N ≤`` :data:`AUTO_REFERENCE_MAX_ELEMENTS`, above which the chunked path's neighbour
+      list skips the pairs beyond it); for any other kernel ``reference`` for tiny layers
+      (``M·N ≤`` :data:`AUTO_REFERENCE_MAX_ELEMENTS`) and ``chunked`` above.
+    * ``"reference"`` / ``"chunked"``: that path; ``"matmul"``: that path for a radial kernel
+      with the closed form, else (one warning) the ``auto`` rule's choice.
     * ``"fused"``: that path where it can run; where it cannot, one ``UserWarning`` naming
       ``where`` (the interaction), the kernel and the reason, and the ``auto`` rule's
       off-CUDA choice instead.
@@ -784,14 +789,33 @@ def select_backend(
         )
     if backend in ("reference", "chunked"):
         return backend
+    small = target_pos.shape[0] * source_pos.shape[0] <= AUTO_REFERENCE_MAX_ELEMENTS
+    matmul_fits = _uses_closed_form(kernel) and (getattr(kernel, "cutoff", None) is None or small)
+    if backend == "matmul" and matmul_fits:
+        return "matmul"
     from particlesim.kernels.fused import fused_unsupported  # never imports Triton itself
 
     tensors = [t for t in (x, target_pos, source_pos, charge, modulation) if t is not None]
     reason = fused_unsupported(kernel, *tensors)
-    if reason is None and (backend == "fused" or x.is_cuda):
+    if backend != "matmul" and reason is None and (backend == "fused" or x.is_cuda):
         return "fused"
-    small = target_pos.shape[0] * source_pos.shape[0] <= AUTO_REFERENCE_MAX_ELEMENTS
-    fallback = "reference" if small else "chunked"
+    # on CUDA the choice stays as it was before the matmul path (no GPU measurement of it)
+    fallback = (
+        "matmul"
+        if matmul_fits and (backend == "matmul" or not x.is_cuda)
+        else "reference"
+        if small
+        else "chunked"
+    )
+    if backend == "matmul":
+        who = f"{where}: " if where else ""
+        name = getattr(kernel, "name", "") or type(kernel).__name__
+        warnings.warn(
+            f"{who}the matmul backend needs a radial kernel with a closed-form profile "
+            f"derivative; kernel {name!r} is not one, using the {fallback} backend instead",
+            UserWarning,
+            stacklevel=3,
+        )
     if backend == "fused":
         who = f"{where}: " if where else ""
         name = getattr(kernel, "name", "") or type(kernel).__name__
@@ -839,6 +863,12 @@ def kernel_matmul(
     )
     if chosen == "reference":
         return kernel_matmul_reference(x, kernel, target_pos, source_pos, charge, modulation)
+    if chosen == "matmul":
+        from particlesim.kernels.matmul import kernel_matmul_matmul
+
+        return kernel_matmul_matmul(
+            x, kernel, target_pos, source_pos, charge, modulation, where=where
+        )
     if chosen == "chunked":
         return kernel_matmul_chunked(
             x,

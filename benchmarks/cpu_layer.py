@@ -1,0 +1,308 @@
+"""The particle layer on CPU against ``nn.Linear``: layer steps, memory, an MNIST epoch.
+
+Every figure is a ratio against a baseline measured in the same run, with the candidates'
+repeats interleaved (dense, path 1, path 2, …, dense, …) and the median taken, at each
+thread count asked for (default 1 and 2).
+
+``layer``
+    Forward + backward of ``y = x·Wᵀ`` with ``W_hj = q_h·k(|r_h − r_j|)`` (D = 3; gradients
+    w.r.t. ``x``, both position sets and the charges) by each path (``auto``, ``matmul``,
+    ``chunked``, ``reference``) against ``nn.Linear`` of the same shape (gradients w.r.t.
+    ``x`` and its weight), for the Gaussian and for a Student-t kernel defined here the way
+    a plugin defines one (a :class:`RadialKernel` subclass with a profile and its derivative).
+``memory``
+    Peak memory of the tensors created during one forward + backward beyond the inputs
+    (counted op by op, as the memory preflight does), per path, at three sizes: the
+    ``matmul`` path keeps its kernel up to 2^22 entries and works in row blocks above.
+``epoch``
+    One MNIST training epoch of 784-256-256-10 (D = 3, backend ``auto``) against the MLP of
+    the same widths in the same plain PyTorch loop (Adam, batch 128), interleaved.
+``scenario``
+    ``particlesim run scenarios/mnist_particle.toml`` against ``scenarios/mnist_mlp.toml``,
+    one epoch each: seconds of the first epoch from each run's ``metrics.jsonl``.
+
+Usage::
+
+    python benchmarks/cpu_layer.py                       # every section, 1 and 2 threads
+    python benchmarks/cpu_layer.py --sections layer --threads 2 --profile
+    python benchmarks/cpu_layer.py --quick               # a smoke run, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+for extra in (ROOT, ROOT / "plugins"):
+    if str(extra) not in sys.path:  # run from a checkout without installing
+        sys.path.insert(0, str(extra))
+
+from particlesim.kernels import GaussianKernel, RadialKernel, kernel_matmul  # noqa: E402
+
+SECTIONS = ("layer", "memory", "epoch", "scenario")
+PATHS = ("auto", "matmul", "chunked", "reference")
+
+
+class StudentTKernel(RadialKernel):
+    """Student-t ``k = (1 + u/ν)^(−(ν+1)/2)``, ν = 3: a kernel as a plugin writes one."""
+
+    name = "student_t"
+    nu = 3.0
+
+    @staticmethod
+    def profile(u: torch.Tensor) -> torch.Tensor:
+        return (1.0 + u / StudentTKernel.nu).pow(-(StudentTKernel.nu + 1.0) / 2.0)
+
+    @staticmethod
+    def profile_derivative(u: torch.Tensor) -> torch.Tensor:
+        nu = StudentTKernel.nu
+        return -(nu + 1.0) / (2.0 * nu) * (1.0 + u / nu).pow(-(nu + 3.0) / 2.0)
+
+
+KERNELS: dict[str, Callable[[], RadialKernel]] = {
+    "gaussian": GaussianKernel,
+    "student_t": StudentTKernel,
+}
+
+
+def interleaved(steps: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict:
+    """Median seconds of each step, the steps' repeats interleaved."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def layer_steps(B: int, N: int, M: int, kernel: RadialKernel) -> dict[str, Callable[[], object]]:
+    """One forward + backward per path, and of ``nn.Linear`` ("dense")."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(B, N, generator=gen).requires_grad_()
+    rh = (torch.randn(M, 3, generator=gen) * 1.5).requires_grad_()
+    rj = (torch.randn(N, 3, generator=gen) * 1.5).requires_grad_()
+    q = (torch.randn(M, generator=gen) / N**0.5).requires_grad_()
+    gy = torch.randn(B, M, generator=gen)
+    dense = nn.Linear(N, M, bias=False)
+
+    def dense_step() -> None:
+        x.grad = dense.weight.grad = None
+        dense(x).backward(gy)
+
+    steps: dict[str, Callable[[], object]] = {"dense": dense_step}
+    for path in PATHS:
+
+        def step(path: str = path) -> None:
+            x.grad = rh.grad = rj.grad = q.grad = None
+            kernel_matmul(x, kernel, rh, rj, q, backend=path).backward(gy)
+
+        steps[path] = step
+    return steps
+
+
+def layer_section(args: argparse.Namespace) -> dict:
+    shapes = [(64, 196, 64)] if args.quick else [(128, 784, 256), (512, 2048, 2048)]
+    out: dict[str, dict] = {}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        print(f"\nlayer, {threads} thread(s): fwd + bwd, ms (x nn.Linear)")
+        for kernel_name, make in KERNELS.items():
+            for B, N, M in shapes:
+                kernel = make()
+                big = B * N * M > 10**9
+                times = interleaved(
+                    layer_steps(B, N, M, kernel),
+                    repeats=args.repeats or (7 if big else 21),
+                    warmup=3,
+                )
+                dense = times["dense"]
+                row = {p: times[p] / dense for p in PATHS}
+                out[f"{threads}t/{kernel_name}/{B},{N},{M}"] = {"dense_ms": dense * 1e3, **row}
+                cells = "  ".join(f"{p} {times[p] * 1e3:7.2f} ({row[p]:.2f}x)" for p in PATHS)
+                print(f"  {kernel_name:<9} ({B}, {N}, {M}) dense {dense * 1e3:7.2f}  {cells}")
+                if args.profile and kernel_name == "gaussian":
+                    profile_step(layer_steps(B, N, M, kernel)["matmul"])
+    return out
+
+
+def profile_step(step: Callable[[], object]) -> None:
+    """Where the matmul path's step spends its time: the top operators by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(10):
+            step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+def peak_extra_bytes(step: Callable[[], object]) -> int:
+    """Peak bytes of the tensors ``step`` creates and holds at once (views excluded)."""
+    from particlesim.scenario.preflight import _Tracker
+
+    with _Tracker() as tracker:
+        step()
+    return tracker.peak
+
+
+def memory_section(args: argparse.Namespace) -> dict:
+    sizes = (
+        [(32, 256, 256)] if args.quick else [(64, 1024, 1024), (64, 4096, 4096), (64, 16384, 16384)]
+    )
+    out: dict[str, dict] = {}
+    print("\nmemory: peak MiB created during one fwd + bwd, beyond the inputs (Gaussian)")
+    for B, N, M in sizes:
+        steps = layer_steps(B, N, M, GaussianKernel())
+        row = {}
+        for path in ("dense", "matmul", "chunked", "reference"):
+            if path == "reference" and M * N > 2**26:
+                row[path] = None  # W and its autograd transients: gigabytes
+                continue
+            row[path] = peak_extra_bytes(steps[path]) / 2**20
+        out[f"{B},{N},{M}"] = row
+        cells = "  ".join(f"{p} {'-' if v is None else f'{v:8.1f}'}" for p, v in row.items())
+        print(f"  ({B}, {N}, {M})  W would be {M * N * 4 / 2**20:8.1f}  {cells}")
+    return out
+
+
+def _mnist(quick: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if quick:
+        gen = torch.Generator().manual_seed(0)
+        return torch.rand(1024, 784, generator=gen), torch.randint(0, 10, (1024,), generator=gen)
+    from particlesim.data.datasets import MNIST
+
+    splits = MNIST(download=False).load(seed=0, log=lambda m: None)
+    return splits.train_x, splits.train_y
+
+
+def epoch_section(args: argparse.Namespace) -> dict:
+    from particlesim_lange import ParticleNetwork
+
+    from particlesim.core.model import MLP
+    from particlesim.plugins.manager import PluginManager
+
+    registries = PluginManager().load().registries
+    x, y = _mnist(args.quick)
+    sizes = [784, 256, 256, 10]
+    out: dict[str, dict] = {}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        systems = {}
+        for label, model in (
+            ("particle", ParticleNetwork(sizes=sizes, dim=3)),
+            ("mlp", MLP(sizes=sizes, activation="tanh")),
+        ):
+            system = model.build(
+                registries=registries,
+                input_size=784,
+                num_classes=10,
+                generator=torch.Generator().manual_seed(0),
+                dtype=torch.float32,
+            )
+            systems[label] = (system, torch.optim.Adam(system.parameters(), lr=1e-3))
+
+        def epoch(label: str, systems: dict = systems) -> Callable[[], None]:
+            system, optimizer = systems[label]
+
+            def run() -> None:
+                order = torch.randperm(x.shape[0])
+                for i in range(0, x.shape[0], 128):
+                    idx = order[i : i + 128]
+                    loss = F.cross_entropy(system(x[idx]), y[idx])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+
+            return run
+
+        times = interleaved(
+            {label: epoch(label) for label in systems}, repeats=args.epochs, warmup=1
+        )
+        ratio = times["particle"] / times["mlp"]
+        out[f"{threads}t"] = {**times, "ratio": ratio}
+        print(
+            f"\nepoch, {threads} thread(s), {sizes}, {x.shape[0]} samples: particle "
+            f"{times['particle']:.2f} s, mlp {times['mlp']:.2f} s, ratio {ratio:.2f}"
+        )
+    return out
+
+
+def _first_epoch_seconds(scenario: Path, threads: int, quick: bool) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [
+            sys.executable, "-m", "particlesim", "run", str(scenario), "--out", f"{tmp}/o",
+            "--no-progress", "--set", "run.epochs=1", "--set", f"run.threads={threads}",
+        ]  # fmt: skip
+        if quick:
+            command += ["--set", "run.steps=20"]
+        subprocess.run(command, check=True, capture_output=True)
+        rows = [
+            json.loads(line) for line in Path(f"{tmp}/o/metrics.jsonl").read_text().splitlines()
+        ]
+        return float(rows[0]["wall_time"])
+
+
+def scenario_section(args: argparse.Namespace) -> dict:
+    particle = ROOT / "scenarios" / "mnist_particle.toml"
+    mlp = ROOT / "scenarios" / "mnist_mlp.toml"
+    out: dict[str, dict] = {}
+    for threads in args.threads:
+        times: dict[str, list[float]] = {"particle": [], "mlp": []}
+        for _ in range(args.scenario_repeats):
+            times["particle"].append(_first_epoch_seconds(particle, threads, args.quick))
+            times["mlp"].append(_first_epoch_seconds(mlp, threads, args.quick))
+        median = {k: statistics.median(v) for k, v in times.items()}
+        ratio = median["particle"] / median["mlp"]
+        out[f"{threads}t"] = {**median, "ratio": ratio}
+        print(
+            f"\nscenario epoch, {threads} thread(s): mnist_particle {median['particle']:.2f} s, "
+            f"mnist_mlp {median['mlp']:.2f} s, ratio {ratio:.2f}"
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small smoke run")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=None, help="timed layer steps")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs (median)")
+    parser.add_argument("--scenario-repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="profile the matmul path")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs, args.scenario_repeats = 1, 1
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads available")
+    sections = {
+        "layer": layer_section,
+        "memory": memory_section,
+        "epoch": epoch_section,
+        "scenario": scenario_section,
+    }
+    results = {name: sections[name](args) for name in args.sections}
+    if args.out is not None:
+        args.out.write_text(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()

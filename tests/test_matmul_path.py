@@ -1,0 +1,277 @@
+"""The matmul path (``backend="matmul"``, the CPU default for radial kernels): gradients
+against finite differences, results against the reference path, translation, memory in
+blocks, and its errors."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import torch
+from torch import Tensor
+
+from particlesim.kernels import (
+    CauchyKernel,
+    ExponentialKernel,
+    GaussianKernel,
+    RadialKernel,
+    kernel_matmul,
+)
+from particlesim.kernels import matmul as matmul_path
+from particlesim.kernels.base import KernelError
+from particlesim.kernels.matmul import kernel_matmul_matmul
+from particlesim.kernels.ops import kernel_matmul_reference, select_backend
+
+F64 = torch.float64
+
+
+class StudentTKernel(RadialKernel):
+    """A kernel as a plugin writes one: ``(1 + u/3)^-2`` and its derivative."""
+
+    name = "student_t"
+
+    @staticmethod
+    def profile(u: Tensor) -> Tensor:
+        return (1.0 + u / 3.0).pow(-2.0)
+
+    @staticmethod
+    def profile_derivative(u: Tensor) -> Tensor:
+        return -(2.0 / 3.0) * (1.0 + u / 3.0).pow(-3.0)
+
+
+class NoDerivativeKernel(RadialKernel):
+    """A radial kernel built in a notebook without ``profile_derivative``."""
+
+    name = "no_derivative"
+
+    @staticmethod
+    def profile(u: Tensor) -> Tensor:
+        return 1.0 / (1.0 + u)
+
+
+FAMILIES = [GaussianKernel, CauchyKernel, ExponentialKernel, StudentTKernel]
+
+
+def make(
+    family: type[RadialKernel],
+    channels: int,
+    *,
+    charge: bool = True,
+    modulation: bool = False,
+    cutoff: bool = False,
+    learnable: bool = False,
+    shape: tuple[int, int, int, int] = (5, 7, 6, 3),
+    dtype: torch.dtype = F64,
+    spread: float = 1.0,
+    seed: int = 0,
+) -> tuple[RadialKernel, dict[str, Tensor | None]]:
+    B, N, M, D = shape
+    g = torch.Generator().manual_seed(seed)
+    widths = 1.3 if channels == 1 else [0.6 * (c + 1) for c in range(channels)]
+    kernel = family(widths, learnable_width=learnable, cutoff=2.5 * spread if cutoff else None)
+    kernel = kernel.to(dtype)
+
+    def leaf(*size: int, scale: float = 1.0) -> Tensor:
+        return (torch.randn(*size, generator=g, dtype=dtype) * scale).requires_grad_()
+
+    inputs = {
+        "x": leaf(B, N),
+        "target_pos": leaf(M, D, scale=spread),
+        "source_pos": leaf(N, D, scale=spread),
+        "charge": (leaf(M) if channels == 1 else leaf(M, channels)) if charge else None,
+        "modulation": leaf(M, N) if modulation else None,
+    }
+    return kernel, inputs
+
+
+def call(path, kernel: RadialKernel, inputs: dict[str, Tensor | None]) -> Tensor:
+    return path(
+        inputs["x"],
+        kernel,
+        inputs["target_pos"],
+        inputs["source_pos"],
+        inputs["charge"],
+        inputs["modulation"],
+    )
+
+
+@pytest.fixture(params=["kept", "blocks"])
+def blocks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both regimes: the kernel kept for backward, or recomputed in blocks of 2 rows."""
+    if request.param == "blocks":
+        monkeypatch.setattr(matmul_path, "SAVED_MAX_ELEMENTS", 0)
+        monkeypatch.setattr(matmul_path, "BLOCK_ELEMENTS", 1)  # one row per block
+    return request.param
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
+@pytest.mark.parametrize(
+    ("channels", "charge", "modulation", "cutoff", "learnable"),
+    [
+        (1, True, False, False, False),
+        (1, True, False, False, True),
+        (1, False, True, True, False),
+        (3, True, False, False, True),
+        (3, True, True, True, True),
+        (3, False, False, False, False),
+    ],
+)
+def test_gradcheck_every_family(
+    blocks: str, family, channels, charge, modulation, cutoff, learnable
+) -> None:
+    kernel, inputs = make(
+        family, channels, charge=charge, modulation=modulation, cutoff=cutoff, learnable=learnable
+    )
+    names = [k for k, v in inputs.items() if v is not None]
+    extra = [kernel.log_width] if learnable else []
+
+    def f(*tensors: Tensor) -> Tensor:
+        given = dict(zip(names, tensors[: len(names)], strict=True))
+        return call(kernel_matmul_matmul, kernel, {**inputs, **given})
+
+    assert torch.autograd.gradcheck(f, (*[inputs[n] for n in names], *extra))
+
+
+def test_agrees_with_the_reference_path_in_float32_on_random_layers(blocks: str) -> None:
+    """Random shapes, families, channel counts, cutoffs and modulation at realistic spreads:
+    outputs and every gradient within 1e-5 relative (to each tensor's largest entry); 1e-4
+    for the exponential, whose derivative ``−e^{−√u}/(2√u)`` amplifies the float32
+    rounding of near-coincident pairs on every path (the chunked path differs from the
+    reference path by as much)."""
+    rng = random.Random(5)
+    for trial in range(24):
+        family = rng.choice(FAMILIES)
+        channels = rng.choice([1, 1, 2, 3])
+        shape = (rng.randint(1, 9), rng.randint(1, 40), rng.randint(1, 40), rng.randint(1, 4))
+        kernel, inputs = make(
+            family,
+            channels,
+            charge=rng.random() < 0.8,
+            modulation=rng.random() < 0.3,
+            cutoff=rng.random() < 0.3,
+            learnable=rng.random() < 0.3,
+            shape=shape,
+            dtype=torch.float32,
+            spread=rng.choice([0.5, 1.0, 2.0]),
+            seed=trial,
+        )
+        leaves = [v for v in inputs.values() if v is not None]
+        if kernel.log_width.requires_grad:
+            leaves.append(kernel.log_width)
+        gy = torch.randn(shape[0], shape[2], generator=torch.Generator().manual_seed(trial))
+        got = call(kernel_matmul_matmul, kernel, inputs)
+        want = call(kernel_matmul_reference, kernel, inputs)
+        for a, b in zip(
+            [got, *torch.autograd.grad(got, leaves, gy)],
+            [want, *torch.autograd.grad(want, leaves, gy)],
+            strict=True,
+        ):
+            scale = b.abs().max().clamp_min(1e-30)
+            tolerance = 1e-4 if family is ExponentialKernel else 1e-5
+            assert ((a - b).abs().max() / scale) <= tolerance, (trial, family.name, shape)
+
+
+def test_a_translation_by_100_changes_nothing_beyond_float32_rounding() -> None:
+    """Positions are measured from their centre before |a|² + |b|² − 2a·b: no cancellation."""
+    kernel, inputs = make(GaussianKernel, 1, shape=(1, 30, 20, 3), dtype=torch.float32)
+    eye = torch.eye(30)  # x = I: y = Wᵀ, every weight compared
+    moved = {**inputs, "x": eye}
+    w = call(kernel_matmul_matmul, kernel, moved)
+    shift = torch.tensor([100.0, -100.0, 100.0])
+    far = {
+        **moved,
+        "target_pos": inputs["target_pos"].detach() + shift,
+        "source_pos": inputs["source_pos"].detach() + shift,
+    }
+    torch.testing.assert_close(call(kernel_matmul_matmul, kernel, far), w, rtol=1e-5, atol=2e-6)
+    torch.testing.assert_close(
+        w, call(kernel_matmul_reference, kernel, moved), rtol=1e-5, atol=1e-7
+    )
+
+
+def test_far_pairs_are_exactly_zero_not_subnormal() -> None:
+    """exp(−u) below float32's smallest normal number is 0 (subnormals halve CPU matmuls)."""
+    kernel = GaussianKernel(0.5)
+    target = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+    source = torch.tensor([[0.0, 0.0], [0.1, 0.0]])
+    w = kernel_matmul_matmul(torch.eye(2), kernel, target, source).T  # [M, N]
+    assert float(w[1].abs().max()) == 0.0  # u = 400: exp(−400) underflows to 0
+    tiny = torch.finfo(torch.float32).tiny
+    assert not bool(((w > 0) & (w < tiny)).any())
+    torch.testing.assert_close(w[0], torch.exp(-torch.tensor([0.0, 0.04])))
+
+
+def test_blocks_keep_memory_linear(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above SAVED_MAX_ELEMENTS the layer is walked in row blocks: the peak of what a step
+    creates stays a few blocks, far below one [M, N] array."""
+    from particlesim.scenario.preflight import _Tracker
+
+    B, N, M = 4, 512, 512
+    kernel, inputs = make(GaussianKernel, 1, shape=(B, N, M, 3), dtype=torch.float32)
+    monkeypatch.setattr(matmul_path, "SAVED_MAX_ELEMENTS", 2**14)
+    monkeypatch.setattr(matmul_path, "BLOCK_ELEMENTS", 16 * N)  # 16 rows a block
+    gy = torch.ones(B, M)
+    with _Tracker() as tracker:
+        call(kernel_matmul_matmul, kernel, inputs).backward(gy)
+    whole = M * N * 4
+    assert tracker.peak < whole / 4, (tracker.peak, whole)
+    monkeypatch.setattr(matmul_path, "SAVED_MAX_ELEMENTS", 2**22)
+    with _Tracker() as kept:  # below the limit the kernel is kept: about one [M, N] array
+        call(kernel_matmul_matmul, kernel, inputs).backward(gy)
+    assert kept.peak >= whole
+
+
+@pytest.mark.parametrize("where", ["target_pos", "source_pos"])
+def test_positions_that_are_not_finite_are_one_line_naming_layer_and_kernel(where: str) -> None:
+    kernel, inputs = make(GaussianKernel, 1, dtype=torch.float32)
+    bad = inputs[where].detach().clone()
+    bad[2, 1] = float("nan")
+    with pytest.raises(KernelError) as info:
+        kernel_matmul(
+            inputs["x"],
+            kernel,
+            *(
+                (bad, inputs["source_pos"])
+                if where == "target_pos"
+                else (inputs["target_pos"], bad)
+            ),
+            inputs["charge"],
+            where="interaction hidden1 -> output",
+        )
+    message = str(info.value)
+    assert "\n" not in message
+    side = where.split("_")[0]
+    assert message.startswith("interaction hidden1 -> output: kernel 'gaussian' (GaussianKernel")
+    assert f"{side} position 2 is not finite" in message
+
+
+def test_a_radial_kernel_without_its_derivative_takes_the_reference_path() -> None:
+    _, inputs = make(CauchyKernel, 1, dtype=torch.float32)
+    plain = NoDerivativeKernel(1.3)
+    args = (inputs["x"], plain, inputs["target_pos"], inputs["source_pos"], inputs["charge"])
+    assert select_backend(*args) == "reference"
+    with pytest.warns(UserWarning, match="the matmul backend needs a radial kernel"):
+        assert select_backend(*args, backend="matmul") == "reference"
+    y = kernel_matmul(*args)
+    y.sum().backward()  # autograd through the profile: no NotImplementedError
+    assert inputs["target_pos"].grad is not None
+
+
+def test_every_combination_matches_the_chunked_path() -> None:
+    """The two closed-form paths agree on every option (float64, tight)."""
+    for family, channels, charge, modulation, cutoff in itertools.product(
+        FAMILIES, [1, 2], [True, False], [True, False], [True, False]
+    ):
+        kernel, inputs = make(family, channels, charge=charge, modulation=modulation, cutoff=cutoff)
+        got = call(kernel_matmul_matmul, kernel, inputs)
+        want = kernel_matmul(
+            inputs["x"],
+            kernel,
+            inputs["target_pos"],
+            inputs["source_pos"],
+            inputs["charge"],
+            inputs["modulation"],
+            backend="chunked",
+        )
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
