@@ -645,7 +645,13 @@ def test_cli_divergence_saves_the_last_good_state(tiny_scenario: Path, tmp_path:
     result = invoke(
         "run", tiny_scenario, "--out", out, "--set", "integrator.name=sgd", "--no-progress"
     )
-    assert_one_line_error(result, "step 2: non-finite gradient in group 'input' field", code=3)
+    # (the reference path sees a finite loss and a non-finite gradient; the matmul path's
+    # |a|² + |b|² − 2a·b is inf − inf there, a NaN loss: both are the step-2 divergence)
+    assert_one_line_error(result, "step 2: ", code=3)
+    assert (
+        "non-finite gradient in group 'input' field" in result.stderr
+        or "the loss became nan; lower the step size" in result.stderr
+    )
     assert "the last good state (step 1) is in" in result.stderr
     saved = read_checkpoint(out / "diverged.pt")
     assert saved["simulation"]["step"] == 1 and saved["extra"]["status"] == "diverged"

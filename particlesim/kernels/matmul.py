@@ -62,7 +62,16 @@ SAVED_MAX_ELEMENTS: int = 2**22
 BLOCK_ELEMENTS: int = 2**20
 
 
-def _raise_not_finite(kernel: RadialKernel, target_pos: Tensor, source_pos: Tensor, where: str):
+def _is_fake(tensor: Tensor) -> bool:
+    """A tensor without data (the memory preflight's fake tensors): no value can be read."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(tensor, FakeTensor)
+
+
+def _raise_not_finite(
+    kernel: RadialKernel, target_pos: Tensor, source_pos: Tensor, where: str
+) -> None:
     """One line naming the interaction, the kernel and the first position that is not finite."""
     for name, positions in (("target", target_pos), ("source", source_pos)):
         bad = (~torch.isfinite(positions.detach())).any(1).nonzero()
@@ -73,10 +82,6 @@ def _raise_not_finite(kernel: RadialKernel, target_pos: Tensor, source_pos: Tens
                 f"{where + ': ' if where else ''}kernel {describe_kernel(kernel)}: {name} "
                 f"position {row} is not finite ({value}); {len(bad)} such row(s)"
             )
-    raise KernelError(  # finite positions whose squares overflow
-        f"{where + ': ' if where else ''}kernel {describe_kernel(kernel)}: positions too "
-        "large to square in this dtype"
-    )
 
 
 _STEEP: dict[type, bool] = {}
@@ -153,15 +158,18 @@ class _Geometry:
             r2t = diff.mul_(diff) if r2t is None else r2t.addcmul_(diff, diff)
         return r2t
 
-    def r2t(self, s: int, e: int, scale: float = 1.0) -> Tensor:
-        """``scale · r²ᵀ`` of target rows ``[s, e)``, ``[N, m]``; clamped at 0 where
-        ``scale > 0`` (a negative scale is for :func:`_gaussian_`, which clamps)."""
+    def r2t(self, s: int, e: int, negative_scale: Tensor | None = None) -> Tensor:
+        """``r²ᵀ`` of target rows ``[s, e)``, ``[N, m]``, clamped at 0; or, given
+        ``negative_scale`` (``−σ⁻²``), ``−u`` unclamped, for :func:`_gaussian_` to clamp."""
         # the small factor contiguous as [D+2, m]: a transposed view takes a slow BLAS path
-        left_t = torch.mul(
-            self.left[s:e].T, scale, out=self.left.new_empty(self.left.shape[1], e - s)
+        out = self.left.new_empty(self.left.shape[1], e - s)
+        left_t = (
+            out.copy_(self.left[s:e].T)
+            if negative_scale is None
+            else torch.mul(self.left[s:e].T, negative_scale, out=out)
         )
         r2t = torch.mm(self.right, left_t)
-        return r2t.clamp_min_(0.0) if scale > 0 else r2t
+        return r2t.clamp_min_(0.0) if negative_scale is None else r2t
 
 
 def _block(
@@ -183,7 +191,7 @@ def _block(
     cut = kernel.cutoff is not None
     if gaussian and C == 1 and not cut and not kernel.log_width.requires_grad:
         # −u straight from the thin product, then exp in place
-        k3 = _gaussian_(geometry.r2t(s, e, scale=-float(inv_s2[0]))).unsqueeze(0)
+        k3 = _gaussian_(geometry.r2t(s, e, negative_scale=-inv_s2[0])).unsqueeze(0)
         r2 = None
     else:
         r2 = geometry.r2t_exact(s, e) if _steep_at_zero(kernel) else geometry.r2t(s, e)
@@ -242,7 +250,9 @@ class _RadialMatmul(torch.autograd.Function):
     ) -> Tensor:
         M, N, C = target_pos.shape[0], source_pos.shape[0], kernel.channels
         geometry = _Geometry(target_pos, source_pos, x.dtype)
-        if not bool(torch.isfinite(geometry.left).all() and torch.isfinite(geometry.right).all()):
+        if not _is_fake(x) and not bool(
+            torch.isfinite(target_pos).all() and torch.isfinite(source_pos).all()
+        ):  # (positions that are finite but overflow r² become a NaN loss: a divergence)
             _raise_not_finite(kernel, target_pos, source_pos, where)
         inv_s2 = log_width.detach().to(x.dtype).mul(-2.0).exp()  # σ⁻² per channel
         gaussian = _is_gaussian(kernel)
@@ -348,7 +358,7 @@ class _RadialMatmul(torch.autograd.Function):
                 if need_w:  # r² is kept whenever the width is learnable
                     u_dot = torch.dot(F.reshape(-1), r2.reshape(-1)) * inv_s2[0]
                     grad_logw[0] += -2.0 * sign * u_dot
-                factor = sign * float(inv_s2[0])
+                factor = inv_s2[0] * sign
                 if G_cut is not None:
                     G = F.mul_(factor).add_(G_cut)
                     factor = 1.0
@@ -376,7 +386,7 @@ class _RadialMatmul(torch.autograd.Function):
             if need_rj:
                 ones_target = torch.cat([r_h.new_ones(1, e - s), r_h.T])  # [D+1, m]
                 T = torch.mm(ones_target, G.T)  # [D+1, N]: rowsum of Gᵀ and r_hᵀ Gᵀ
-                grad_rj.add_(T[0].unsqueeze(1) * geometry.source - T[1:].T, alpha=2.0 * factor)
+                grad_rj.add_((T[0].unsqueeze(1) * geometry.source - T[1:].T).mul_(2.0 * factor))
 
         grad_q = None
         if need_q and charge is not None:

@@ -44,7 +44,8 @@ class ParticleLinear(nn.Module):
         source_position: share an existing ``[N, D]`` parameter (e.g. the
             previous layer's ``position``) instead of creating one.
         spread: std of the initial positions ``~ N(0, spread²)``.
-        backend: ``auto``, ``reference``, ``chunked`` or ``fused`` (see ``kernel_matmul``).
+        backend: ``auto``, ``reference``, ``chunked``, ``matmul`` or ``fused`` (see
+            ``kernel_matmul``).
         generator: seeds the initialisation.
     """
 

@@ -81,8 +81,8 @@ class ParticleNetwork(Model):
         position_spread: initial position std; ``None`` picks it from ``dim``.
         charge_init: ``"normalized"`` (unit-norm effective rows) or ``"normal"``.
         charge_gain: scale of the initial charges.
-        backend: kernel execution path: ``auto`` (fused on CUDA, else by size),
-            ``reference``, ``chunked`` or ``fused`` (see ``particlesim.kernels.select_backend``).
+        backend: kernel execution path: ``auto`` (fused on CUDA, else matmul), ``reference``,
+            ``chunked``, ``matmul`` or ``fused`` (see ``particlesim.kernels.select_backend``).
         cutoff: truncate every kernel at this distance (smooth XPLOR switch over the last
             fifth); the chunked and fused paths then skip far pairs of particle blocks.
     """
