@@ -807,23 +807,17 @@ def select_backend(
         if small
         else "chunked"
     )
-    if backend == "matmul":
+    if backend in ("matmul", "fused"):
         who = f"{where}: " if where else ""
         name = getattr(kernel, "name", "") or type(kernel).__name__
-        warnings.warn(
-            f"{who}the matmul backend needs a radial kernel with a closed-form profile "
-            f"derivative; kernel {name!r} is not one, using the {fallback} backend instead",
-            UserWarning,
-            stacklevel=3,
+        why = (
+            "the matmul backend needs a radial kernel with a closed-form profile derivative; "
+            f"kernel {name!r} is not one"
+            if backend == "matmul"
+            else f"the fused backend cannot run kernel {name!r} here ({reason})"
         )
-    if backend == "fused":
-        who = f"{where}: " if where else ""
-        name = getattr(kernel, "name", "") or type(kernel).__name__
         warnings.warn(
-            f"{who}the fused backend cannot run kernel {name!r} here ({reason}); "
-            f"using the {fallback} backend instead",
-            UserWarning,
-            stacklevel=3,
+            f"{who}{why}; using the {fallback} backend instead", UserWarning, stacklevel=3
         )
     return fallback
 
