@@ -469,7 +469,7 @@ def test_readme_python_runner_example_runs_verbatim(
     assert result.status == "completed" and result.summary["steps"] == 100
     assert result.summary["test_accuracy"] > 0.5
     assert result.out_dir == Path("runs/notebook")
-    assert dict(namespace["hidden"].sizes) == {"time": 6, "particle": 256, "spatial": 3}
+    assert dict(namespace["hidden"].sizes) == {"time": 6, "particle": 256, "spatial": 8}
     status_line = capsys.readouterr().out.splitlines()[0]
     assert status_line.startswith("completed 0.")
     # the lock was released: the run directory can be resumed by another runner

@@ -127,26 +127,28 @@ def _gaussian_(minus_u: Tensor) -> Tensor:
 class _Geometry:
     """Centred, augmented positions of one call: ``r²`` of any block is one thin product.
 
-    ``target``/``source`` are measured from the common centre (differences unchanged);
-    ``left [M, D+2] = [r_h, |r_h|², 1]`` and ``right [N, D+2] = [−2 r_j, 1, |r_j|²]``, so that
-    ``right @ left[s:e]ᵀ`` is ``r²ᵀ`` of target rows ``[s, e)``, ``[N, m]``.
+    ``target [M, D]``/``source [N, D]`` are measured from the common centre (differences
+    unchanged); ``left_t [D+2, M] = [1; r_hᵀ; |r_h|²]`` and ``right [N, D+2] =
+    [|r_j|², −2 r_j, 1]``, so that ``right @ left_t[:, s:e]`` is ``r²ᵀ`` of target rows
+    ``[s, e)``, ``[N, m]``, and ``left_t[:D+1]`` is the ``[1; r_hᵀ]`` factor of the backward.
     """
 
     def __init__(self, target_pos: Tensor, source_pos: Tensor, dtype: torch.dtype) -> None:
-        target = target_pos.detach().to(dtype)
-        source = source_pos.detach().to(dtype)
-        M, N, D = target.shape[0], source.shape[0], target.shape[1]
-        centre = (target.sum(0) + source.sum(0)).div_(M + N)
-        self.left = target.new_empty(M, D + 2)
-        self.right = source.new_empty(N, D + 2)
-        self.target = torch.sub(target, centre, out=self.left[:, :D])
-        self.source = torch.sub(source, centre, out=self.right[:, :D])
-        torch.sum(self.target * self.target, 1, out=self.left[:, D])
-        torch.sum(self.source * self.source, 1, out=self.right[:, D + 1])
-        self.left[:, D + 1] = 1.0
-        self.right[:, D] = 1.0
-        self.target, self.source = self.target.clone(), self.source.clone()
-        self.right[:, :D].mul_(-2.0)
+        target, source = target_pos.detach(), source_pos.detach()
+        if target.dtype != dtype:
+            target, source = target.to(dtype), source.to(dtype)
+        M, N = target.shape[0], source.shape[0]
+        self.centre = torch.cat([target, source]).mean(0)  # NaN/inf if any position is
+        self.target = target - self.centre
+        self.source = source - self.centre
+        self.left_t = torch.cat(
+            [target.new_ones(1, M), self.target.T, (self.target * self.target).sum(1)[None]]
+        )
+        self.right = torch.cat(
+            [(self.source * self.source).sum(1, keepdim=True), self.source * -2.0,
+             source.new_ones(N, 1)],
+            1,
+        )  # fmt: skip
 
     def r2t_exact(self, s: int, e: int) -> Tensor:
         """``r²ᵀ`` of target rows ``[s, e)`` summed from coordinate differences (``D`` passes):
@@ -161,15 +163,10 @@ class _Geometry:
     def r2t(self, s: int, e: int, negative_scale: Tensor | None = None) -> Tensor:
         """``r²ᵀ`` of target rows ``[s, e)``, ``[N, m]``, clamped at 0; or, given
         ``negative_scale`` (``−σ⁻²``), ``−u`` unclamped, for :func:`_gaussian_` to clamp."""
-        # the small factor contiguous as [D+2, m]: a transposed view takes a slow BLAS path
-        out = self.left.new_empty(self.left.shape[1], e - s)
-        left_t = (
-            out.copy_(self.left[s:e].T)
-            if negative_scale is None
-            else torch.mul(self.left[s:e].T, negative_scale, out=out)
-        )
-        r2t = torch.mm(self.right, left_t)
-        return r2t.clamp_min_(0.0) if negative_scale is None else r2t
+        left_t = self.left_t[:, s:e]  # row-major with a leading dimension: BLAS takes it as is
+        if negative_scale is not None:
+            return torch.mm(self.right, left_t * negative_scale)
+        return torch.mm(self.right, left_t).clamp_min_(0.0)
 
 
 def _block(
@@ -250,9 +247,9 @@ class _RadialMatmul(torch.autograd.Function):
     ) -> Tensor:
         M, N, C = target_pos.shape[0], source_pos.shape[0], kernel.channels
         geometry = _Geometry(target_pos, source_pos, x.dtype)
-        if not _is_fake(x) and not bool(
-            torch.isfinite(target_pos).all() and torch.isfinite(source_pos).all()
-        ):  # (positions that are finite but overflow r² become a NaN loss: a divergence)
+        if not _is_fake(x) and not bool(torch.isfinite(geometry.centre).all()):
+            # a position that is NaN or infinite (finite ones whose sum or squares overflow
+            # go on, to a NaN loss: a divergence, as on the other paths)
             _raise_not_finite(kernel, target_pos, source_pos, where)
         inv_s2 = log_width.detach().to(x.dtype).mul(-2.0).exp()  # σ⁻² per channel
         gaussian = _is_gaussian(kernel)
@@ -309,6 +306,7 @@ class _RadialMatmul(torch.autograd.Function):
         grad_logw = x.new_zeros(C) if need_w else None
         # [1, r_j]ᵀ and [1, r_h]ᵀ: the thin products' small left factors
         ones_source = torch.cat([geometry.source.new_ones(1, N), geometry.source.T])  # [D+1, N]
+        ones_target = geometry.left_t[: D + 1]  # [1; r_hᵀ], [D+1, M]
 
         for s in range(0, M, ctx.rows):
             e = min(M, s + ctx.rows)
@@ -384,8 +382,7 @@ class _RadialMatmul(torch.autograd.Function):
                 rows_h = R[0].unsqueeze(1) * r_h - R[1:].T
                 torch.mul(rows_h, 2.0 * factor, out=grad_rh[s:e])
             if need_rj:
-                ones_target = torch.cat([r_h.new_ones(1, e - s), r_h.T])  # [D+1, m]
-                T = torch.mm(ones_target, G.T)  # [D+1, N]: rowsum of Gᵀ and r_hᵀ Gᵀ
+                T = torch.mm(ones_target[:, s:e], G.T)  # [D+1, N]: rowsum of Gᵀ and r_hᵀ Gᵀ
                 grad_rj.add_((T[0].unsqueeze(1) * geometry.source - T[1:].T).mul_(2.0 * factor))
 
         grad_q = None
