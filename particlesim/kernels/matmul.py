@@ -62,6 +62,11 @@ SAVED_MAX_ELEMENTS: int = 2**22
 BLOCK_ELEMENTS: int = 2**20
 
 
+def _as(tensor: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """``tensor`` in ``dtype`` (no call at all when it already is: this path counts calls)."""
+    return tensor if dtype is None or tensor.dtype == dtype else tensor.to(dtype)
+
+
 def _is_fake(tensor: Tensor) -> bool:
     """A tensor without data (the memory preflight's fake tensors): no value can be read."""
     from torch._subclasses.fake_tensor import FakeTensor
@@ -251,11 +256,11 @@ class _RadialMatmul(torch.autograd.Function):
             # a position that is NaN or infinite (finite ones whose sum or squares overflow
             # go on, to a NaN loss: a divergence, as on the other paths)
             _raise_not_finite(kernel, target_pos, source_pos, where)
-        inv_s2 = log_width.detach().to(x.dtype).mul(-2.0).exp()  # σ⁻² per channel
+        inv_s2 = _as(log_width.detach(), x.dtype).mul(-2.0).exp_()  # σ⁻² per channel
         gaussian = _is_gaussian(kernel)
         keep = C * M * N <= SAVED_MAX_ELEMENTS
         rows = M if keep else max(1, BLOCK_ELEMENTS // max(1, C * N))
-        charge2 = None if charge is None else charge.reshape(M, C).to(x.dtype)
+        charge2 = None if charge is None else _as(charge.reshape(M, C), x.dtype)
         modulation_t = None if modulation is None else modulation.T.to(x.dtype).contiguous()
         # one channel: the charges scale y's columns, W is never formed
         scale = charge2[:, 0] if C == 1 and charge2 is not None else None
@@ -289,7 +294,7 @@ class _RadialMatmul(torch.autograd.Function):
         need_x, need_rh, need_rj, need_q, need_mod, _, need_w, _ = ctx.needs_input_grad
         M, N, C = geometry.target.shape[0], geometry.source.shape[0], kernel.channels
         D = geometry.target.shape[1]
-        charge2 = None if charge is None else charge.reshape(M, C).to(x.dtype)
+        charge2 = None if charge is None else _as(charge.reshape(M, C), x.dtype)
         one_channel_charge = C == 1 and charge2 is not None
         gy = grad_y * charge2[:, 0] if one_channel_charge else grad_y  # dL/d(x Wᵀ) w/o charge
         need_pos = need_rh or need_rj
@@ -376,14 +381,15 @@ class _RadialMatmul(torch.autograd.Function):
                     G.add_(G_cut)
             if not need_pos:
                 continue
-            r_h = geometry.target[s:e]
+            two_factor = factor * 2.0
             if need_rh:
-                R = torch.mm(ones_source, G)  # [D+1, m]: colsum of Gᵀ and r_jᵀ G
-                rows_h = R[0].unsqueeze(1) * r_h - R[1:].T
-                torch.mul(rows_h, 2.0 * factor, out=grad_rh[s:e])
+                # [D+1, m]: colsum of Gᵀ and r_jᵀ G, scaled; ∂L/∂r_h = 2f(Σ_j G r_h − G r_j)
+                R = torch.mm(ones_source, G).mul_(two_factor)
+                torch.sub(R[:1].T * geometry.target[s:e], R[1:].T, out=grad_rh[s:e])
             if need_rj:
-                T = torch.mm(ones_target[:, s:e], G.T)  # [D+1, N]: rowsum of Gᵀ and r_hᵀ Gᵀ
-                grad_rj.add_((T[0].unsqueeze(1) * geometry.source - T[1:].T).mul_(2.0 * factor))
+                # [D+1, N]: rowsum of Gᵀ and r_hᵀ Gᵀ, scaled; ∂L/∂r_j = 2f(Σ_h G r_j − Gᵀ r_h)
+                T = torch.mm(ones_target[:, s:e], G.T).mul_(two_factor)
+                grad_rj.addcmul_(T[:1].T, geometry.source).sub_(T[1:].T)
 
         grad_q = None
         if need_q and charge is not None:
@@ -393,12 +399,12 @@ class _RadialMatmul(torch.autograd.Function):
         t_dtype, s_dtype, m_dtype = ctx.dtypes
         return (
             grad_x,
-            None if grad_rh is None else grad_rh.to(t_dtype),
-            None if grad_rj is None else grad_rj.to(s_dtype),
-            None if grad_q is None else grad_q.to(charge.dtype),
-            None if grad_mod_t is None else grad_mod_t.T.to(m_dtype),
+            None if grad_rh is None else _as(grad_rh, t_dtype),
+            None if grad_rj is None else _as(grad_rj, s_dtype),
+            None if grad_q is None else _as(grad_q, charge.dtype),
+            None if grad_mod_t is None else _as(grad_mod_t.T, m_dtype),
             None,
-            None if grad_logw is None else grad_logw.to(log_width.dtype),
+            None if grad_logw is None else _as(grad_logw, log_width.dtype),
             None,
         )
 
