@@ -6,7 +6,15 @@ Plain torch: nothing here does file I/O or imports the CLI, io or analysis.
 from particlesim.core.activations import Activation
 from particlesim.core.device import resolve_device, resolve_dtype
 from particlesim.core.group import ParticleGroup
-from particlesim.core.integrators import SGD, Adam, AdamW, Integrator, OverdampedLangevin
+from particlesim.core.integrators import (
+    SGD,
+    SGHMC,
+    Adam,
+    AdamW,
+    Integrator,
+    OverdampedLangevin,
+    UnderdampedLangevin,
+)
 from particlesim.core.interactions import (
     DenseInteraction,
     Interaction,
@@ -23,6 +31,7 @@ from particlesim.core.writers import MemoryWriter, Request, Writer
 
 __all__ = [
     "SGD",
+    "SGHMC",
     "Activation",
     "Adam",
     "AdamW",
@@ -52,6 +61,7 @@ __all__ = [
     "Simulation",
     "System",
     "Trigger",
+    "UnderdampedLangevin",
     "Writer",
     "resolve_device",
     "resolve_dtype",

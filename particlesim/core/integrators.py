@@ -337,4 +337,230 @@ class OverdampedLangevin(Integrator):
         return {"lr": self.step_size(step), "temperature": self.kT(step)}
 
 
-BUILTIN_INTEGRATORS: tuple[type[Integrator], ...] = (SGD, Adam, AdamW, OverdampedLangevin)
+def _check_temperature(temperature: float, temperature_final: float) -> None:
+    for key, value in (("temperature", temperature), ("temperature_final", temperature_final)):
+        if not (value >= 0 and math.isfinite(value)):
+            raise OptionError(key, f"must be a finite number >= 0, got {value}")
+
+
+class _BAOAB(torch.optim.Optimizer):
+    """One BAOAB step per call (unit masses), one force evaluation per step.
+
+    The closing half kick ``B`` of a step and the opening one of the next use the same force
+    ``F(x_{n+1})``, so they are applied together at the start of the next step (``lr/2`` of
+    each); the first step opens with a half kick. ``state["velocity"]`` therefore lags the
+    positions by half a kick (the synchronous velocity is ``v + Δt/2 · F(x)``).
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter], *, lr: float, friction: float) -> None:
+        super().__init__(params, {"lr": lr, "friction": friction, "kT": 0.0})
+        self.generator: torch.Generator | None = None
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for group in self.param_groups:
+            dt, gamma, kT = group["lr"], group["friction"], group["kT"]
+            c1 = math.exp(-gamma * dt)  # O: exact Ornstein–Uhlenbeck over Δt
+            c2 = math.sqrt(max(0.0, (1.0 - c1 * c1) * kT))
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "velocity" not in state:
+                    state["velocity"] = torch.zeros_like(p)
+                    state["half_step"] = 0.0
+                v = state["velocity"]
+                v.add_(p.grad, alpha=-(state["half_step"] + dt / 2))  # B (and the last B)
+                p.add_(v, alpha=dt / 2)  # A
+                if c1 != 1.0:
+                    v.mul_(c1)  # O
+                if c2 > 0:
+                    noise = torch.randn(p.shape, generator=self.generator, dtype=p.dtype)
+                    v.add_(noise.to(p.device), alpha=c2)
+                p.add_(v, alpha=dt / 2)  # A
+                state["half_step"] = dt / 2
+
+
+class _SGHMC(torch.optim.Optimizer):
+    """Stochastic-gradient HMC (Chen, Fox & Guestrin 2014, eq. 15 with β̂ = 0)."""
+
+    def __init__(self, params: Iterable[nn.Parameter], *, lr: float, friction: float) -> None:
+        super().__init__(params, {"lr": lr, "friction": friction, "kT": 0.0})
+        self.generator: torch.Generator | None = None
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for group in self.param_groups:
+            eta, alpha, kT = group["lr"], group["friction"], group["kT"]
+            scale = math.sqrt(2.0 * alpha * eta * kT)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "velocity" not in state:
+                    state["velocity"] = torch.zeros_like(p)
+                v = state["velocity"]
+                v.mul_(1.0 - alpha).add_(p.grad, alpha=-eta)
+                if scale > 0:
+                    noise = torch.randn(p.shape, generator=self.generator, dtype=p.dtype)
+                    v.add_(noise.to(p.device), alpha=scale)
+                p.add_(v)
+
+
+class _ThermostattedIntegrator(Integrator):
+    """An integrator with velocities, a friction and a temperature schedule."""
+
+    optimizer_class: ClassVar[type[torch.optim.Optimizer]]
+
+    def __init__(
+        self,
+        *,
+        lr: float,
+        lr_schedule: ScheduleKind,
+        lr_final: float,
+        friction: float,
+        temperature: float,
+        temperature_schedule: ScheduleKind,
+        temperature_final: float,
+    ) -> None:
+        super().__init__(lr=lr, lr_schedule=lr_schedule, lr_final=lr_final)
+        _check_temperature(temperature, temperature_final)
+        self.friction = float(friction)
+        self.temperature = float(temperature)
+        self.temperature_schedule_kind = temperature_schedule
+        self.temperature_final = float(temperature_final)
+        self.kT: Schedule = Constant(self.temperature)
+
+    def make_optimizer(self, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+        return self.optimizer_class(parameters, lr=self.lr, friction=self.friction)
+
+    def attach(self, parameters, *, total_steps, generator=None) -> None:
+        super().attach(parameters, total_steps=total_steps, generator=generator)
+        self.optimizer.generator = generator
+        self.kT = make_schedule(
+            self.temperature_schedule_kind, self.temperature, self.temperature_final, total_steps
+        )
+
+    def step(self, step: int) -> None:
+        assert self.optimizer is not None, "Integrator.attach() was not called"
+        for group in self.optimizer.param_groups:
+            group["kT"] = self.kT(step)
+        super().step(step)
+
+    def kinetic_energy(self) -> float:
+        """``½ Σ v²`` over every parameter's velocity (0 before the first step)."""
+        assert self.optimizer is not None
+        total = 0.0
+        for state in self.optimizer.state.values():
+            if "velocity" in state:
+                total += 0.5 * float(state["velocity"].pow(2).sum())
+        return total
+
+    def observables(self, step: int) -> dict[str, float]:
+        return {
+            "lr": self.step_size(step),
+            "temperature": self.kT(step),
+            "kinetic_energy": self.kinetic_energy(),
+        }
+
+
+class UnderdampedLangevin(_ThermostattedIntegrator):
+    """Underdamped Langevin dynamics by BAOAB splitting (Leimkuhler & Matthews 2013).
+
+    Parameters are positions ``x`` with unit masses and velocities ``v``; ``U`` is the
+    simulation's energy (data loss plus potentials) and one step of size ``Δt`` (``lr``) is
+
+    * B: ``v ← v − Δt/2 ∇U(x)``;  A: ``x ← x + Δt/2 v``;
+    * O: ``v ← e^{−γΔt} v + √((1 − e^{−2γΔt}) kT) ξ`` (the exact Ornstein–Uhlenbeck step);
+    * A: ``x ← x + Δt/2 v``;  B: ``v ← v − Δt/2 ∇U(x)``.
+
+    Its stationary law is ``∝ exp(−U/kT − |v|²/2kT)`` up to O(Δt²) in the positions (BAOAB's
+    configurational accuracy), and at ``friction = 0``, ``temperature = 0`` it is velocity
+    Verlet, conserving ``U + ½|v|²`` to O(Δt²). One gradient per step: the closing ``B`` of a
+    step is applied with the opening one of the next (the observable ``kinetic_energy`` uses
+    these half-kicked velocities). With a mini-batch gradient the dynamics carry the batch
+    noise too (use ``sghmc``, which is built for that).
+
+    Args:
+        lr: the time step Δt (with the usual ``lr_schedule``).
+        friction: γ ≥ 0 (per unit time); 0 is Hamiltonian dynamics.
+        temperature: ``k_B T`` ≥ 0; ``temperature_schedule`` / ``temperature_final`` anneal it.
+    """
+
+    name = "underdamped_langevin"
+    optimizer_class = _BAOAB
+
+    def __init__(
+        self,
+        *,
+        lr: float = 0.01,
+        lr_schedule: ScheduleKind = "constant",
+        lr_final: float = 0.0,
+        friction: float = 1.0,
+        temperature: float = 0.0,
+        temperature_schedule: ScheduleKind = "constant",
+        temperature_final: float = 0.0,
+    ) -> None:
+        if not (friction >= 0 and math.isfinite(friction)):
+            raise OptionError("friction", f"must be a finite number >= 0, got {friction}")
+        super().__init__(
+            lr=lr,
+            lr_schedule=lr_schedule,
+            lr_final=lr_final,
+            friction=friction,
+            temperature=temperature,
+            temperature_schedule=temperature_schedule,
+            temperature_final=temperature_final,
+        )
+
+
+class SGHMC(_ThermostattedIntegrator):
+    """Stochastic-gradient Hamiltonian Monte Carlo (Chen, Fox & Guestrin 2014, eq. 15).
+
+    ``v ← (1 − α) v − η ∇Ũ(x) + √(2 α η kT) ξ``, then ``x ← x + v``, with ``Ũ`` the
+    mini-batch energy, ``η`` the step size (``lr``) and ``α`` the friction (momentum decay).
+    The mini-batch noise is not subtracted (β̂ = 0), as the paper's experiments do; at
+    ``temperature = 0`` this is SGD with momentum ``1 − α``. At ``kT = 1`` with ``U`` the
+    negative log-posterior it samples the posterior.
+
+    Args:
+        lr: η, the step size (with the usual ``lr_schedule``).
+        friction: α in (0, 1].
+        temperature: ``k_B T`` ≥ 0 of the injected noise (schedules as ``langevin``).
+    """
+
+    name = "sghmc"
+    optimizer_class = _SGHMC
+
+    def __init__(
+        self,
+        *,
+        lr: float = 0.001,
+        lr_schedule: ScheduleKind = "constant",
+        lr_final: float = 0.0,
+        friction: float = 0.1,
+        temperature: float = 0.0,
+        temperature_schedule: ScheduleKind = "constant",
+        temperature_final: float = 0.0,
+    ) -> None:
+        if not 0 < friction <= 1:
+            raise OptionError("friction", f"must be in (0, 1] (the momentum decay), got {friction}")
+        super().__init__(
+            lr=lr,
+            lr_schedule=lr_schedule,
+            lr_final=lr_final,
+            friction=friction,
+            temperature=temperature,
+            temperature_schedule=temperature_schedule,
+            temperature_final=temperature_final,
+        )
+
+
+BUILTIN_INTEGRATORS: tuple[type[Integrator], ...] = (
+    SGD,
+    Adam,
+    AdamW,
+    OverdampedLangevin,
+    UnderdampedLangevin,
+    SGHMC,
+)

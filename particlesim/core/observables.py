@@ -103,6 +103,12 @@ def builtin_observables() -> list[Observable]:
             "integrator temperature kT",
         ),
         FunctionObservable(
+            "kinetic_energy",
+            lambda s: s.integrator.observables(s.step).get("kinetic_energy", 0.0),
+            "",
+            "½ Σ v² of an integrator with velocities (underdamped_langevin, sghmc); else 0",
+        ),
+        FunctionObservable(
             "batch_size",
             lambda s: float(s.batch_size_at(max(s.step - 1, 0))),
             "",
