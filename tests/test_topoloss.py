@@ -133,3 +133,22 @@ def test_a_scenario_trains_with_the_potential(tiny_scenario, tmp_path) -> None:
     assert result.exit_code == 0, result.output
     rows = (out / "metrics.jsonl").read_text().splitlines()
     assert rows and '"potential/topoloss": ' in rows[-1]
+
+
+def test_the_experiment_command_writes_its_table(tmp_path) -> None:
+    """A short grid through the harness: one row per run, pruning measured afresh."""
+    from particlesim_topoloss import experiments
+
+    from particlesim.experiments import read_csv
+
+    experiments.main(
+        ["--epochs", "0.02", "--seeds", "0", "--taus", "0", "5", "--out", str(tmp_path)]
+    )
+    rows = read_csv(tmp_path / "runs.csv")
+    assert [row["tau"] for row in rows] == [0.0, 5.0]
+    for row in rows:
+        assert 0 < row["accuracy"] <= 1 and 0 <= row["pruned_accuracy"] <= 1
+        assert row["pruned_drop"] == pytest.approx(row["accuracy"] - row["pruned_accuracy"])
+        assert row["pruned_drop"] != 0  # the pruned network was measured, not the cache
+    assert rows[1]["smoothness"] > rows[0]["smoothness"]  # the loss smooths the sheets
+    assert "| τ | test accuracy |" in (tmp_path / "README.md").read_text()

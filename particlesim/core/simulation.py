@@ -361,10 +361,16 @@ class Simulation:
         return self._at_boundary
 
     @torch.no_grad()
-    def evaluate(self, split: Literal["train", "val", "test"]) -> tuple[float, float]:
-        """``(mean loss, accuracy)`` of the current system on a split (cached per step)."""
+    def evaluate(
+        self, split: Literal["train", "val", "test"], *, fresh: bool = False
+    ) -> tuple[float, float]:
+        """``(mean loss, accuracy)`` of the current system on a split (cached per step).
+
+        ``fresh``: measure again even if this step's result is cached (the system was
+        changed outside a step, e.g. its weights pruned).
+        """
         key = (self.step, split)
-        if key in self._eval_cache:
+        if key in self._eval_cache and not fresh:
             return self._eval_cache[key]
         x = getattr(self.data, f"{split}_x")
         y = getattr(self.data, f"{split}_y")
