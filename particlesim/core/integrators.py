@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any, ClassVar, Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from particlesim.core.schedules import Constant, Cosine, Ramp, Schedule
 from particlesim.errors import OptionError
@@ -343,7 +343,35 @@ def _check_temperature(temperature: float, temperature_final: float) -> None:
             raise OptionError(key, f"must be a finite number >= 0, got {value}")
 
 
-class _BAOAB(torch.optim.Optimizer):
+class _VelocityOptimizer(torch.optim.Optimizer):
+    """A torch optimiser whose state is one velocity per parameter (checkpointed with it);
+    subclasses give the update of one parameter, ``_update``."""
+
+    def __init__(self, params: Iterable[nn.Parameter], *, lr: float, friction: float) -> None:
+        super().__init__(params, {"lr": lr, "friction": friction, "kT": 0.0})
+        self.generator: torch.Generator | None = None
+
+    def _noise(self, p: Tensor) -> Tensor:
+        noise = torch.randn(p.shape, generator=self.generator, dtype=p.dtype)
+        return noise.to(p.device)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "velocity" not in state:
+                    state["velocity"] = torch.zeros_like(p)
+                    state["half_step"] = 0.0
+                self._update(p, state, group["lr"], group["friction"], group["kT"])
+
+    def _update(self, p: Tensor, state: dict, lr: float, friction: float, kT: float) -> None:
+        raise NotImplementedError  # pragma: no cover
+
+
+class _BAOAB(_VelocityOptimizer):
     """One BAOAB step per call (unit masses), one force evaluation per step.
 
     The closing half kick ``B`` of a step and the opening one of the next use the same force
@@ -352,59 +380,30 @@ class _BAOAB(torch.optim.Optimizer):
     positions by half a kick (the synchronous velocity is ``v + Δt/2 · F(x)``).
     """
 
-    def __init__(self, params: Iterable[nn.Parameter], *, lr: float, friction: float) -> None:
-        super().__init__(params, {"lr": lr, "friction": friction, "kT": 0.0})
-        self.generator: torch.Generator | None = None
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> None:
-        for group in self.param_groups:
-            dt, gamma, kT = group["lr"], group["friction"], group["kT"]
-            c1 = math.exp(-gamma * dt)  # O: exact Ornstein–Uhlenbeck over Δt
-            c2 = math.sqrt(max(0.0, (1.0 - c1 * c1) * kT))
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "velocity" not in state:
-                    state["velocity"] = torch.zeros_like(p)
-                    state["half_step"] = 0.0
-                v = state["velocity"]
-                v.add_(p.grad, alpha=-(state["half_step"] + dt / 2))  # B (and the last B)
-                p.add_(v, alpha=dt / 2)  # A
-                if c1 != 1.0:
-                    v.mul_(c1)  # O
-                if c2 > 0:
-                    noise = torch.randn(p.shape, generator=self.generator, dtype=p.dtype)
-                    v.add_(noise.to(p.device), alpha=c2)
-                p.add_(v, alpha=dt / 2)  # A
-                state["half_step"] = dt / 2
+    def _update(self, p: Tensor, state: dict, lr: float, friction: float, kT: float) -> None:
+        dt, v = lr, state["velocity"]
+        c1 = math.exp(-friction * dt)  # O: the exact Ornstein–Uhlenbeck step over Δt
+        c2 = math.sqrt(max(0.0, (1.0 - c1 * c1) * kT))
+        v.add_(p.grad, alpha=-(state["half_step"] + dt / 2))  # B (with the last step's B)
+        p.add_(v, alpha=dt / 2)  # A
+        if c1 != 1.0:
+            v.mul_(c1)  # O
+        if c2 > 0:
+            v.add_(self._noise(p), alpha=c2)
+        p.add_(v, alpha=dt / 2)  # A
+        state["half_step"] = dt / 2
 
 
-class _SGHMC(torch.optim.Optimizer):
+class _SGHMC(_VelocityOptimizer):
     """Stochastic-gradient HMC (Chen, Fox & Guestrin 2014, eq. 15 with β̂ = 0)."""
 
-    def __init__(self, params: Iterable[nn.Parameter], *, lr: float, friction: float) -> None:
-        super().__init__(params, {"lr": lr, "friction": friction, "kT": 0.0})
-        self.generator: torch.Generator | None = None
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> None:
-        for group in self.param_groups:
-            eta, alpha, kT = group["lr"], group["friction"], group["kT"]
-            scale = math.sqrt(2.0 * alpha * eta * kT)
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "velocity" not in state:
-                    state["velocity"] = torch.zeros_like(p)
-                v = state["velocity"]
-                v.mul_(1.0 - alpha).add_(p.grad, alpha=-eta)
-                if scale > 0:
-                    noise = torch.randn(p.shape, generator=self.generator, dtype=p.dtype)
-                    v.add_(noise.to(p.device), alpha=scale)
-                p.add_(v)
+    def _update(self, p: Tensor, state: dict, lr: float, friction: float, kT: float) -> None:
+        v = state["velocity"]
+        v.mul_(1.0 - friction).add_(p.grad, alpha=-lr)
+        scale = math.sqrt(2.0 * friction * lr * kT)
+        if scale > 0:
+            v.add_(self._noise(p), alpha=scale)
+        p.add_(v)
 
 
 class _ThermostattedIntegrator(Integrator):
