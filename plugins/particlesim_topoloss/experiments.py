@@ -34,6 +34,20 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 SCENARIO = ROOT / "scenarios" / "topoloss_mnist.toml"
 TAUS = (0.0, 1.0, 5.0, 20.0)
+
+#: What the default grid (5 epochs, seeds 0–2) showed; the table above it is regenerated.
+FINDINGS = """\
+What the default grid shows (5 epochs, seeds 0–2): the loss does what it is built for —
+the sheets go from a cosine of 0.11 with their blurred selves (no loss) to 0.975 at τ = 1
+and 0.998 at τ = 20 — at a small cost in accuracy (0.978 → 0.977 → 0.975 → 0.962). The
+paper's robustness claim does not carry over to this setting: zeroing the 80 % smallest
+weights of every layer leaves the plain network at 0.87, but the topographic ones at
+0.18 (τ = 1), 0.30 (τ = 5) and 0.71 (τ = 20). A possible reason, not tested here: smooth
+sheets spread a unit's input over many similar small weights, which magnitude pruning
+removes together. The paper's
+evidence is on convolutional ImageNet models, not on a dense MNIST network, and its
+pruning may differ in detail. Longer training and other pruning rules are open.
+"""
 PRUNED = 0.8
 
 
@@ -111,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         *table,
         "",
+        FINDINGS,
     ]
     (args.out / "README.md").write_text("\n".join(text), encoding="utf-8")
     print("\n".join(text))
