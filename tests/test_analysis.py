@@ -398,6 +398,33 @@ def test_weight_graph_from_tree() -> None:
         weight_graph(tree, frame=5)
     with pytest.raises(AnalysisError, match="no connectivity"):
         weight_graph(make_tree(connectivity=False))
+    # the strongest fraction of all non-zero weights, every interaction together
+    weights = sorted((w for *_, w in last.edges(data="weight")), reverse=True)
+    top = weight_graph(tree, top_fraction=3 / 9)
+    kept = sorted((w for *_, w in top.edges(data="weight")), reverse=True)
+    assert kept == [w for w in weights if w >= weights[2]]  # ties at the cut stay
+    with pytest.raises(AnalysisError, match=r"top_fraction must be in \(0, 1\], got 0"):
+        weight_graph(tree, top_fraction=0)
+
+
+def test_small_worldness_of_a_ring_lattice_and_of_a_random_graph() -> None:
+    """A Watts–Strogatz graph with a few shortcuts is small-world (σ ≫ 1); a G(n, m) graph
+    is its own null (σ ≈ 1); the index reads the graph binarised (weights ignored)."""
+    from particlesim.analysis.graph import small_worldness
+
+    lattice = nx.watts_strogatz_graph(100, 6, 0.05, seed=1)
+    nx.set_edge_attributes(lattice, 0.3, "weight")
+    sigma = small_worldness(lattice, nulls=10, seed=0)
+    assert sigma > 3
+    random_graph = nx.gnm_random_graph(100, 300, seed=2)
+    assert small_worldness(random_graph, nulls=10, seed=0) == pytest.approx(1.0, abs=0.35)
+    assert small_worldness(lattice, nulls=10, seed=0) == sigma  # seeded nulls: repeatable
+    assert math.isnan(small_worldness(nx.empty_graph(5)))
+    with pytest.raises(AnalysisError, match="nulls must be a positive integer"):
+        small_worldness(lattice, nulls=0)
+    tree = block_tree()
+    ds = METRICS["small_worldness"](tree, nulls="3")
+    assert list(ds.data_vars) == ["small_worldness"] and ds["small_worldness"].dims == ("time",)
 
 
 # --- the metric registry -------------------------------------------------------------------
@@ -421,6 +448,7 @@ def test_every_metric_runs_and_names_its_variables() -> None:
         },
         "modularity": {"modularity", "modularity_communities"},
         "clustering": {"clustering"},
+        "small_worldness": {"small_worldness"},
     }
     assert set(METRICS) == set(expected)
     for name, metric in METRICS.items():

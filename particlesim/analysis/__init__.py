@@ -35,6 +35,7 @@ _LAZY = {
     "modularity": "particlesim.analysis.graph",
     "best_partition_modularity": "particlesim.analysis.graph",
     "clustering": "particlesim.analysis.graph",
+    "small_worldness": "particlesim.analysis.graph",
     "plot_observables": "particlesim.analysis.plots",
     "plot_positions": "particlesim.analysis.plots",
     "plot_summary": "particlesim.analysis.plots",

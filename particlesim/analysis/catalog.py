@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 _BINS: dict[str, Any] = {"bins": 50, "range": None, "density": False}
-_GRAPH: dict[str, Any] = {"threshold": None, "top_k": None}
+_GRAPH: dict[str, Any] = {"threshold": None, "top_k": None, "top_fraction": None}
 
 #: metric name -> (what it measures, {option: default})
 METRIC_INFO: dict[str, tuple[str, dict[str, Any]]] = {
@@ -38,4 +38,9 @@ METRIC_INFO: dict[str, tuple[str, dict[str, Any]]] = {
         {**_GRAPH, "method": "louvain", "seed": 0, "resolution": 1.0},
     ),
     "clustering": ("weighted average clustering of the |weight| graph (time)", dict(_GRAPH)),
+    "small_worldness": (
+        "small-world index (C/C_null)(E/E_null) of the binarised |weight| graph, random "
+        "G(n, m) nulls (time)",
+        {**_GRAPH, "top_fraction": 0.1, "nulls": 20, "seed": 0},
+    ),
 }

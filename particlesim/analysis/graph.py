@@ -2,13 +2,14 @@
 
 Nodes are particles ``(group, index)`` of every group that a recorded
 interaction touches; an undirected edge joins target particle h and source
-particle j with weight ``|W_hj|``. Zero weights are never edges; ``threshold``
-and ``top_k`` keep the graph sparse. The algorithms are networkx's.
+particle j with weight ``|W_hj|``. Zero weights are never edges; ``threshold``,
+``top_k`` and ``top_fraction`` keep the graph sparse. The algorithms are networkx's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -27,6 +28,7 @@ def weight_graph(
     groups: Iterable[str] | None = None,
     threshold: float | None = None,
     top_k: int | None = None,
+    top_fraction: float | None = None,
 ) -> nx.Graph:
     """Graph of effective weights ``|W_hj|`` at one recorded frame.
 
@@ -38,6 +40,9 @@ def weight_graph(
         threshold: drop edges with ``|W_hj| < threshold``.
         top_k: keep, per target particle, only its ``top_k`` strongest
             incoming edges of each interaction.
+        top_fraction: keep only the strongest ``top_fraction`` of all non-zero weights,
+            over every chosen interaction together (seRNN's "top 10 %": ``0.1``; ties at
+            the cut stay).
 
     Returns:
         An undirected ``networkx.Graph``; node ``(group, i)`` has attrs
@@ -53,19 +58,21 @@ def weight_graph(
         )
     if top_k is not None and top_k < 1:
         raise AnalysisError(f"top_k must be a positive integer, got {top_k}")
+    if top_fraction is not None and not 0 < top_fraction <= 1:
+        raise AnalysisError(f"top_fraction must be in (0, 1], got {top_fraction}")
     graph = nx.Graph()
+    frames = {name: _frame_weights(ds, name, frame) for name, ds in found.items()}
+    if top_fraction is not None:
+        every = np.concatenate([w[w > 0].ravel() for w, _ in frames.values()])
+        if every.size:
+            kept = max(1, round(top_fraction * every.size))
+            cut = float(np.partition(every, every.size - kept)[every.size - kept])
+            threshold = cut if threshold is None else max(threshold, cut)
     for name, ds in found.items():
         source, target = endpoints(ds, name)
-        w = ds["weight"]
-        if "time" in w.dims:
-            n = w.sizes["time"]
-            if not -n <= frame < n:
-                raise AnalysisError(f"frame {frame} out of range for {n} frames of {name!r}")
-            w = w.isel(time=frame)
-            graph.graph.setdefault("time", float(w["time"]))
-            if "step" in w.coords:
-                graph.graph.setdefault("step", int(w["step"]))
-        values = np.abs(np.asarray(w.transpose("target", "source").values, dtype=np.float64))
+        values, at = frames[name]
+        for key, value in at.items():
+            graph.graph.setdefault(key, value)
         keep = values > 0
         if threshold is not None:
             keep &= values >= threshold
@@ -132,6 +139,52 @@ def best_partition_modularity(
 
 #: Largest graph whose clustering is computed with dense matrices (``n × n`` float64: 512 MiB).
 DENSE_CLUSTERING_MAX_NODES = 8192
+
+
+def _frame_weights(ds: Any, name: str, frame: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """``|W| [target, source]`` of one interaction at ``frame``, and the frame's time/step."""
+    w = ds["weight"]
+    at: dict[str, Any] = {}
+    if "time" in w.dims:
+        n = w.sizes["time"]
+        if not -n <= frame < n:
+            raise AnalysisError(f"frame {frame} out of range for {n} frames of {name!r}")
+        w = w.isel(time=frame)
+        at["time"] = float(w["time"])
+        if "step" in w.coords:
+            at["step"] = int(w["step"])
+    return np.abs(np.asarray(w.transpose("target", "source").values, dtype=np.float64)), at
+
+
+def small_worldness(graph: nx.Graph, *, nulls: int = 20, seed: int = 0) -> float:
+    """``σ = (C / C_null) · (E / E_null)`` of the binarised graph (Humphries & Gurney's
+    small-world index with global efficiency ``E`` for the inverse path length, as seRNN
+    reports it): ``C`` the average clustering and ``E`` the global efficiency of the graph
+    with every edge of weight 1, the nulls ``nulls`` random graphs ``G(n, m)`` with the same
+    nodes and number of edges (their means). NaN where a null has no triangle or no edge.
+
+    Global efficiency is a breadth-first search from every node (networkx), so this is for
+    graphs of hundreds of nodes (a recurrent layer binarised to its strongest weights), not
+    for a whole dense network.
+    """
+    if nulls < 1:
+        raise AnalysisError(f"nulls must be a positive integer, got {nulls}")
+    binary = nx.Graph()
+    binary.add_nodes_from(graph)
+    binary.add_edges_from((u, v) for u, v in graph.edges() if u != v)
+    n, m = binary.number_of_nodes(), binary.number_of_edges()
+    if n < 3 or m == 0:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    c_null, e_null = [], []
+    for _ in range(nulls):
+        null = nx.gnm_random_graph(n, m, seed=int(rng.integers(2**31)))
+        c_null.append(nx.average_clustering(null))
+        e_null.append(nx.global_efficiency(null))
+    c0, e0 = float(np.mean(c_null)), float(np.mean(e_null))
+    if c0 == 0 or e0 == 0:
+        return float("nan")
+    return (nx.average_clustering(binary) / c0) * (nx.global_efficiency(binary) / e0)
 
 
 def clustering(graph: nx.Graph) -> float:

@@ -78,7 +78,13 @@ class Metric:
 
 
 #: Metrics measured on the recorded effective weights (``/connectivity``).
-WEIGHT_METRICS = ("connection_length", "weight_distance_correlation", "modularity", "clustering")
+WEIGHT_METRICS = (
+    "connection_length",
+    "weight_distance_correlation",
+    "modularity",
+    "clustering",
+    "small_worldness",
+)
 
 
 def _missing(metric: str) -> str:
@@ -174,6 +180,7 @@ def _graph_metric(kind: str) -> Compute:
         *,
         threshold: float | None = None,
         top_k: int | None = None,
+        top_fraction: float | None = None,
         **options: Any,
     ):
         from particlesim.analysis import graph as g
@@ -184,11 +191,16 @@ def _graph_metric(kind: str) -> Compute:
         frames = [-1] if axis is None else list(range(axis.sizes["time"]))
         values, sizes = [], []
         for frame in frames:
-            graph = g.weight_graph(tree, frame, groups=chosen, threshold=threshold, top_k=top_k)
+            graph = g.weight_graph(
+                tree, frame, groups=chosen, threshold=threshold, top_k=top_k,
+                top_fraction=top_fraction,
+            )  # fmt: skip
             if kind == "modularity":
                 q, partition = g.best_partition_modularity(graph, **options)
                 values.append(q)
                 sizes.append(len(partition))
+            elif kind == "small_worldness":
+                values.append(g.small_worldness(graph, **options))
             else:
                 values.append(g.clustering(graph))
         dims: tuple[str, ...] = ()
@@ -230,6 +242,7 @@ _COMPUTE: dict[str, Compute] = {
     ),
     "modularity": _graph_metric("modularity"),
     "clustering": _graph_metric("clustering"),
+    "small_worldness": _graph_metric("small_worldness"),
 }
 
 #: metric name -> :class:`Metric`; descriptions and options come from :mod:`.catalog`.
