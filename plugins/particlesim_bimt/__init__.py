@@ -1,0 +1,179 @@
+"""BIMT, brain-inspired modular training (Liu, Gan & Tegmark 2023): layout and wiring cost.
+
+Neurons sit at fixed places and every connection costs its length, so training with
+``task + λ · cost`` pulls a network towards few, short connections — modules one can see.
+This plugin gives the two pieces of the authors' code that the rest builds on:
+
+* model ``bimt_mlp``: a dense MLP whose neurons are laid out as in the code. ``layout =
+  "line"``: the ``N`` neurons of each layer on a line at ``x = (i + ½)/N`` in ``[0, 1]``, the
+  layers ``l0`` apart along the last axis (``BioMLP`` in ``bimt/models.py``, the two-moon
+  and symbolic notebooks). ``layout = "grid"``: the MNIST variant (``BioMLP2D``): a layer of
+  a square number ``N`` of neurons on a ``√N × √N`` grid in the unit square, cell centres
+  ``((i + ½)/√N, (j + ½)/√N)``, and the last layer on a ring of radius ¼ around ``(½, ½)``.
+  Positions have ``D = 3`` (the plane, then the layer axis) and are frozen.
+* potential ``connection_cost``: ``E = Σ_layers Σ_ij |W_ij| · (A · d_ij + l0)`` with ``d_ij``
+  the in-plane L1 distance between the two neurons (the last coordinate, the layer axis,
+  left out: the code adds the constant ``l0`` instead), plus ``l0 · Σ |b|`` over the biases
+  with ``bias = true`` (the code's option). The code's λ is this potential's
+  ``coefficient``.
+
+Sources (github KindXiaoming/BIMT): ``bimt/models.py`` (``BioLinear``/``BioMLP``:
+``in_fold``/``out_fold`` coordinates, ``get_cc`` = Σ |W| (A·dist + l0) with ``dist`` the
+absolute coordinate difference, L1 for the 2-D variant) and the notebooks' settings (two
+moon: sizes [2, 20, 20, 2], SiLU, l0 = 0.2, A = 1; MNIST: [784, 100, 100, 10], l0 = 0.5,
+A = 2). Not here yet: the swap moves and the λ schedules.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import Tensor
+
+from particlesim import hookimpl
+from particlesim.core.model import MLP
+from particlesim.core.potentials import Potential
+from particlesim.errors import OptionError
+
+if TYPE_CHECKING:
+    from particlesim.core.system import System
+
+Layout = Literal["line", "grid"]
+
+
+def line_positions(size: int, layer: int, l0: float) -> Tensor:
+    """``[size, 3]``: ``((i + ½)/size, 0, layer · l0)``."""
+    x = (torch.arange(size, dtype=torch.float64) + 0.5) / size
+    z = torch.full((size,), layer * l0, dtype=torch.float64)
+    return torch.stack([x, torch.zeros_like(x), z], 1)
+
+
+def grid_positions(size: int, layer: int, l0: float) -> Tensor:
+    """``[size, 3]``: a ``√size × √size`` grid of cell centres in the unit square."""
+    side = math.isqrt(size)
+    if side * side != size:
+        raise ValueError(f"a grid layer needs a square number of neurons, got {size}")
+    centres = (torch.arange(side, dtype=torch.float64) + 0.5) / side
+    x, y = torch.meshgrid(centres, centres, indexing="ij")
+    z = torch.full((size,), layer * l0, dtype=torch.float64)
+    return torch.stack([x.reshape(-1), y.reshape(-1), z], 1)
+
+
+def ring_positions(size: int, layer: int, l0: float, radius: float = 0.25) -> Tensor:
+    """``[size, 3]``: evenly on a circle of ``radius`` around ``(½, ½)``."""
+    angle = 2 * math.pi * torch.arange(size, dtype=torch.float64) / size
+    z = torch.full((size,), layer * l0, dtype=torch.float64)
+    return torch.stack([0.5 + radius * angle.cos(), 0.5 + radius * angle.sin(), z], 1)
+
+
+class BIMTNetwork(MLP):
+    """A dense MLP laid out as BIMT lays it out (see the module docstring).
+
+    Args:
+        sizes: neurons per layer, input first (``0`` at either end: from the data).
+        activation: hidden activation (the code: SiLU).
+        bias: a bias per hidden and output neuron.
+        layout: ``"line"`` (each layer on ``[0, 1]``) or ``"grid"`` (square grids, the last
+            layer on a ring of radius ¼).
+        l0: the distance between consecutive layers along the layer axis.
+    """
+
+    name = "bimt_mlp"
+
+    def __init__(
+        self,
+        *,
+        sizes: list[int],
+        activation: str = "swish",
+        bias: bool = True,
+        layout: Layout = "line",
+        l0: float = 0.2,
+    ) -> None:
+        super().__init__(sizes=sizes, activation=activation, bias=bias, dim=3)
+        if layout not in ("line", "grid"):
+            raise OptionError("layout", f"must be 'line' or 'grid', got {layout!r}")
+        if not (math.isfinite(l0) and l0 > 0):
+            raise OptionError("l0", f"must be a finite number > 0, got {l0}")
+        self.layout, self.l0 = layout, float(l0)
+
+    def build(self, *, registries, input_size, num_classes, generator, dtype) -> System:
+        system = super().build(
+            registries=registries,
+            input_size=input_size,
+            num_classes=num_classes,
+            generator=generator,
+            dtype=dtype,
+        )
+        groups = list(system.groups.values())
+        for layer, group in enumerate(groups):
+            if self.layout == "line":
+                where = line_positions(group.size, layer, self.l0)
+            elif layer == len(groups) - 1:
+                where = ring_positions(group.size, layer, self.l0)
+            else:
+                try:
+                    where = grid_positions(group.size, layer, self.l0)
+                except ValueError as exc:
+                    raise OptionError(f"sizes[{layer}]", str(exc)) from None
+            with torch.no_grad():
+                group.position.copy_(where.to(group.position.dtype))
+        return system
+
+
+class ConnectionCost(Potential):
+    """``E = Σ_layers Σ_ij |W_ij| (A·d_ij + l0)`` (+ ``l0 Σ|b|``): BIMT's wiring cost.
+
+    Args:
+        a: ``A``, the weight of length against the constant ``l0`` per connection.
+        l0: the cost of any connection, whatever its length (the code: the layer distance).
+        bias: add ``l0 · Σ |b|`` over every bias.
+        groups: only interactions whose target is one of these groups (default all).
+    """
+
+    name = "connection_cost"
+
+    def __init__(
+        self,
+        *,
+        coefficient: float = 1.0,
+        a: float = 1.0,
+        l0: float = 0.2,
+        bias: bool = False,
+        groups: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(coefficient=coefficient)
+        for key, value in (("a", a), ("l0", l0)):
+            if not (math.isfinite(value) and value >= 0):
+                raise OptionError(key, f"must be a finite number >= 0, got {value}")
+        self.a, self.l0, self.bias = float(a), float(l0), bool(bias)
+        self.groups = None if groups is None else list(groups)
+
+    def energy(self, system: System) -> Tensor:
+        total = torch.zeros((), dtype=system.dtype, device=system.device)
+        for interaction in system.interactions:
+            if self.groups is not None and interaction.target not in self.groups:
+                continue
+            source = system.groups[interaction.source]
+            target = system.groups[interaction.target]
+            weight = interaction.effective_weight(source, target)
+            plane_t, plane_s = target.position[:, :-1], source.position[:, :-1]
+            distance = (plane_t[:, None, :] - plane_s[None, :, :]).abs().sum(-1)  # L1, [M, N]
+            total = total + (weight.abs() * (self.a * distance + self.l0)).sum()
+        if self.bias:
+            for name, group in system.groups.items():
+                if (self.groups is None or name in self.groups) and group.has("bias"):
+                    total = total + self.l0 * group.bias.abs().sum()
+        return total
+
+
+@hookimpl
+def particlesim_register_models():
+    return [BIMTNetwork]
+
+
+@hookimpl
+def particlesim_register_potentials():
+    return [ConnectionCost]
