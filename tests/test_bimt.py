@@ -96,3 +96,35 @@ def test_a_scenario_trains_with_the_cost(tiny_scenario, tmp_path) -> None:
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and math.isfinite(summary["test_accuracy"])
+
+
+def test_a_coefficient_schedule_raises_lambda_during_training(tiny_scenario, tmp_path) -> None:
+    """BIMT's λ schedule as any potential's coefficient_schedule: from each step on."""
+    from particlesim import Runner
+
+    text = tiny_scenario.read_text().replace(
+        'name = "particle_network"\nsizes = [0, 8, 0]\ndim = 2',
+        'name = "bimt_mlp"\nsizes = [0, 8, 0]',
+    )
+    text += (
+        '\n[[potentials]]\nname = "connection_cost"\ncoefficient = 0.001\n'
+        "coefficient_schedule = [[3, 0.01], [5, 0.1]]\n"
+    )
+    tiny_scenario.write_text(text)
+    seen = []
+    with Runner.from_scenario(tiny_scenario, set=["run.steps=7"], out=tmp_path / "o") as runner:
+        potential = runner.system.potentials[0]
+        runner.run(progress=lambda simulation: seen.append(potential.coefficient))
+    # the coefficient of the step just taken: steps 0–2 at 0.001, 3–4 at 0.01, 5–6 at 0.1
+    assert seen == [0.001, 0.001, 0.001, 0.01, 0.01, 0.1, 0.1]
+    resolved = (tmp_path / "o" / "scenario.toml").read_text()
+    assert "coefficient_schedule = [" in resolved  # kept in the run's scenario (resume)
+    bad = CliRunner().invoke(
+        app,
+        ["validate", str(tiny_scenario), "--set", "potentials[0].coefficient_schedule=[[-1, 0.1]]"],
+    )
+    assert bad.exit_code == 2
+    assert bad.stderr.strip().endswith(
+        "potentials[0].coefficient_schedule[0]: expected [step >= 0 (an integer), "
+        "coefficient >= 0], got [-1.0, 0.1]"
+    )

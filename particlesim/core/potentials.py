@@ -7,8 +7,9 @@ Each potential reports its unscaled energy ``E_p`` as the observable
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +36,41 @@ class Potential(nn.Module):
 
     def forward(self, system: System) -> Tensor:
         return self.coefficient * self.energy(system)
+
+
+def set_coefficient_schedule(potential: Potential, schedule: Sequence[Sequence[float]]) -> None:
+    """From each ``[step, value]`` of ``schedule`` on, ``potential.coefficient`` is ``value``
+    (before the first step: the coefficient it was built with). The simulation applies it
+    at the start of every step (:func:`apply_coefficient_schedule`); being a function of the
+    step alone, it needs no state in a checkpoint.
+    """
+    entries = []
+    for i, entry in enumerate(schedule):
+        if (
+            len(entry) != 2
+            or not float(entry[0]).is_integer()
+            or entry[0] < 0
+            or not (math.isfinite(entry[1]) and entry[1] >= 0)
+        ):
+            raise OptionError(
+                f"coefficient_schedule[{i}]",
+                f"expected [step >= 0 (an integer), coefficient >= 0], got {list(entry)}",
+            )
+        entries.append((int(entry[0]), float(entry[1])))
+    potential.coefficient_schedule = sorted(entries)
+    potential.coefficient_before_schedule = potential.coefficient
+
+
+def apply_coefficient_schedule(potential: Any, step: int) -> None:
+    """Set a scheduled potential's coefficient for ``step`` (no-op without a schedule)."""
+    schedule = getattr(potential, "coefficient_schedule", None)
+    if not schedule:
+        return
+    value = potential.coefficient_before_schedule
+    for start, scheduled in schedule:
+        if step >= start:
+            value = scheduled
+    potential.coefficient = value
 
 
 class L2Potential(Potential):

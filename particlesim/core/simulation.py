@@ -21,6 +21,7 @@ from particlesim.core.observables import (
     system_observables,
     to_python,
 )
+from particlesim.core.potentials import apply_coefficient_schedule
 from particlesim.core.seeds import derived_seed
 from particlesim.core.system import System
 from particlesim.core.triggers import bind_epoch
@@ -669,6 +670,8 @@ class Simulation:
                 raise DivergenceError(message) from None
 
     def _attempt_step(self, x: Tensor, y: Tensor) -> None:
+        for potential in self.system.potentials:  # a scenario's coefficient_schedule
+            apply_coefficient_schedule(potential, self.step)
         self.integrator.zero_grad()
         rows = y.shape[0]
         if self.world_size > 1:

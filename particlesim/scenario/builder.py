@@ -215,8 +215,10 @@ def _engine_keys(kind: str, factory: Callable[..., Any]) -> EngineKeys:
 
     is_class = isinstance(factory, type)
     keys: EngineKeys = {}
+    if kind == "potential":
+        keys = {"coefficient_schedule": (list[list[float]] | None, None)}
     if kind == "potential" and not (is_class and issubclass(factory, Potential)):
-        keys = {"coefficient": (float, 1.0), "groups": (list[str] | None, None)}
+        keys = {**keys, "coefficient": (float, 1.0), "groups": (list[str] | None, None)}
     elif kind == "writer" and not (is_class and issubclass(factory, Writer)):
         keys = {"observables": (list[str] | None, None)}
     elif kind == "dataset" and not is_class:
@@ -281,6 +283,7 @@ def _construct(
         offered["registries"] = registries
     exclude = (*exclude, *(k for k in offered if k not in exclude))
     engine = _split_engine_keys(_engine_keys(kind, factory), table, path, source)
+    schedule = engine.pop("coefficient_schedule", None) if kind == "potential" else None
     optimizer = kind == "integrator" and is_optimizer_factory(factory)
     exclude = (*exclude, "params") if optimizer else exclude
     try:
@@ -307,6 +310,14 @@ def _construct(
     else:
         instance = _call(factory, {**options, **extra}, path, source, entry.plugin)
         instance = _adapt(kind, instance, name, engine, offered, path, source)
+    if schedule is not None:
+        from particlesim.core.potentials import set_coefficient_schedule
+
+        try:
+            set_coefficient_schedule(instance, schedule)
+        except OptionError as exc:
+            raise ScenarioError(exc.detail, path=f"{path}.{exc.key}", source=source) from None
+        engine["coefficient_schedule"] = schedule
     resolved = {"name": name, **defaults(factory, exclude), **options, **engine}
     return instance, resolved
 
@@ -1064,6 +1075,8 @@ def describe_options(registries: Mapping[str, Any], name: str) -> list[dict[str,
 
 _ENGINE_KEY_DOCS = {
     "coefficient": "multiplies the energy in the total (the recorded value is before it)",
+    "coefficient_schedule": "[[step, coefficient], …]: the coefficient from each step on "
+    "(e.g. BIMT's λ raised during training)",
     "groups": "the groups whose fields the potential is given (default: every group)",
     "observables": "the observables to write (default: epoch and train_loss)",
     "test_fraction": "rows held out as the test set when the function returns (x, y)",

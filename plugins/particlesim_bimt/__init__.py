@@ -15,13 +15,14 @@ This plugin gives the two pieces of the authors' code that the rest builds on:
   the in-plane L1 distance between the two neurons (the last coordinate, the layer axis,
   left out: the code adds the constant ``l0`` instead), plus ``l0 · Σ |b|`` over the biases
   with ``bias = true`` (the code's option). The code's λ is this potential's
-  ``coefficient``.
+  ``coefficient``, and its λ schedules the engine's ``coefficient_schedule`` of any
+  potential (two-moon: ``coefficient = 1e-3``, ``coefficient_schedule = [[5000, 1e-2]]``).
 
 Sources (github KindXiaoming/BIMT): ``bimt/models.py`` (``BioLinear``/``BioMLP``:
 ``in_fold``/``out_fold`` coordinates, ``get_cc`` = Σ |W| (A·dist + l0) with ``dist`` the
 absolute coordinate difference, L1 for the 2-D variant) and the notebooks' settings (two
 moon: sizes [2, 20, 20, 2], SiLU, l0 = 0.2, A = 1; MNIST: [784, 100, 100, 10], l0 = 0.5,
-A = 2). Not here yet: the swap moves and the λ schedules.
+A = 2). Not here yet: the swap moves.
 """
 
 from __future__ import annotations
