@@ -181,10 +181,8 @@ def _block(
     e: int,
     inv_s2: Tensor,
     gaussian: bool,
-    charge2: Tensor | None,
-    modulation_t: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``(Wᵀ without a one-channel charge [N, m], kᵀ [C, N, m], r²ᵀ or None)`` of rows ``[s, e)``.
+) -> tuple[Tensor, Tensor | None]:
+    """``(kᵀ [C, N, m], r²ᵀ or None)`` of target rows ``[s, e)`` (the kernel without its switch).
 
     ``r²`` is kept where something later needs it: a profile other than the Gaussian (its
     derivative), more than one channel, a cutoff (the switch) or a learnable width.
@@ -193,17 +191,13 @@ def _block(
     cut = kernel.cutoff is not None
     if gaussian and C == 1 and not cut and not kernel.log_width.requires_grad:
         # −u straight from the thin product, then exp in place
-        k3 = _gaussian_(geometry.r2t(s, e, negative_scale=-inv_s2[0])).unsqueeze(0)
-        r2 = None
-    else:
-        r2 = geometry.r2t_exact(s, e) if _steep_at_zero(kernel) else geometry.r2t(s, e)
-        if C == 1:
-            u = r2 * inv_s2[0]
-            k3 = (_gaussian_(u.neg_()) if gaussian else kernel.profile(u)).unsqueeze(0)
-        else:
-            u3 = r2.unsqueeze(0) * inv_s2.view(C, 1, 1)
-            k3 = _gaussian_(u3.neg_()) if gaussian else kernel.profile(u3)
-    return _weight_t(k3, r2, kernel, charge2, modulation_t, s, e), k3, r2
+        return _gaussian_(geometry.r2t(s, e, negative_scale=-inv_s2[0])).unsqueeze(0), None
+    r2 = geometry.r2t_exact(s, e) if _steep_at_zero(kernel) else geometry.r2t(s, e)
+    if C == 1:
+        u = r2 * inv_s2[0]
+        return (_gaussian_(u.neg_()) if gaussian else kernel.profile(u)).unsqueeze(0), r2
+    u3 = r2.unsqueeze(0) * inv_s2.view(C, 1, 1)
+    return (_gaussian_(u3.neg_()) if gaussian else kernel.profile(u3)), r2
 
 
 def _charge_sum(k3: Tensor, q: Tensor | None) -> Tensor:
@@ -213,23 +207,35 @@ def _charge_sum(k3: Tensor, q: Tensor | None) -> Tensor:
     return torch.einsum("cnm,mc->nm", k3, q)
 
 
+def _unswitched(k3: Tensor, q_b: Tensor | None) -> Tensor:
+    """The block's weight before switch and modulation: ``k`` with one channel (its charge
+    scales ``y`` instead), ``Σ_c q_c k_c`` with several, ``[N, m]``."""
+    return k3[0] if k3.shape[0] == 1 else _charge_sum(k3, q_b)
+
+
 def _weight_t(
-    k3: Tensor,
-    r2: Tensor | None,
+    wk: Tensor, switch: Tensor | None, modulation_t: Tensor | None, s: int, e: int
+) -> Tensor:
+    """``Wᵀ`` of target rows ``[s, e)`` (without a one-channel charge): ``wk ⊙ Sw ⊙ w``."""
+    w = wk if switch is None else wk * switch
+    return w if modulation_t is None else w * modulation_t[:, s:e]
+
+
+def _block_weight_t(
     kernel: RadialKernel,
-    charge2: Tensor | None,
-    modulation_t: Tensor | None,
+    geometry: _Geometry,
     s: int,
     e: int,
-) -> Tensor:
-    """``Wᵀ`` of target rows ``[s, e)`` (without a one-channel charge) from their ``kᵀ``."""
-    C = k3.shape[0]
-    w = k3[0] if C == 1 else _charge_sum(k3, None if charge2 is None else charge2[s:e])
-    if kernel.cutoff is not None:
-        w = w * kernel.switch(r2)
-    if modulation_t is not None:
-        w = w * modulation_t[:, s:e]
-    return w
+    inv_s2: Tensor,
+    gaussian: bool,
+    charge2: Tensor | None,
+    modulation_t: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The forward's block: ``(Wᵀ [N, m], kᵀ, r²ᵀ or None)`` of target rows ``[s, e)``."""
+    k3, r2 = _block(kernel, geometry, s, e, inv_s2, gaussian)
+    wk = _unswitched(k3, None if charge2 is None else charge2[s:e])
+    switch = None if kernel.cutoff is None else kernel.switch(r2)
+    return _weight_t(wk, switch, modulation_t, s, e), k3, r2
 
 
 class _RadialMatmul(torch.autograd.Function):
@@ -266,14 +272,18 @@ class _RadialMatmul(torch.autograd.Function):
         scale = charge2[:, 0] if C == 1 and charge2 is not None else None
         saved: tuple[Tensor, ...] = ()
         if rows >= M:
-            w_t, k3, r2 = _block(kernel, geometry, 0, M, inv_s2, gaussian, charge2, modulation_t)
+            w_t, k3, r2 = _block_weight_t(
+                kernel, geometry, 0, M, inv_s2, gaussian, charge2, modulation_t
+            )
             y = torch.mm(x, w_t)
             saved = (k3, r2 if r2 is not None else k3.new_empty(0))
         else:
             y = x.new_empty(x.shape[0], M)
             for s in range(0, M, rows):
                 e = min(M, s + rows)
-                w_t = _block(kernel, geometry, s, e, inv_s2, gaussian, charge2, modulation_t)[0]
+                w_t = _block_weight_t(
+                    kernel, geometry, s, e, inv_s2, gaussian, charge2, modulation_t
+                )[0]
                 y[:, s:e] = x @ w_t
         # ∂L/∂q of a one-channel charge is Σ_b gy ⊙ (x kᵀ): keep x kᵀ (O(B·M))
         ctx.unscaled = y if scale is not None and ctx.needs_input_grad[3] else None
@@ -318,13 +328,14 @@ class _RadialMatmul(torch.autograd.Function):
             if one_block:
                 k3, r2 = saved
                 r2 = r2 if r2.numel() else None
-                w_t = _weight_t(k3, r2, kernel, charge2, modulation_t, 0, M)
             else:
-                w_t, k3, r2 = _block(
-                    kernel, geometry, s, e, inv_s2, ctx.gaussian, charge2, modulation_t
-                )
+                k3, r2 = _block(kernel, geometry, s, e, inv_s2, ctx.gaussian)
+            q_b = None if charge2 is None else charge2[s:e]
+            wk = _unswitched(k3, q_b)  # each computed once for the block's every use
+            sw = None if not cut else kernel.switch(r2)
             gy_b = gy[:, s:e]
             if need_x:
+                w_t = _weight_t(wk, sw, modulation_t, s, e)
                 if one_block:
                     grad_x = torch.mm(gy_b, w_t.T)
                 else:
@@ -332,12 +343,7 @@ class _RadialMatmul(torch.autograd.Function):
             if not need_D:
                 continue
             Dt = torch.mm(x.T, gy_b)  # (dL/dW)ᵀ without the one-channel charge, [N, m]
-            q_b = None if charge2 is None else charge2[s:e]
-            sw = dsw = None
-            if cut:
-                sw, dsw = kernel.switch(r2), kernel.switch_derivative(r2)
-            # Σ_c q_c k_c (C > 1), or k (C = 1, the charge outside): the unswitched weight
-            wk = k3[0] if C == 1 else _charge_sum(k3, q_b)
+            dsw = kernel.switch_derivative(r2) if cut and need_pos else None
             if grad_mod_t is not None:
                 g = torch.mul(Dt, wk, out=grad_mod_t[:, s:e])
                 if sw is not None:
