@@ -160,8 +160,8 @@ class ConnectionCost(Potential):
             source = system.groups[interaction.source]
             target = system.groups[interaction.target]
             weight = interaction.effective_weight(source, target)
-            plane_t, plane_s = target.position[:, :-1], source.position[:, :-1]
-            distance = (plane_t[:, None, :] - plane_s[None, :, :]).abs().sum(-1)  # L1, [M, N]
+            # in-plane L1 distances [M, N] (the last coordinate is the layer axis)
+            distance = torch.cdist(target.position[:, :-1], source.position[:, :-1], p=1.0)
             total = total + (weight.abs() * (self.a * distance + self.l0)).sum()
         if self.bias:
             for name, group in system.groups.items():
