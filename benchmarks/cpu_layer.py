@@ -41,13 +41,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 for extra in (ROOT, ROOT / "plugins"):
     if str(extra) not in sys.path:  # run from a checkout without installing
         sys.path.insert(0, str(extra))
+
+from particle_layer import _train_epoch  # noqa: E402  (the same loop as its epoch section)
 
 from particlesim.kernels import GaussianKernel, RadialKernel, kernel_matmul  # noqa: E402
 
@@ -219,19 +220,9 @@ def epoch_section(args: argparse.Namespace) -> dict:
             )
             systems[label] = (system, torch.optim.Adam(system.parameters(), lr=1e-3))
 
-        def epoch(label: str, systems: dict = systems) -> Callable[[], None]:
+        def epoch(label: str, systems: dict = systems) -> Callable[[], object]:
             system, optimizer = systems[label]
-
-            def run() -> None:
-                order = torch.randperm(x.shape[0])
-                for i in range(0, x.shape[0], 128):
-                    idx = order[i : i + 128]
-                    loss = F.cross_entropy(system(x[idx]), y[idx])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-
-            return run
+            return lambda: _train_epoch(system, optimizer, x, y, 128, torch.device("cpu"))
 
         times = interleaved(
             {label: epoch(label) for label in systems}, repeats=args.epochs, warmup=1
