@@ -40,6 +40,34 @@ class StudentTKernel(RadialKernel):
         return -(2.0 / 3.0) * (1.0 + u / 3.0).pow(-3.0)
 
 
+class StudentTFromValueKernel(StudentTKernel):
+    """The same kernel with its derivative from the kernel's value (no second power)."""
+
+    name = "student_t_from_value"
+
+    @staticmethod
+    def profile_derivative_from_value(u: Tensor, value: Tensor) -> Tensor:
+        return value / (1.0 + u / 3.0) * (-2.0 / 3.0)
+
+
+class RisingKernel(RadialKernel):
+    """``f = exp(u)``, ``f' = f``: a derivative that returns the saved kernel itself."""
+
+    name = "rising"
+
+    @staticmethod
+    def profile(u: Tensor) -> Tensor:
+        return torch.exp(u)
+
+    @staticmethod
+    def profile_derivative(u: Tensor) -> Tensor:
+        return torch.exp(u)
+
+    @staticmethod
+    def profile_derivative_from_value(u: Tensor, value: Tensor) -> Tensor:
+        return value
+
+
 class NoDerivativeKernel(RadialKernel):
     """A radial kernel built in a notebook without ``profile_derivative``."""
 
@@ -50,7 +78,13 @@ class NoDerivativeKernel(RadialKernel):
         return 1.0 / (1.0 + u)
 
 
-FAMILIES = [GaussianKernel, CauchyKernel, ExponentialKernel, StudentTKernel]
+FAMILIES = [
+    GaussianKernel,
+    CauchyKernel,
+    ExponentialKernel,
+    StudentTKernel,
+    StudentTFromValueKernel,
+]
 
 
 def make(
@@ -103,6 +137,22 @@ def blocks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
         monkeypatch.setattr(matmul_path, "SAVED_MAX_ELEMENTS", 0)
         monkeypatch.setattr(matmul_path, "BLOCK_ELEMENTS", 1)  # one row per block
     return request.param
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_derivative_returning_the_saved_kernel_itself_leaves_it_intact(
+    blocks: str, channels: int
+) -> None:
+    """The backward scales ``f'`` in place: a ``profile_derivative_from_value`` that returns
+    its ``value`` argument (``f' = f``) must not overwrite the kernel saved for later uses."""
+    kernel, inputs = make(RisingKernel, channels, spread=0.3, learnable=True)
+    names = [k for k, v in inputs.items() if v is not None]
+
+    def f(*tensors: Tensor) -> Tensor:
+        given = dict(zip(names, tensors[: len(names)], strict=True))
+        return call(kernel_matmul_matmul, kernel, {**inputs, **given})
+
+    assert torch.autograd.gradcheck(f, (*[inputs[n] for n in names], kernel.log_width))
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)

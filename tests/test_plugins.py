@@ -786,6 +786,14 @@ def profile_methods(profile: str, derivative: str | None) -> str:
             "profile(u) there is -1.99401 (the chunked path's gradients use profile_derivative)",
         ),
         (
+            profile_methods("(1.0 + u) ** -2", "-2.0 * (1.0 + u) ** -3")
+            + "\n    @staticmethod\n    def profile_derivative_from_value(u, value):\n"
+            "        return -2.0 * value / (1.0 + u) ** 2\n",
+            "which has profile_derivative_from_value(u, f(u)) = -1.99202 at u = 0.001, but "
+            "profile_derivative(u) there is -1.99401 (the matmul path's gradients use "
+            "profile_derivative_from_value)",
+        ),
+        (
             profile_methods("torch.exp(-u).float()", "-torch.exp(-u)"),
             "which has profile(u) returning torch.float32 for torch.float64 u",
         ),

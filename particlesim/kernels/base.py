@@ -162,6 +162,18 @@ class RadialKernel(Kernel):
         """``df/du`` in closed form (used by the chunked and fused paths)."""
         raise NotImplementedError
 
+    @classmethod
+    def profile_derivative_from_value(cls, u: Tensor, value: Tensor) -> Tensor:
+        """``df/du`` given ``value = f(u)``, which the ``matmul`` path's backward has at hand.
+
+        Optional: the default calls :meth:`profile_derivative`. Override it where the
+        derivative is cheaper from the value than from ``u`` alone (the Gaussian's
+        ``f' = −f``, the Cauchy's ``f' = −f²``, a Student-t's ``f' = −(ν+1)/(2ν)·f/(1 + u/ν)``
+        instead of a second general power); on CPU a general ``pow`` costs ~8 elementwise
+        passes. Must agree with :meth:`profile_derivative` (checked when plugins load).
+        """
+        return cls.profile_derivative(u)
+
     def scaled(self, r2: Tensor) -> Tensor:
         """``u = r² / σ²`` with a leading channel axis when ``C > 1``."""
         inv = self.width.to(r2.dtype).pow(-2)
@@ -234,6 +246,10 @@ class GaussianKernel(RadialKernel):
     def profile_derivative(u: Tensor) -> Tensor:
         return -torch.exp(-u)
 
+    @classmethod
+    def profile_derivative_from_value(cls, u: Tensor, value: Tensor) -> Tensor:
+        return -value
+
 
 class CauchyKernel(RadialKernel):
     """Cauchy (falloff) ``k = 1/(1 + |r|²/σ²)``; Shader's positional falloff at σ = 1."""
@@ -247,6 +263,10 @@ class CauchyKernel(RadialKernel):
     @staticmethod
     def profile_derivative(u: Tensor) -> Tensor:
         return -1.0 / (1.0 + u) ** 2
+
+    @classmethod
+    def profile_derivative_from_value(cls, u: Tensor, value: Tensor) -> Tensor:
+        return -(value * value)
 
 
 class ExponentialKernel(RadialKernel):
@@ -270,6 +290,12 @@ class ExponentialKernel(RadialKernel):
         safe = torch.where(positive, u, torch.ones_like(u))
         root = torch.sqrt(safe)
         return torch.where(positive, -torch.exp(-root) / (2.0 * root), torch.zeros_like(u))
+
+    @classmethod
+    def profile_derivative_from_value(cls, u: Tensor, value: Tensor) -> Tensor:
+        positive = u > 0
+        root = torch.where(positive, u, torch.ones_like(u)).sqrt_()
+        return torch.where(positive, value / root.mul_(-2.0), torch.zeros_like(u))
 
 
 BUILTIN_KERNELS: tuple[type[Kernel], ...] = (GaussianKernel, CauchyKernel, ExponentialKernel)
@@ -334,11 +360,40 @@ def kernel_class_problem(factory: object) -> str | None:
         if attr == "profile":
             values["u"] = u_in
     if "profile" in values and "profile_derivative" in values:
-        return _derivative_problem(values["u"], values["profile"], values["profile_derivative"])
+        f, closed = values["profile"], values["profile_derivative"]
+        problem = _derivative_problem(values["u"], f, closed)
+        return problem if problem is not None else _from_value_problem(factory, u, f, closed)
     return None
 
 
-def _profile_function(factory: type, attr: str) -> Callable[[Tensor], object] | None:
+def _from_value_problem(factory: type, u: Tensor, f: Tensor, closed: Tensor) -> str | None:
+    """A ``profile_derivative_from_value`` of the kernel's own against ``profile_derivative``."""
+    attr = "profile_derivative_from_value"
+    if inspect.getattr_static(factory, attr) is inspect.getattr_static(RadialKernel, attr):
+        return None
+    function = _profile_function(factory, attr)
+    if function is None:
+        return None  # an instance method on a class that needs arguments: cannot check
+    try:
+        out = function(u.clone(), f.detach().clone())
+    except Exception as exc:
+        message = " ".join(str(exc).split())
+        return f"raised {type(exc).__name__} in {attr}(u, value) for u >= 0: {message}"
+    problem = _profile_output_problem(attr, out, u)
+    if problem is not None:
+        return problem
+    wrong = (out.detach() - closed.detach()).abs() > 1e-6 + 1e-4 * closed.detach().abs()
+    if not bool(wrong.any()):
+        return None
+    first = int(wrong.flatten().nonzero()[0])
+    at, got, want = (t.flatten()[first].item() for t in (u, out.detach(), closed.detach()))
+    return (
+        f"has {attr}(u, f(u)) = {got:.6g} at u = {at:g}, but profile_derivative(u) there is "
+        f"{want:.6g} (the matmul path's gradients use {attr})"
+    )
+
+
+def _profile_function(factory: type, attr: str) -> Callable[..., object] | None:
     """``factory.<attr>`` as a one-argument function (a static method, or bound to an instance)."""
     static = inspect.getattr_static(factory, attr)
     if isinstance(static, staticmethod | classmethod):

@@ -182,10 +182,13 @@ def _block(
     inv_s2: Tensor,
     gaussian: bool,
 ) -> tuple[Tensor, Tensor | None]:
-    """``(kᵀ [C, N, m], r²ᵀ or None)`` of target rows ``[s, e)`` (the kernel without its switch).
+    """``(kᵀ [C, N, m], r²ᵀ, uᵀ or None)`` of target rows ``[s, e)`` (the kernel without its
+    switch).
 
     ``r²`` is kept where something later needs it: a profile other than the Gaussian (its
-    derivative), more than one channel, a cutoff (the switch) or a learnable width.
+    derivative), more than one channel, a cutoff (the switch) or a learnable width. With one
+    channel, no cutoff and a profile other than the Gaussian, ``u = r²/σ²`` is kept instead
+    (see :func:`_keeps_u`).
     """
     C = inv_s2.shape[0]
     cut = kernel.cutoff is not None
@@ -193,11 +196,29 @@ def _block(
         # −u straight from the thin product, then exp in place
         return _gaussian_(geometry.r2t(s, e, negative_scale=-inv_s2[0])).unsqueeze(0), None
     r2 = geometry.r2t_exact(s, e) if _steep_at_zero(kernel) else geometry.r2t(s, e)
+    if C == 1 and not cut and not gaussian:
+        u = r2.mul_(inv_s2[0])  # nothing needs r² itself: keep u (one pass fewer each way)
+        return kernel.profile(u).unsqueeze(0), u
     if C == 1:
         u = r2 * inv_s2[0]
         return (_gaussian_(u.neg_()) if gaussian else kernel.profile(u)).unsqueeze(0), r2
     u3 = r2.unsqueeze(0) * inv_s2.view(C, 1, 1)
     return (_gaussian_(u3.neg_()) if gaussian else kernel.profile(u3)), r2
+
+
+def _derivative(kernel: RadialKernel, u: Tensor, value: Tensor) -> Tensor:
+    """``f'(u)`` from the kernel's :meth:`~RadialKernel.profile_derivative_from_value`, as a
+    tensor of its own (the caller scales it in place; ``value`` is the saved kernel)."""
+    fp = kernel.profile_derivative_from_value(u, value)
+    shared = fp.untyped_storage().data_ptr()
+    if shared in (value.untyped_storage().data_ptr(), u.untyped_storage().data_ptr()):
+        fp = fp.clone()
+    return fp
+
+
+def _keeps_u(kernel: RadialKernel, gaussian: bool) -> bool:
+    """Whether :func:`_block`'s second result is ``u`` rather than ``r²``."""
+    return kernel.channels == 1 and kernel.cutoff is None and not gaussian
 
 
 def _charge_sum(k3: Tensor, q: Tensor | None) -> Tensor:
@@ -311,6 +332,7 @@ class _RadialMatmul(torch.autograd.Function):
         need_D = need_pos or need_w or need_mod or (need_q and not one_channel_charge)
         cut = kernel.cutoff is not None
         one_block = ctx.rows >= M
+        keeps_u = _keeps_u(kernel, ctx.gaussian)  # then "r2" below holds u = r²/σ²
 
         grad_x = None if not need_x or one_block else torch.zeros_like(x)
         grad_rh = x.new_empty(M, D) if need_rh else None
@@ -362,10 +384,12 @@ class _RadialMatmul(torch.autograd.Function):
                     F = S.mul_(k3[0])  # −F: f' = −f, the sign is applied below
                     sign = -1.0
                 else:
-                    F = S.mul_(kernel.profile_derivative(r2 * inv_s2[0]))
+                    u = r2 if keeps_u else r2 * inv_s2[0]
+                    F = S.mul_(kernel.profile_derivative_from_value(u, k3[0]))
                     sign = 1.0
-                if need_w:  # r² is kept whenever the width is learnable
-                    u_dot = torch.dot(F.reshape(-1), r2.reshape(-1)) * inv_s2[0]
+                if need_w:  # r² (or u) is kept whenever the width is learnable
+                    u_dot = torch.dot(F.reshape(-1), r2.reshape(-1))
+                    u_dot = u_dot if keeps_u else u_dot * inv_s2[0]
                     grad_logw[0] += -2.0 * sign * u_dot
                 factor = inv_s2[0] * sign
                 if G_cut is not None:
@@ -375,7 +399,7 @@ class _RadialMatmul(torch.autograd.Function):
                     G = F  # G = factor · F, applied to the thin products' results
             else:
                 u3 = r2.unsqueeze(0) * inv_s2.view(C, 1, 1)
-                fp = k3.neg() if ctx.gaussian else kernel.profile_derivative(u3)
+                fp = k3.neg() if ctx.gaussian else _derivative(kernel, u3, k3)
                 F3 = fp.mul_(S)
                 if q_b is not None:
                     F3.mul_(q_b.T.unsqueeze(1))

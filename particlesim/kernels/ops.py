@@ -791,8 +791,8 @@ def select_backend(
         return backend
     small = target_pos.shape[0] * source_pos.shape[0] <= AUTO_REFERENCE_MAX_ELEMENTS
     matmul_fits = _uses_closed_form(kernel) and (getattr(kernel, "cutoff", None) is None or small)
-    if backend == "matmul" and matmul_fits:
-        return "matmul"
+    if matmul_fits and (backend == "matmul" or (backend == "auto" and not x.is_cuda)):
+        return "matmul"  # (auto off CUDA never takes the fused path: no need to ask it)
     from particlesim.kernels.fused import fused_unsupported  # never imports Triton itself
 
     tensors = [t for t in (x, target_pos, source_pos, charge, modulation) if t is not None]
