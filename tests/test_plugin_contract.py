@@ -117,6 +117,17 @@ def check_integrators(out: Path, stdout: str) -> None:
     assert metrics(out)[-1]["lr"] == pytest.approx(0.05)
 
 
+def check_moves(out: Path, stdout: str) -> None:
+    assert resolved(out)["moves"] == [
+        {"name": "pair_swap", "group": "hidden1", "every": 5, "temperature": 0.05}
+    ]
+    assert all(0 <= row["moves/pair_swap/acceptance"] <= 1 for row in metrics(out))
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)["simulation"]["moves"]
+    assert [entry["name"] for entry in saved] == ["pair_swap"]
+    assert saved[0]["state"]["attempted"] == 5  # steps 5, 10, …, 25
+    assert 0 < saved[0]["state"]["accepted"] <= 5
+
+
 def check_observables(out: Path, stdout: str) -> None:
     rows = metrics(out)
     assert [row["step"] for row in rows] == [5, 10, 15, 20, 25]
@@ -170,6 +181,7 @@ CHECKS: dict[str, Callable[[Path, str], None]] = {
     "particlesim_register_interactions": check_interactions,
     "particlesim_register_potentials": check_potentials,
     "particlesim_register_integrators": check_integrators,
+    "particlesim_register_moves": check_moves,
     "particlesim_register_observables": check_observables,
     "particlesim_register_datasets": check_datasets,
     "particlesim_register_writers": check_writers,

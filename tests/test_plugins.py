@@ -529,7 +529,7 @@ def test_disable_entry_points(fake_distribution: Path) -> None:
 
 
 def test_every_hook_has_a_test() -> None:
-    assert len(HOOK_NAMES) == 14
+    assert len(HOOK_NAMES) == 15
     missing = [name for name in HOOK_NAMES if f"test_hook_{name}" not in globals()]
     assert missing == []
 
@@ -582,6 +582,28 @@ def test_hook_particlesim_register_integrators(examples_importable: None) -> Non
     (x**2).sum().backward()
     integrator.step()
     assert x.item() == pytest.approx(1.0 - 0.1 * 2.0 * 1.9)  # Nesterov: g + μ·(μ·0 + g)
+
+
+def test_hook_particlesim_register_moves(examples_importable: None) -> None:
+    """The example's swap is kept by Metropolis on wiring length and keeps the function."""
+    from particlesim.core.model import MLP
+
+    _, manager = load_example("particlesim_register_moves")
+    move = manager.registry("move").create("pair_swap", group="hidden1", temperature=0.0)
+    system = MLP(sizes=[3, 6, 2], dim=2).build(
+        registries=load_plugins(entry_points=False).registries,
+        input_size=3,
+        num_classes=2,
+        generator=torch.Generator().manual_seed(0),
+        dtype=torch.float64,
+    )
+    x = torch.randn(5, 3, dtype=torch.float64)
+    before, wiring = system(x), move.wiring(system)
+    generator = torch.Generator().manual_seed(1)
+    counts = [move.attempt(system, step=s, generator=generator) for s in range(40)]
+    assert {a for a, _ in counts} == {1} and 0 < sum(k for _, k in counts) < 40
+    assert move.wiring(system) < wiring  # at T = 0 only shorter wiring is kept
+    torch.testing.assert_close(system(x), before)
 
 
 def test_hook_particlesim_register_observables(examples_importable: None) -> None:

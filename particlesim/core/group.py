@@ -55,6 +55,7 @@ class ParticleGroup(nn.Module):
         if unknown:
             raise OptionError("frozen", f"group {name!r} has no field(s) {sorted(unknown)}")
         self._field_names: list[str] = []
+        self._evolving: set[str] = set()
         for key, value in fields.items():
             if value.shape[0] != position.shape[0]:
                 raise OptionError(
@@ -162,6 +163,36 @@ class ParticleGroup(nn.Module):
             )
         self.register_parameter(field, parameter)
         self._field_names.append(field)
+
+    def add_field(
+        self, field: str, tensor: Tensor, *, frozen: bool = True, evolving: bool = False
+    ) -> None:
+        """Add a per-particle field ``[N, ...]`` after construction (a copy of ``tensor``).
+
+        ``evolving``: a frozen field that the engine itself changes during a run (no
+        integrator moves it, but e.g. a Monte Carlo move does), so trajectories record it
+        per frame instead of once. The neuron swap move's ``id`` field is one.
+        """
+        if field in self._field_names:
+            raise OptionError(field, f"group {self.name!r} already has a field {field!r}")
+        if tensor.ndim < 1 or tensor.shape[0] != self.size:
+            raise OptionError(
+                field,
+                f"group {self.name!r}: field {field!r} has shape {list(tensor.shape)}, "
+                f"expected {self.size} rows",
+            )
+        value = tensor.detach().clone()
+        if frozen:
+            self.register_buffer(field, value)
+        else:
+            self.register_parameter(field, nn.Parameter(value))
+        self._field_names.append(field)
+        if evolving:
+            self._evolving.add(field)
+
+    def is_evolving(self, field: str) -> bool:
+        """A field that changes during a run: learnable, or frozen but changed by the engine."""
+        return field in self._field_names and (not self.is_frozen(field) or field in self._evolving)
 
     def extra_repr(self) -> str:
         fields = ", ".join(

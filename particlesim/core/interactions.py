@@ -40,6 +40,12 @@ class Interaction(nn.Module):
     name: ClassVar[str] = ""
     #: Whether :meth:`effective_weight` gives an ``[M, N]`` matrix (trajectories record it).
     has_effective_weight: ClassVar[bool] = True
+    #: Parameters indexed ``[target, source]`` (one entry per pair of particles): a move
+    #: that relabels particles permutes their rows and columns.
+    pair_parameters: ClassVar[tuple[str, ...]] = ()
+    #: Whether the weights depend on particle positions (a neuron swap, which keeps the
+    #: places and moves everything else, would then change the network's function).
+    uses_positions: ClassVar[bool] = True
 
     def __init__(self, source: ParticleGroup, target: ParticleGroup) -> None:
         super().__init__()
@@ -175,6 +181,7 @@ class ModulatedInteraction(_KernelCoupling):
     """
 
     name = "modulated"
+    pair_parameters = ("weight",)
 
     def __init__(
         self,
@@ -211,6 +218,8 @@ class DenseInteraction(Interaction):
     """A free weight matrix ``a = b Wᵀ`` (initialised like ``nn.Linear``); positions unused."""
 
     name = "dense"
+    pair_parameters = ("weight",)
+    uses_positions = False
 
     def __init__(
         self,

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from particlesim.core.integrators import Integrator
 from particlesim.core.losses import CrossEntropy, Loss
+from particlesim.core.moves import Move, move_observables
 from particlesim.core.observables import (
     Observable,
     builtin_observables,
@@ -160,6 +161,7 @@ class Simulation:
             integrator.step(step)
             guard: parameters finite, else restore the pre-update state and stop
             step += 1
+            due Monte Carlo moves (step % move.every == 0), in order
             due writers (ascending ``order``; a checkpoint writer last): compute the
                 union of their observables once, report
             plugin hook particlesim_step_end(simulation, step)
@@ -194,6 +196,8 @@ class Simulation:
         device: where to run (a resolved :class:`torch.device`).
         observables: extra observables beside the built-ins.
         writers: reporters of observables.
+        moves: Monte Carlo moves (:mod:`particlesim.core.moves`), each tried every
+            ``move.every`` steps right after that step's update, in the order given.
         hooks: a plugin manager (``.hook`` and ``.has_impls``) for lifecycle hooks.
         record_initial: write frame 0 before the first step.
         clip_grad_norm: clip the total gradient norm to this value
@@ -221,6 +225,7 @@ class Simulation:
         device: torch.device | str = "cpu",
         observables: Sequence[Observable] = (),
         writers: Sequence[Writer] = (),
+        moves: Sequence[Move] = (),
         hooks: Any = None,
         record_initial: bool = False,
         clip_grad_norm: float | None = None,
@@ -281,8 +286,11 @@ class Simulation:
         integrator.attach(
             system.parameters(), total_steps=self.total_steps, generator=self.noise_generator
         )
+        self.moves = list(moves)
+        for move in self.moves:
+            move.setup(self.system)  # e.g. the neuron swap's id fields, before writers open
         self.observables: dict[str, Observable] = {}
-        own = system_observables(system)
+        own = [*system_observables(system), *move_observables(self.moves)]
         for observable in [*builtin_observables(), *own, *observables]:
             self.observables[observable.name] = observable
         for writer in writers:
@@ -440,6 +448,7 @@ class Simulation:
             },
             "world_size": self.world_size,
             "writers": [{"name": w.name, "state": w.state_dict()} for w in self.writers],
+            "moves": [{"name": m.name, "state": m.state_dict()} for m in self.moves],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -480,6 +489,14 @@ class Simulation:
             self._running_count = int(state["running_count"])
             self._wall_before = float(state["wall_time"])
             writers = list(state["writers"])
+            moves = list(state.get("moves", []))
+            if [m["name"] for m in moves] != [m.name for m in self.moves]:
+                raise CheckpointError(
+                    f"the run's moves [{', '.join(m.name for m in self.moves)}] differ from the "
+                    f"checkpoint's [{', '.join(m['name'] for m in moves)}]"
+                )
+            for move, saved in zip(self.moves, moves, strict=True):
+                move.load_state_dict(saved["state"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"incomplete or damaged simulation state ({exc!r})") from None
         if self.writers:  # ranks other than 0 have no writers and ignore theirs
@@ -597,6 +614,8 @@ class Simulation:
                 self._train_step(*self._next_batch(), generators)
                 self.time += self.integrator.step_size(self.step)
                 self.step += 1
+                for move in self.moves:
+                    move.apply(self, self.step)
                 self._report(self.step)
                 self._at_boundary = True
                 if step_end:

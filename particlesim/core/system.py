@@ -101,8 +101,15 @@ class System(nn.Module):
         return self.input_group.position.dtype
 
     def forward(self, x: Tensor) -> Tensor:
-        """Map inputs ``x [B, N_in]`` to outputs ``[B, N_out]`` (logits for classifiers)."""
-        return self.activities(x)[self.output_group.name]
+        """Map inputs ``x [B, N_in]`` to outputs ``[B, N_out]`` (logits for classifiers).
+
+        Where neurons were moved between slots (an ``id`` field, see
+        :mod:`particlesim.core.moves`), output ``c`` is still class ``c``: the output group's
+        slots are read in the order of their ``id``.
+        """
+        out = self.activities(x)[self.output_group.name]
+        outputs = self.output_group
+        return out if not outputs.has("id") else out.index_select(-1, torch.argsort(outputs.id))
 
     def activities(self, x: Tensor) -> dict[str, Tensor]:
         """Every group's output ``b_g [B, N_g]``, keyed by group name."""
@@ -113,6 +120,8 @@ class System(nn.Module):
                 f"input has {x.shape[-1]} features but group {inputs.name!r} "
                 f"has {inputs.size} particles",
             )
+        if inputs.has("id"):  # input slot s holds feature id[s] (neurons were moved)
+            x = x.index_select(-1, inputs.id)
         if self.input_scaling:
             charge = inputs.charge if inputs.charge.ndim == 1 else inputs.charge[:, 0]
             x = x * charge

@@ -689,7 +689,7 @@ class TrajectoryWriter(Writer):
                     continue
                 tensor = group.field(field_name)
                 dtype = _numpy_dtype(tensor)
-                if group.is_frozen(field_name):
+                if not group.is_evolving(field_name):
                     if not self._binding:
                         node.create_dataset(field_name, data=_to_numpy(tensor, dtype))
                     continue

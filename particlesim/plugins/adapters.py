@@ -415,6 +415,14 @@ def factory_problem(kind: str, factory: Any) -> str | None:
         ]
         if positional:
             return f"takes {positional[0]!r} only by position (options are given as keywords)"
+    if kind == "move":
+        from particlesim.core.moves import Move
+
+        if not (isinstance(factory, type) and issubclass(factory, Move)):
+            return "is not a particlesim.core.moves.Move subclass"
+        if factory.attempt is Move.attempt:
+            return "does not implement attempt()"
+        return None
     if not isinstance(factory, type):
         return None  # a function: what it returns is checked when the scenario builds it
     needs = {

@@ -36,6 +36,13 @@ def particlesim_register_integrators():
 
 
 @hookimpl
+def particlesim_register_moves():
+    from particlesim.core.moves import BUILTIN_MOVES
+
+    return list(BUILTIN_MOVES)
+
+
+@hookimpl
 def particlesim_register_datasets():
     from particlesim.data.datasets import BUILTIN_DATASETS
     from particlesim.data.multitask import MultiTask

@@ -350,6 +350,96 @@ def particlesim_register_integrators() -> Sequence[NamedFactory]:
 
 
 @hookspec
+def particlesim_register_moves() -> Sequence[NamedFactory]:
+    """Register Monte Carlo moves (discrete changes tried between gradient steps) by name.
+
+    Called once per :meth:`PluginManager.load`, after every plugin is
+    registered, one implementation at a time. Takes no arguments.
+
+    Return a list of subclasses of the engine's ``Move``
+    (``particlesim.core.moves``) with a snake_case ``name``; a scenario's
+    ``[[moves]]`` table selects one with ``name = "<name>"`` and passes its
+    other keys (``every``, ``temperature``, ``temperature_schedule``, …) as
+    keywords. ``attempt(system, step=, generator=, optimizer=)`` proposes,
+    accepts or rejects (``metropolis`` gives the rule) and returns the counts
+    ``(attempted, accepted)``; the run calls it every ``every`` steps, right
+    after that step's update. ``permute_neurons`` relabels a group's neurons
+    with their connections and optimiser state. Return ``[]`` to register
+    nothing.
+
+    Example:
+
+    .. code-block:: python
+
+        import torch
+
+        from particlesim import hookimpl
+        from particlesim.core.moves import Move, metropolis, permute_neurons
+
+
+        class PairSwap(Move):
+            \"\"\"Swap two random neurons of a group (all but their places), kept by
+            Metropolis on the wiring length ``Σ|W|·d`` of the group's connections.\"\"\"
+
+            name = "pair_swap"
+
+            def __init__(self, *, group: str = "hidden1", every: int = 5,
+                         temperature: float = 0.1) -> None:
+                super().__init__(every=every, temperature=temperature)
+                self.group = group
+
+            def wiring(self, system) -> float:
+                total = 0.0
+                for link in system.interactions:
+                    if self.group in (link.source, link.target):
+                        target = system.groups[link.target].position
+                        source = system.groups[link.source].position
+                        length = link.weight.detach().abs() * torch.cdist(target, source)
+                        total += float(length.sum())
+                return total
+
+            def attempt(self, system, *, step, generator, optimizer=None):
+                size = system.groups[self.group].size
+                a, b = torch.randperm(size, generator=generator)[:2].tolist()
+                order = torch.arange(size)
+                order[a], order[b] = b, a
+                before = self.wiring(system)
+                permute_neurons(system, self.group, order)  # try it
+                delta = self.wiring(system) - before
+                permute_neurons(system, self.group, order)  # a swap undoes itself
+                if not metropolis(delta, self.temperature_at(step), generator):
+                    return 1, 0
+                permute_neurons(system, self.group, order, optimizer=optimizer)
+                return 1, 1
+
+
+        @hookimpl
+        def particlesim_register_moves():
+            return [PairSwap]
+
+
+    Select it in a scenario (the plugin file beside the scenario file):
+
+    .. code-block:: toml
+
+        plugins = ["my_plugin.py"]
+
+        [model]
+        name = "mlp"  # dense interactions: a swap keeps the network's function
+        sizes = [0, 8, 0]
+
+        [[moves]]
+        name = "pair_swap"
+        every = 5
+        temperature = 0.05
+
+    Its acceptance is recorded as the observables ``moves/pair_swap/acceptance``
+    (accepted over attempted since the run began) and ``moves/pair_swap/accepted``
+    (at its last application): columns of ``metrics.jsonl``, and in a trajectory.
+    """
+
+
+@hookspec
 def particlesim_register_observables() -> Sequence[NamedFactory]:
     """Register observables (named measurements with a shape and unit) by name.
 

@@ -53,6 +53,7 @@ REGISTRY_KINDS: tuple[str, ...] = (
     "interaction",
     "potential",
     "integrator",
+    "move",
     "observable",
     "dataset",
     "writer",

@@ -60,6 +60,7 @@ SECTIONS = (
     "interactions",
     "potentials",
     "integrator",
+    "moves",
     "loss",
     "observables",
     "writers",
@@ -505,6 +506,11 @@ def validate(
         registries, "integrator", integrator, "integrator", source
     )
 
+    resolved["moves"] = []
+    for i, table in enumerate(_array_of_tables(raw, "moves", source)):
+        _, entry = _construct(registries, "move", table, f"moves[{i}]", source)
+        resolved["moves"].append(entry)
+
     if "loss" in raw:
         plan.loss, resolved["loss"] = _construct(
             registries, "loss", _table(raw, "loss", source), "loss", source
@@ -752,6 +758,7 @@ def build(
         system.potentials.append(potential)
     _check_group_names(plan, system, potentials, source)
     system = system.to(dtype)
+    moves = _build_moves(plan, system)
     _check_batch_size(plan, data, run["batch_size"])
     try:
         simulation = Simulation(
@@ -768,6 +775,7 @@ def build(
             device=torch_device,
             observables=plan.observables,
             writers=[*plan.writers, *(extra_writers or [])],
+            moves=moves,
             hooks=hooks,
             record_initial=run["record_initial"],
             clip_grad_norm=run.get("clip_grad_norm"),
@@ -779,6 +787,21 @@ def build(
     _warn_unrecorded(plan, [*plan.writers, *(extra_writers or [])], log)
     simulation.metadata.update(run_metadata(plan, data, hooks))
     return Built(plan, system, data, simulation, torch_device, memory)
+
+
+def _build_moves(plan: Plan, system: System) -> list[Any]:
+    """The scenario's ``[[moves]]``, each checked against the built system (its groups, its
+    interactions) so that a problem names the move's key path."""
+    moves = []
+    for i, table in enumerate(plan.resolved.get("moves", [])):
+        path = f"moves[{i}]"
+        move, _ = _construct(plan.registries, "move", dict(table), path, plan.source)
+        try:
+            move.setup(system)
+        except OptionError as exc:
+            raise ScenarioError(exc.detail, path=f"{path}.{exc.key}", source=plan.source) from None
+        moves.append(move)
+    return moves
 
 
 def _data_loss(plan: Plan, data: Any) -> Any:

@@ -22,7 +22,9 @@ Sources (github KindXiaoming/BIMT): ``bimt/models.py`` (``BioLinear``/``BioMLP``
 ``in_fold``/``out_fold`` coordinates, ``get_cc`` = Σ |W| (A·dist + l0) with ``dist`` the
 absolute coordinate difference, L1 for the 2-D variant) and the notebooks' settings (two
 moon: sizes [2, 20, 20, 2], SiLU, l0 = 0.2, A = 1; MNIST: [784, 100, 100, 10], l0 = 0.5,
-A = 2). Not here yet: the swap moves.
+A = 2). The swap moves are the engine's ``neuron_swap`` move
+(:mod:`particlesim.core.moves`); ``connection_cost`` gives it each swap's energy change
+in one vectorised pass (:meth:`ConnectionCost.swap_energy_changes`).
 """
 
 from __future__ import annotations
@@ -167,6 +169,42 @@ class ConnectionCost(Potential):
             for name, group in system.groups.items():
                 if (self.groups is None or name in self.groups) and group.has("bias"):
                     total = total + self.l0 * group.bias.abs().sum()
+        return total
+
+    @torch.no_grad()
+    def swap_energy_changes(self, system: System, group: str, slot: int) -> Tensor | None:
+        """``ΔE[k]`` of swapping the neurons in slots ``slot`` and ``k`` of ``group`` (their
+        places stay), for every ``k`` at once: the engine's neuron swap move asks for it.
+
+        Only the two neurons' connections change length: with ``|W|`` the group's rows (or
+        columns) and ``d`` the in-plane distances from its slots to the other layer,
+        ``ΔE_k = A·(|W_j|·d_k + |W_k|·d_j − |W_j|·d_j − |W_k|·d_k)`` summed over the
+        interactions it touches (``l0`` and the bias term move with the neuron: no change).
+        """
+        size = system.groups[group].size
+        total = torch.zeros(size, dtype=torch.float64, device=system.device)
+        for interaction in system.interactions:
+            if self.groups is not None and interaction.target not in self.groups:
+                continue
+            if group not in (interaction.source, interaction.target):
+                continue
+            if interaction.source == interaction.target:
+                return None  # a group coupled to itself: let the engine measure each swap
+            source = system.groups[interaction.source]
+            target = system.groups[interaction.target]
+            weight = interaction.effective_weight(source, target).abs().to(torch.float64)
+            distance = torch.cdist(
+                target.position[:, :-1].to(torch.float64),
+                source.position[:, :-1].to(torch.float64),
+                p=1.0,
+            )
+            if interaction.source == group:  # the group's neurons are the columns
+                weight, distance = weight.T, distance.T
+            # rows now belong to the group's slots: [size, other]
+            a = distance @ weight[slot]  # neuron `slot` at each place
+            b = weight @ distance[slot]  # each neuron at place `slot`
+            own = (weight * distance).sum(1)  # each neuron at its own place
+            total += self.a * (a + b - own[slot] - own)
         return total
 
 
