@@ -730,7 +730,7 @@ def build(
     seed = scenario["seed"]
     data = plan.dataset.load(seed=seed, log=log)
     generator = torch.Generator().manual_seed(seed)
-    input_size = int(data.train_x.shape[1])
+    input_size = int(data.train_x.shape[-1])  # features (per time step for sequences)
     run = resolved["run"]
     loss = _data_loss(plan, data)
     memory = None
@@ -851,7 +851,7 @@ def _preflight(
             build_system,
             plan.integrator,
             loss,
-            input_size=input_size,
+            input_size=tuple(data.train_x.shape[1:]),
             batch_size=batch,
             target=data.train_y[0],
             device=device,

@@ -129,7 +129,7 @@ def estimate_memory(
     integrator: Any,
     loss: Any,
     *,
-    input_size: int,
+    input_size: int | tuple[int, ...],
     batch_size: int,
     target: Any,
     device: Any,
@@ -141,7 +141,8 @@ def estimate_memory(
             tensors, so nothing is allocated).
         integrator: the scenario's integrator (attached to the fake parameters).
         loss: the data loss ``loss(outputs, targets)``.
-        input_size, batch_size: the batch's shape.
+        input_size, batch_size: the batch's shape (``input_size``: the features, or the
+            shape of one example, e.g. ``(time, features)`` for sequences).
         target: one row of the training targets (its dtype and trailing shape).
         device: where the run will train (for what is available).
     """
@@ -176,7 +177,8 @@ def estimate_memory(
                 param_bytes = sum(p.numel() * p.element_size() for p in system.parameters())
                 grad_bytes = sum(p.numel() * p.element_size() for p in parameters)
                 sizes.update(parameters=param_bytes, gradients=grad_bytes)
-                x = torch.zeros(batch_size, input_size, dtype=next(system.parameters()).dtype)
+                example = (input_size,) if isinstance(input_size, int) else tuple(input_size)
+                x = torch.zeros(batch_size, *example, dtype=next(system.parameters()).dtype)
                 y = torch.zeros((batch_size, *target.shape), dtype=target.dtype)
                 value = loss(system(x), y)
                 if len(system.potentials):
