@@ -312,9 +312,7 @@ class Communicability(Potential):
         if not (math.isfinite(comms_factor) and comms_factor > 0):
             raise OptionError("comms_factor", f"must be a finite number > 0, got {comms_factor}")
         if not (math.isfinite(self_distance) and self_distance >= 0):
-            raise OptionError(
-                "self_distance", f"must be a finite number >= 0, got {self_distance}"
-            )
+            raise OptionError("self_distance", f"must be a finite number >= 0, got {self_distance}")
         if strength not in ("outgoing", "incoming"):
             raise OptionError("strength", f"must be 'outgoing' or 'incoming', got {strength!r}")
         self.comms_factor, self.self_distance, self.strength = (
@@ -326,13 +324,7 @@ class Communicability(Potential):
 
     def energy(self, system: System) -> Tensor:
         total = torch.zeros((), dtype=system.dtype, device=system.device)
-        found = False
-        for interaction in system.interactions:
-            if interaction.source != interaction.target:
-                continue
-            if self.groups is not None and interaction.target not in self.groups:
-                continue
-            found = True
+        for interaction in _recurrent(system, self.groups, self.name):
             group = system.groups[interaction.target]
             weight = interaction.effective_weight(group, group)
             distance = torch.cdist(group.position, group.position)
@@ -342,12 +334,45 @@ class Communicability(Potential):
             total = total + (weight.abs() * comms * distance).sum()
             if self.self_distance:
                 total = total + self.self_distance * torch.diagonal(weight).abs().sum()
-        if not found:
-            raise OptionError(
-                "groups",
-                "potential 'communicability' found no recurrent interaction (a group coupled "
-                "to itself) to act on",
-            )
+        return total
+
+
+def _recurrent(system: System, groups: Sequence[str] | None, potential: str) -> list:
+    """The recurrent interactions (a group coupled to itself) of ``groups`` (default all)."""
+    found = [
+        interaction
+        for interaction in system.interactions
+        if interaction.source == interaction.target
+        and (groups is None or interaction.target in groups)
+    ]
+    if not found:
+        raise OptionError(
+            "groups",
+            f"potential {potential!r} found no recurrent interaction (a group coupled to "
+            "itself) to act on",
+        )
+    return found
+
+
+class RecurrentL1(Potential):
+    """``E = Σ_ij |W_ij|`` over recurrent weights: the paper's L1 baseline, which regularises
+    the recurrent weight alone, with no notion of space.
+
+    Args:
+        groups: only the recurrent interactions of these groups (default all).
+    """
+
+    name = "recurrent_l1"
+
+    def __init__(self, *, coefficient: float = 1.0, groups: Sequence[str] | None = None) -> None:
+        super().__init__(coefficient=coefficient)
+        self.groups = None if groups is None else list(groups)
+
+    def energy(self, system: System) -> Tensor:
+        total = torch.zeros((), dtype=system.dtype, device=system.device)
+        for interaction in _recurrent(system, self.groups, self.name):
+            group = system.groups[interaction.target]
+            total = total + interaction.effective_weight(group, group).abs().sum()
         return total
 
 
@@ -363,12 +388,13 @@ def particlesim_register_models():
 
 @hookimpl
 def particlesim_register_potentials():
-    return [Communicability]
+    return [Communicability, RecurrentL1]
 
 
 __all__ = [
     "Communicability",
     "Maze",
+    "RecurrentL1",
     "SeRNNModel",
     "choices_only_accuracy",
     "communicability",
