@@ -282,3 +282,29 @@ def test_bad_options_are_one_line(tmp_path, setting: str, expected: str) -> None
     assert result.exit_code == 2, result.output
     assert expected in result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.output
+
+
+def test_the_experiment_runs_its_quick_grid_and_writes_its_table(tmp_path) -> None:
+    from particlesim_sernn import experiments
+
+    experiments.main(["--quick", "--seeds", "0", "--epochs", "1", "--out", str(tmp_path)])
+    lines = (tmp_path / "runs.csv").read_text().splitlines()
+    assert len(lines) == 1 + 6  # header, 3 strengths of each regulariser
+    readme = (tmp_path / "README.md").read_text()
+    assert "| communicability | 0.01 |" in readme and "| recurrent_l1 | 0.1 |" in readme
+
+
+def test_structure_measures_on_a_known_matrix() -> None:
+    from particlesim_sernn.experiments import binarised_graph, structure
+
+    # two blocks of 4 strongly coupled units, far apart; weak links across
+    weight = np.full((8, 8), 0.01)
+    weight[:4, :4] = weight[4:, 4:] = 1.0
+    np.fill_diagonal(weight, 2.0)
+    positions = np.array([[i, 0, 0] for i in range(4)] + [[i + 10, 0, 0] for i in range(4)], float)
+    graph = binarised_graph(weight, top_fraction=0.4)
+    assert graph.number_of_edges() == 12  # the two blocks' off-diagonal pairs
+    measures = structure(weight, positions)
+    assert measures["modularity"] == pytest.approx(0.5)
+    assert measures["weight_distance"] < -0.9
+    assert measures["diagonal_share"] == pytest.approx(16 / (16 + 24 + 32 * 0.01))
