@@ -320,3 +320,22 @@ def test_a_swap_across_a_kernel_interaction_is_refused(tiny_scenario, tmp_path) 
         "'kernel'), whose weights depend on positions: moving neurons between places would "
         "change the network's function (swaps need position-free interactions, e.g. dense)"
     )
+
+
+def test_the_readme_moves_table_runs_as_shown(tiny_scenario, tmp_path) -> None:
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index("**Monte Carlo moves.**")
+    block = re.compile(r"```toml\n(.*?)```", re.S).search(text, start)
+    assert block is not None
+    lines = "\n".join(line.strip() for line in block.group(1).splitlines())
+    scenario = _scenario(tiny_scenario, "\n" + lines)
+    out = tmp_path / "o"
+    result = CliRunner().invoke(
+        app, ["run", str(scenario), "--set", "run.steps=4", "--set", "moves[0].every=2",
+              "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)["simulation"]["moves"]
+    assert saved[0]["name"] == "neuron_swap" and saved[0]["state"]["attempted"] > 0
