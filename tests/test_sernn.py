@@ -128,7 +128,7 @@ def test_a_recurrent_input_group_and_a_backward_link_are_one_line_errors() -> No
         [DenseInteraction(inputs, hidden), DenseInteraction(hidden, hidden),
          DenseInteraction(hidden, output)],
     ).to(F64)  # fmt: skip
-    with pytest.raises(OptionError, match=r"reads sequences \[batch, time, features\]; got an "):
+    with pytest.raises(OptionError, match=r"reads sequences \[batch, time, features\], but the"):
         system(torch.zeros(2, 3, dtype=F64))
 
 
@@ -308,3 +308,30 @@ def test_structure_measures_on_a_known_matrix() -> None:
     assert measures["modularity"] == pytest.approx(0.5)
     assert measures["weight_distance"] < -0.9
     assert measures["diagonal_share"] == pytest.approx(16 / (16 + 24 + 32 * 0.01))
+
+
+def test_sequences_and_networks_that_do_not_fit_are_one_line(tmp_path) -> None:
+    scenario = tiny_maze(tmp_path)
+    feed_forward = ["--set", "model={name = 'mlp', sizes = [0, 4, 0]}", "--set", "run.steps=2"]
+    result = CliRunner().invoke(app, ["run", str(scenario), *feed_forward])
+    assert result.exit_code == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "potentials[0].groups: potential 'communicability' found no recurrent interaction "
+            "(a group coupled to itself) to act on"
+        )
+    )
+    result = CliRunner().invoke(
+        app, ["run", str(scenario), *feed_forward, "--set", "potentials=[]"]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: data: the network is feed-forward and reads [batch, features], but the input "
+        "is [64, 8, 8] (sequences?): use a model with a recurrent interaction (a group coupled "
+        "to itself)"
+    )
+    system = sernn_system()
+    with pytest.raises(OptionError, match=r"data: the network is recurrent \(group 'hidden' is "):
+        system(torch.zeros(2, 8, dtype=F64))

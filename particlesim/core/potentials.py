@@ -34,6 +34,11 @@ class Potential(nn.Module):
     def energy(self, system: System) -> Tensor:
         raise NotImplementedError  # pragma: no cover
 
+    def check(self, system: System) -> None:
+        """Raise :class:`~particlesim.errors.OptionError` (naming the key) when ``system``
+        lacks what this potential acts on; a scenario calls it once, when it builds, so the
+        problem is one line before training instead of an error at the first step."""
+
     def forward(self, system: System) -> Tensor:
         return self.coefficient * self.energy(system)
 

@@ -156,12 +156,20 @@ class System(nn.Module):
         if self.input_noise and self.training:
             x = x + self.input_noise * torch.randn_like(x)
         if not self.recurrent:
+            if x.ndim > 2:
+                raise OptionError(
+                    "data",
+                    f"the network is feed-forward and reads [batch, features], but the input "
+                    f"is {list(x.shape)} (sequences?): use a model with a recurrent "
+                    "interaction (a group coupled to itself)",
+                )
             return self._step(self._prepared(x), {})
         if x.ndim != 3:
+            looped = ", ".join(name for name, loops in self._recurrent.items() if loops)
             raise OptionError(
-                "input",
-                f"a recurrent system reads sequences [batch, time, features]; got an input of "
-                f"shape {list(x.shape)}",
+                "data",
+                f"the network is recurrent (group {looped!r} is coupled to itself) and reads "
+                f"sequences [batch, time, features], but the input is {list(x.shape)}",
             )
         sequence = self._prepared(x)
         B, T, F = sequence.shape

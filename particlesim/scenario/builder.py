@@ -888,6 +888,15 @@ def _check_group_names(plan: Plan, system: System, potentials: list[Any], source
                     path=path,
                     source=source,
                 )
+    for i, potential in enumerate(potentials):
+        check = getattr(potential, "check", None)
+        if callable(check):
+            try:
+                check(system)
+            except OptionError as exc:
+                raise ScenarioError(
+                    exc.detail, path=f"potentials[{i}].{exc.key}", source=source
+                ) from None
 
 
 def _warn_unrecorded(plan: Plan, writers: list[Any], log: Callable[[str], None]) -> None:

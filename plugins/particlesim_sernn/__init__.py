@@ -322,6 +322,9 @@ class Communicability(Potential):
         )
         self.groups = None if groups is None else list(groups)
 
+    def check(self, system: System) -> None:
+        _recurrent(system, self.groups, self.name)
+
     def energy(self, system: System) -> Tensor:
         total = torch.zeros((), dtype=system.dtype, device=system.device)
         for interaction in _recurrent(system, self.groups, self.name):
@@ -367,6 +370,9 @@ class RecurrentL1(Potential):
     def __init__(self, *, coefficient: float = 1.0, groups: Sequence[str] | None = None) -> None:
         super().__init__(coefficient=coefficient)
         self.groups = None if groups is None else list(groups)
+
+    def check(self, system: System) -> None:
+        _recurrent(system, self.groups, self.name)
 
     def energy(self, system: System) -> Tensor:
         total = torch.zeros((), dtype=system.dtype, device=system.device)
