@@ -10,6 +10,7 @@ standard output). An example that drifts from the code fails here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -34,7 +35,9 @@ HOOK_NAMES = sorted(
     for name, value in vars(hookspecs).items()
     if name.startswith("particlesim_") and hasattr(value, "particlesim_spec")
 )
-SCENARIO_HOOKS = [name for name in HOOK_NAMES if name != "particlesim_add_commands"]
+#: Hooks whose example is a console session rather than scenario lines.
+CONSOLE_HOOKS = ("particlesim_add_commands", "particlesim_register_reproductions")
+SCENARIO_HOOKS = [name for name in HOOK_NAMES if name not in CONSOLE_HOOKS]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -232,6 +235,25 @@ def test_command_example_runs_as_its_docstring_shows(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == expected
+
+
+def test_reproduction_example_runs_as_its_docstring_shows(tmp_path: Path) -> None:
+    blocks = hookspecs.example_blocks("particlesim_register_reproductions")
+    (tmp_path / "my_plugin.py").write_text(blocks["python"], encoding="utf-8")
+    (command,) = blocks["console"].splitlines()
+    argv = command.removeprefix("$ ").split()
+    assert argv[:2] == ["particlesim", "reproduce"]
+    with contextlib.chdir(tmp_path):
+        result = CliRunner().invoke(app, argv[1:])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "reproductions-quick" / "README.md").read_text()
+    assert "## Coin (1654): heads with probability ½" in page
+    assert "| heads rate | 0.5 |" in page and "particlesim reproduce coin" in page
+    report = json.loads((tmp_path / "reproductions-quick" / "coin.json").read_text())
+    assert report["quick"] is True and report["claims"][0]["verdict"] in (
+        "reproduced", "within spread", "not reproduced"
+    )  # fmt: skip
+    assert (tmp_path / "reproductions-quick" / "coin" / "rates.txt").is_file()
 
 
 # ------------------------------------------------------------------- broken plugins

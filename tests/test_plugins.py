@@ -529,7 +529,7 @@ def test_disable_entry_points(fake_distribution: Path) -> None:
 
 
 def test_every_hook_has_a_test() -> None:
-    assert len(HOOK_NAMES) == 15
+    assert len(HOOK_NAMES) == 16
     missing = [name for name in HOOK_NAMES if f"test_hook_{name}" not in globals()]
     assert missing == []
 
@@ -604,6 +604,18 @@ def test_hook_particlesim_register_moves(examples_importable: None) -> None:
     assert {a for a, _ in counts} == {1} and 0 < sum(k for _, k in counts) < 40
     assert move.wiring(system) < wiring  # at T = 0 only shorter wiring is kept
     torch.testing.assert_close(system(x), before)
+
+
+def test_hook_particlesim_register_reproductions(examples_importable: None, tmp_path) -> None:
+    from particlesim.reproduce import Report
+
+    _, manager = load_example("particlesim_register_reproductions")
+    paper = manager.registry("reproduction").create("coin")
+    report = paper.run(tmp_path / "coin", quick=True, log=lambda message: None)
+    assert isinstance(report, Report) and report.paper == "coin"
+    (claim,) = report.claims
+    assert claim.paper == "0.5" and claim.verdict in ("reproduced", "within spread")
+    assert (tmp_path / "coin" / "rates.txt").read_text().count(" ") == 2
 
 
 def test_hook_particlesim_register_observables(examples_importable: None) -> None:

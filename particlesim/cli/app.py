@@ -345,6 +345,63 @@ def _show_options(manager: Any, name: str, as_json: bool) -> None:
 
 
 @app.command()
+def reproduce(
+    papers: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Papers to reproduce (default: every registered one).", metavar="PAPER"
+        ),
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Tiny data and few steps: checks the mechanics.")
+    ] = False,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Rerun papers that already have a finished report.")
+    ] = False,
+    results: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of the reports and outputs (default: docs/reproductions, or "
+            "reproductions-quick with --quick).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="The Markdown page (default: docs/reproductions.md, or README.md in the "
+            "results folder with --quick).",
+        ),
+    ] = None,
+    plugin: PluginOption = None,
+) -> None:
+    """Rebuild the papers' results tables (each plugin's experiments) into one Markdown page."""
+    from particlesim.plugins.manager import PluginManager
+    from particlesim.reproduce import reproduce as run_reproductions
+
+    files, disabled = split_plugin_options(plugin)
+    results = results or Path("reproductions-quick" if quick else "docs/reproductions")
+    markdown = out or (results / "README.md" if quick else Path("docs/reproductions.md"))
+    if not markdown.parent.is_dir() and markdown.parent != results:
+        raise fail(f"--out: folder {str(markdown.parent)!r} does not exist")
+    try:
+        manager = PluginManager().load(files=[Path(f) for f in files], disable=disabled)
+        registry = manager.registry("reproduction")
+        found = {name: registry.entry(name).factory for name in registry.names()}
+        found = {n: f() if isinstance(f, type) else f for n, f in found.items()}
+        run_reproductions(
+            found, papers or [], results=results, markdown=markdown, quick=quick, fresh=fresh,
+            log=typer.echo,
+        )  # fmt: skip
+    except ParticlesimError as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted: rerun the command to go on from the finished papers") from None
+    typer.echo(f"wrote {markdown}")
+
+
+@app.command()
 def version() -> None:
     """Print the particlesim version."""
     typer.echo(__version__)

@@ -415,6 +415,12 @@ def factory_problem(kind: str, factory: Any) -> str | None:
         ]
         if positional:
             return f"takes {positional[0]!r} only by position (options are given as keywords)"
+    if kind == "reproduction":
+        if not callable(getattr(factory, "run", None)) or not isinstance(
+            getattr(factory, "title", None), str
+        ):
+            return "has no run(out, quick=, log=) method or no title"
+        return None
     if kind == "move":
         from particlesim.core.moves import Move
 

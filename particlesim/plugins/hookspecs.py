@@ -440,6 +440,83 @@ def particlesim_register_moves() -> Sequence[NamedFactory]:
 
 
 @hookspec
+def particlesim_register_reproductions() -> Sequence[NamedFactory]:
+    """Register reproductions (a paper's results, rebuilt by ``particlesim reproduce``) by name.
+
+    Called once per :meth:`PluginManager.load`, after every plugin is
+    registered, one implementation at a time. Takes no arguments.
+
+    Return a list of classes (or objects) with a snake_case ``name`` (the
+    paper's short name, used as ``particlesim reproduce NAME``), a ``title`` and
+    ``run(out, *, quick, log)``: run the experiments (through
+    ``particlesim.experiments`` so that they resume point by point), write
+    tables and figures under the folder ``out``, and return a
+    ``particlesim.reproduce.Report``: one ``Claim`` per result, the paper's
+    value beside ours with a verdict (``particlesim.reproduce.verdict`` gives
+    one). ``quick`` asks for tiny settings that run in seconds. Return ``[]``
+    to register nothing.
+
+    Example:
+
+    .. code-block:: python
+
+        import statistics
+
+        from particlesim import hookimpl
+        from particlesim.reproduce import Claim, Report, verdict
+
+
+        class CoinPaper:
+            \"\"\"A toy paper claiming a fair coin lands heads half the time.\"\"\"
+
+            name = "coin"
+            title = "Coin (1654): heads with probability ½"
+
+            def run(self, out, *, quick, log):
+                import random
+
+                flips = 200 if quick else 20_000
+                rates = []
+                for seed in range(3):
+                    rng = random.Random(seed)
+                    rates.append(sum(rng.random() < 0.5 for _ in range(flips)) / flips)
+                mean, spread = statistics.mean(rates), statistics.stdev(rates)
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "rates.txt").write_text(" ".join(f"{r:.4f}" for r in rates))
+                return Report(
+                    paper=self.name,
+                    title=self.title,
+                    command="particlesim reproduce coin",
+                    settings=f"{flips} flips, 3 seeds",
+                    claims=[
+                        Claim(
+                            "heads rate",
+                            "0.5",
+                            f"{mean:.3f} ± {spread:.3f}",
+                            verdict(mean, spread, 0.5, tolerance=0.01),
+                            "mean over 3 seeds against ½ (tolerance 0.01)",
+                        )
+                    ],
+                )
+
+
+        @hookimpl
+        def particlesim_register_reproductions():
+            return [CoinPaper]
+
+
+    Run it (the plugin file given with ``-p``; an installed plugin needs nothing):
+
+    .. code-block:: console
+
+        $ particlesim reproduce coin --quick -p my_plugin.py
+
+    It is a section of ``docs/reproductions.md`` (with ``--quick``: of the quick
+    page in the results folder): the claims table, the command, the time it took.
+    """
+
+
+@hookspec
 def particlesim_register_observables() -> Sequence[NamedFactory]:
     """Register observables (named measurements with a shape and unit) by name.
 

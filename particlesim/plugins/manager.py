@@ -60,6 +60,7 @@ REGISTRY_KINDS: tuple[str, ...] = (
     "activation",
     "loss",
     "model",
+    "reproduction",
 )
 """Extension kinds; kind ``k`` is filled by the hook ``particlesim_register_<k>s``."""
 
