@@ -35,6 +35,7 @@ __all__ = [
     "Claim",
     "Report",
     "ReproductionError",
+    "direction",
     "reproduce",
     "verdict",
     "write_markdown",
@@ -118,6 +119,47 @@ def verdict(
     if abs(gap) <= max(ours_spread, paper_spread):
         return "within spread"
     return "not reproduced"
+
+
+def direction(
+    ours: Sequence[float],
+    baseline: Sequence[float],
+    expected: Literal["higher", "lower"],
+    *,
+    level: float = 0.95,
+) -> tuple[str, Verdict, str]:
+    """A qualitative claim ("A is higher than B") checked on two samples (runs over seeds).
+
+    Welch's difference of means with its ``level`` confidence interval (Student t at the
+    Welch–Satterthwaite degrees of freedom, rounded down): ``reproduced`` when the interval
+    lies on the expected side of 0, ``not reproduced`` when it lies on the other side,
+    ``within spread`` when it contains 0 (the data cannot tell), ``not measured`` with fewer
+    than two values on either side. Returns ``(ours text, verdict, why)``.
+    """
+    import math
+
+    from particlesim.experiments import describe, t_critical
+
+    a, b = describe(ours), describe(baseline)
+    text = f"{a.mean:.3g} ± {a.std:.2g} vs {b.mean:.3g} ± {b.std:.2g} (n = {a.n}, {b.n})"
+    if a.n < 2 or b.n < 2:
+        return text, "not measured", "fewer than two runs on one side"
+    va, vb = a.std**2 / a.n, b.std**2 / b.n
+    gap = a.mean - b.mean
+    spread = math.sqrt(va + vb)
+    if spread == 0:
+        low = high = gap
+    else:
+        df = (va + vb) ** 2 / ((va**2 / (a.n - 1) if va else 0) + (vb**2 / (b.n - 1) if vb else 0))
+        half = t_critical(level, max(1, int(df))) * spread
+        low, high = gap - half, gap + half
+    sign = 1 if expected == "higher" else -1
+    why = f"difference {gap:+.3g}, {level:.0%} interval [{low:+.3g}, {high:+.3g}]"
+    if sign * low > 0 and sign * high > 0:
+        return text, "reproduced", why
+    if sign * low < 0 and sign * high < 0:
+        return text, "not reproduced", why
+    return text, "within spread", why + " contains 0"
 
 
 def _report_path(results: Path, paper: str) -> Path:

@@ -99,3 +99,14 @@ def test_a_page_in_a_missing_folder_is_one_line(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert result.stderr.strip().endswith("does not exist")
+
+
+def test_a_direction_claim_reads_the_welch_interval() -> None:
+    from particlesim.reproduce import direction
+
+    text, result, why = direction([0.30, 0.32, 0.31], [0.10, 0.12, 0.11], "higher")
+    assert result == "reproduced" and text.startswith("0.31 ± 0.01 vs 0.11 ± 0.01 (n = 3, 3)")
+    assert why.startswith("difference +0.2, 95% interval [+0.")
+    assert direction([0.30, 0.32, 0.31], [0.10, 0.12, 0.11], "lower")[1] == "not reproduced"
+    assert direction([0.1, 0.3, 0.2], [0.15, 0.25, 0.2], "higher")[1] == "within spread"
+    assert direction([0.3], [0.1, 0.2], "higher")[1] == "not measured"
