@@ -335,3 +335,13 @@ def test_sequences_and_networks_that_do_not_fit_are_one_line(tmp_path) -> None:
     system = sernn_system()
     with pytest.raises(OptionError, match=r"data: the network is recurrent \(group 'hidden' is "):
         system(torch.zeros(2, 8, dtype=F64))
+
+
+def test_particlesim_reproduce_sernn_quick(tmp_path) -> None:
+    result = CliRunner().invoke(app, ["reproduce", "sernn", "--quick", "--results", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "README.md").read_text()
+    assert "## seRNN (Achterberg et al. 2023)" in page
+    assert "| modularity Q (top 10 %): seRNN vs L1 | seRNN higher |" in page
+    report = json.loads((tmp_path / "sernn.json").read_text())
+    assert len(report["claims"]) == 5 and report["quick"] is True

@@ -397,6 +397,13 @@ def particlesim_register_potentials():
     return [Communicability, RecurrentL1]
 
 
+@hookimpl
+def particlesim_register_reproductions():
+    from particlesim_sernn.experiments import SeRNNReproduction
+
+    return [SeRNNReproduction]
+
+
 __all__ = [
     "Communicability",
     "Maze",
