@@ -152,3 +152,21 @@ def test_the_experiment_command_writes_its_table(tmp_path) -> None:
         assert row["pruned_drop"] != 0  # the pruned network was measured, not the cache
     assert rows[1]["smoothness"] > rows[0]["smoothness"]  # the loss smooths the sheets
     assert "| τ | test accuracy |" in (tmp_path / "README.md").read_text()
+
+
+def test_particlesim_reproduce_topoloss_quick(tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from particlesim.cli.app import app
+
+    result = CliRunner().invoke(
+        app, ["reproduce", "topoloss", "--quick", "--results", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "README.md").read_text()
+    assert "## TopoLoss (Deb et al. 2025)" in page
+    assert "| sheet smoothness (1 − E), τ = 5 vs 0 | smoother with the loss |" in page
+    report = json.loads((tmp_path / "topoloss.json").read_text())
+    assert len(report["claims"]) == 3  # three claims for τ = 5 (the quick grid: τ 0 and 5)

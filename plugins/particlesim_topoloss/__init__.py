@@ -176,3 +176,10 @@ def _key(name: str) -> str:
 @hookimpl
 def particlesim_register_potentials():
     return [TopoLossPotential]
+
+
+@hookimpl
+def particlesim_register_reproductions():
+    from particlesim_topoloss.experiments import TopoLossReproduction
+
+    return [TopoLossReproduction]
