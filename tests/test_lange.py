@@ -147,3 +147,19 @@ def test_mnist_particle_scenario_reaches_95_percent_in_5_minutes(tmp_path: Path)
     assert summary["test_accuracy"] >= 0.95
     assert elapsed < 300
     assert math.isclose(summary["epochs"], 10)
+
+
+def test_particlesim_reproduce_lange_quick(tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from particlesim.cli.app import app
+
+    result = CliRunner().invoke(app, ["reproduce", "lange", "--quick", "--results", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "README.md").read_text()
+    assert "## Lange (2015): particle networks on MNIST and Fashion-MNIST" in page
+    assert "| MNIST: PN vs MLP of ≈ equal parameters | PN learns more from its parameters |" in page
+    claims = json.loads((tmp_path / "lange.json").read_text())["claims"]
+    assert [c["verdict"] for c in claims[2:]] == ["not measured", "not measured"]  # quick: MNIST

@@ -230,3 +230,10 @@ def _kernel_row_norms(kernel, target: torch.Tensor, source: torch.Tensor) -> tor
 @hookimpl
 def particlesim_register_models():
     return [ParticleNetwork]
+
+
+@hookimpl
+def particlesim_register_reproductions():
+    from particlesim_lange.experiments import LangeReproduction
+
+    return [LangeReproduction]
