@@ -169,7 +169,7 @@ def demo_cost(weight: np.ndarray, coordinates: np.ndarray) -> float:
 
 
 def sernn_system(seed: int = 0, grid=(2, 2, 2)):
-    return SeRNNModel(grid=list(grid)).build(
+    return SeRNNModel(units=math.prod(grid), grid=list(grid)).build(
         registries=REGISTRIES,
         input_size=8,
         num_classes=4,
@@ -236,7 +236,7 @@ def tiny_maze(tmp_path: Path, extra: str = "") -> Path:
         '[scenario]\nname = "maze"\nseed = 0\ndevice = "cpu"\n\n'
         '[data]\nname = "maze"\nn_train = 256\nn_test = 128\ngoal_steps = 3\ndelay_steps = 2\n'
         "choice_steps = 3\n\n"
-        '[model]\nname = "sernn"\ngrid = [2, 2, 2]\n\n'
+        '[model]\nname = "sernn"\nunits = 8\ngrid = [2, 2, 2]\n\n'
         '[[potentials]]\nname = "communicability"\ncoefficient = 0.01\n\n'
         '[integrator]\nname = "adam"\nlr = 0.01\n\n[run]\nepochs = 2\nbatch_size = 64\n' + extra
     )
@@ -269,6 +269,10 @@ def test_a_scenario_trains_records_the_recurrent_weight_and_analyses_it(tmp_path
     ("setting", "expected"),
     [
         ("model.grid=[5, 5]", "model.grid: must be three positive integers, got [5, 5]"),
+        (
+            "model.grid=[5, 5, 3]",
+            "model.units: 8 units do not fill the grid 5 × 5 × 3 (75 points)",
+        ),
         ("potentials[0].self_distance=-1.0", "self_distance: must be a finite number >= 0"),
         (
             "potentials[0].strength='both'",

@@ -198,7 +198,9 @@ class SeRNNModel(Model):
     """The demo's recurrent network (see the module docstring).
 
     Args:
-        grid: the hidden units' integer grid (its product is the number of units).
+        units: the number of hidden units (the demo's ``neuron_num``, 100).
+        grid: the integer grid they sit on (the demo's ``network_structure``); its points
+            must number ``units`` (the demo raises the same mismatch).
         activation: the hidden activation (the demo: ReLU).
         input_noise: standard deviation of the Gaussian input noise in training.
         recurrent_init: ``"orthogonal"`` (Keras' default for ``SimpleRNN``) or ``"glorot"``.
@@ -209,6 +211,7 @@ class SeRNNModel(Model):
     def __init__(
         self,
         *,
+        units: int = 100,
         grid: list[int] | None = None,
         activation: str = "relu",
         input_noise: float = 0.05,
@@ -219,6 +222,13 @@ class SeRNNModel(Model):
             isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.grid
         ):
             raise OptionError("grid", f"must be three positive integers, got {grid!r}")
+        if math.prod(self.grid) != units:
+            shape = " × ".join(str(n) for n in self.grid)
+            raise OptionError(
+                "units",
+                f"{units} units do not fill the grid {shape} ({math.prod(self.grid)} points)",
+            )
+        self.units = units
         if recurrent_init not in ("orthogonal", "glorot"):
             raise OptionError(
                 "recurrent_init", f"must be 'orthogonal' or 'glorot', got {recurrent_init!r}"
@@ -232,7 +242,7 @@ class SeRNNModel(Model):
         )
 
     def build(self, *, registries, input_size, num_classes, generator, dtype) -> System:
-        units = math.prod(self.grid)
+        units = self.units
         sizes = check_sizes([input_size, units, num_classes], input_size, num_classes)
         activation = registries["activation"].get(self.activation, where="activation")
         where = {

@@ -103,6 +103,7 @@ def run_point(point: Any, epochs: float, quick: bool) -> dict[str, Any]:
             "data.goal_steps=4",
             "data.delay_steps=2",
             "data.choice_steps=4",
+            "model.units=18",
             "model.grid=[3, 3, 2]",
         ]
     start = time.perf_counter()
