@@ -15,6 +15,7 @@ import pytest
 import typer
 import xarray as xr
 from PIL import Image
+from synthetic import group_ds, make_tree, write_h5md
 from typer.testing import CliRunner
 
 from particlesim.analysis import (
@@ -43,95 +44,6 @@ needs_reader = pytest.mark.skipif(
     not HAVE_READER,
     reason="particlesim.io.trajectory (open_trajectory) has not landed yet",
 )
-
-
-# --- synthetic trees in the reader's layout ------------------------------------------------
-
-
-def group_ds(
-    position: np.ndarray,
-    charge: np.ndarray | None = None,
-    *,
-    steps: np.ndarray | None = None,
-    dt: float = 0.1,
-) -> xr.Dataset:
-    """A group Dataset; ``position`` [T, N, D] moves, [N, D] is frozen."""
-    n = position.shape[-2]
-    coords: dict[str, object] = {"particle": np.arange(n)}
-    data: dict[str, object] = {}
-    moving = position.ndim == 3 or (charge is not None and charge.ndim >= 2)
-    if moving:
-        n_frames = position.shape[0] if position.ndim == 3 else charge.shape[0]
-        steps = np.arange(n_frames) * 10 if steps is None else steps
-        coords.update(time=steps * dt, step=("time", steps))
-    pdims = ("time", "particle", "spatial") if position.ndim == 3 else ("particle", "spatial")
-    data["position"] = (pdims, position)
-    if charge is not None:
-        cdims = {1: ("particle",), 2: ("time", "particle"), 3: ("time", "particle", "channel")}
-        data["charge"] = (cdims[charge.ndim], charge)
-    d = position.shape[-1]
-    return xr.Dataset(data, coords=coords, attrs={"dimension": d, "boundary": ["none"] * d})
-
-
-def make_tree(
-    n_frames: int = 4,
-    dim: int = 2,
-    sizes: dict[str, int] | None = None,
-    channels: int = 1,
-    seed: int = 0,
-    connectivity: bool = True,
-) -> xr.DataTree:
-    """A small random trajectory: frozen input grid, moving hidden/output, observables, weights."""
-    rng = np.random.default_rng(seed)
-    sizes = sizes or {"input": 6, "hidden1": 5, "output": 3}
-    steps = np.arange(n_frames) * 10
-    time = steps * 0.1
-    nodes: dict[str, xr.Dataset] = {
-        "/": xr.Dataset(
-            attrs={
-                "h5md_version": [1, 1],
-                "creator": "particlesim",
-                "scenario_toml": '[scenario]\nname = "synthetic"\n',
-                "seed": 3,
-                "data_source": "idx from data_dir /tmp/x",
-                "versions": '{"particlesim": "0.1.0"}',
-                "plugins": "[]",
-            }
-        )
-    }
-    names = list(sizes)
-    for i, (name, n) in enumerate(sizes.items()):
-        if i == 0:
-            nodes[f"/particles/{name}"] = group_ds(rng.normal(size=(n, dim)))
-            continue
-        pos = rng.normal(size=(n_frames, n, dim)).cumsum(0)
-        shape = (n_frames, n, channels) if channels > 1 and i == len(sizes) - 1 else (n_frames, n)
-        nodes[f"/particles/{name}"] = group_ds(pos, rng.normal(size=shape), steps=steps)
-    nodes["/observables"] = xr.Dataset(
-        {
-            "loss": ("time", np.linspace(2.0, 0.5, n_frames), {"unit": "nat"}),
-            "test_accuracy": ("time_1", np.linspace(0.3, 0.9, len(steps[::2]))),
-        },
-        coords={
-            "time": time,
-            "step": ("time", steps),
-            "time_1": time[::2],
-            "step_1": ("time_1", steps[::2]),
-        },
-    )
-    if connectivity:
-        for s, t in itertools.pairwise(names):
-            nodes[f"/connectivity/{s}_to_{t}"] = xr.Dataset(
-                {
-                    "weight": (
-                        ("time", "target", "source"),
-                        rng.normal(size=(n_frames, sizes[t], sizes[s])),
-                    )
-                },
-                coords={"time": time, "step": ("time", steps)},
-                attrs={"source": s, "target": t},
-            )
-    return xr.DataTree.from_dict(nodes)
 
 
 # --- single-group measures -----------------------------------------------------------------
@@ -519,13 +431,18 @@ def assert_picture(path: Path, min_size: tuple[int, int] = (200, 150)) -> None:
 @pytest.mark.parametrize("dim", [2, 3, 5])
 def test_plot_positions(tmp_path: Path, dim: int) -> None:
     fig = plots.plot_positions(make_tree(dim=dim, channels=2), frame=1)
-    axes = fig.axes
-    assert len(axes) == 2  # scatter axis + colorbar
-    assert axes[0].get_title() == "step 10 (t = 1)"
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert [ax.get_title().split(":")[0] for ax in panels] == ["input", "hidden1", "output"]
+    assert len(bars) == 2  # the input grid records no charges: grey, no colour bar
+    assert fig.get_suptitle() == "synthetic · step 10"
+    if dim == 2:
+        assert panels[1].get_xlabel() == "x0"
+    else:  # D > 2: the group's own principal axes
+        assert panels[1].get_xlabel().startswith("PC1 (")
     if dim == 3:
-        assert axes[0].name == "3d"
-    if dim == 5:
-        assert axes[0].get_xlabel().startswith("PC1")
+        fig3 = plots.plot_positions(make_tree(dim=3), projection="3d")
+        assert [ax.name for ax in fig3.axes if ax.get_label() != "<colorbar>"] == ["3d"] * 3
     fig.savefig(tmp_path / "pos.png")
     assert_picture(tmp_path / "pos.png")
 
@@ -628,7 +545,7 @@ def fake_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_register_adds_commands_once() -> None:
     app = cli_app()
     names = [c.name for c in app.registered_commands]
-    assert names == ["inspect", "analyze", "plot", "animate", "recover"]
+    assert names == ["inspect", "analyze", "plot", "animate", "view", "recover"]
     help_text = invoke("analyze", "--help").output
     assert "connection_length" in help_text
     # every metric's options are shown (square brackets would be eaten as rich markup)
@@ -742,7 +659,7 @@ def test_cli_plot_and_animate(fake_file: Path, tmp_path: Path) -> None:
     result = invoke("animate", fake_file, "-o", gif, "--every", "2", "--fps", "4")
     assert result.exit_code == 0, result.output
     with Image.open(gif) as image:
-        assert image.n_frames == 2
+        assert image.n_frames == 3  # frames 0 and 2 of 4, and the last one
 
 
 @pytest.mark.parametrize(
@@ -822,52 +739,6 @@ def test_reader_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 # --- the real reader -----------------------------------------------------------------------
-
-
-def write_h5md(path: Path, tree: xr.DataTree) -> Path:
-    """Write ``tree`` as an H5MD 1.1 file in the layout of DESIGN.md (a reader test fixture)."""
-    import h5py
-
-    def series(parent: h5py.Group, name: str, da: xr.DataArray) -> None:
-        if "time" not in da.dims:  # a time-independent element is a plain dataset
-            parent.create_dataset(name, data=da.values)
-            return
-        element = parent.create_group(name)
-        element.create_dataset("step", data=da["step"].values)
-        element.create_dataset("time", data=da["time"].values)
-        element.create_dataset("value", data=da.transpose("time", ...).values)
-
-    with h5py.File(path, "w") as f:
-        h5md = f.create_group("h5md")
-        h5md.attrs["version"] = np.array([1, 1])
-        h5md.create_group("author").attrs["name"] = "test"
-        creator = h5md.create_group("creator")
-        creator.attrs["name"] = "particlesim"
-        creator.attrs["version"] = "0.1.0"
-        params = f.create_group("parameters")
-        for key in ("scenario_toml", "seed", "data_source", "versions", "plugins"):
-            params.attrs[key] = tree.attrs[key]
-        for name, node in tree["particles"].children.items():
-            ds = node.to_dataset()
-            g = f.create_group(f"particles/{name}")
-            box = g.create_group("box")
-            box.attrs["dimension"] = ds.sizes["spatial"]
-            box.attrs["boundary"] = ["none"] * ds.sizes["spatial"]
-            for var in ds.data_vars:
-                series(g, str(var), ds[var])
-        obs = tree["observables"].to_dataset()
-        for var in obs.data_vars:
-            da = obs[var]
-            dim = da.dims[0]
-            suffix = str(dim).removeprefix("time")
-            da = da.rename({dim: "time", f"step{suffix}": "step"}) if suffix else da
-            series(f.require_group("observables"), str(var), da)
-        for name, node in tree["connectivity"].children.items():
-            ds = node.to_dataset()
-            g = f.create_group(f"connectivity/{name}")
-            g.attrs["source"], g.attrs["target"] = ds.attrs["source"], ds.attrs["target"]
-            series(g, "weight", ds["weight"])
-    return path
 
 
 @needs_reader

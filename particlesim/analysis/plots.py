@@ -1,20 +1,29 @@
-"""Figures and animations of a trajectory: observables, particle positions, neurons moving.
+"""Figures and animations of a trajectory: observables, each group's particles, the network.
 
-Every figure is a :class:`matplotlib.figure.Figure` drawn on an Agg canvas,
-never through ``pyplot``, so nothing leaks between calls (no global current
-figure, no GUI backend needed). Positions are drawn in the shared space of
-all groups: each group with its own marker, every particle coloured by its
-charge (first channel) on one symmetric colour scale, frozen fields included.
+Every figure is a :class:`matplotlib.figure.Figure` drawn on an Agg canvas, never through
+``pyplot``, so nothing leaks between calls (no global current figure, no GUI backend needed).
+What is drawn comes from a :class:`~particlesim.analysis.scene.Scene`:
 
-**Bounded memory.** Nothing here loads a whole history: positions and
-charges are read a slice of frames at a time (:mod:`particlesim.analysis.stream`,
-``PARTICLESIM_SLICE_BYTES``, default 64 MiB) to fit the axis limits, the colour
-scale and the PCA projection (a running mean and D × D scatter matrix), and one
-frame at a time to draw; an observable is read whole when it has at most
-:data:`MAX_PLOT_VALUES` values, else a slice at a time and drawn as the min/max
-envelope of :data:`MAX_PLOT_VALUES` / 2 buckets. A ``.gif`` is written a frame
-at a time (:class:`GifStreamWriter`), an ``.mp4`` through ffmpeg's pipe: the
-animation holds one image, not one per frame.
+- **positions**: one panel per group, D = 1 on a line, D = 2 as is, D > 2 on the group's own
+  two principal axes fitted over the run's frames (so frames are comparable); particles
+  coloured by charge on a symmetric scale of their group, or by any per-particle field; a
+  colour bar per group; the figure titled with the run's name, step and epoch;
+- **network**: the groups as layers left to right, each particle at its group's first
+  principal coordinate, with the strongest ``|W|`` of each recorded interaction as edges (red
+  positive, blue negative, opacity by strength) at the connectivity frame nearest the step;
+- **observables**: one panel per observable against the step at which it was recorded.
+
+Panels are laid out in rows that each span the figure's width, so a grid never has an empty
+slot; text is 9-13 pt, readable at 100 % zoom at the default resolution.
+
+**Bounded memory.** Nothing here loads a whole history: positions and fields are read a slice
+of frames at a time (:mod:`particlesim.analysis.stream`, ``PARTICLESIM_SLICE_BYTES``, default
+64 MiB) to fit the projections and colour scales, and one frame at a time to draw; a weight
+matrix a block of rows at a time; an observable is read whole when it has at most
+:data:`MAX_PLOT_VALUES` values, else a slice at a time and drawn as the min/max envelope of
+:data:`MAX_PLOT_VALUES` / 2 buckets. A ``.gif`` is written a frame at a time
+(:class:`GifStreamWriter`), an ``.mp4`` through ffmpeg's pipe: the animation holds one image,
+not one per frame.
 """
 
 from __future__ import annotations
@@ -22,38 +31,68 @@ from __future__ import annotations
 import math
 import shutil
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import xarray as xr
+from matplotlib import rc_context
 from matplotlib.animation import AbstractMovieWriter
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
+from matplotlib.collections import LineCollection
+from matplotlib.colors import Normalize, to_rgba
 from matplotlib.figure import Figure, SubFigure
+from matplotlib.lines import Line2D
 
-from particlesim.analysis.stream import frames_per_slice, read_rows, slices
+from particlesim.analysis.scene import (
+    NETWORK_EDGES,
+    PROJECTIONS,
+    ColourScale,
+    Projection,
+    Scene,
+    every_frames,
+    series,
+)
 from particlesim.analysis.tree import (
     AnalysisError,
-    check_groups,
-    groups,
     observables,
     step_coord,
     time_dim,
     unknown,
 )
 
-Projection = Literal["auto", "2d", "3d", "pca"]
-PROJECTIONS = ("auto", "2d", "3d", "pca")
 ANIMATION_SUFFIXES = (".gif", ".mp4")
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+#: Diverging map for symmetric scales (charges), sequential map for the others.
 CMAP = "coolwarm"
+SEQUENTIAL_CMAP = "viridis"
 FROZEN_COLOR = "0.55"
+POSITIVE_COLOR = "#b2182b"
+NEGATIVE_COLOR = "#2166ac"
 #: Values of one observable drawn as they are; a longer one is drawn as a min/max envelope.
 MAX_PLOT_VALUES = 2_000_000
+#: Panels in one row: observables, groups.
+OBSERVABLE_COLUMNS = 5
+GROUP_COLUMNS = 4
+#: Inches of one panel (width, height): observables, groups, the network's height.
+OBSERVABLE_PANEL = (3.4, 2.6)
+GROUP_PANEL = (3.9, 3.5)
+NETWORK_HEIGHT = 4.4
+#: Text sizes (points): readable at 100 % zoom at 100-120 dpi.
+STYLE = {
+    "font.size": 10,
+    "axes.titlesize": 10.5,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "figure.titlesize": 13,
+    "figure.titleweight": "bold",
+}
 
 
 def new_figure(**kwargs: Any) -> Figure:
@@ -61,6 +100,43 @@ def new_figure(**kwargs: Any) -> Figure:
     fig = Figure(**kwargs)
     FigureCanvasAgg(fig)
     return fig
+
+
+def _row_counts(n: int, max_cols: int) -> list[int]:
+    """Panels per row for ``n`` panels, at most ``max_cols`` a row, rows as even as can be."""
+    if n <= 0:
+        return []
+    rows = math.ceil(n / max_cols)
+    base, extra = divmod(n, rows)
+    return [base + 1] * extra + [base] * (rows - extra)
+
+
+def panel_grid(
+    fig: Figure | SubFigure,
+    n: int,
+    max_cols: int,
+    projections: Sequence[str | None] | None = None,
+) -> list[Axes]:
+    """``n`` axes in rows of at most ``max_cols``, each row spanning the whole width.
+
+    A short last row gets wider panels instead of empty slots (5 panels: 3 + 2).
+    """
+    counts = _row_counts(n, max_cols)
+    if not counts:
+        return []
+    grid = fig.add_gridspec(len(counts), 1)
+    axes: list[Axes] = []
+    for r, k in enumerate(counts):
+        sub = grid[r].subgridspec(1, k)
+        for j in range(k):
+            projection = projections[len(axes)] if projections else None
+            axes.append(fig.add_subplot(sub[0, j], projection=projection))
+    return axes
+
+
+def _tidy(ax: Axes) -> None:
+    """Tick labels at the style's size (stored on the axis, so later draws keep it)."""
+    ax.tick_params(labelsize=STYLE["xtick.labelsize"])
 
 
 # --- observables --------------------------------------------------------------------------
@@ -74,10 +150,11 @@ def plot_observables(
 ) -> Figure | SubFigure:
     """One panel per observable, plotted against the step at which it was recorded.
 
-    Each observable uses its own time axis (``step`` or ``step_<k>``), so a
-    loss recorded every step and a test accuracy recorded every epoch are
-    both drawn where they were measured. Vector observables give one line per
-    component. The y label carries the variable's ``unit`` attr.
+    Each observable uses its own time axis (``step`` or ``step_<k>``), so a loss recorded
+    every step and a test accuracy recorded every epoch are both drawn where they were
+    measured. Vector observables give one line per component. The y label carries the
+    variable's ``unit`` attr. Rows hold at most :data:`OBSERVABLE_COLUMNS` panels and span
+    the width (no empty slot).
 
     Args:
         names: observables to draw (default: all recorded).
@@ -91,336 +168,110 @@ def plot_observables(
     for name in chosen:
         if name not in available:
             raise AnalysisError(unknown("observable", name, available))
-    ncols = min(3, len(chosen))
-    nrows = math.ceil(len(chosen) / ncols)
-    if fig is None:
-        fig = new_figure(figsize=(4.2 * ncols, 2.9 * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for ax in axes.flat[len(chosen) :]:
-        ax.set_visible(False)
-    for ax, name in zip(axes.flat, chosen, strict=False):
-        da = obs[name]
-        dim = time_dim(da)
-        if dim is None:
-            values = np.atleast_1d(np.asarray(da.values, dtype=np.float64)).reshape(1, -1)
-            x = np.zeros(1)
-        else:
-            x, values = _series(da, dim, step_coord(obs, dim))
-        style = "o-" if values.shape[0] <= 30 else "-"
-        ax.plot(x, values, style, markersize=3, linewidth=1.2)
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel("step")
-        unit = da.attrs.get("unit") or da.attrs.get("units")
-        if unit:
-            ax.set_ylabel(str(unit))
-        ax.grid(alpha=0.3)
+    counts = _row_counts(len(chosen), OBSERVABLE_COLUMNS)
+    with rc_context(STYLE):
+        if fig is None:
+            width, height = OBSERVABLE_PANEL
+            fig = new_figure(
+                figsize=(width * max(counts), height * len(counts)), layout="constrained"
+            )
+        axes = panel_grid(fig, len(chosen), OBSERVABLE_COLUMNS)
+        for ax, name in zip(axes, chosen, strict=True):
+            da = obs[name]
+            dim = time_dim(da)
+            if dim is None:
+                values = np.atleast_1d(np.asarray(da.values, dtype=np.float64)).reshape(1, -1)
+                x = np.zeros(1)
+            else:
+                x, values = series(da, dim, step_coord(obs, dim), MAX_PLOT_VALUES)
+            style = "o-" if values.shape[0] <= 30 else "-"
+            ax.plot(x, values, style, markersize=3, linewidth=1.2)
+            ax.set_title(name)
+            ax.set_xlabel("step")
+            unit = da.attrs.get("unit") or da.attrs.get("units")
+            if unit:
+                ax.set_ylabel(str(unit))
+            ax.grid(alpha=0.3)
+            _tidy(ax)
     return fig
-
-
-def _series(da: xr.DataArray, dim: str, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(x [k], values [k, C])`` of an observable over ``dim``, at most MAX_PLOT_VALUES values.
-
-    Up to :data:`MAX_PLOT_VALUES` values it is the observable itself; beyond, the
-    frames are cut into buckets and each gives two points, its smallest value at
-    its first step and its largest at its last (per component), read a slice at
-    a time: a spike stays visible, memory stays bounded.
-    """
-    da = da.transpose(dim, ...)
-    n = da.sizes[dim]
-    width = max(1, math.prod(int(v) for d, v in da.sizes.items() if d != dim))
-    if n * width <= MAX_PLOT_VALUES:
-        values = np.asarray(da.values, dtype=np.float64)
-        return steps, values.reshape(values.shape[0], -1)
-    size = math.ceil(n / max(1, MAX_PLOT_VALUES // (2 * width)))  # frames of a bucket
-    per = max(size, frames_per_slice(da, dim=dim) // size * size)
-    xs: list[np.ndarray] = []
-    ys: list[np.ndarray] = []
-    for part in slices(n, per):
-        block = np.asarray(da.isel({dim: part}).values, dtype=np.float64).reshape(-1, width)
-        for start in range(0, block.shape[0], size):
-            bucket = block[start : start + size]
-            first, last = part.start + start, part.start + start + bucket.shape[0] - 1
-            xs.append(np.asarray([steps[first], steps[last]]))
-            ys.append(np.stack([np.fmin.reduce(bucket, axis=0), np.fmax.reduce(bucket, axis=0)]))
-    return np.concatenate(xs), np.concatenate(ys)
 
 
 # --- positions ----------------------------------------------------------------------------
 
 
-class _Scene:
-    """The groups to draw, their frame axis and the projection of R^D onto the page.
+def _cmap(scale: ColourScale) -> str:
+    return CMAP if scale.symmetric else SEQUENTIAL_CMAP
 
-    Frames index the time axis of the first chosen group that moves; other
-    moving groups are read at the nearest recorded step; frozen fields are
-    drawn at every frame. For ``pca`` the two principal axes are fitted once
-    to the positions pooled over every group and every drawn frame, so an
-    animation keeps one projection. Passes over the drawn frames (the PCA fit,
-    the colour scale, the axis limits) read a slice of frames at a time.
+
+def _marker_size(n: int, scale: float = 1500.0) -> float:
+    return float(np.clip(scale / max(n, 1), 4, 40))
+
+
+def draw_positions(
+    fig: Figure | SubFigure, scene: Scene, frame: int
+) -> tuple[list[Axes], Callable[[int], None]]:
+    """One panel per group at ``frame`` (with its colour bar); return the panels and an updater.
+
+    The updater redraws the points (and colours) at another frame of the scene, for
+    animations: limits, projections and colour scales stay as fitted.
     """
-
-    def __init__(
-        self,
-        tree: xr.DataTree,
-        names: Iterable[str] | None,
-        projection: str,
-        frames: Sequence[int] | slice | None = None,
-    ) -> None:
-        chosen = check_groups(tree, names)
-        self.groups = {
-            name: ds for name, ds in groups(tree, chosen).items() if "position" in ds.data_vars
-        }
-        if not self.groups:
-            raise AnalysisError("no particle group with positions to draw")
-        if projection not in PROJECTIONS:
-            raise AnalysisError(
-                f"unknown projection {projection!r}; known projections: {', '.join(PROJECTIONS)}"
-            )
-        dims = {int(ds.sizes["spatial"]) for ds in self.groups.values()}
-        if len(dims) != 1:
-            raise AnalysisError(f"groups live in spaces of different dimension: {sorted(dims)}")
-        self.dim = dims.pop()
-        self.axis = next(
-            (
-                ds["time"]
-                for ds in self.groups.values()
-                if any("time" in ds[v].dims for v in ("position", "charge") if v in ds)
-            ),
-            None,
-        )
-        self.n_frames = 1 if self.axis is None else int(self.axis.sizes["time"])
-        mode = projection
-        if mode == "auto":
-            mode = {1: "1d", 2: "2d", 3: "3d"}.get(self.dim, "pca")
-        if mode in ("2d", "pca") and self.dim < 2:
-            raise AnalysisError(f"projection {projection!r} needs D >= 2, positions have D = 1")
-        if mode == "3d" and self.dim < 3:
-            raise AnalysisError(f"projection '3d' needs D >= 3, positions have D = {self.dim}")
-        self.mode = mode
-        self.frames = self._check_frames(frames)
-        self._rows: dict[tuple[str, str], np.ndarray | None] = {}
-        self.mean = np.zeros(self.dim)
-        self.basis: np.ndarray | None = None
-        self.explained: np.ndarray | None = None
-        if mode == "pca":
-            self._fit_pca()
-
-    def _fit_pca(self) -> None:
-        """Principal axes of the positions of every group at every drawn frame, streamed.
-
-        A running mean and D × D scatter matrix (Chan et al.'s pairwise update)
-        stand in for the pooled points; the axes are its leading eigenvectors,
-        each signed so that its largest component is positive.
-        """
-        count, mean, scatter = 0, np.zeros(self.dim), np.zeros((self.dim, self.dim))
-        for name in self.groups:
-            for points in self.each(name, "position"):
-                if not len(points):
-                    continue
-                k, m = len(points), points.mean(axis=0)
-                centred = points - m
-                delta = m - mean
-                scatter += centred.T @ centred + np.outer(delta, delta) * count * k / (count + k)
-                mean += delta * k / (count + k)
-                count += k
-        self.mean = mean
-        var, vectors = np.linalg.eigh(scatter)
-        var, vectors = np.clip(var[::-1], 0, None), vectors[:, ::-1]
-        basis = vectors[:, :2]
-        signs = np.sign(basis[np.abs(basis).argmax(axis=0), np.arange(basis.shape[1])])
-        self.basis = basis * np.where(signs == 0, 1.0, signs)
-        self.explained = var[:2] / var.sum() if var.sum() > 0 else np.zeros(2)
-
-    def _check_frames(self, frames: Sequence[int] | slice | None) -> list[int]:
-        if frames is None:
-            return list(range(self.n_frames))
-        if isinstance(frames, slice):
-            frames = list(range(self.n_frames)[frames])
-        out = []
-        for f in frames:
-            if not -self.n_frames <= f < self.n_frames:
-                raise AnalysisError(
-                    f"frame {f} out of range: the trajectory has {self.n_frames} frames "
-                    f"(0…{self.n_frames - 1}, or -1 for the last)"
-                )
-            out.append(f % self.n_frames)
-        if not out:
-            raise AnalysisError("no frames selected")
-        return out
-
-    def _field(self, name: str, var: str) -> xr.DataArray:
-        da = self.groups[name][var]
-        return da.isel(channel=0) if "channel" in da.dims else da
-
-    def _row_of(self, name: str, var: str) -> np.ndarray | None:
-        """Row of ``var`` of group ``name`` at each frame of the axis (None: no time)."""
-        key = (name, var)
-        if key not in self._rows:
-            da = self._field(name, var)
-            if "time" not in da.dims or self.axis is None:
-                self._rows[key] = None
-            elif "step" in da.coords and "step" in self.axis.coords:  # the nearest step
-                index = da.swap_dims(time="step").indexes["step"]
-                self._rows[key] = index.get_indexer(self.axis["step"].values, method="nearest")
-            else:
-                index = da.indexes["time"]
-                self._rows[key] = index.get_indexer(self.axis.values, method="nearest")
-        return self._rows[key]
-
-    def _order(self, var: str) -> tuple[str, ...]:
-        return ("particle", "spatial") if var == "position" else ("particle",)
-
-    def _read(self, name: str, var: str, frame: int) -> np.ndarray:
-        da, rows = self._field(name, var), self._row_of(name, var)
-        if rows is not None:
-            da = da.isel(time=int(rows[frame]))
-        return np.asarray(da.transpose(*self._order(var)).values, dtype=np.float64)
-
-    def each(self, name: str, var: str) -> Iterator[np.ndarray]:
-        """``var`` of group ``name`` at each drawn frame, read a slice of frames at a time."""
-        rows = self._row_of(name, var)
-        wanted = np.zeros(len(self.frames), dtype=np.int64)
-        if rows is not None:
-            wanted = rows[np.asarray(self.frames, dtype=np.int64)]
-        for values in read_rows(self._field(name, var), wanted, self._order(var)):
-            yield np.asarray(values, dtype=np.float64)
-
-    def positions(self, name: str, frame: int) -> np.ndarray:
-        return self._read(name, "position", frame)
-
-    def charges(self, name: str, frame: int) -> np.ndarray | None:
-        if "charge" not in self.groups[name].data_vars:
-            return None
-        return self._read(name, "charge", frame)
-
-    def multichannel(self) -> bool:
-        return any(
-            "charge" in ds.data_vars and "channel" in ds["charge"].dims
-            for ds in self.groups.values()
-        )
-
-    def project(self, name: str, points: np.ndarray) -> np.ndarray:
-        """Page coordinates ``[N, 2]`` (``[N, 3]`` in 3d)."""
-        if self.mode == "1d":
-            level = list(self.groups).index(name)
-            return np.column_stack([points[:, 0], np.full(len(points), float(level))])
-        if self.mode == "2d":
-            return points[:, :2]
-        if self.mode == "3d":
-            return points[:, :3]
-        return (points - self.mean) @ self.basis
-
-    def labels(self) -> list[str]:
-        if self.mode == "1d":
-            return ["x0", "group"]
-        if self.mode == "pca":
-            return [f"PC{i + 1} ({100 * e:.0f}%)" for i, e in enumerate(self.explained)]
-        return [f"x{i}" for i in range(3 if self.mode == "3d" else 2)]
-
-    def title(self, frame: int) -> str:
-        if self.axis is None:
-            return "positions"
-        t = float(self.axis.values[frame])
-        if "step" in self.axis.coords:
-            return f"step {int(self.axis['step'].values[frame])} (t = {t:g})"
-        return f"t = {t:g}"
-
-    def charge_norm(self) -> Normalize | None:
-        top = 0.0
-        found = False
-        for name in self.groups:
-            if "charge" not in self.groups[name].data_vars:
-                continue
-            for q in self.each(name, "charge"):
-                if q.size:
-                    found = True
-                    top = max(top, float(np.nanmax(np.abs(q))))
-        if not found:
-            return None
-        top = top if top > 0 else 1.0
-        return Normalize(-top, top)
-
-    def limits(self) -> list[tuple[float, float]]:
-        lo = hi = None
-        width = 3 if self.mode == "3d" else 2
-        for name in self.groups:
-            for points in self.each(name, "position"):
-                if not len(points):
-                    continue
-                pts = self.project(name, points)
-                low, high = pts.min(axis=0), pts.max(axis=0)
-                lo = low if lo is None else np.minimum(lo, low)
-                hi = high if hi is None else np.maximum(hi, high)
-        if lo is None or hi is None:  # no particle anywhere: numpy's own error
-            lo = hi = np.empty((0, width)).min(axis=0)
-        pad = np.maximum(0.05 * (hi - lo), 0.05)
-        if self.mode == "1d":
-            return [(lo[0] - pad[0], hi[0] + pad[0]), (-0.5, len(self.groups) - 0.5)]
-        lo, hi = lo - pad, hi + pad
-        if self.mode in ("2d", "pca"):  # equal aspect: one span for both axes
-            centre, half = (lo + hi) / 2, (hi - lo).max() / 2
-            lo, hi = centre - half, centre + half
-        return [(float(a), float(b)) for a, b in zip(lo, hi, strict=True)]
-
-
-def _draw(
-    fig: Figure | SubFigure, scene: _Scene, frame: int
-) -> tuple[Any, dict[str, Any], Callable[[int], None]]:
-    """Draw frame ``frame`` into ``fig``; return the axis, the artists and an updater."""
-    three = scene.mode == "3d"
-    ax = fig.add_subplot(projection="3d" if three else None)
-    norm = scene.charge_norm()
+    names = list(scene.groups)
+    projections = ["3d" if scene.groups[n].mode == "3d" else None for n in names]
+    axes = panel_grid(fig, len(names), GROUP_COLUMNS, projections)
     artists: dict[str, Any] = {}
-    for i, name in enumerate(scene.groups):
-        pts = scene.project(name, scene.positions(name, frame))
-        q = scene.charges(name, frame)
-        n = len(pts)
+    for ax, name in zip(axes, names, strict=True):
+        group = scene.groups[name]
+        three = group.mode == "3d"
+        page = group.page(scene.positions(name, frame))
+        values = scene.colours(name, frame)
         kwargs: dict[str, Any] = {
-            "s": float(np.clip(3000 / max(n, 1), 4, 40)),
-            "marker": MARKERS[i % len(MARKERS)],
-            "label": f"{name} ({n})",
-            "edgecolors": "0.2",
-            "linewidths": 0.3,
+            "s": _marker_size(group.n),
+            "edgecolors": "0.25",
+            "linewidths": 0.25,
         }
-        if q is not None:
-            kwargs.update(c=q, cmap=CMAP, norm=norm)
+        scale = group.colour
+        if values is not None and scale is not None:
+            norm = Normalize(scale.lo, scale.hi)
+            kwargs.update(c=values, cmap=_cmap(scale), norm=norm)
         else:
             kwargs.update(color=FROZEN_COLOR)
-        artists[name] = ax.scatter(*pts.T, **kwargs)
-    labels = scene.labels()
-    limits = scene.limits()
-    ax.set_xlabel(labels[0])
-    ax.set_ylabel(labels[1])
-    ax.set_xlim(*limits[0])
-    ax.set_ylim(*limits[1])
-    if three:
-        ax.set_zlabel(labels[2])
-        ax.set_zlim(*limits[2])
-    elif scene.mode == "1d":
-        ax.set_yticks(range(len(scene.groups)), list(scene.groups))
-    else:
-        ax.set_aspect("equal", adjustable="box")
-    legend = ax.legend(loc="upper right", fontsize=8, markerscale=0.8, framealpha=0.7)
-    for handle in legend.legend_handles:  # markers name the group; colour is per particle
-        handle.set_facecolor(FROZEN_COLOR)
-    if norm is not None:
-        label = "charge (channel 0)" if scene.multichannel() else "charge"
-        fig.colorbar(ScalarMappable(norm=norm, cmap=CMAP), ax=ax, label=label, shrink=0.85)
-    ax.set_title(scene.title(frame))
+        artists[name] = ax.scatter(*page.T, **kwargs)
+        labels, limits = group.labels(), group.limits
+        ax.set_xlabel(labels[0])
+        ax.set_ylabel(labels[1])
+        ax.set_xlim(*limits[0])
+        ax.set_ylim(*limits[1])
+        if three:
+            ax.set_zlabel(labels[2])
+            ax.set_zlim(*limits[2])
+        elif group.mode == "1d":
+            ax.set_yticks([])
+            ax.axhline(0.0, color="0.8", linewidth=0.8, zorder=0)
+        else:
+            ax.set_aspect("equal", adjustable="box")
+        ax.set_title(group.describe())
+        _tidy(ax)
+        if scale is not None:
+            fig.colorbar(
+                ScalarMappable(norm=Normalize(scale.lo, scale.hi), cmap=_cmap(scale)),
+                ax=ax,
+                label=scale.label,
+                shrink=0.8,
+                pad=0.02,
+            )
 
-    def update(index: int) -> None:
-        f = scene.frames[index]
+    def update(target: int) -> None:
         for name, artist in artists.items():
-            pts = scene.project(name, scene.positions(name, f))
-            artist.set_offsets(pts[:, :2])
-            if three:
-                artist.set_3d_properties(pts[:, 2], "z")
-            q = scene.charges(name, f)
-            if q is not None:
-                artist.set_array(q)
-        ax.set_title(scene.title(f))
+            group = scene.groups[name]
+            page = group.page(scene.positions(name, target))
+            artist.set_offsets(page[:, :2])
+            if group.mode == "3d":
+                artist.set_3d_properties(page[:, 2], "z")
+            values = scene.colours(name, target)
+            if values is not None and group.colour is not None:
+                artist.set_array(values)
 
-    return ax, artists, update
+    return axes, update
 
 
 def plot_positions(
@@ -429,23 +280,161 @@ def plot_positions(
     groups: Sequence[str] | None = None,
     projection: Projection = "auto",
     *,
+    color: str | None = "charge",
     fig: Figure | SubFigure | None = None,
+    scene: Scene | None = None,
 ) -> Figure | SubFigure:
-    """Particles of each group at one frame, coloured by charge (first channel).
+    """The particles of each group at one frame, each group in its own panel.
 
     Args:
         frame: index into the time axis of the first moving group (-1: last).
         groups: groups to draw (default: all with positions).
-        projection: ``"auto"`` picks by D: D = 2 as is, D = 3 on a 3D axis,
-            D > 3 projected on the two principal axes (``"pca"``); ``"2d"``
-            and ``"3d"`` take the first coordinates. D = 1 draws one row per group.
+        projection: ``"auto"``: D = 1 on a line, D = 2 as is, D > 2 on the group's two
+            principal axes fitted over the run; ``"2d"``/``"3d"`` take the first
+            coordinates; ``"pca"`` always projects.
+        color: per-particle field to colour by (default ``"charge"``, symmetric scale per
+            group; ``None``: grey).
         fig: draw into this Figure or SubFigure instead of a new one.
+        scene: a Scene already fitted (the other arguments are then ignored).
     """
-    scene = _Scene(tree, groups, projection, frames=[frame])
-    if fig is None:
-        fig = new_figure(figsize=(6.4, 5.2), layout="constrained")
-    _draw(fig, scene, scene.frames[0])
+    scene = scene or Scene(tree, groups, projection, frames=[frame], colour=color)
+    frame = scene.frames[0]
+    counts = _row_counts(len(scene.groups), GROUP_COLUMNS)
+    with rc_context(STYLE):
+        if fig is None:
+            width, height = GROUP_PANEL
+            fig = new_figure(
+                figsize=(width * max(counts), height * len(counts) + 0.4), layout="constrained"
+            )
+        draw_positions(fig, scene, frame)
+        fig.suptitle(scene.title(frame))
     return fig
+
+
+# --- network ------------------------------------------------------------------------------
+
+
+def draw_network(ax: Axes, scene: Scene, frame: int, edges: int = NETWORK_EDGES) -> dict[str, Any]:
+    """The groups as layers left to right with the strongest weights as edges, into ``ax``.
+
+    Returns what was drawn: ``{"nodes": {group: PathCollection}, "edges": LineCollection,
+    "kept": [Edges, …]}``.
+    """
+    order = scene.layer_order()
+    layer = {name: i for i, name in enumerate(order)}
+    lines = {name: scene.groups[name].line(scene.positions(name, frame)) for name in order}
+    kept = scene.edges(frame, edges)
+    segments, colours, widths = [], [], []
+    for e in kept:
+        if not len(e.weight):
+            continue
+        strength = np.abs(e.weight) / max(float(np.abs(e.weight).max()), 1e-300)
+        x0, x1 = layer[e.source_group], layer[e.target_group]
+        y0, y1 = lines[e.source_group][e.source], lines[e.target_group][e.target]
+        start = np.column_stack([np.full_like(y0, x0), y0])
+        end = np.column_stack([np.full_like(y1, x1), y1])
+        segments.extend(np.stack([start, end], axis=1))
+        for w, s in zip(e.weight, strength, strict=True):
+            colours.append(to_rgba(POSITIVE_COLOR if w > 0 else NEGATIVE_COLOR, 0.08 + 0.8 * s))
+            widths.append(0.3 + 1.4 * s)
+    collection = LineCollection(segments, colors=colours, linewidths=widths, zorder=1)
+    ax.add_collection(collection)
+    nodes = {}
+    first_scale: ColourScale | None = None
+    for name in order:
+        group = scene.groups[name]
+        y = lines[name]
+        values = scene.colours(name, frame)
+        kwargs: dict[str, Any] = {
+            "s": _marker_size(group.n, 900.0),
+            "edgecolors": "0.25",
+            "linewidths": 0.25,
+            "zorder": 2,
+        }
+        if values is not None and group.colour is not None:
+            scale = group.colour
+            first_scale = first_scale or scale
+            lo = -1.0 if scale.symmetric else 0.0
+            kwargs.update(c=scale.unit(values), cmap=_cmap(scale), norm=Normalize(lo, 1.0))
+        else:
+            kwargs.update(color=FROZEN_COLOR)
+        nodes[name] = ax.scatter(np.full(len(y), float(layer[name])), y, **kwargs)
+    ax.set_xticks(range(len(order)), [f"{n}\n{scene.groups[n].n}" for n in order])
+    ax.set_xlim(-0.4, len(order) - 0.6)
+    ax.set_ylim(-1.12, 1.12)
+    ax.set_ylabel("first principal coordinate\n(scaled per group)")
+    steps = sorted({e.step for e in kept})
+    if kept:
+        at = ", ".join(map(str, steps))
+        title = f"network: the {edges} strongest |W| of each interaction, weights at step {at}"
+        ax.legend(
+            handles=[
+                Line2D([], [], color=POSITIVE_COLOR, label="W > 0"),
+                Line2D([], [], color=NEGATIVE_COLOR, label="W < 0"),
+            ],
+            loc="upper right",
+            framealpha=0.8,
+        )
+    else:
+        title = "network: no connectivity recorded between these groups"
+    ax.set_title(title)
+    for spine in ("top", "right"):
+        ax.spines[spine].set_visible(False)
+    _tidy(ax)
+    if first_scale is not None:
+        symmetric = first_scale.symmetric
+        label = (
+            f"{first_scale.label} ÷ max |{first_scale.field}| of its group"
+            if symmetric
+            else f"{first_scale.label}, each group from its min to its max"
+        )
+        ax.figure.colorbar(
+            ScalarMappable(Normalize(-1.0 if symmetric else 0.0, 1.0), _cmap(first_scale)),
+            ax=ax,
+            label=label,
+            shrink=0.85,
+            pad=0.01,
+        )
+    return {"nodes": nodes, "edges": collection, "kept": kept}
+
+
+def plot_network(
+    tree: xr.DataTree,
+    frame: int = -1,
+    groups: Sequence[str] | None = None,
+    *,
+    color: str | None = "charge",
+    edges: int = NETWORK_EDGES,
+    fig: Figure | SubFigure | None = None,
+    scene: Scene | None = None,
+) -> Figure | SubFigure:
+    """The network at one frame: groups as layers (left to right), edges for the strongest |W|.
+
+    Args:
+        frame: index into the frame axis (-1: last); the weights are those of the
+            connectivity frame nearest its step.
+        groups: groups to draw (default: all with positions).
+        color: per-particle field colouring the nodes, each group on its own scale.
+        edges: how many of the strongest weights of each interaction to draw.
+    """
+    scene = scene or Scene(tree, groups, "auto", frames=[frame], colour=color)
+    frame = scene.frames[0]
+    with rc_context(STYLE):
+        if fig is None:
+            fig = new_figure(
+                figsize=(max(8.0, 2.6 * len(scene.groups) + 2.0), NETWORK_HEIGHT + 0.4),
+                layout="constrained",
+            )
+        ax = fig.add_subplot()
+        draw_network(ax, scene, frame, edges)
+        fig.suptitle(scene.title(frame))
+    return fig
+
+
+# --- everything ---------------------------------------------------------------------------
+
+#: What ``plot_summary`` can draw, top to bottom.
+PARTS = ("observables", "positions", "network")
 
 
 def plot_summary(
@@ -453,19 +442,50 @@ def plot_summary(
     frame: int = -1,
     groups: Sequence[str] | None = None,
     projection: Projection = "auto",
+    *,
+    color: str | None = "charge",
+    edges: int = NETWORK_EDGES,
+    parts: Sequence[str] = PARTS,
+    names: Sequence[str] | None = None,
 ) -> Figure:
-    """Observables (left) next to positions at ``frame`` (right), one Figure."""
-    n_obs = len(observables(tree).data_vars)
-    if n_obs == 0:
-        return plot_positions(tree, frame, groups, projection)
-    ncols = min(3, n_obs)
-    fig = new_figure(
-        figsize=(4.2 * ncols + 6.4, max(5.2, 2.9 * math.ceil(n_obs / ncols))),
-        layout="constrained",
-    )
-    left, right = fig.subfigures(1, 2, width_ratios=[4.2 * ncols, 6.4])
-    plot_positions(tree, frame, groups, projection, fig=right)
-    plot_observables(tree, fig=left)
+    """Observables, each group's positions and the network at ``frame``, one Figure.
+
+    Blocks top to bottom: the observables (``names``, default all), the position panels and
+    the network view, each block's rows spanning the width. A block with nothing to show
+    (no observables recorded, no connectivity between the drawn groups) is left out rather
+    than drawn empty. The figure is titled with the run's name, step and epoch.
+    """
+    for part in parts:
+        if part not in PARTS:
+            raise AnalysisError(unknown("part", part, PARTS))
+    scene = Scene(tree, groups, projection, frames=[frame], colour=color)
+    frame = scene.frames[0]
+    blocks: list[tuple[str, float, float]] = []  # (part, width, height) in inches
+    if "observables" in parts and (names or len(observables(tree).data_vars)):
+        n_obs = len(names) if names else len(observables(tree).data_vars)
+        counts = _row_counts(n_obs, OBSERVABLE_COLUMNS)
+        blocks.append(("observables", 3.0 * max(counts), OBSERVABLE_PANEL[1] * len(counts)))
+    if "positions" in parts:
+        counts = _row_counts(len(scene.groups), GROUP_COLUMNS)
+        blocks.append(("positions", GROUP_PANEL[0] * max(counts), GROUP_PANEL[1] * len(counts)))
+    if "network" in parts and scene.recorded():
+        blocks.append(("network", 2.6 * len(scene.groups) + 2.0, NETWORK_HEIGHT))
+    if not blocks:
+        raise AnalysisError("nothing to draw: no observables, positions or connectivity")
+    width = max(8.0, max(b[1] for b in blocks))
+    heights = [b[2] for b in blocks]
+    with rc_context(STYLE):
+        fig = new_figure(figsize=(width, sum(heights) + 0.5), layout="constrained")
+        subs = fig.subfigures(len(blocks), 1, height_ratios=heights, squeeze=False)[:, 0]
+        for (part, _, _), sub in zip(blocks, subs, strict=True):
+            if part == "observables":
+                plot_observables(tree, names, fig=sub)
+            elif part == "positions":
+                draw_positions(sub, scene, frame)
+            else:
+                draw_network(sub.add_subplot(), scene, frame, edges)
+        title = scene.title(frame) if parts != ("observables",) else scene.run_name
+        fig.suptitle(title)
     return fig
 
 
@@ -532,27 +552,31 @@ def animate(
     out_path: str | Path,
     *,
     groups: Sequence[str] | None = None,
-    frames: Sequence[int] | slice | None = None,
+    frames: Sequence[int] | slice | Callable[[int], Sequence[int]] | None = None,
+    every: int | None = None,
     fps: int = 10,
     progress: bool | Callable[[int, int], None] = True,
     projection: Projection = "auto",
+    color: str | None = "charge",
     dpi: int = 90,
 ) -> Path:
     """Animate the neurons moving (and recharging) over training; write a .gif or .mp4.
 
-    One figure is drawn and then updated frame by frame by
-    ``matplotlib.animation.FuncAnimation``; axis limits, the colour scale and
-    (for D > 3) the PCA projection are fixed over all frames so motion is
-    real motion. ``.gif`` is written a frame at a time with Pillow
-    (:class:`GifStreamWriter`); ``.mp4`` needs ``ffmpeg`` on PATH. Memory holds
-    one frame of each group and one image, whatever the number of frames.
+    The figure is the one :func:`plot_positions` draws (a panel per group, its colour bar,
+    the title with run, step and epoch), updated frame by frame by
+    ``matplotlib.animation.FuncAnimation``; limits, colour scales and (for D > 2) the
+    projections are fitted once over the run so motion is real motion. ``.gif`` is written
+    a frame at a time with Pillow (:class:`GifStreamWriter`); ``.mp4`` needs ``ffmpeg`` on
+    PATH. Memory holds one frame of each group and one image, whatever the number of frames.
 
     Args:
-        frames: indices into the frame axis, or a slice (``slice(None, None, 5)``:
-            every 5th); default all.
+        frames: indices into the frame axis, or a slice; default all.
+        every: every ``every``-th frame from the first, and the last one always (instead of
+            ``frames``).
         fps: frames per second of the output.
         progress: show a rich progress bar on stderr, or a callable
             ``(frame_index, total)`` forwarded to ``Animation.save``.
+        color: per-particle field to colour by (``None``: grey).
 
     Returns:
         The written path.
@@ -563,11 +587,29 @@ def animate(
     kind = check_animation_path(out_path)
     if fps < 1:
         raise AnalysisError(f"fps must be a positive integer, got {fps}")
-    scene = _Scene(tree, groups, projection, frames=frames)
-    fig = new_figure(figsize=(6.4, 5.2), dpi=dpi, layout="constrained")
-    _, _, update = _draw(fig, scene, scene.frames[0])
+    if every is not None:
+        if frames is not None:
+            raise AnalysisError("give frames or every, not both")
+        frames = partial(every_frames, every=every)  # of the scene's number of frames
+    scene = Scene(tree, groups, projection, frames=frames, colour=color)
+    counts = _row_counts(len(scene.groups), GROUP_COLUMNS)
+    width, height = GROUP_PANEL
+    with rc_context(STYLE):
+        fig = new_figure(
+            figsize=(width * max(counts), height * len(counts) + 0.4),
+            dpi=dpi,
+            layout="constrained",
+        )
+        _, redraw = draw_positions(fig, scene, scene.frames[0])
+        title = fig.suptitle(scene.title(scene.frames[0]))
     fig.canvas.draw()  # lay out once; then freeze it, so axes stay put and frames are cheap
     fig.set_layout_engine("none")
+
+    def update(index: int) -> None:
+        frame = scene.frames[index]
+        redraw(frame)
+        title.set_text(scene.title(frame))
+
     anim = FuncAnimation(fig, update, frames=len(scene.frames), blit=False, repeat=False)
     writer = GifStreamWriter(fps=fps) if kind == "pillow" else FFMpegWriter(fps=fps)
     if callable(progress):
@@ -598,11 +640,16 @@ def animate(
 
 __all__ = [
     "ANIMATION_SUFFIXES",
+    "PARTS",
     "PROJECTIONS",
     "GifStreamWriter",
     "animate",
     "check_animation_path",
+    "draw_network",
+    "draw_positions",
     "new_figure",
+    "panel_grid",
+    "plot_network",
     "plot_observables",
     "plot_positions",
     "plot_summary",

@@ -1,4 +1,4 @@
-"""Trajectory commands: ``inspect``, ``analyze``, ``plot`` and ``animate``.
+"""Trajectory commands: ``inspect``, ``analyze``, ``plot``, ``animate``, ``view``, ``recover``.
 
 ``register(app)`` adds them to a typer app (the main one calls it once). Every
 command opens the trajectory with :func:`particlesim.io.trajectory.open_trajectory`
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 TABLE_SUFFIXES = (".nc", ".csv")
 FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
-PLOT_KINDS = ("both", "observables", "positions")
+PLOT_KINDS = ("all", "both", "observables", "positions", "network")
 
 FileArgument = Annotated[Path, typer.Argument(help="Trajectory file (H5MD, .h5).")]
 GroupOption = Annotated[
@@ -527,42 +527,25 @@ def analyze_command(
     typer.echo(f"wrote {len(ds.data_vars)} variables to {output}: {', '.join(ds.data_vars)}")
 
 
-# --- plot, animate -------------------------------------------------------------------------
+# --- plot, animate, view ------------------------------------------------------------------
+
+ColorOption = Annotated[
+    str,
+    typer.Option(
+        "--color",
+        help="Per-particle field to colour by: charge (default), bias, id, … or none (grey).",
+    ),
+]
+EdgesOption = Annotated[
+    int, typer.Option(help="Strongest weights drawn per interaction in the network view.")
+]
 
 
-def plot_command(
-    file: FileArgument,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Image file: .png, .svg or .pdf.")],
-    frame: Annotated[int, typer.Option(help="Frame of the positions (-1: last).")] = -1,
-    group: GroupOption = None,
-    kind: Annotated[str, typer.Option(help="both, observables or positions.")] = "both",
-    projection: Annotated[str, typer.Option(help="auto, 2d, 3d or pca (positions).")] = "auto",
-    observable: Annotated[
-        list[str] | None,
-        typer.Option("--observable", help="Only this observable (repeatable; default: all)."),
-    ] = None,
-    dpi: Annotated[int, typer.Option(help="Resolution of raster output.")] = 120,
-) -> None:
-    """Plot observables against step and/or the particles' positions at one frame."""
-    suffix = _check_suffix(output, FIGURE_SUFFIXES, "image")
-    if dpi < 1:
-        raise _fail(f"--dpi must be a positive integer, got {dpi}")
-    if kind not in PLOT_KINDS:
-        raise _fail(f"unknown plot kind {kind!r}; known kinds: {', '.join(PLOT_KINDS)}")
-    from particlesim.analysis import plots
+def _colour(color: str) -> str | None:
+    return None if color.lower() == "none" else color
 
-    with _opened(file) as tree:
-        if kind == "observables":
-            fig = plots.plot_observables(tree, observable)
-        elif kind == "positions":
-            fig = plots.plot_positions(tree, frame, group, projection)
-        elif observable:
-            fig = plots.new_figure(figsize=(16, 6), layout="constrained")
-            left, right = fig.subfigures(1, 2)
-            plots.plot_observables(tree, observable, fig=left)
-            plots.plot_positions(tree, frame, group, projection, fig=right)
-        else:
-            fig = plots.plot_summary(tree, frame, group, projection)
+
+def _write_figure(fig: Any, output: Path, suffix: str, dpi: int) -> None:
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(output, format=suffix[1:], dpi=dpi)
@@ -570,10 +553,67 @@ def plot_command(
         raise _fail(f"{output}: cannot write: {exc}") from None
     except (ValueError, MemoryError, OverflowError) as exc:  # e.g. an image too large for Agg
         width, height = (round(float(x) * dpi) for x in fig.get_size_inches())
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise _fail(
             f"{output}: cannot render {width} x {height} pixels at --dpi {dpi}: "
-            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            f"{type(exc).__name__}: {first}"
         ) from None
+
+
+def plot_command(
+    file: FileArgument,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Image file: .png, .svg or .pdf.")],
+    frame: Annotated[int, typer.Option(help="Frame of the positions (-1: last).")] = -1,
+    group: GroupOption = None,
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="all (observables, positions, network), observables, positions, network, "
+            "or both (observables and positions)."
+        ),
+    ] = "all",
+    projection: Annotated[
+        str, typer.Option(help="auto (D > 2 by PCA per group), 2d, 3d or pca.")
+    ] = "auto",
+    color: ColorOption = "charge",
+    edges: EdgesOption = 200,
+    observable: Annotated[
+        list[str] | None,
+        typer.Option("--observable", help="Only this observable (repeatable; default: all)."),
+    ] = None,
+    dpi: Annotated[int, typer.Option(help="Resolution of raster output.")] = 120,
+) -> None:
+    """Plot observables, each group's particles (a panel each) and the network at one frame."""
+    suffix = _check_suffix(output, FIGURE_SUFFIXES, "image")
+    if dpi < 1:
+        raise _fail(f"--dpi must be a positive integer, got {dpi}")
+    if kind not in PLOT_KINDS:
+        raise _fail(f"unknown plot kind {kind!r}; known kinds: {', '.join(PLOT_KINDS)}")
+    if edges < 0:
+        raise _fail(f"--edges must be >= 0, got {edges}")
+    from particlesim.analysis import plots
+
+    colour = _colour(color)
+    with _opened(file) as tree:
+        if kind == "observables":
+            fig = plots.plot_observables(tree, observable)
+        elif kind == "positions":
+            fig = plots.plot_positions(tree, frame, group, projection, color=colour)
+        elif kind == "network":
+            fig = plots.plot_network(tree, frame, group, color=colour, edges=edges)
+        else:
+            parts = plots.PARTS if kind == "all" else ("observables", "positions")
+            fig = plots.plot_summary(
+                tree,
+                frame,
+                group,
+                projection,
+                color=colour,
+                edges=edges,
+                parts=parts,
+                names=observable,
+            )
+        _write_figure(fig, output, suffix, dpi)
     typer.echo(f"wrote {output}")
 
 
@@ -582,11 +622,14 @@ def animate_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Animation: .gif or .mp4.")],
     fps: Annotated[int, typer.Option(help="Frames per second.")] = 10,
     group: GroupOption = None,
-    every: Annotated[int, typer.Option(help="Use every K-th recorded frame.")] = 1,
+    every: Annotated[
+        int, typer.Option(help="Use every K-th recorded frame (the last one is always kept).")
+    ] = 1,
     projection: Annotated[str, typer.Option(help="auto, 2d, 3d or pca.")] = "auto",
+    color: ColorOption = "charge",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Animate the particles moving over training (each group its marker, colour = charge)."""
+    """Animate the particles moving over training, a panel per group as in ``plot``."""
     from particlesim.analysis import plots
     from particlesim.analysis.tree import AnalysisError
 
@@ -597,17 +640,71 @@ def animate_command(
     if every < 1:
         raise _fail(f"--every must be a positive integer, got {every}")
     with _opened(file) as tree:
-        output.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _fail(f"{output}: cannot write: {exc}") from None
         plots.animate(
             tree,
             output,
             groups=group,
-            frames=slice(None, None, every),
+            every=every,
             fps=fps,
             progress=progress and sys.stderr.isatty(),
             projection=projection,
+            color=_colour(color),
         )
     typer.echo(f"wrote {output}")
+
+
+def view_command(
+    file: FileArgument,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="HTML file (default: view.html beside FILE)."),
+    ] = None,
+    group: GroupOption = None,
+    color: ColorOption = "charge",
+    max_frames: Annotated[
+        int,
+        typer.Option(
+            help="Most frames the page holds, spread evenly (first and last kept); fewer "
+            "when frames x particles would pass 300,000."
+        ),
+    ] = 100,
+    edges: EdgesOption = 200,
+) -> None:
+    """Write an interactive viewer: one HTML file that opens offline in any browser.
+
+    A frame slider and play button; a panel per group coloured by charge (or --color);
+    hover shows group, index, charge and position; the network's strongest weights; the
+    loss and accuracy curves with the current step marked.
+    """
+    from particlesim.analysis.view import write_view
+
+    if output is None:
+        output = file.with_name("view.html")
+    if output.suffix.lower() not in (".html", ".htm"):
+        suffix = output.suffix or "(none)"
+        raise _fail(f"unsupported viewer format {suffix!r} for {output}; use .html")
+    if max_frames < 1:
+        raise _fail(f"--max-frames must be a positive integer, got {max_frames}")
+    if edges < 0:
+        raise _fail(f"--edges must be >= 0, got {edges}")
+    with _opened(file) as tree:
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            path = write_view(
+                tree,
+                output,
+                groups=group,
+                color=_colour(color),
+                max_frames=max_frames,
+                edges=edges,
+            )
+        except OSError as exc:
+            raise _fail(f"{output}: cannot write: {exc}") from None
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 COMMANDS: dict[str, Callable[..., None]] = {
@@ -615,12 +712,13 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "analyze": analyze_command,
     "plot": plot_command,
     "animate": animate_command,
+    "view": view_command,
     "recover": recover_command,
 }
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``inspect``, ``analyze``, ``plot`` and ``animate`` to ``app`` (idempotent)."""
+    """Add the trajectory commands to ``app`` (idempotent)."""
     existing = {
         info.name or (info.callback.__name__.replace("_", "-") if info.callback else None)
         for info in app.registered_commands
