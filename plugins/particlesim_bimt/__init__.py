@@ -14,7 +14,9 @@ This plugin gives the two pieces of the authors' code that the rest builds on:
 * potential ``connection_cost``: ``E = Σ_layers Σ_ij |W_ij| · (A · d_ij + l0)`` with ``d_ij``
   the in-plane L1 distance between the two neurons (the last coordinate, the layer axis,
   left out: the code adds the constant ``l0`` instead), plus ``l0 · Σ |b|`` over the biases
-  with ``bias = true`` (the code's option). The code's λ is this potential's
+  with ``bias = true`` (the code's option); ``reduction = "mean"`` averages each layer's
+  term over its weights (and each bias term over its biases) instead, as the MNIST
+  notebook's ``get_cc`` does (``torch.mean`` per layer). The code's λ is this potential's
   ``coefficient``, and its λ schedules the engine's ``coefficient_schedule`` of any
   potential (two-moon: ``coefficient = 1e-3``, ``coefficient_schedule = [[5000, 1e-2]]``).
 
@@ -134,6 +136,14 @@ class ConnectionCost(Potential):
         l0: the cost of any connection, whatever its length (the code: the layer distance).
         bias: add ``l0 · Σ |b|`` over every bias.
         groups: only interactions whose target is one of these groups (default all).
+        reduction: ``"sum"`` over every weight (the line-layout notebooks), or ``"mean"``
+            per interaction and per bias vector (the MNIST notebook's ``BioMLP2D.get_cc``).
+        weights: include the weights' term; ``false`` leaves only the biases' ``l0 Σ|b|``
+            (the symbolic notebook adds the biases to the cost only for the last quarter
+            of its run: a second potential with ``weights = false`` and a schedule).
+
+    A plain L1 penalty ``Σ|W|`` is this potential with ``a = 0`` and ``l0 = 1`` (the
+    notebooks' "L1" baseline, ``weight_factor = 0``).
     """
 
     name = "connection_cost"
@@ -146,17 +156,23 @@ class ConnectionCost(Potential):
         l0: float = 0.2,
         bias: bool = False,
         groups: Sequence[str] | None = None,
+        reduction: Literal["sum", "mean"] = "sum",
+        weights: bool = True,
     ) -> None:
         super().__init__(coefficient=coefficient)
         for key, value in (("a", a), ("l0", l0)):
             if not (math.isfinite(value) and value >= 0):
                 raise OptionError(key, f"must be a finite number >= 0, got {value}")
+        if reduction not in ("sum", "mean"):
+            raise OptionError("reduction", f"must be 'sum' or 'mean', got {reduction!r}")
         self.a, self.l0, self.bias = float(a), float(l0), bool(bias)
         self.groups = None if groups is None else list(groups)
+        self.reduction = reduction
+        self.weights = bool(weights)
 
     def energy(self, system: System) -> Tensor:
         total = torch.zeros((), dtype=system.dtype, device=system.device)
-        for interaction in system.interactions:
+        for interaction in system.interactions if self.weights else ():
             if self.groups is not None and interaction.target not in self.groups:
                 continue
             source = system.groups[interaction.source]
@@ -164,12 +180,43 @@ class ConnectionCost(Potential):
             weight = interaction.effective_weight(source, target)
             # in-plane L1 distances [M, N] (the last coordinate is the layer axis)
             distance = torch.cdist(target.position[:, :-1], source.position[:, :-1], p=1.0)
-            total = total + (weight.abs() * (self.a * distance + self.l0)).sum()
+            term = weight.abs() * (self.a * distance + self.l0)
+            total = total + (term.mean() if self.reduction == "mean" else term.sum())
         if self.bias:
             for name, group in system.groups.items():
                 if (self.groups is None or name in self.groups) and group.has("bias"):
-                    total = total + self.l0 * group.bias.abs().sum()
+                    bias = group.bias.abs()
+                    total = total + self.l0 * (
+                        bias.mean() if self.reduction == "mean" else bias.sum()
+                    )
         return total
+
+    @torch.no_grad()
+    def mean_length_cost(self, system: System) -> float:
+        """The mean of ``A·d + l0`` over the weights this potential covers (for ``reduction
+        = "mean"`` the mean of each interaction's mean): the price of a unit of ``|W|`` on
+        average over the layout.
+
+        A plain L1 penalty with this price per unit weight (``a = 0``, ``l0`` = this value)
+        costs a network with evenly spread weights what the wiring cost does; BIMT's results
+        compare the two at that strength. NaN when the potential covers no weight.
+        """
+        means, sizes = [], []
+        for interaction in system.interactions if self.weights else ():
+            if self.groups is not None and interaction.target not in self.groups:
+                continue
+            source = system.groups[interaction.source]
+            target = system.groups[interaction.target]
+            distance = torch.cdist(
+                target.position[:, :-1].to(torch.float64),
+                source.position[:, :-1].to(torch.float64),
+                p=1.0,
+            )
+            means.append(float((self.a * distance + self.l0).mean()))
+            sizes.append(1 if self.reduction == "mean" else distance.numel())
+        if not means:
+            return float("nan")
+        return sum(m * n for m, n in zip(means, sizes, strict=True)) / sum(sizes)
 
     @torch.no_grad()
     def swap_energy_changes(self, system: System, group: str, slot: int) -> Tensor | None:
@@ -183,7 +230,7 @@ class ConnectionCost(Potential):
         """
         size = system.groups[group].size
         total = torch.zeros(size, dtype=torch.float64, device=system.device)
-        for interaction in system.interactions:
+        for interaction in system.interactions if self.weights else ():
             if self.groups is not None and interaction.target not in self.groups:
                 continue
             if group not in (interaction.source, interaction.target):
@@ -204,7 +251,8 @@ class ConnectionCost(Potential):
             a = distance @ weight[slot]  # neuron `slot` at each place
             b = weight @ distance[slot]  # each neuron at place `slot`
             own = (weight * distance).sum(1)  # each neuron at its own place
-            total += self.a * (a + b - own[slot] - own)
+            scale = 1.0 / weight.numel() if self.reduction == "mean" else 1.0
+            total += scale * self.a * (a + b - own[slot] - own)
         return total
 
 
@@ -216,3 +264,10 @@ def particlesim_register_models():
 @hookimpl
 def particlesim_register_potentials():
     return [ConnectionCost]
+
+
+@hookimpl
+def particlesim_register_datasets():
+    from particlesim_bimt.datasets import DATASETS
+
+    return list(DATASETS)
