@@ -13,6 +13,7 @@ _LAZY = {
     "TrajectoryWriter": "particlesim.io.h5md",
     "open_trajectory": "particlesim.io.trajectory",
     "open_group": "particlesim.io.trajectory",
+    "to_universe": "particlesim.io.mdanalysis",
 }
 
 
