@@ -877,3 +877,59 @@ def test_reproduction_regular_learns_and_paper_cost_stops_training(tmp_path: Pat
     assert 0.0 < rows["regular"]["split_accuracy"] <= rows["regular"]["full_accuracy"] + 0.05
     assert rows["spatial"]["full_accuracy"] < 0.15  # chance: 0.1 per head
     assert rows["spatial"]["transport_cost"] < 1.0  # the weights into 𝓛 have vanished
+
+
+# --------------------------------------------------------------------------- reproduce
+
+
+def test_reproduce_quick_writes_the_table1_section(tmp_path: Path) -> None:
+    results = tmp_path / "reproductions"
+    args = ["reproduce", "wolczyk", "--quick", "--results", str(results)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    page = (results / "README.md").read_text()
+    assert "## Wołczyk et al., Biologically-Inspired Spatial Neural Networks: Table 1" in page
+    assert "`particlesim reproduce wolczyk --quick`" in page
+    claims = [line for line in page.splitlines() if line.startswith("| ") and ": " in line]
+    assert len(claims) == 3 * 2 * 2  # modes x networks x (split accuracy, drop)
+    assert "| Sequential, Spatial: split accuracy | 0.84 ± 0.08 |" in page
+    assert "| Concatenation, Regular: accuracy drop | 0.11 ± 0.15 |" in page
+    assert "(2 seeds) | **" in page
+    assert "![wolczyk: table1_connections](wolczyk/table1_connections.png)" in page
+    report = json.loads((results / "wolczyk.json").read_text())
+    assert report["quick"] is True and len(report["claims"]) == 12
+    assert report["paper"] == "wolczyk" and report["figures"][0] == "table1_connections.png"
+    for figure in report["figures"]:
+        assert (results / "wolczyk" / figure).stat().st_size > 1000
+    rows = experiments.read_csv(results / "wolczyk" / "table1_connections.csv")
+    assert len(rows) == 3 * 2 * 2 and {r["steps"] for r in rows} == {30}
+    # a second call keeps the finished report
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and "wolczyk: finished before" in result.output
+
+
+def test_table1_claims_verdicts() -> None:
+    from particlesim_wolczyk.reproduction import table1_claims
+
+    def row(mode: str, network: str, seed: int, split: float, drop: float) -> dict:
+        tasks = {f"{k}_{t}": 0.9 for k in ("full_accuracy", "split_accuracy")
+                 for t in ("mnist", "fashion_mnist")}  # fmt: skip
+        return {"mode": mode, "network": network, "seed": seed, "full_accuracy": split + drop,
+                "split_accuracy": split, "accuracy_drop": drop, **tasks}  # fmt: skip
+
+    rows = [
+        *(row("concat", "spatial", s, 0.95 + 0.01 * s, 0.0) for s in range(3)),  # above
+        *(row("mix", "regular", s, 0.60, 0.25) for s in range(2)),  # within the paper's spread
+        *(row("sequential", "spatial", s, 0.65 + 0.01 * s, 0.27) for s in range(3)),
+    ]
+    claims = {c.quantity: c for c in table1_claims(rows)}
+    assert len(claims) == 12
+    assert claims["Concatenation, Spatial: split accuracy"].verdict == "reproduced"
+    assert "direction it claims" in claims["Concatenation, Spatial: split accuracy"].why
+    assert claims["Concatenation, Spatial: accuracy drop"].verdict == "reproduced"
+    assert claims["Mixing, Regular: split accuracy"].verdict == "within spread"
+    assert claims["Mixing, Regular: split accuracy"].ours == "0.60 ± 0.00 (2 seeds)"
+    assert claims["Sequential, Spatial: split accuracy"].verdict == "not reproduced"
+    assert "MNIST 0.90→0.90" in claims["Sequential, Spatial: split accuracy"].why
+    assert claims["Concatenation, Regular: split accuracy"].verdict == "not measured"
+    assert claims["Concatenation, Regular: split accuracy"].ours == "–"

@@ -24,7 +24,9 @@ accurate as the whole. Registered as the model ``spatial_mlp``
 
 ``python -m particlesim_wolczyk.experiments table1`` (or ``particlesim wolczyk
 table1``) reproduces the paper's Table 1; the results, figures and the
-comparison with the paper live in ``results/``.
+comparison with the paper live in ``results/``. ``particlesim reproduce wolczyk``
+runs the grid that reproduces it best and states each cell of Table 1 beside
+ours with a verdict (:mod:`particlesim_wolczyk.reproduction`).
 """
 
 from __future__ import annotations
@@ -53,3 +55,10 @@ def particlesim_add_commands(app):
     from particlesim_wolczyk.experiments import register_command
 
     register_command(app)
+
+
+@hookimpl
+def particlesim_register_reproductions():
+    from particlesim_wolczyk.reproduction import WolczykReproduction
+
+    return [WolczykReproduction]

@@ -57,6 +57,8 @@ from particlesim.errors import AnalysisError
 #: Assignment of a neuron that no sub-network owns alone (layers before the split).
 SHARED = -1
 TASK_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
+#: One marker per split layer in :func:`plot_split`.
+LAYER_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def task_heads(loss: Any) -> list[int]:
@@ -315,7 +317,7 @@ def plot_split(
         title: the figure's title.
         fig: draw into this Figure (default: a new one).
     """
-    from particlesim.analysis.plots import MARKERS, new_figure
+    from particlesim.analysis.plots import new_figure
 
     names = list(task_names or [f"task {t}" for t in range(split.tasks)])
     if len(names) != split.tasks:
@@ -331,7 +333,7 @@ def plot_split(
             position = torch.cat([position, torch.zeros_like(position)], 1)
         keep = input_strength(system, layer) > min_input_weight
         tasks = split.assignment[layer]
-        marker = MARKERS[index % len(MARKERS)]
+        marker = LAYER_MARKERS[index % len(LAYER_MARKERS)]
         for task in range(split.tasks):
             chosen = keep & (tasks == task)
             points = position[chosen].numpy()
