@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import doctest
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -595,3 +596,81 @@ def test_prune_command_errors(tiny_data: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["prune", str(run_dir), "--count", "10", "--scope", "group"])
     assert result.exit_code == 2
     assert "pruning count 10 would remove all 10 neurons of group 'hidden2'" in result.output
+
+
+# --------------------------------------------------------------------------- reproduce
+
+
+def test_reproduce_quick_writes_the_shader_section(tmp_path: Path) -> None:
+    results = tmp_path / "reproductions"
+    args = ["reproduce", "shader", "--quick", "--results", str(results)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    page = (results / "README.md").read_text()
+    assert (
+        "## Shader, Positional Neuron Layers: generalisation (Fig. 2) and pruning (Fig. 3)" in page
+    )
+    assert "`particlesim reproduce shader --quick`" in page
+    rows = [line for line in page.splitlines() if line.startswith(("| fraction", "| pruned"))]
+    assert len(rows) == 10 * 2 + 2 * 10  # fractions x networks, scorings x proportions
+    assert "| fraction 0.015: positional accuracy | 0.851 |" in page
+    assert "| fraction 0.03: vanilla accuracy | 0.905 | – | **not measured** |" in page
+    assert "| pruned 0.3 (`mean_effective`): positional − vanilla | +0.236 (0.671 vs 0.435) |" in (
+        page
+    )
+    assert "| positional below vanilla (fractions) | 10 of 10, mean gap -0.0121 |" in page
+    assert "95% interval" in page and "2 seeds)" in page  # quick pruning: 2 seeds, intervals
+    report = json.loads((results / "shader.json").read_text())
+    assert report["quick"] is True and len(report["claims"]) == 41
+    assert report["figures"] == ["generalisation.png", "pruning_intervals.png", "pruning.png"]
+    for figure in report["figures"]:
+        assert (results / "shader" / figure).stat().st_size > 1000
+    pruning = experiments.read_csv(results / "shader" / "pruning.csv")
+    assert {r["seed"] for r in pruning} == {0, 1}
+    assert (
+        "| pruned | positional − vanilla | 95% interval | significant | paper |"
+        in (results / "shader" / "results.md").read_text()
+    )
+
+
+def test_welch_interval_and_significance() -> None:
+    from particlesim.experiments import Stats, describe, t_critical
+
+    a, b = describe([0.9, 0.92, 0.94]), describe([0.5, 0.6, 0.7, 0.8])
+    low, high = experiments.welch_interval(a, b)
+    va, vb = a.std**2 / 3, b.std**2 / 4
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 3)  # 3.1: rounded down to 3
+    half = t_critical(0.95, math.floor(df)) * math.sqrt(va + vb)
+    assert (low, high) == pytest.approx((0.27 - half, 0.27 + half))
+    assert low > 0  # significant
+    assert experiments.welch_interval(Stats(0.5, 0.0, 2), Stats(0.4, 0.0, 3)) == (
+        pytest.approx(0.1),
+        pytest.approx(0.1),
+    )
+    assert all(math.isnan(v) for v in experiments.welch_interval(Stats(0.5, 0.0, 1), b))
+    rows = [
+        {"model": m, "seed": s, "scoring": "mean_effective", "prune_proportion": p,
+         "test_accuracy": acc + 0.01 * s}
+        for s in range(3)
+        for p, (pos, van) in {0.1: (0.9, 0.6), 0.45: (0.15, 0.165)}.items()
+        for m, acc in (("positional", pos), ("vanilla", van))
+    ]  # fmt: skip
+    gaps = {g.proportion: g for g in experiments.pruning_significance(rows, "mean_effective")}
+    assert gaps[0.1].significant and gaps[0.1].mean == pytest.approx(0.3)
+    assert gaps[0.1].paper == pytest.approx(0.952 - 0.886)
+    assert not gaps[0.45].significant and gaps[0.45].mean == pytest.approx(-0.015)
+    from particlesim_shader.reproduction import pruning_claims
+
+    claims = {c.quantity: c for c in pruning_claims(rows)}
+    ahead = claims["pruned 0.1 (`mean_effective`): positional − vanilla"]
+    assert ahead.verdict == "reproduced" and "significantly ahead" in ahead.why
+    assert claims["pruned 0.2 (`mean_effective`): positional − vanilla"].verdict == "not measured"
+    behind = claims["pruned 0.45 (`mean_effective`): positional − vanilla"]  # paper: vanilla
+    assert behind.verdict == "within spread" and "interval holds 0" in behind.why
+    reversed_rows = [
+        {**r, "model": {"positional": "vanilla", "vanilla": "positional"}[r["model"]]} for r in rows
+    ]
+    claims = {c.quantity: c for c in pruning_claims(reversed_rows)}
+    assert claims["pruned 0.1 (`mean_effective`): positional − vanilla"].verdict == (
+        "not reproduced"
+    )

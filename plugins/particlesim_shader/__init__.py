@@ -24,7 +24,9 @@ test accuracy after whole-neuron pruning) are reproduced by
 ``python -m particlesim_shader.experiments all`` (or ``particlesim shader``);
 results, plots and the comparison with the paper live in ``results/``.
 Whole-neuron pruning itself is the engine's (:mod:`particlesim.analysis.pruning`,
-``particlesim prune RUN_DIR``), usable on any network.
+``particlesim prune RUN_DIR``), usable on any network. ``particlesim reproduce
+shader`` runs both experiments and states every point of the paper's figures
+beside ours with a verdict (:mod:`particlesim_shader.reproduction`).
 """
 
 from __future__ import annotations
@@ -53,3 +55,10 @@ def particlesim_add_commands(app):
     from particlesim_shader.experiments import register_command
 
     register_command(app)
+
+
+@hookimpl
+def particlesim_register_reproductions():
+    from particlesim_shader.reproduction import ShaderReproduction
+
+    return [ShaderReproduction]

@@ -5,12 +5,18 @@
   accuracy of the positional, vanilla and vanilla + L2 networks. The paper
   gives no training length; every run takes the same 1000 Adam steps (batch
   256), enough to converge at every fraction (see ``results/README.md``);
-* **pruning** (paper Fig. 3): train on 25 % of the data for 30 epochs, remove
+* **pruning** (paper Fig. 3): train on 25 % of the data for 30 epochs (5 seeds), remove
   whole hidden neurons with the smallest mean squared weight at 10 proportions
   from 0.05 to 0.5 (:mod:`particlesim.analysis.pruning`) and report test accuracy of the
   smaller network; a proportion that empties a layer is evaluated by holding
   the selected neurons at zero, which is what the removal computes when no
   layer empties (the paper's reference code zeroes them the same way).
+  The paper's claim is an ordering (the positional network survives pruning
+  better), so at each proportion the difference of the two means gets a 95 %
+  confidence interval (Welch's, :func:`pruning_significance`): the difference is
+  *significant* where the interval excludes 0. Five seeds, not the generalisation
+  sweep's four, because the pruned accuracies spread widely (std up to 0.13) and
+  an interval of four seeds is ~1.5× wider than of five at the same spread.
 
 Each training run is a scenario (``scenarios/shader_positional.toml``,
 ``shader_vanilla.toml``, ``shader_vanilla_l2.toml``) read, overridden
@@ -104,6 +110,8 @@ class Settings:
     fractions: list[float] = field(default_factory=lambda: list(FRACTIONS))
     proportions: list[float] = field(default_factory=lambda: list(PROPORTIONS))
     seeds: int = 4
+    #: Seeds of the pruning experiment (its confidence intervals need more than the sweep's).
+    pruning_seeds: int = 5
     #: Adam steps per generalisation run (the same budget at every fraction);
     #: ``None`` trains ``generalisation_epochs`` epochs instead.
     generalisation_steps: int | None = 1000
@@ -305,7 +313,7 @@ def run_pruning(settings: Settings) -> list[dict[str, Any]]:
         settings, fraction=fraction, epochs=settings.pruning_epochs, proportions=proportions
     )
     points = harness.grid(
-        {"seed": range(settings.seeds), "model": settings.models}, context=context
+        {"seed": range(settings.pruning_seeds), "model": settings.models}, context=context
     )
 
     def run_point(point: Point) -> list[dict[str, Any]]:
@@ -426,6 +434,113 @@ def pruning_findings(summary: dict[str, dict[float, tuple]], scoring: str) -> li
     return lines
 
 
+#: Confidence level of the pruning differences' intervals.
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Positional minus vanilla mean accuracy at one pruned proportion, with its interval.
+
+    ``low``/``high``: the Welch confidence interval of the difference of the two means
+    (NaN with fewer than two seeds of either); ``significant``: the interval excludes 0.
+    """
+
+    proportion: float
+    positional: harness.Stats
+    vanilla: harness.Stats
+    low: float
+    high: float
+
+    @property
+    def mean(self) -> float:
+        return self.positional.mean - self.vanilla.mean
+
+    @property
+    def significant(self) -> bool:
+        return self.low > 0 or self.high < 0  # False for NaN
+
+    @property
+    def paper(self) -> float:
+        """The paper's difference at this proportion (NaN where it gives none)."""
+        for x, pos, van in zip(
+            PROPORTIONS, PAPER_PRUNING["positional"], PAPER_PRUNING["vanilla"], strict=True
+        ):
+            if math.isclose(x, self.proportion, abs_tol=1e-9):
+                return pos - van
+        return math.nan
+
+
+def welch_interval(
+    a: harness.Stats, b: harness.Stats, level: float = CONFIDENCE
+) -> tuple[float, float]:
+    """Welch's confidence interval of ``a.mean - b.mean`` (unequal variances).
+
+    The degrees of freedom (Welch–Satterthwaite) are rounded down to an integer, which
+    widens the interval slightly (:func:`~particlesim.experiments.t_critical` takes
+    integers). Two samples without spread give a zero-width interval; fewer than two
+    values in either, NaN.
+    """
+    if a.n < 2 or b.n < 2:
+        return (math.nan, math.nan)
+    va, vb = a.std**2 / a.n, b.std**2 / b.n
+    gap = a.mean - b.mean
+    if va + vb == 0:
+        return (gap, gap)
+    df = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
+    half = harness.t_critical(level, max(1, math.floor(df))) * math.sqrt(va + vb)
+    return (gap - half, gap + half)
+
+
+def pruning_significance(
+    rows: Sequence[dict[str, Any]], scoring: str, other: str = "vanilla"
+) -> list[Gap]:
+    """Per pruned proportion (> 0): positional minus ``other``, its interval, significance.
+
+    Seeds are independent runs of each network (the same seed draws the same data subset
+    for both, but the networks share nothing else), so the two samples are compared
+    unpaired.
+    """
+    summary = summarize(rows, "prune_proportion", {"scoring": scoring})
+    if "positional" not in summary or other not in summary:
+        return []
+    gaps = []
+    for x in sorted(set(summary["positional"]) & set(summary[other])):
+        if x <= 0:
+            continue
+        a, b = summary["positional"][x], summary[other][x]
+        gaps.append(Gap(x, a, b, *welch_interval(a, b)))
+    return gaps
+
+
+def significance_lines(gaps: Sequence[Gap]) -> list[str]:
+    """A Markdown table of the gaps and one sentence naming the significant proportions."""
+    if not gaps:
+        return []
+    level = f"{CONFIDENCE:.0%}"
+    rows = [
+        [
+            f"{g.proportion:g}",
+            f"{g.mean:+.4f}",
+            f"{g.low:+.4f} … {g.high:+.4f}" if not math.isnan(g.low) else "–",
+            "yes" if g.significant else "no",
+            f"{g.paper:+.3f}" if not math.isnan(g.paper) else "–",
+        ]
+        for g in gaps
+    ]
+    header = ["pruned", "positional − vanilla", f"{level} interval", "significant", "paper"]
+    ahead = [f"{g.proportion:g}" for g in gaps if g.significant and g.mean > 0]
+    behind = [f"{g.proportion:g}" for g in gaps if g.significant and g.mean < 0]
+    seeds = min(min(g.positional.n, g.vanilla.n) for g in gaps)
+    sentence = (
+        f"With {seeds} seeds, positional is significantly above vanilla ({level} Welch "
+        f"interval of the difference excludes 0) at {', '.join(ahead) or 'no proportion'}"
+        + (f", significantly below at {', '.join(behind)}" if behind else "")
+        + "."
+    )
+    return [*harness.markdown_table(header, rows), "", sentence]
+
+
 def _table(
     index: str,
     xs: list[float],
@@ -495,6 +610,9 @@ def markdown(
                     "",
                 ]
             lines += [*pruning_findings(summary, scoring), ""]
+            significance = significance_lines(pruning_significance(pruning, scoring))
+            if significance:
+                lines += [*significance, ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -565,7 +683,63 @@ def write_plots(
             )
         fig.savefig(out / "pruning.png", dpi=110)
         written.append(out / "pruning.png")
+        if any(pruning_significance(pruning, scoring) for scoring in INTERVAL_SCORINGS):
+            written.append(plot_intervals(pruning, out / "pruning_intervals.png"))
     return written
+
+
+#: The scorings whose pruning curves get confidence intervals (the paper's words, its code).
+INTERVAL_SCORINGS = ("mean_effective", "reference_code")
+
+
+def plot_intervals(pruning: Sequence[dict[str, Any]], path: Path) -> Path:
+    """``pruning_intervals.png``: the pruning curves with confidence bands, and their gap.
+
+    Top row: positional and vanilla mean accuracy per proportion with the
+    :data:`CONFIDENCE` Student-t interval of each mean (the paper's curves dashed).
+    Bottom row: positional minus vanilla with its Welch interval (bars), filled where the
+    interval excludes 0, and the paper's difference (diamonds). One column per scoring
+    of :data:`INTERVAL_SCORINGS`.
+    """
+    from particlesim.analysis.plots import new_figure
+
+    fig = new_figure(figsize=(11.0, 7.6), layout="constrained")
+    axes = fig.subplots(2, len(INTERVAL_SCORINGS), sharex=True, squeeze=False)
+    level = f"{CONFIDENCE:.0%}"
+    for column, scoring in enumerate(INTERVAL_SCORINGS):
+        summary = summarize(pruning, "prune_proportion", {"scoring": scoring})
+        top, bottom = axes[0][column], axes[1][column]
+        for model in PAPER_MODELS:
+            if model not in summary:
+                continue
+            xs = sorted(summary[model])
+            stats = [summary[model][x] for x in xs]
+            bands = [s.interval(CONFIDENCE) for s in stats]
+            top.plot(xs, [s.mean for s in stats], "o-", color=COLORS[model], markersize=3,
+                     label=f"{LABELS[model]} ({level} interval)")  # fmt: skip
+            top.fill_between(xs, [b[0] for b in bands], [b[1] for b in bands],
+                             color=COLORS[model], alpha=0.2)  # fmt: skip
+            top.plot(PROPORTIONS, PAPER_PRUNING[model], "--", color=COLORS[model],
+                     label=f"paper {LABELS[model]}")  # fmt: skip
+        top.set_title(SCORING_TITLES[scoring], fontsize=10)
+        top.set_ylabel("test accuracy")
+        top.grid(alpha=0.3)
+        top.legend(fontsize=7)
+        gaps = pruning_significance(pruning, scoring)
+        for gap in gaps:
+            face = "black" if gap.significant else "white"
+            spread = None if math.isnan(gap.low) else [[gap.mean - gap.low], [gap.high - gap.mean]]
+            bottom.errorbar([gap.proportion], [gap.mean], yerr=spread, color="black", capsize=3,
+                            fmt="o", markerfacecolor=face)  # fmt: skip
+        bottom.plot([g.proportion for g in gaps], [g.paper for g in gaps], "D",
+                    color="tab:red", markersize=4, label="paper")  # fmt: skip
+        bottom.axhline(0.0, color="gray", linewidth=0.8)
+        bottom.set_xlabel("pruned proportion of hidden neurons")
+        bottom.set_ylabel(f"positional − vanilla ({level} interval)")
+        bottom.grid(alpha=0.3)
+        bottom.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+    return path
 
 
 def write_animation(trajectory: Path, out_path: Path, settings: Settings) -> Path | None:
@@ -583,6 +757,10 @@ def run(what: Experiment, settings: Settings) -> dict[str, Path]:
     """Run the chosen experiment(s) and write every result file into ``settings.out``."""
     if settings.seeds < 1:
         raise ParticlesimError(f"--seeds must be a positive integer, got {settings.seeds}")
+    if settings.pruning_seeds < 1:
+        raise ParticlesimError(
+            f"--pruning-seeds must be a positive integer, got {settings.pruning_seeds}"
+        )
     for model in settings.models:
         if model not in MODELS:
             raise ParticlesimError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
@@ -620,6 +798,7 @@ def run(what: Experiment, settings: Settings) -> dict[str, Path]:
             "experiment": what,
             "wall_seconds": round(elapsed, 1),
             "seeds": settings.seeds,
+            "pruning_seeds": settings.pruning_seeds,
             "generalisation_steps": settings.generalisation_steps,
             "generalisation_epochs": settings.generalisation_epochs,
             "pruning_epochs": settings.pruning_epochs,
@@ -653,7 +832,13 @@ def command(
         int | None,
         typer.Option(help="Steps per generalisation run, unless --epochs (default 1000)."),
     ] = None,
-    seeds: Annotated[int | None, typer.Option(help="Seeds per point (default 4).")] = None,
+    seeds: Annotated[
+        int | None,
+        typer.Option(help="Seeds per point of both experiments (default: 4, pruning 5)."),
+    ] = None,
+    pruning_seeds: Annotated[
+        int | None, typer.Option(help="Seeds of the pruning experiment (default 5).")
+    ] = None,
     quick: Annotated[
         bool,
         typer.Option(help="3 fractions, 3 proportions, 1 seed, 5 steps / 1 epoch, no animation."),
@@ -693,7 +878,7 @@ def command(
     if quick:
         settings.fractions = [FRACTIONS[0], FRACTIONS[4], FRACTIONS[-1]]
         settings.proportions = [0.1, 0.3, 0.5]
-        settings.seeds = 1
+        settings.seeds = settings.pruning_seeds = 1
         settings.generalisation_steps = 5
         settings.pruning_epochs = 1
     if steps is not None:
@@ -702,7 +887,9 @@ def command(
         settings.generalisation_epochs = settings.pruning_epochs = epochs
         settings.generalisation_steps = None
     if seeds is not None:
-        settings.seeds = seeds
+        settings.seeds = settings.pruning_seeds = seeds
+    if pruning_seeds is not None:
+        settings.pruning_seeds = pruning_seeds
     try:
         check_fraction(fraction, "--fraction")
         if epochs is not None and not epochs > 0:
