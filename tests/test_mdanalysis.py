@@ -129,3 +129,17 @@ def test_without_mdanalysis_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setitem(sys.modules, "MDAnalysis", None)  # import MDAnalysis fails
     with pytest.raises(ExportError, match=r"pip install 'particlesim\[mdanalysis\]'"):
         to_universe(make_tree(), "hidden1")
+
+
+def test_the_readme_example_runs(MDAnalysis, trajectory: Path) -> None:
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    start = text.index("MDAnalysis's analyses run on neurons")
+    match = re.compile(r"```python\n(.*?)```", re.S).search(text, start)
+    assert match is not None
+    code = match.group(1).replace("runs/mnist_particle/trajectory.h5", str(trajectory))
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    u = namespace["u"]
+    assert u.trajectory.n_frames == 5 and len(u.atoms) == 8  # type: ignore[attr-defined]

@@ -5,9 +5,7 @@ itself in headless Chromium (Playwright), skipped with a reason where no browser
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -175,24 +173,12 @@ def test_view_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 # --- in a browser -------------------------------------------------------------------------
 
 
-def chromium() -> str | None:
-    """The Chromium to drive: ``PARTICLESIM_CHROMIUM``, else one on PATH (Debian's ``chromium``)."""
-    named = os.environ.get("PARTICLESIM_CHROMIUM")
-    if named:
-        return named if Path(named).exists() else None
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser():
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
     )
-    path = chromium()
+    path = view.find_chromium()
     if path is None:
         pytest.skip(
             "no Chromium found: apt-get install chromium, or set PARTICLESIM_CHROMIUM "
@@ -295,3 +281,14 @@ def test_the_viewer_in_chromium(browser, real_view: Path) -> None:
     )
     assert errors == [] and fetched == []
     page.close()
+
+
+def test_screenshot_of_the_last_frame(browser, real_view: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    out = view.screenshot(
+        real_view, tmp_path / "view.png", hover="hidden1", width=1000, browser=browser
+    )
+    with Image.open(out) as image:
+        assert image.size[0] == 1000 and image.size[1] > 900  # the whole page
+        assert len(image.convert("RGB").getcolors(1_000_000) or []) > 100

@@ -203,8 +203,14 @@ def _cmap(scale: ColourScale) -> str:
     return CMAP if scale.symmetric else SEQUENTIAL_CMAP
 
 
-def _marker_size(n: int, scale: float = 1500.0) -> float:
-    return float(np.clip(scale / max(n, 1), 4, 40))
+def _marker_size(n: int, scale: float = 2500.0) -> float:
+    """Marker area (pt²) for ``n`` particles in one panel: large for few, small for many."""
+    return float(np.clip(scale / max(n, 1), 6, 60))
+
+
+def _edges(n: int) -> dict[str, Any]:
+    """Thin dark outlines for a few markers; none for many (they would hide the colours)."""
+    return {"edgecolors": "0.25", "linewidths": 0.3 if n < 100 else 0.0}
 
 
 def draw_positions(
@@ -226,8 +232,7 @@ def draw_positions(
         values = scene.colours(name, frame)
         kwargs: dict[str, Any] = {
             "s": _marker_size(group.n),
-            "edgecolors": "0.25",
-            "linewidths": 0.25,
+            **_edges(group.n),
         }
         scale = group.colour
         if values is not None and scale is not None:
@@ -347,8 +352,7 @@ def draw_network(ax: Axes, scene: Scene, frame: int, edges: int = NETWORK_EDGES)
         values = scene.colours(name, frame)
         kwargs: dict[str, Any] = {
             "s": _marker_size(group.n, 900.0),
-            "edgecolors": "0.25",
-            "linewidths": 0.25,
+            **_edges(group.n),
             "zorder": 2,
         }
         if values is not None and group.colour is not None:

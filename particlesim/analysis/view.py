@@ -28,6 +28,8 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
+import shutil
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -58,8 +60,8 @@ CURVE_POINTS = 2_000
 GROUP_ROW_PX = 380
 NETWORK_PX = 420
 CURVES_PX = 280
-TOP_PX = 90
-BOTTOM_PX = 110
+TOP_PX = 70
+BOTTOM_PX = 90
 GROUP_COLUMNS = 4
 #: The id of the plot's element in the page (tests and scripts find the figure by it).
 DIV_ID = "particlesim-view"
@@ -298,7 +300,8 @@ def build_view(
             "xref": "paper",
             "yref": "paper",
             "x": 0.5,
-            "y": 1 - (TOP_PX - 38) / page.height,
+            "y": 1 - 50 / page.height,
+            "yanchor": "middle",
             "showarrow": False,
             "font": {"size": 12, "color": "#555"},
         }
@@ -306,20 +309,26 @@ def build_view(
     layout = {
         **page.layout,
         "height": page.height,
-        "margin": {"l": 60, "r": 30, "t": TOP_PX - 30, "b": BOTTOM_PX},
+        "margin": {"l": 50, "r": 20, "t": 0, "b": 0},  # rows placed in pixels from the top
         "showlegend": False,
         "hovermode": "closest",
         "plot_bgcolor": "white",
         "font": {"size": 13},
-        "title": {"text": first_title, "x": 0.5, "font": {"size": 18}},
+        "title": {
+            "text": first_title,
+            "x": 0.5,
+            "y": 1 - 22 / page.height,
+            "yanchor": "middle",
+            "font": {"size": 18},
+        },
         "annotations": page.annotations,
-        "sliders": [_slider(scene)],
-        "updatemenus": [_buttons()],
+        "sliders": [_slider(scene, page.height)],
+        "updatemenus": [_buttons(page.height)],
     }
     return {"data": page.data, "layout": layout, "frames": frames}
 
 
-def _slider(scene: Scene) -> dict[str, Any]:
+def _slider(scene: Scene, height: int) -> dict[str, Any]:
     """The frame slider: one step per frame, labelled with its step (and epoch)."""
     steps = []
     for i, frame in enumerate(scene.frames):
@@ -345,24 +354,24 @@ def _slider(scene: Scene) -> dict[str, Any]:
         "active": 0,
         "x": 0.12,
         "len": 0.86,
-        "y": 0,
+        "y": (BOTTOM_PX - 4) / height,
         "yanchor": "top",
-        "pad": {"t": 40},
+        "pad": {"t": 0},
         "currentvalue": {"prefix": "", "font": {"size": 14}},
         "steps": steps,
     }
 
 
-def _buttons() -> dict[str, Any]:
+def _buttons(height: int) -> dict[str, Any]:
     """Play (from the current frame, 4 frames a second) and pause."""
     return {
         "type": "buttons",
         "direction": "left",
         "x": 0.0,
-        "y": 0,
+        "y": (BOTTOM_PX - 4) / height,
         "xanchor": "left",
         "yanchor": "top",
-        "pad": {"t": 50, "r": 10},
+        "pad": {"t": 22, "r": 10},
         "showactive": False,
         "buttons": [
             {
@@ -421,20 +430,20 @@ def _hover(scene: Scene, group: GroupScene) -> tuple[str, list[str]]:
     lines = ["%{text}"]
     if scene.colour is not None and group.colour is not None:
         integer = ds[scene.colour].dtype.kind in "biu"
-        lines.append(f"{scene.colour} %{{marker.color:{'.0f' if integer else '.4g'}}}")
+        lines.append(f"{scene.colour} %{{marker.color:{'.0f' if integer else '.4~g'}}}")
     if scene.colour != "charge" and "charge" in ds.data_vars:
-        lines.append(f"charge %{{{column('charge')}:.4g}}")
+        lines.append(f"charge %{{{column('charge')}:.4~g}}")
     if scene.colour != "id" and "id" in ds.data_vars and "particle" in ds["id"].dims:
         lines.append(f"id %{{{column('id')}:.0f}}")
     if group.dim == 1:
-        lines.append("position %{x:.4g}")
+        lines.append("position %{x:.4~g}")
     elif group.dim == 2:
-        lines.append("position (%{x:.4g}, %{y:.4g})")
+        lines.append("position (%{x:.4~g}, %{y:.4~g})")
     elif group.dim == 3:
-        cells = ", ".join(f"%{{{column(f'x{i}')}:.4g}}" for i in range(3))
+        cells = ", ".join(f"%{{{column(f'x{i}')}:.4~g}}" for i in range(3))
         lines.append(f"position ({cells})")
     else:
-        lines.append(f"position: PC1 %{{x:.4g}}, PC2 %{{y:.4g}} of {group.dim}-D")
+        lines.append(f"position: PC1 %{{x:.4~g}}, PC2 %{{y:.4~g}} of {group.dim}-D")
     return "<br>".join(lines) + "<extra></extra>", columns
 
 
@@ -636,7 +645,7 @@ def _add_curves(
                     "yaxis": ya,
                     "line": {"color": _curve_colour(k), "width": 1.5},
                     "marker": {"size": 5},
-                    "hovertemplate": f"{label}<br>step %{{x}}<br>%{{y:.4g}}<extra></extra>",
+                    "hovertemplate": f"{label}<br>step %{{x}}<br>%{{y:.4~g}}<extra></extra>",
                 }
             )
         if not math.isfinite(lo):
@@ -760,11 +769,109 @@ def write_view(
     return out_path
 
 
+#: Environment variable naming the Chromium (or Chrome) executable for screenshots and tests.
+CHROMIUM_ENV = "PARTICLESIM_CHROMIUM"
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+#: Page script: show frame ``frame`` (negative from the end) of the viewer ``id``.
+SHOW_FRAME = """([id, frame]) => {
+    const view = document.getElementById(id);
+    const names = view._transitionData._frames.map((f) => f.name);
+    const name = names[(frame + names.length) % names.length];
+    return Plotly.animate(view, [name], {mode: "immediate",
+        frame: {duration: 0, redraw: true}, transition: {duration: 0}});
+}"""
+#: Page script: the subplot (``x2y2``) of the trace named ``name``, or null.
+SUBPLOT_OF = """([id, name]) => {
+    const trace = document.getElementById(id).data.find((t) => t.name === name);
+    return trace ? (trace.xaxis || "x") + (trace.yaxis || "y") : null;
+}"""
+
+
+def find_chromium() -> str | None:
+    """The browser to drive: ``PARTICLESIM_CHROMIUM``, else a Chromium or Chrome on PATH.
+
+    Debian's ``chromium`` package installs ``/usr/bin/chromium``; Playwright drives it with
+    ``chromium.launch(executable_path=...)`` (its own browser downloads are not needed).
+    """
+    named = os.environ.get(CHROMIUM_ENV)
+    if named:
+        return named if Path(named).exists() else None
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def screenshot(
+    page_path: str | Path,
+    out_path: str | Path,
+    *,
+    frame: int = -1,
+    hover: str | None = None,
+    width: int = 1400,
+    browser: Any = None,
+) -> Path:
+    """A PNG of a viewer page at ``frame`` (-1: the last), taken by headless Chromium.
+
+    Needs Playwright (``pip install 'particlesim[browser]'``) and a Chromium
+    (:func:`find_chromium`), or an open Playwright ``browser`` to use. ``hover`` names a
+    group whose first particle is hovered, so that the picture shows a hover label.
+    """
+    if browser is not None:
+        return _screenshot(browser, Path(page_path), Path(out_path), frame, hover, width)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise AnalysisError(
+            "a screenshot needs Playwright: pip install 'particlesim[browser]'"
+        ) from None
+    executable = find_chromium()
+    if executable is None:
+        raise AnalysisError(
+            f"a screenshot needs Chromium: apt-get install chromium, or set {CHROMIUM_ENV}"
+        )
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            return _screenshot(launched, Path(page_path), Path(out_path), frame, hover, width)
+        finally:
+            launched.close()
+
+
+def _screenshot(
+    browser: Any, page_path: Path, out_path: Path, frame: int, hover: str | None, width: int
+) -> Path:
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    try:
+        page.goto(page_path.resolve().as_uri())
+        page.wait_for_selector(f'#{DIV_ID}[data-ready="true"]', timeout=120_000)
+        page.evaluate(SHOW_FRAME, [DIV_ID, frame])
+        page.wait_for_timeout(300)
+        if hover is not None:
+            subplot = page.evaluate(SUBPLOT_OF, [DIV_ID, hover])
+            if subplot is None:
+                raise AnalysisError(f"no group {hover!r} in {page_path}")
+            box = page.locator(f".subplot.{subplot} .scatterlayer path.point").first.bounding_box()
+            if box is not None:
+                page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+                page.wait_for_timeout(300)
+        page.screenshot(path=str(out_path), full_page=True)
+    finally:
+        page.close()
+    return out_path
+
+
 __all__ = [
+    "CHROMIUM_ENV",
     "CURVE_POINTS",
     "DIV_ID",
     "MAX_FRAMES",
     "POINT_BUDGET",
     "build_view",
+    "find_chromium",
+    "screenshot",
     "write_view",
 ]
