@@ -105,6 +105,14 @@ def test_transport_closed_form_and_normalisations() -> None:
     assert TransportCost(layers=["g1"], coefficient=2.5)(net).item() == pytest.approx(
         2.5 * total / 2
     )
+    # the authors' code's default norm prices a² instead of |a|
+    squared = 1 * 3 + 4 * math.sqrt(10) + 0.25 * 4 + 9 * 3
+    l2 = TransportCost(layers=["g1"], normalize="connections", weight_norm="l2")
+    assert l2.energy(net).item() == pytest.approx(squared / 4)
+    net.zero_grad()
+    l2.energy(net).backward()  # ∂(a²d/4)/∂a = a·d/2: proportional to the weight, not its sign
+    expected = torch.tensor([[3.0, -2 * math.sqrt(10)], [2.0, 9.0]], dtype=torch.float64) / 2
+    assert torch.allclose(net.interactions[0].weight.grad, expected)
 
 
 def test_density_closed_form() -> None:
@@ -165,11 +173,14 @@ class Energy(torch.nn.Module):
         return self.potential.energy(self.system)
 
 
-@pytest.mark.parametrize("normalize", ["neurons", "connections"])
-def test_costs_gradcheck_float64(normalize: str) -> None:
+@pytest.mark.parametrize(
+    ("normalize", "weight_norm"), [("neurons", "l1"), ("connections", "l1"), ("neurons", "l2")]
+)
+def test_costs_gradcheck_float64(normalize: str, weight_norm: str) -> None:
     g = torch.Generator().manual_seed(3)
     net = chain([torch.randn(4, 2, generator=g), torch.randn(3, 2, generator=g)])
-    transport = Energy(net, TransportCost(layers=["g1"], normalize=normalize))
+    cost = TransportCost(layers=["g1"], normalize=normalize, weight_norm=weight_norm)
+    transport = Energy(net, cost)
     density = Energy(net, DensityCost(layers=["g0", "g1"]))
     names = ["system.groups.g0.position", "system.groups.g1.position"]
     weight = "system.interactions.0.weight"
@@ -216,6 +227,8 @@ def test_cost_option_errors(registries) -> None:
         DensityCost(layers=["a", "a"])
     with pytest.raises(OptionError, match="normalize: must be one of 'neurons', 'connections'"):
         TransportCost(normalize="mean")  # type: ignore[arg-type]
+    with pytest.raises(OptionError, match="weight_norm: must be one of 'l1', 'l2', got 'L3'"):
+        TransportCost(weight_norm="L3")  # type: ignore[arg-type]
     with pytest.raises(OptionError, match="coefficient: must be >= 0, got -1"):
         DensityCost(coefficient=-1)
     net = chain([torch.zeros(2, 2), torch.ones(3, 2)])
@@ -251,6 +264,8 @@ def test_spatial_and_regular_models(registries) -> None:
     for group in regular.groups.values():
         assert group.is_frozen("position")
     assert len(regular.potentials) == 0 and len(spatial.potentials) == 2
+    assert spatial.potentials[0].weight_norm == "l1"
+    assert build_tiny(registries, transport_norm="l2").potentials[0].weight_norm == "l2"
     # the same seed: identical positions, weights and biases in both
     same, twin = spatial.state_dict(), regular.state_dict()
     assert set(same) == set(twin)
@@ -276,6 +291,7 @@ def test_model_option_errors() -> None:
         ({"position_spread": 0.0}, "position_spread: must be > 0, got 0.0"),
         ({"layers": ["hidden7"]}, "layers: no layer 'hidden7'; layers of these sizes: input"),
         ({"transport_normalize": "sum"}, "transport_normalize: must be one of 'neurons'"),
+        ({"transport_norm": "l0"}, "transport_norm: must be one of 'l1', 'l2', got 'l0'"),
     ]
     for options, message in cases:
         with pytest.raises(OptionError, match=message):

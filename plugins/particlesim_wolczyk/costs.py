@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 #: How the transport cost of a layer is normalised (see :class:`TransportCost`).
 NORMALIZATIONS: tuple[str, ...] = ("neurons", "connections")
+#: How a weight enters the transport cost: ``|a|`` (the paper) or ``a²`` (the authors' code).
+WEIGHT_NORMS: tuple[str, ...] = ("l1", "l2")
 #: Index of the first penalised group by default: ``input, hidden1, hidden2, hidden3, …``.
 FIRST_PENALISED = 3
 
@@ -120,10 +122,20 @@ class TransportCost(_LayerCost):
     by ``N_l``: the mean ``|a|·d`` per connection, as the authors' published code
     computes it. It equals the paper's ``T(l)`` with α divided by the fan-in.
 
+    ``weight_norm = "l2"`` prices a connection by ``a²·d`` instead of ``|a|·d``: the
+    authors' published code offers both (``--norm``) and uses ``a²`` unless told
+    otherwise (its default, ``l2``), while the paper writes ``|a|``. The two differ in
+    what they ask of a trained network: ``|a|`` pushes every long weight towards 0 at a
+    constant rate (an L1 force, which empties weights exactly), ``a²`` in proportion to the
+    weight (an L2 force, which shrinks long weights but rarely empties them, and is weak
+    on the small weights of a fresh network).
+
     Args:
         coefficient: α (paper: 1).
         layers: the groups of 𝓛 (default: from the third hidden layer on).
         normalize: ``"neurons"`` (the paper's ``1/N_l``) or ``"connections"``.
+        weight_norm: ``"l1"`` (the paper's ``|a|``) or ``"l2"`` (``a²``, the authors'
+            code's default).
 
     Example:
         >>> import torch
@@ -147,6 +159,7 @@ class TransportCost(_LayerCost):
         coefficient: float = 1.0,
         layers: list[str] | None = None,
         normalize: Literal["neurons", "connections"] = "neurons",
+        weight_norm: Literal["l1", "l2"] = "l1",
     ) -> None:
         super().__init__(coefficient=coefficient, layers=layers)
         if normalize not in NORMALIZATIONS:
@@ -154,7 +167,13 @@ class TransportCost(_LayerCost):
                 "normalize",
                 f"must be one of {', '.join(map(repr, NORMALIZATIONS))}, got {normalize!r}",
             )
+        if weight_norm not in WEIGHT_NORMS:
+            raise OptionError(
+                "weight_norm",
+                f"must be one of {', '.join(map(repr, WEIGHT_NORMS))}, got {weight_norm!r}",
+            )
         self.normalize = normalize
+        self.weight_norm = weight_norm
 
     def layer_energy(self, system: System, layer: str) -> Tensor:
         target = system.groups[layer]
@@ -165,15 +184,19 @@ class TransportCost(_LayerCost):
                 continue
             source = system.groups[interaction.source]
             weight = interaction.effective_weight(source, target)
+            price = weight.abs() if self.weight_norm == "l1" else weight.square()
             length = distance(target.position, source.position)
-            total = total + (weight.abs() * length).sum(dtype=torch.float64)
+            total = total + (price * length).sum(dtype=torch.float64)
             connections += length.numel()
         if self.normalize == "connections":
             return total / max(connections, 1)
         return total / target.size
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, normalize={self.normalize!r}"
+        return (
+            f"{super().extra_repr()}, normalize={self.normalize!r}, "
+            f"weight_norm={self.weight_norm!r}"
+        )
 
 
 class DensityCost(_LayerCost):

@@ -34,7 +34,13 @@ from particlesim.core.interactions import DenseInteraction
 from particlesim.core.model import Model, check_sizes, layer_names
 from particlesim.core.system import System
 from particlesim.errors import OptionError
-from particlesim_wolczyk.costs import FIRST_PENALISED, NORMALIZATIONS, DensityCost, TransportCost
+from particlesim_wolczyk.costs import (
+    FIRST_PENALISED,
+    NORMALIZATIONS,
+    WEIGHT_NORMS,
+    DensityCost,
+    TransportCost,
+)
 
 #: The paper's architecture, ``n-128-128-128-256-20`` (0: input and output sizes from the data).
 PAPER_SIZES = [0, 128, 128, 128, 256, 0]
@@ -61,6 +67,8 @@ class SpatialMLP(Model):
             ``N_l``) or ``"connections"`` (the mean over a layer's incoming
             connections, as the authors' published code computes it); see
             :class:`~particlesim_wolczyk.costs.TransportCost`.
+        transport_norm: ``"l1"`` (the paper's ``|a|·d``) or ``"l2"`` (``a²·d``, the
+            authors' code's default); the transport cost's ``weight_norm``.
     """
 
     name = "spatial_mlp"
@@ -78,6 +86,7 @@ class SpatialMLP(Model):
         beta: float = 3.0,
         layers: list[str] | None = None,
         transport_normalize: Literal["neurons", "connections"] = "neurons",
+        transport_norm: Literal["l1", "l2"] = "l1",
     ) -> None:
         sizes = list(PAPER_SIZES if sizes is None else sizes)
         if len(sizes) < 2:
@@ -121,6 +130,12 @@ class SpatialMLP(Model):
                 f"got {transport_normalize!r}",
             )
         self.transport_normalize = transport_normalize
+        if transport_norm not in WEIGHT_NORMS:
+            raise OptionError(
+                "transport_norm",
+                f"must be one of {', '.join(map(repr, WEIGHT_NORMS))}, got {transport_norm!r}",
+            )
+        self.transport_norm = transport_norm
 
     def penalised_layers(self) -> list[str]:
         """The group names of 𝓛 (what the costs act on and the greedy split splits)."""
@@ -161,7 +176,10 @@ class SpatialMLP(Model):
             layers = self.penalised_layers()
             potentials = [
                 TransportCost(
-                    coefficient=self.alpha, layers=layers, normalize=self.transport_normalize
+                    coefficient=self.alpha,
+                    layers=layers,
+                    normalize=self.transport_normalize,
+                    weight_norm=self.transport_norm,
                 ),
                 DensityCost(coefficient=self.beta, layers=layers),
             ]
