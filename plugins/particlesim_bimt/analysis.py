@@ -7,11 +7,13 @@ alike:
 
 * :class:`Network`: a chain of layers as numpy arrays (places, who sits in each slot,
   weights), taken from a trained :class:`~particlesim.core.System` by :func:`network_of`,
-  so that measurements and pictures need no torch and tests can build one by hand.
+  so that measurements and pictures need no torch and tests can build one by hand; saved
+  and read back as ``.npz`` (:meth:`Network.save`, :meth:`Network.load`).
 * :func:`kept`: the connections that survive thresholding. A weight is kept when
   ``|W| ≥ threshold · max |W|`` of its layer (and is not zero): relative to the layer, as
   the authors' pictures scale each layer's line widths by its largest weight
-  (``BioMLP.plot`` in the notebooks). :func:`connection_count` counts them.
+  (``BioMLP.plot`` in the notebooks). :func:`connection_count` counts them,
+  :func:`hidden_used` the hidden neurons they keep in use.
 * :func:`modularity`: Newman's ``Q`` of the best Louvain partition of the kept weight graph
   (the engine's :func:`particlesim.analysis.graph.best_partition_modularity`; the graph's
   nodes are ``(group, slot)`` as in :func:`particlesim.analysis.graph.weight_graph`).
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Network",
     "connection_count",
+    "hidden_used",
     "kept",
     "mean_length",
     "modularity",
@@ -108,6 +112,34 @@ class Network:
         found = [np.arange(n) for n in sizes] if ids is None else [np.asarray(i) for i in ids]
         return cls(tuple(names), tuple(positions), tuple(found), tuple(arrays))
 
+    def save(self, path: str | Path) -> Path:
+        """Write the arrays to a compressed ``.npz`` file (no pickled objects)."""
+        path = Path(path)
+        arrays: dict[str, np.ndarray] = {"names": np.array(self.names, dtype=str)}
+        for layer, (where, ids) in enumerate(zip(self.positions, self.ids, strict=True)):
+            arrays[f"position_{layer}"], arrays[f"id_{layer}"] = where, ids
+        for layer, weight in enumerate(self.weights):
+            arrays[f"weight_{layer}"] = weight
+        with path.open("wb") as handle:
+            np.savez_compressed(handle, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Network:
+        """Read a file :meth:`save` wrote (``allow_pickle=False``)."""
+        try:
+            with np.load(Path(path), allow_pickle=False) as data:
+                names = tuple(str(name) for name in data["names"])
+                layers = range(len(names))
+                return cls(
+                    names,
+                    tuple(data[f"position_{layer}"] for layer in layers),
+                    tuple(data[f"id_{layer}"] for layer in layers),
+                    tuple(data[f"weight_{layer}"] for layer in layers[:-1]),
+                )
+        except (OSError, KeyError, ValueError) as exc:
+            raise ParticlesimError(f"{path}: not a network file ({exc})") from None
+
 
 def network_of(system: System) -> Network:
     """The :class:`Network` of a system whose interactions chain its groups in order.
@@ -165,6 +197,18 @@ def _relative(network: Network) -> list[np.ndarray]:
 def connection_count(network: Network, threshold: float) -> int:
     """How many connections survive thresholding (see :func:`kept`)."""
     return int(sum(mask.sum() for mask in kept(network, threshold)))
+
+
+def hidden_used(network: Network, threshold: float) -> int:
+    """Hidden neurons with at least one kept connection in and one out (the neurons a
+    picture shows in use; the others are cut off from an input or from the outputs)."""
+    masks = kept(network, threshold)
+    return int(
+        sum(
+            (masks[layer - 1].any(axis=1) & masks[layer].any(axis=0)).sum()
+            for layer in range(1, len(network.names) - 1)
+        )
+    )
 
 
 def mean_length(network: Network, threshold: float = 0.0) -> float:
