@@ -949,3 +949,41 @@ def test_table1_claims_verdicts() -> None:
     assert "MNIST 0.90→0.90" in claims["Sequential, Spatial: split accuracy"].why
     assert claims["Concatenation, Regular: split accuracy"].verdict == "not measured"
     assert claims["Concatenation, Regular: split accuracy"].ours == "–"
+
+
+def test_split_that_keeps_the_bias_zeroes_incoming_weights(registries) -> None:
+    """The authors' disabling: incoming weights zeroed, bias kept, so φ(b) flows on."""
+    import copy
+
+    from particlesim_wolczyk.split import inputs_cut
+
+    net = build_tiny(registries)
+    split = greedy_split(net, [3, 3], ["hidden3", "hidden4"])
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(50, 16, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, 3, (50, 2), generator=g)
+    report = evaluate_split(net, split, x, targets, disable="incoming")
+    checked = 0
+    for task in range(2):
+        off = split.disabled(task)
+        cut = copy.deepcopy(net)
+        with torch.no_grad():
+            for link in cut.interactions:
+                if link.target in off:
+                    link.weight[off[link.target]] = 0.0
+            logits = cut(x)[:, 3 * task : 3 * task + 3]
+        accuracy = float((logits.argmax(1) == targets[:, task]).double().mean())
+        assert report.split[task] == pytest.approx(accuracy)
+        with inputs_cut(net, off), torch.no_grad():
+            activities = net.activities(x)
+        for name, disabled in off.items():  # each disabled neuron outputs sigmoid(its bias)
+            expected = torch.sigmoid(net.groups[name].bias.detach()[disabled])
+            assert torch.allclose(activities[name][:, disabled], expected.expand(50, -1))
+            checked += disabled.numel()
+    assert checked > 0
+    with torch.no_grad():  # the hooks are gone: the network is whole again
+        assert not torch.equal(net(x), cut(x))
+        zeroed = evaluate_split(net, split, x, targets)  # outputs held at 0 instead
+    assert zeroed.full == report.full
+    with pytest.raises(AnalysisError, match="disable must be one of 'output', 'incoming'"):
+        evaluate_split(net, split, x, targets, disable="bias")

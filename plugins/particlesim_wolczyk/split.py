@@ -18,9 +18,22 @@ Neural Networks", §3):
 Only the chosen layers are split (the paper splits the layers its spatial
 costs act on); neurons of earlier layers stay *shared*, assignment ``-1``, and
 belong to every sub-network. Sub-network ``i`` is the network with the split
-neurons of every other task disabled (their outputs held at 0); it is scored
-on task ``i``'s examples by head ``i``. The report gives, per task, the full
-network's and the sub-network's accuracy, and the drop between them.
+neurons of every other task disabled; it is scored on task ``i``'s examples by
+head ``i``. The report gives, per task, the full network's and the
+sub-network's accuracy, and the drop between them (per task, and their means
+over tasks: each measured on its own, the drop never derived from other rows).
+
+How a neuron is disabled (``disable`` of :func:`evaluate_split`) is a choice the
+paper does not state:
+
+* ``"output"`` (default): the neuron outputs exactly 0, as if it were removed
+  from the network;
+* ``"incoming"``: its incoming weights are zeroed and its bias kept, as the
+  authors' published code does (``weight[mask != task, :] *= 0`` in
+  ``options/split/backward/greedy.py``). A disabled sigmoid unit then still
+  outputs ``sigmoid(b)``, a constant that its outgoing weights carry on to the
+  next layer, so the sub-network keeps part of what the other task's neurons
+  contributed on average.
 
 The split is Wołczyk et al.'s analysis, so it lives in their plugin; it works on a
 live :class:`~particlesim.core.system.System` (any network whose output group holds
@@ -43,8 +56,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -232,6 +246,39 @@ def _head_accuracy(
     return correct / x.shape[0]
 
 
+#: How :func:`evaluate_split` disables the other tasks' neurons (module docstring).
+DISABLE_MODES: tuple[str, ...] = ("output", "incoming")
+
+
+@contextlib.contextmanager
+def inputs_cut(system: System, selection: dict[str, Tensor]) -> Iterator[System]:
+    """Within the block, the neurons ``{group: indices}`` receive nothing from other groups.
+
+    Every interaction into a selected group has its contribution to those neurons'
+    pre-activation zeroed (a forward hook on the interaction, removed on exit), which is
+    what zeroing their incoming weights computes, for any kind of interaction; their bias
+    stays, so each outputs ``activation(bias)``. The authors' split disables neurons so.
+    """
+    handles = []
+    try:
+        for name, indices in selection.items():
+            group = system.groups[name]
+            mask = torch.ones(group.size, dtype=system.dtype, device=system.device)
+            mask[indices.to(system.device)] = 0
+            for interaction in system.interactions:
+                if interaction.target != name:
+                    continue
+
+                def hook(module: Any, args: Any, output: Tensor, mask: Tensor = mask) -> Tensor:
+                    return output * mask
+
+                handles.append(interaction.register_forward_hook(hook))
+        yield system
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @torch.no_grad()
 def evaluate_split(
     system: System,
@@ -240,6 +287,7 @@ def evaluate_split(
     targets: Tensor,
     *,
     batch_size: int = 2000,
+    disable: str = "output",
 ) -> SplitReport:
     """Score the full network and every sub-network of ``split`` on its own task.
 
@@ -250,9 +298,16 @@ def evaluate_split(
         targets: class indices ``[n, H]``, one column per task; ``-1`` marks an
             example without a label for that task (a sequential multi-task set).
         batch_size: rows per forward pass.
+        disable: ``"output"`` (disabled neurons output 0) or ``"incoming"`` (their
+            incoming weights are zeroed and their bias kept, as the authors' code does);
+            see the module docstring.
     """
     from particlesim.analysis.pruning import silenced
 
+    if disable not in DISABLE_MODES:
+        raise AnalysisError(
+            f"disable must be one of {', '.join(map(repr, DISABLE_MODES))}, got {disable!r}"
+        )
     targets = targets.reshape(targets.shape[0], -1)
     if targets.shape[1] != split.tasks:
         raise AnalysisError(
@@ -274,7 +329,8 @@ def evaluate_split(
             examples.append(int(rows.numel()))
             full.append(_head_accuracy(system, xt, yt, columns, batch_size))
             off = {k: v for k, v in split.disabled(task).items() if v.numel()}
-            with silenced(system, off, allow_empty=True):
+            cut = silenced(system, off, allow_empty=True) if disable == "output" else None
+            with cut or inputs_cut(system, off):
                 parts.append(_head_accuracy(system, xt, yt, columns, batch_size))
     finally:
         system.train(was_training)
