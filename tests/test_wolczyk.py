@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import particlesim_wolczyk.costs as costs_module
+import particlesim_wolczyk.losses as losses_module
 import particlesim_wolczyk.split as split_module
 import pytest
 import torch
@@ -238,7 +239,9 @@ def test_cost_option_errors(registries) -> None:
         DensityCost(layers=["hidden9"]).energy(net)
 
 
-@pytest.mark.parametrize("module", [costs_module, split_module], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module", [costs_module, split_module, losses_module], ids=lambda m: m.__name__
+)
 def test_docstring_examples(module) -> None:
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
@@ -987,3 +990,31 @@ def test_split_that_keeps_the_bias_zeroes_incoming_weights(registries) -> None:
     assert zeroed.full == report.full
     with pytest.raises(AnalysisError, match="disable must be one of 'output', 'incoming'"):
         evaluate_split(net, split, x, targets, disable="bias")
+
+
+def test_pooled_head_cross_entropy_is_the_authors_mean(registries) -> None:
+    from particlesim_wolczyk.losses import PooledHeadCrossEntropy
+
+    assert registries["loss"].entry("pooled_head_cross_entropy").plugin == "wolczyk"
+    g = torch.Generator().manual_seed(4)
+    outputs = torch.randn(6, 20, generator=g, dtype=torch.float64)
+    both = torch.randint(0, 10, (6, 2), generator=g)
+    loss, engine = PooledHeadCrossEntropy(heads=[10, 10]), MultiHeadCrossEntropy(heads=[10, 10])
+    # concatenation / mixing: one mean over [B, classes, tasks] (the authors' reshape)
+    authors = torch.nn.functional.cross_entropy(outputs.reshape(6, 2, 10).transpose(1, 2), both)
+    assert loss(outputs, both).item() == pytest.approx(authors.item())
+    assert loss(outputs, both).item() == pytest.approx(engine(outputs, both).item() / 2)
+    # sequential: each example scored by its own head, one mean over the batch
+    task = torch.tensor([0, 0, 0, 0, 1, 1])
+    one = torch.full((6, 2), NO_LABEL)
+    one[torch.arange(6), task] = both[:, 0]
+    own = outputs.reshape(6, 2, 10)[torch.arange(6), task]
+    authors = torch.nn.functional.cross_entropy(own, both[:, 0])
+    assert loss(outputs, one).item() == pytest.approx(authors.item())
+    assert loss(outputs, one).item() != pytest.approx(engine(outputs, one).item() / 2)
+    assert loss(outputs, one, reduction="sum").item() == pytest.approx(
+        engine(outputs, one, reduction="sum").item()
+    )
+    assert torch.equal(loss.correct(outputs, one), engine.correct(outputs, one))
+    with pytest.raises(OptionError, match=r"heads \[10, 10\] need 20 outputs"):
+        loss(outputs[:, :12], both)

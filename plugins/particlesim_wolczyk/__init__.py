@@ -22,6 +22,10 @@ accurate as the whole. Registered as the model ``spatial_mlp``
     alpha = 1.0
     beta = 3.0
 
+The loss ``pooled_head_cross_entropy`` (:mod:`particlesim_wolczyk.losses`) is the
+authors' code's data loss, one cross-entropy mean over every labelled head, beside
+the engine's ``multi_head_cross_entropy`` (a mean per head, summed).
+
 ``python -m particlesim_wolczyk.experiments table1`` (or ``particlesim wolczyk
 table1``) reproduces the paper's Table 1; the results, figures and the
 comparison with the paper live in ``results/``. ``particlesim reproduce wolczyk``
@@ -48,6 +52,13 @@ def particlesim_register_potentials():
     from particlesim_wolczyk.costs import SPATIAL_COSTS
 
     return list(SPATIAL_COSTS)
+
+
+@hookimpl
+def particlesim_register_losses():
+    from particlesim_wolczyk.losses import PooledHeadCrossEntropy
+
+    return [PooledHeadCrossEntropy]
 
 
 @hookimpl
