@@ -307,3 +307,19 @@ def test_cli_kinds_colours_and_bad_input(tmp_path: Path, monkeypatch: pytest.Mon
     use_tree(monkeypatch, make_tree(dim=1))  # D = 1: on a line, not an error
     result = runner.invoke(cli(), ["plot", str(path), "-o", str(tmp_path / "line.png")])
     assert result.exit_code == 0, result.output
+
+
+def test_frozen_places_with_relabelled_neurons_still_have_frames() -> None:
+    """BIMT's layout: positions frozen, no charges, only ``id`` (and bias) over time."""
+    steps = np.array([0, 100, 200])
+    rng = np.random.default_rng(0)
+    ds = group_ds(rng.normal(size=(4, 3)))
+    ds = ds.assign_coords(time=steps * 0.1, step=("time", steps))
+    ds["id"] = (("time", "particle"), np.stack([rng.permutation(4) for _ in steps]))
+    root = xr.Dataset(attrs={"scenario_name": "bimt"})
+    tree = xr.DataTree.from_dict({"/": root, "/particles/hidden": ds})
+    scene = Scene(tree)
+    assert scene.n_frames == 3 and scene.title(1) == "bimt · step 100"
+    fig = plots.plot_positions(tree, frame=1, color="id")
+    np.testing.assert_array_equal(scatter(panels(fig)[0]).get_array(), ds["id"].values[1])
+    assert "frozen" in panels(fig)[0].get_title()

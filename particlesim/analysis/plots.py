@@ -254,7 +254,7 @@ def draw_positions(
             ax.axhline(0.0, color="0.8", linewidth=0.8, zorder=0)
         else:
             ax.set_aspect("equal", adjustable="box")
-        ax.set_title(group.describe())
+        ax.set_title(group.describe().replace(", ", "\n", 1))  # two short lines
         _tidy(ax)
         if scale is not None:
             fig.colorbar(

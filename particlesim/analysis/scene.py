@@ -268,9 +268,10 @@ def _padded(lo: np.ndarray | None, hi: np.ndarray | None, mode: str) -> list[tup
 class Scene:
     """The groups of a trajectory to draw, their frames, projections and colour scales.
 
-    Frames index the time axis of the first chosen group that moves (positions or colour
-    field recorded over time); the other groups are read at the nearest recorded step and
-    frozen fields at every frame.
+    Frames index the time axis of the first chosen group that moves (else whose colour field,
+    else any field, is recorded over time: frozen places with relabelled neurons still have
+    frames); the other groups are read at the nearest recorded step and frozen fields at
+    every frame.
 
     Args:
         tree: an opened trajectory (:func:`particlesim.io.trajectory.open_trajectory`).
@@ -318,18 +319,7 @@ class Scene:
             n: GroupScene(n, ds, projection) for n, ds in available.items() if n not in without
         }
         self.colour = self._check_colour(colour)
-        self.axis = next(
-            (
-                g.ds["time"]
-                for g in self.groups.values()
-                if any(
-                    "time" in g.ds[v].dims
-                    for v in ("position", self.colour or "position")
-                    if v in g.ds
-                )
-            ),
-            None,
-        )
+        self.axis = self._frame_axis()
         self.n_frames = 1 if self.axis is None else int(self.axis.sizes["time"])
         self.frames = self._check_frames(frames)
         self.steps = (
@@ -346,6 +336,17 @@ class Scene:
         self.per_epoch = steps_per_epoch(tree)
 
     # --- checks ------------------------------------------------------------------------
+
+    def _frame_axis(self) -> xr.DataArray | None:
+        """The time axis of the first group whose positions (else colour field, else any
+        field: bias, id, …) change over time; ``None`` when nothing does."""
+        wanted = (("position",), (self.colour,) if self.colour else (), None)
+        for fields in wanted:
+            for g in self.groups.values():
+                names = g.ds.data_vars if fields is None else fields
+                if any(v in g.ds and "time" in g.ds[v].dims for v in names):
+                    return g.ds["time"]
+        return None
 
     def _check_colour(self, colour: str | None) -> str | None:
         if colour is None:
