@@ -847,13 +847,16 @@ def test_experiments_bad_input(two_tasks: tuple[Path, Path], tmp_path: Path) -> 
     runner = CliRunner()
     result = runner.invoke(cli, ["table2", "--out", str(tmp_path)])
     assert result.exit_code == 2
-    assert "unknown experiment 'table2'; use table1, forces or split" in result.output
+    assert "unknown experiment 'table2'; use table1, ablation, forces or split" in result.output
     for options, message in [
         (["--modes", "concat,stacked"], "unknown mode 'stacked'; known: concat, mix, sequential"),
         (["--networks", "deep"], "unknown network 'deep'; known: regular, spatial"),
         (["--seeds", "0"], "--seeds must be a positive integer, got 0"),
         (["--steps", "0"], "--steps must be a positive integer, got 0"),
         (["--transport-normalize", "sum"], "--transport-normalize must be 'neurons' or"),
+        (["--transport-norm", "l3"], "--transport-norm must be 'l1' or 'l2', got 'l3'"),
+        (["--data-loss", "mean"], "--data-loss must be 'per_head' or 'pooled', got 'mean'"),
+        (["--variants", "ours,paper"], "unknown variant 'paper'; known: ours, w2, pooled"),
     ]:
         result = runner.invoke(cli, ["table1", "--out", str(tmp_path), *options])
         assert result.exit_code == 2, result.output
@@ -1018,3 +1021,80 @@ def test_pooled_head_cross_entropy_is_the_authors_mean(registries) -> None:
     assert torch.equal(loss.correct(outputs, one), engine.correct(outputs, one))
     with pytest.raises(OptionError, match=r"heads \[10, 10\] need 20 outputs"):
         loss(outputs[:, :12], both)
+
+
+def test_the_authors_choices_reach_the_built_run(two_tasks: tuple[Path, Path]) -> None:
+    from particlesim_wolczyk.losses import PooledHeadCrossEntropy
+
+    tasks = ", ".join(f'{{ name = "idx", data_dir = "{p}" }}' for p in two_tasks)
+    settings = experiments.Settings(
+        overrides=[f"data.tasks=[{tasks}]", f"model.sizes={TINY_SIZES}", "run.batch_size=32"],
+        device="cpu",
+        steps=None,
+        epochs=1.0,
+        transport_normalize="connections",
+        log=lambda message: None,
+    )
+    ours = experiments.prepare(settings, "concat", "spatial", 0)
+    assert type(ours.simulation.loss) is MultiHeadCrossEntropy
+    assert ours.system.potentials[0].weight_norm == "l1"
+    authors = experiments.replace(settings, transport_norm="l2", data_loss="pooled")
+    built = experiments.prepare(authors, "concat", "spatial", 0)
+    assert isinstance(built.simulation.loss, PooledHeadCrossEntropy)
+    assert built.simulation.loss.heads == [3, 3]
+    assert built.system.potentials[0].weight_norm == "l2"
+    # the sequential epoch is one pass over both tasks' pooled examples (96 + 72 = 168 rows,
+    # batches of 32: 6 steps), twice the paired modes' (min(96, 72) = 72 pairs: 3 steps)
+    sequential = experiments.prepare(settings, "sequential", "spatial", 0)
+    assert sequential.simulation.total_steps == 6 and ours.simulation.total_steps == 3
+    # the choices enter the grid's ids only when they differ from the defaults
+    default_ids = [p.id for p in experiments.table1_points(settings)]
+    assert default_ids != [p.id for p in experiments.table1_points(authors)]
+    assert default_ids == [p.id for p in experiments.table1_points(experiments.replace(settings))]
+
+
+def test_ablation_quick_end_to_end(two_tasks: tuple[Path, Path], tmp_path: Path) -> None:
+    cli = typer.Typer()
+    cli.command()(experiments.command)
+    out = tmp_path / "ablation"
+    args = quick_args(two_tasks, out)
+    args[0] = "ablation"
+    result = CliRunner().invoke(cli, [*args, "--modes", "concat,sequential"])
+    assert result.exit_code == 0, result.output
+    rows = experiments.read_csv(out / "ablation.csv")
+    # spatial: 4 variants; regular: ours and pooled (no transport cost to vary)
+    assert sorted((r["mode"], r["network"], r["variant"]) for r in rows) == sorted(
+        (m, n, v)
+        for m in ("concat", "sequential")
+        for n, variants in (
+            ("regular", ("ours", "pooled")),
+            ("spatial", tuple(experiments.VARIANTS)),
+        )
+        for v in variants
+    )
+    by = {(r["mode"], r["network"], r["variant"]): r for r in rows}
+    assert by["concat", "spatial", "authors"]["transport_norm"] == "l2"
+    assert by["concat", "spatial", "authors"]["data_loss"] == "pooled"
+    assert by["concat", "spatial", "w2"]["data_loss"] == "per_head"
+    assert {r["epochs_setting"] for r in rows} == {1.0}
+    assert (
+        by["sequential", "regular", "ours"]["steps"] == 2 * by["concat", "regular", "ours"]["steps"]
+    )
+    for row in rows:  # both ways of disabling, each with its own drop
+        assert row["accuracy_drop_bias"] == pytest.approx(
+            row["full_accuracy"] - row["split_accuracy_bias"]
+        )
+    table = (out / "ablation.md").read_text()
+    assert "## Concatenation, 1 epochs (3 steps)" in table
+    assert "## Sequential, 1 epochs (6 steps)" in table
+    assert "| all (the authors' code) |" in table and "| split keeps the bias |" in table
+    assert "| paper | – | 0.80 ± 0.13 | 0.11 ± 0.15 | – | 0.92 ± 0.04 | 0.00 ± 0.00 |" in table
+    summary = experiments.ablation_summary(rows)
+    ours = summary[1.0, "concat", "regular", "ours (|w|·d, per-head loss, outputs 0)"]
+    assert summary[1.0, "concat", "regular", "transport w²·d"] == ours  # the same runs
+    kept = summary[1.0, "concat", "spatial", "split keeps the bias"]["split_accuracy"]
+    assert kept.mean == pytest.approx(by["concat", "spatial", "ours"]["split_accuracy_bias"])
+    (out / "ablation.md").unlink()
+    result = CliRunner().invoke(cli, [*args, "--modes", "concat,sequential", "--report-only"])
+    assert result.exit_code == 0, result.output
+    assert (out / "ablation.md").read_text() == table

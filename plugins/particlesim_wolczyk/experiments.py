@@ -42,6 +42,43 @@ rewrites the tables and plots from the CSV files already in ``--out``.
 weight's data gradient against its transport gradient at initialisation and the
 first 300 steps of training under both normalisations (``forces.md``): the
 evidence for how the paper's cost, as written, behaves at α = 1.
+
+**The authors' choices.** The authors' published code (github.com/gmum/SpatialNetworks,
+``src/``) decides several things the paper leaves open, differently from this
+reproduction's defaults. Each is an option, so that its effect can be measured alone:
+
+* the transport cost's *normalisation*: the mean over a layer's connections
+  (``--transport-normalize connections``; the paper writes ``1/N_l``);
+* the transport cost's *weight norm*: ``a²·d`` by default there (``--norm l2`` in
+  ``inputs/subparsers.py``) where the paper writes ``|a|·d``
+  (``--transport-norm l2``; model option ``transport_norm``);
+* how the split *disables* a neuron: there its incoming weights are zeroed and its
+  bias kept (``options/split/backward/greedy.py``), so a disabled sigmoid unit
+  still outputs ``sigmoid(b)``; here it outputs 0. Every run is split both ways:
+  ``split_accuracy``/``accuracy_drop`` (outputs 0) and ``split_accuracy_bias``/
+  ``accuracy_drop_bias`` (bias kept), each drop measured per run against that run's
+  full accuracy, and split accuracy and drop summarised over seeds each on its own;
+* the *data loss*: one cross-entropy mean over every labelled (example, head) pair
+  (``nn/loss.py``) where the engine sums each head's mean (``--data-loss pooled``;
+  the loss ``pooled_head_cross_entropy``);
+* the *sequential* mode: one training phase over both tasks' examples pooled and
+  shuffled (its ``DatasetRandomSampler``), as here; an epoch of it is one pass over
+  the pooled set, twice the pairs of the other modes, so a length in epochs
+  (``--epochs``, the authors' way: 50 in ``hyperparameters.json``) gives the
+  sequential runs twice the steps, where ``--steps`` gives every mode the same.
+
+``ablation`` trains the grid that separates them: for each length of
+``Settings.ablation_epochs`` (default 15 and 50 epochs), mode, network and seed, the
+variants of :data:`VARIANTS` (ours; ``w2``: the weight norm alone; ``pooled``: the
+loss alone; ``authors``: both), every run with the per-connection normalisation and
+split both ways; ``ablation.md`` then shows each choice alone (the disabling read
+from the ``ours`` runs) and all of them together (``authors`` runs, bias kept)
+beside the paper. The regular network has no transport cost, so it trains only
+``ours`` and ``pooled``. Results: ``ablation.csv``, ``ablation.md``,
+``run_info_ablation.json``::
+
+    python -m particlesim_wolczyk.experiments ablation --out results/ablation
+    python -m particlesim_wolczyk.experiments ablation --modes concat --epochs 15 --resume
 """
 
 from __future__ import annotations
@@ -116,6 +153,16 @@ class Settings:
     steps: int | None = DEFAULT_STEPS
     epochs: float | None = None
     transport_normalize: str = "neurons"
+    #: How a weight enters the transport cost: ``"l1"`` (the paper, ``|a|·d``) or ``"l2"``
+    #: (the authors' code's default, ``a²·d``).
+    transport_norm: str = "l1"
+    #: ``"per_head"`` (the engine's loss: each head's mean, summed) or ``"pooled"`` (the
+    #: authors' code: one mean over every labelled example-head pair).
+    data_loss: str = "per_head"
+    #: Training lengths of the ablation grid, in epochs of each mode's own training set.
+    ablation_epochs: tuple[float, ...] = (15.0, 50.0)
+    #: Training variants of the ablation grid (keys of :data:`VARIANTS`).
+    variants: tuple[str, ...] = ("ours", "w2", "pooled", "authors")
     overrides: list[str] = field(default_factory=list)
     device: str = "auto"
     jobs: int = 1
@@ -150,6 +197,7 @@ def prepare(
     assignments = [
         f"model.spatial={'true' if network == 'spatial' else 'false'}",
         f'model.transport_normalize="{settings.transport_normalize}"',
+        f'model.transport_norm="{settings.transport_norm}"',
         f"scenario.seed={seed}",
         length,
         f'scenario.device="{settings.device}"',
@@ -157,7 +205,14 @@ def prepare(
     ]
     path = settings.scenarios / MODES[mode]
     clear = ("run.epochs", "run.steps")
-    return harness.build_point(path, assignments, clear=clear, extra_writers=extra_writers).built
+    built = harness.build_point(path, assignments, clear=clear, extra_writers=extra_writers).built
+    if settings.data_loss == "pooled":
+        from particlesim_wolczyk.losses import PooledHeadCrossEntropy
+        from particlesim_wolczyk.split import task_heads
+
+        # the heads come from the data set's own loss, so any tasks work
+        built.simulation.loss = PooledHeadCrossEntropy(heads=task_heads(built.simulation.loss))
+    return built
 
 
 def train(settings: Settings, mode: str, network: str, seed: int) -> tuple[Any, float]:
@@ -193,6 +248,14 @@ def run_one(settings: Settings, mode: str, network: str, seed: int) -> dict[str,
     report = evaluate_split(
         system, split, data.test_x, data.test_y, batch_size=simulation.eval_batch_size
     )
+    kept = evaluate_split(  # the authors' disabling: incoming weights cut, bias kept
+        system,
+        split,
+        data.test_x,
+        data.test_y,
+        batch_size=simulation.eval_batch_size,
+        disable="incoming",
+    )
     costs = {}
     with torch.no_grad():
         costs["transport"] = float(TransportCost(layers=layers).energy(system))
@@ -212,10 +275,16 @@ def run_one(settings: Settings, mode: str, network: str, seed: int) -> dict[str,
         "network": network,
         "seed": seed,
         "transport_normalize": settings.transport_normalize,
+        "transport_norm": settings.transport_norm,
+        "data_loss": settings.data_loss,
         "steps": steps,
         "epochs": round(steps / simulation.steps_per_epoch, 2),
         "train_examples": int(data.train_x.shape[0]),
         **split_summary(report, ("mnist", "fashion_mnist")),
+        "split_accuracy_bias": kept.mean_split,
+        "accuracy_drop_bias": kept.mean_drop,
+        "split_accuracy_bias_mnist": kept.split[0],
+        "split_accuracy_bias_fashion_mnist": kept.split[1],
         "transport_cost": costs["transport"],
         "density_cost": costs["density"],
         "train_seconds": round(seconds, 1),
@@ -231,9 +300,21 @@ def table1_points(settings: Settings) -> list[Point]:
         "transport_normalize": settings.transport_normalize,
         "overrides": settings.overrides,
         "device": settings.device,
+        **_choices(settings),
     }
     axes = {"mode": settings.modes, "network": settings.networks, "seed": range(settings.seeds)}
     return harness.grid(axes, context=context)
+
+
+def _choices(settings: Settings) -> dict[str, str]:
+    """The authors' choices that differ from the defaults (they enter the points' ids only
+    then, so the ids of grids run before the choices existed stay valid)."""
+    chosen = {}
+    if settings.transport_norm != "l1":
+        chosen["transport_norm"] = settings.transport_norm
+    if settings.data_loss != "per_head":
+        chosen["data_loss"] = settings.data_loss
+    return chosen
 
 
 def _table1_point(settings: Settings, point: Point) -> dict[str, Any]:
@@ -265,6 +346,227 @@ def run_table1(settings: Settings) -> list[dict[str, Any]]:
             on_point=done,
             log=settings.log,
         )
+
+
+# --------------------------------------------------------------------------- ablation
+
+#: Training variants of the ablation: ``(transport_norm, data_loss)``. How neurons are
+#: disabled in the split needs no training of its own: every run is split both ways.
+VARIANTS: dict[str, tuple[str, str]] = {
+    "ours": ("l1", "per_head"),
+    "w2": ("l2", "per_head"),
+    "pooled": ("l1", "pooled"),
+    "authors": ("l2", "pooled"),
+}
+#: The ablation's columns: each of the authors' choices alone, then all of them together;
+#: ``(title, training variant, split columns' suffix)``.
+CHOICES: tuple[tuple[str, str, str], ...] = (
+    ("ours (|w|·d, per-head loss, outputs 0)", "ours", ""),
+    ("transport w²·d", "w2", ""),
+    ("split keeps the bias", "ours", "_bias"),
+    ("one pooled cross-entropy", "pooled", ""),
+    ("all (the authors' code)", "authors", "_bias"),
+)
+
+
+def ablation_points(settings: Settings) -> list[Point]:
+    """Every (epochs, mode, network, variant, seed) of the ablation, seeds fastest.
+
+    The regular network has no transport cost, so its ``w2`` and ``authors`` runs would
+    repeat ``ours`` and ``pooled``: they are left out, and its columns read those runs.
+    """
+    context = {
+        "scenarios": str(settings.scenarios),
+        "overrides": settings.overrides,
+        "device": settings.device,
+    }
+    axes = {
+        "epochs": settings.ablation_epochs,
+        "mode": settings.modes,
+        "network": settings.networks,
+        "variant": settings.variants,
+        "seed": range(settings.seeds),
+    }
+    points = harness.grid(axes, context=context)
+    return [p for p in points if p["network"] == "spatial" or VARIANTS[p["variant"]][0] == "l1"]
+
+
+def _ablation_point(settings: Settings, point: Point) -> dict[str, Any]:
+    norm, loss = VARIANTS[point["variant"]]
+    variant = replace(
+        settings,
+        steps=None,
+        epochs=float(point["epochs"]),
+        transport_normalize="connections",
+        transport_norm=norm,
+        data_loss=loss,
+        figures=False,
+    )
+    row = run_one(variant, point["mode"], point["network"], point["seed"])
+    return {"variant": point["variant"], "epochs_setting": point["epochs"], **row}
+
+
+def run_ablation(settings: Settings) -> list[dict[str, Any]]:
+    """Every run of the ablation, each recorded in ``ablation.csv`` as it ends; the rows."""
+
+    def done(point: Point, row: dict[str, Any]) -> None:
+        settings.log(
+            f"ablation: {row['epochs_setting']:g} epochs {row['mode']:<10} {row['network']:<7} "
+            f"{row['variant']:<7} seed {row['seed']} full {row['full_accuracy']:.3f} split "
+            f"{row['split_accuracy']:.3f} / {row['split_accuracy_bias']:.3f} (bias kept) "
+            f"({row['train_seconds']:.0f} s)"
+        )
+
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if settings.jobs > 1:
+            context = multiprocessing.get_context("spawn")
+            pool = ProcessPoolExecutor(max_workers=settings.jobs, mp_context=context)
+            stack.enter_context(pool)
+        return harness.run_grid(
+            ablation_points(settings),
+            partial(_ablation_point, replace(settings, log=_silent)),
+            settings.out / "ablation.csv",
+            resume=settings.resume,
+            executor=pool,
+            on_point=done,
+            log=settings.log,
+        )
+
+
+def ablation_summary(
+    rows: Sequence[dict[str, Any]],
+) -> dict[tuple[float, str, str, str], dict[str, harness.Stats]]:
+    """``{(epochs, mode, network, choice title): {quantity: Stats}}`` over seeds.
+
+    Quantities: ``full_accuracy``, ``split_accuracy``, ``accuracy_drop`` (the latter two
+    under the choice's disabling). The regular network's ``w2`` and ``authors`` columns
+    read its ``ours`` and ``pooled`` runs (no transport cost to change).
+    """
+    twin = {"w2": "ours", "authors": "pooled"}
+    out: dict[tuple[float, str, str, str], dict[str, harness.Stats]] = {}
+    keys = {(float(r["epochs_setting"]), r["mode"], r["network"]) for r in rows}
+    for epochs, mode, network in keys:
+        for title, variant, suffix in CHOICES:
+            if network == "regular":
+                variant = twin.get(variant, variant)
+            chosen = [
+                r
+                for r in rows
+                if float(r["epochs_setting"]) == epochs
+                and (r["mode"], r["network"], r["variant"]) == (mode, network, variant)
+            ]
+            if chosen:
+                out[(epochs, mode, network, title)] = {
+                    "full_accuracy": harness.describe(r["full_accuracy"] for r in chosen),
+                    "split_accuracy": harness.describe(
+                        r[f"split_accuracy{suffix}"] for r in chosen
+                    ),
+                    "accuracy_drop": harness.describe(r[f"accuracy_drop{suffix}"] for r in chosen),
+                }
+    return out
+
+
+def ablation_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """``ablation.md``: per length and mode, each choice's full, split and drop beside the paper."""
+    summary = ablation_summary(rows)
+    seeds = len({r["seed"] for r in rows})
+    lines = [
+        "# Wołczyk et al.: the authors' choices, one at a time and together",
+        "",
+        "Generated by `python -m particlesim_wolczyk.experiments ablation`. Each column changes",
+        "one choice of this reproduction to the authors' published code's (see the module",
+        "docstring of `particlesim_wolczyk.experiments`): the transport cost's weight norm",
+        "(w²·d), the split's disabled neurons keeping their bias, the data loss as one",
+        "cross-entropy mean; the last column takes all of them. Every run: the transport cost",
+        "per connection (as the authors' code), Adam lr 0.005, batch 256, the length in epochs",
+        "of each mode's own training set (a sequential epoch is one pass over both tasks'",
+        f"pooled, shuffled examples). Test accuracy averaged over the two tasks, mean ± std over "
+        f"{seeds} seed(s).",
+        "",
+    ]
+    lengths = sorted({float(r["epochs_setting"]) for r in rows})
+    for epochs in lengths:
+        for mode in MODES:
+            present = [
+                (title, network)
+                for title, _, _ in CHOICES
+                for network in NETWORKS
+                if (epochs, mode, network, title) in summary
+            ]
+            if not present:
+                continue
+            steps = sorted(
+                {int(r["steps"]) for r in rows
+                 if float(r["epochs_setting"]) == epochs and r["mode"] == mode}
+            )  # fmt: skip
+            lines += [
+                f"## {MODE_TITLES[mode]}, {epochs:g} epochs ({'/'.join(map(str, steps))} steps)",
+                "",
+            ]
+            header = ["choice"]
+            networks = [n for n in NETWORKS if any(n == p[1] for p in present)]
+            for network in networks:
+                header += [
+                    f"{NETWORK_TITLES[network]} full",
+                    f"{NETWORK_TITLES[network]} split",
+                    f"{NETWORK_TITLES[network]} drop",
+                ]
+            table = []
+            for title, _, _ in CHOICES:
+                cells = [title]
+                for network in networks:
+                    stats = summary.get((epochs, mode, network, title), {})
+                    cells += [
+                        harness.cell(stats.get(q), ".2f")
+                        for q in ("full_accuracy", "split_accuracy", "accuracy_drop")
+                    ]
+                table.append(cells)
+            paper = ["paper"]
+            for network in networks:
+                paper += [
+                    "–",
+                    "{:.2f} ± {:.2f}".format(*PAPER_TABLE1["split_accuracy"][mode][network]),
+                    "{:.2f} ± {:.2f}".format(*PAPER_TABLE1["accuracy_drop"][mode][network]),
+                ]
+            table.append(paper)
+            lines += [*harness.markdown_table(header, table), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_ablation(settings: Settings) -> dict[str, Path]:
+    """Run (or, with ``report_only``, read) the ablation; write its CSV, Markdown and info."""
+    check_settings(settings)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    csv_path = settings.out / "ablation.csv"
+    if settings.report_only:
+        if not csv_path.is_file():
+            raise ParticlesimError(f"--report-only: no {csv_path} to report from")
+        rows: list[dict[str, Any]] = read_csv(csv_path)
+    else:
+        rows = run_ablation(settings)
+    md = settings.out / "ablation.md"
+    md.write_text(ablation_markdown(rows), encoding="utf-8")
+    written = {csv_path.name: csv_path, md.name: md}
+    if not settings.report_only:
+        info = harness.write_json(
+            settings.out / "run_info_ablation.json",
+            {
+                "experiment": "ablation",
+                "wall_seconds": round(time.perf_counter() - start, 1),
+                "seeds": settings.seeds,
+                "epochs": list(settings.ablation_epochs),
+                "modes": list(settings.modes),
+                "networks": list(settings.networks),
+                "variants": list(settings.variants),
+                "overrides": settings.overrides,
+                "device": settings.device,
+                "jobs": settings.jobs,
+            },
+        )
+        written[info.name] = info
+    return written
 
 
 # --------------------------------------------------------------------------- forces
@@ -680,6 +982,20 @@ def check_settings(settings: Settings) -> None:
             "--transport-normalize must be 'neurons' or 'connections', got "
             f"{settings.transport_normalize!r}"
         )
+    if settings.transport_norm not in ("l1", "l2"):
+        raise ParticlesimError(
+            f"--transport-norm must be 'l1' or 'l2', got {settings.transport_norm!r}"
+        )
+    if settings.data_loss not in ("per_head", "pooled"):
+        raise ParticlesimError(
+            f"--data-loss must be 'per_head' or 'pooled', got {settings.data_loss!r}"
+        )
+    for variant in settings.variants:
+        if variant not in VARIANTS:
+            raise ParticlesimError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    for epochs in settings.ablation_epochs:
+        if not epochs > 0:
+            raise ParticlesimError(f"--epochs must be > 0, got {epochs}")
 
 
 # --------------------------------------------------------------------------- command line
@@ -698,7 +1014,10 @@ def command(
     steps: Annotated[
         int | None, typer.Option(help=f"Adam steps per run (default {DEFAULT_STEPS}).")
     ] = None,
-    epochs: Annotated[float | None, typer.Option(help="Epochs per run instead of --steps.")] = None,
+    epochs: Annotated[
+        float | None,
+        typer.Option(help="Epochs per run instead of --steps (ablation: this length only)."),
+    ] = None,
     seeds: Annotated[
         int | None, typer.Option(help="Seeds per cell (default 3, as the paper).")
     ] = None,
@@ -711,11 +1030,26 @@ def command(
     transport_normalize: Annotated[
         str, typer.Option(help="neurons (the paper's T(l)) or connections (the authors' code).")
     ] = "neurons",
+    transport_norm: Annotated[
+        str, typer.Option(help="l1 (the paper's |w|·d) or l2 (w²·d, the authors' code).")
+    ] = "l1",
+    data_loss: Annotated[
+        str,
+        typer.Option(
+            help="per_head (each head's mean, summed) or pooled (one mean, the authors' code)."
+        ),
+    ] = "per_head",
+    variants: Annotated[
+        str, typer.Option(help="ablation: comma-separated variants: ours, w2, pooled, authors.")
+    ] = ",".join(VARIANTS),
     report_only: Annotated[
-        bool, typer.Option(help="table1: rewrite tables and plots from the CSV; train nothing.")
+        bool,
+        typer.Option(
+            help="table1, ablation: rewrite tables and plots from the CSV; train nothing."
+        ),
     ] = False,
     quick: Annotated[
-        bool, typer.Option(help="1 seed (unless --seeds), 5 steps, no figures.")
+        bool, typer.Option(help="1 seed (unless --seeds), 5 steps (ablation: 1 epoch), no figures.")
     ] = False,
     jobs: Annotated[int, typer.Option(help="Runs in parallel (one CPU thread each).")] = 1,
     resume: Resume = False,
@@ -732,10 +1066,10 @@ def command(
         typer.Option("--run", help="split: a `particlesim run` output directory."),
     ] = None,
 ) -> None:
-    """Reproduce Wołczyk et al.'s Table 1 and its diagnostics, or split a finished run."""
-    if what not in ("table1", "forces", "split"):
+    """Reproduce Wołczyk et al.'s Table 1, its ablation and diagnostics, or split a run."""
+    if what not in ("table1", "ablation", "forces", "split"):
         typer.echo(
-            f"error: unknown experiment {printable(what)!r}; use table1, forces or split",
+            f"error: unknown experiment {printable(what)!r}; use table1, ablation, forces or split",
             err=True,
         )
         raise typer.Exit(2)
@@ -758,6 +1092,9 @@ def command(
         modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
         networks=tuple(n.strip() for n in networks.split(",") if n.strip()),
         transport_normalize=transport_normalize,
+        transport_norm=transport_norm,
+        data_loss=data_loss,
+        variants=tuple(v.strip() for v in variants.split(",") if v.strip()),
         overrides=list(set_ or []),
         device=device,
         jobs=jobs,
@@ -767,16 +1104,21 @@ def command(
     )
     if quick:
         settings.seeds, settings.steps, settings.figures = 1, 5, False
+        settings.ablation_epochs = (1.0,)
     if seeds is not None:
         settings.seeds = seeds
     if steps is not None:
         settings.steps = steps
     if epochs is not None:
         settings.steps, settings.epochs = None, epochs
+        settings.ablation_epochs = (epochs,)
     try:
         if what == "forces":
             check_settings(settings)
             written = write_forces(settings)
+            settings.log(f"done: {', '.join(sorted(written))} in {settings.out}")
+        elif what == "ablation":
+            written = write_ablation(settings)
             settings.log(f"done: {', '.join(sorted(written))} in {settings.out}")
         else:
             run(settings)
