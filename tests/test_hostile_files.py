@@ -411,6 +411,8 @@ def test_cli_inspect_and_plot_end_cleanly(hostile, tmp_path: Path) -> None:
         app, ["plot", str(path), "-o", str(figure), "--kind", "positions", "--dpi", "20"]
     )
     _assert_clean(plotted, name)
+    viewed = runner.invoke(app, ["view", str(path), "-o", str(tmp_path / "view.html")])
+    _assert_clean(viewed, name)
 
 
 def test_a_read_larger_than_allowed_is_refused_before_allocating(
@@ -792,6 +794,7 @@ READERS = {
     "analyze": lambda node: _cli_reader("analyze", "centroid", "-o", "{tmp}/metric.csv"),
     "plot": lambda node: _cli_reader("plot", "-o", "{tmp}/figure.png", "--dpi", "20"),
     "animate": lambda node: _cli_reader("animate", "-o", "{tmp}/movie.gif", "--no-progress"),
+    "view": lambda node: _cli_reader("view", "-o", "{tmp}/view.html"),
 }
 
 

@@ -149,15 +149,16 @@ class GroupScene:
         lo = hi = None
         line_lo, line_hi = math.inf, -math.inf
         for points in self.read("position", rows):
+            points = points[np.isfinite(points).all(axis=1)]  # NaN or Inf: left undrawn
             if not len(points):
                 continue
             page = self.page(points)
-            low, high = np.nanmin(page, axis=0), np.nanmax(page, axis=0)
-            lo = low if lo is None else np.fmin(lo, low)
-            hi = high if hi is None else np.fmax(hi, high)
+            low, high = page.min(axis=0), page.max(axis=0)
+            lo = low if lo is None else np.minimum(lo, low)
+            hi = high if hi is None else np.maximum(hi, high)
             line = self._line_raw(points)
-            line_lo = min(line_lo, float(np.nanmin(line)))
-            line_hi = max(line_hi, float(np.nanmax(line)))
+            line_lo = min(line_lo, float(line.min()))
+            line_hi = max(line_hi, float(line.max()))
         self.limits = _padded(lo, hi, self.mode)
         if math.isfinite(line_lo) and line_hi > line_lo:
             self.line_range = (line_lo, line_hi)
