@@ -58,7 +58,7 @@ def test_view_holds_frames_panels_hover_network_and_curves() -> None:
         "synthetic · step 60 · epoch 3 · weights at step 60"
     )
     note = figure["layout"]["annotations"][-1]["text"]
-    assert note.startswith("4 of 7 frames (spread evenly, first and last kept")
+    assert note.startswith("4 of 7 frames, spread evenly with the first and the last")
 
     scene = Scene(tree, frames=[0, 2, 4, 6])
     index, hidden = trace(figure, "hidden1")
