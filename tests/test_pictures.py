@@ -279,13 +279,15 @@ def test_cli_kinds_colours_and_bad_input(tmp_path: Path, monkeypatch: pytest.Mon
     path = tmp_path / "run.h5"
     path.write_bytes(b"")
     use_tree(monkeypatch, make_tree(ids=True))
-    for args in (["--kind", "network"], ["--color", "id"], ["--color", "none", "--kind", "both"]):
+    kinds = (["--kind", "network"], ["--color", "id", "--kind", "positions"], ["--color", "none"])
+    for args in kinds:
         out = tmp_path / f"{args[1]}.png"
-        result = runner.invoke(cli(), ["plot", str(path), "-o", str(out), *args])
+        result = runner.invoke(cli(), ["plot", str(path), "-o", str(out), "--dpi", "40", *args])
         assert result.exit_code == 0, result.output
         assert out.stat().st_size > 1000
     nested = tmp_path / "new" / "folder" / "p.png"  # a missing folder is made
-    assert runner.invoke(cli(), ["plot", str(path), "-o", str(nested)]).exit_code == 0
+    result = runner.invoke(cli(), ["plot", str(path), "-o", str(nested), "--kind", "observables"])
+    assert result.exit_code == 0, result.output
     assert nested.exists()
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -305,7 +307,8 @@ def test_cli_kinds_colours_and_bad_input(tmp_path: Path, monkeypatch: pytest.Mon
         "--edges must be >= 0",
     )
     use_tree(monkeypatch, make_tree(dim=1))  # D = 1: on a line, not an error
-    result = runner.invoke(cli(), ["plot", str(path), "-o", str(tmp_path / "line.png")])
+    line = tmp_path / "line.png"
+    result = runner.invoke(cli(), ["plot", str(path), "-o", str(line), "--kind", "positions"])
     assert result.exit_code == 0, result.output
 
 
