@@ -430,3 +430,64 @@ def test_full_reproduction(tmp_path: Path) -> None:
         and r["epoch"] == settings.toy_epochs
     ]
     assert all(r["test_accuracy"] > 0.98 for r in linear)
+
+
+# --------------------------------------------------------------------------- reproduction
+
+
+def test_reproduce_quick_writes_the_page_and_the_report(tmp_path: Path) -> None:
+    """``particlesim reproduce milletari --quick``: every network's claims, figures, the JSON."""
+    results = tmp_path / "reproductions"
+    result = runner.invoke(app, ["reproduce", "milletari", "--quick", "--results", str(results)])
+    assert result.exit_code == 0, result.output
+    page = (results / "README.md").read_text()
+    assert "## Milletari, Chotibut & Trevisanutto (2018), Expected Signal Propagation" in page
+    slides = "non-linear (two moons) 2-8-2-1: γ at energy 0.05, ESP (β per layer)"
+    assert f"| {slides} | least singular: the smallest γ (slides' figure) |" in page
+    for network in ("linear 2-10-1", "linear 2-8-2-1", "non-linear (two moons) 2-10-1"):
+        for activation in ("tanh", "ReLU", "swish"):
+            assert f"| {network}: γ at energy 0.05, {activation} | more singular than ESP" in page
+    assert "| MNIST 784-32-10: γ after 1 epoch, swish | more singular than ESP" in page
+    assert "| MNIST 784-32-10: test accuracy after 1 epoch, ESP against ReLU |" in page
+    assert "![milletari: toy_gamma](milletari/toy_gamma.png)" in page
+    report = json.loads((results / "milletari.json").read_text())
+    assert report["quick"] is True and report["paper"] == "milletari"
+    # 4 cells × 4 activations + 4 speeds + stuck runs; MNIST: 4 activations + accuracy
+    assert len(report["claims"]) == 16 + 4 + 1 + 5
+    assert all((results / "milletari" / name).is_file() for name in report["figures"])
+    assert len(report["figures"]) == 5
+
+
+def curve(activation: str, seed: int, gamma: float, *, reaches: bool = True) -> list[dict]:
+    """Two recorded points of one 2-D run: the start, and epoch 25 at energy 0.01 (or 0.3)."""
+    base = {"dataset": "moons_2d", "architecture": "2-8-2-1", "activation": activation,
+            "seed": seed, "test_accuracy": 1.0, "beta": "", "alpha_1e-06": 0.2,
+            "gamma_1e-06": 0.0}  # fmt: skip
+    start = {**base, "epoch": 0, "energy": 0.7, "alpha_0.001": 0.4, "gamma_0.001": 0.0}
+    end = {**base, "epoch": 25, "energy": 0.01 if reaches else 0.3, "alpha_0.001": 0.1,
+           "gamma_0.001": gamma}  # fmt: skip
+    return [start, end]
+
+
+def test_less_singular_claims_compare_gamma_at_equal_energy() -> None:
+    from particlesim_milletari.reproduction import toy_claims
+
+    rows = [
+        *curve("esp", 0, 0.20), *curve("esp", 1, 0.22),
+        *curve("tanh", 0, 0.10), *curve("tanh", 1, 0.11),  # below ESP beyond both spreads
+        *curve("relu", 0, 0.60), *curve("relu", 1, 0.0, reaches=False),  # one seed never
+        *curve("swish", 0, 0.17), *curve("swish", 1, 0.23),  # below ESP within the spread
+    ]  # fmt: skip
+    claims = {c.quantity.split(", ")[-1]: c for c in toy_claims(rows)[:4]}
+    prefix = "non-linear (two moons) 2-8-2-1: γ at energy 0.05"
+    assert all(c.quantity.startswith(prefix) for c in claims.values())
+    assert claims["ESP (β per layer)"].verdict == "not reproduced"
+    assert claims["ESP (β per layer)"].why == "smallest: tanh 0.105 ± 0.007"
+    assert claims["ESP (β per layer)"].paper.endswith("(slides' figure)")
+    assert claims["tanh"].verdict == "not reproduced"
+    assert claims["ReLU"].verdict == "reproduced"
+    assert claims["ReLU"].ours == "γ 0.600, α 0.100 (1 of 2 seeds reach it)"
+    assert claims["swish"].verdict == "within spread"
+    better = [*curve("esp", 0, 0.05), *curve("esp", 1, 0.07), *curve("tanh", 0, 0.10)]
+    esp = toy_claims(better)[0]
+    assert (esp.verdict, esp.why) == ("reproduced", "ESP's γ is the smallest")

@@ -28,7 +28,8 @@ output, ``binary_cross_entropy``); and the experiments. The Hessian observables
 ``python -m particlesim_milletari.experiments toy|mnist|all`` (or
 ``particlesim milletari …``) reproduces the comparisons of ESP with ReLU, sigmoid,
 tanh and swish; tables, plots and the paper's statements side by side are in
-``results/``.
+``results/``. ``particlesim reproduce milletari`` runs the same grids and states each of
+the slides' findings beside ours with a verdict (:mod:`particlesim_milletari.reproduction`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ def particlesim_register_datasets():
     from particlesim_milletari.datasets import DATASETS
 
     return list(DATASETS)
+
+
+@hookimpl
+def particlesim_register_reproductions():
+    from particlesim_milletari.reproduction import MilletariReproduction
+
+    return [MilletariReproduction]
 
 
 @hookimpl
