@@ -426,6 +426,7 @@ def test_quick_experiment_resumes_from_its_journal(tmp_path: Path) -> None:
         (["scaling", "--steps", "0"], "error: --steps must be a positive integer, got 0"),
         (["scaling", "--condition", "hot"], "error: unknown condition 'hot'"),
         (["scaling", "--seeds", "4", "--init-seeds", "2"], "--init-seeds >= --seeds"),
+        (["scaling", "--dim", "0"], "error: --dim must be a positive integer, got 0"),
     ],
 )
 def test_experiment_errors_are_one_line(arguments: list[str], message: str, tmp_path) -> None:
@@ -444,3 +445,58 @@ def test_full_scaling_experiment_heals_the_error(tmp_path: Path) -> None:
     assert fits["init"]["slope"] == pytest.approx(-0.5, abs=0.15)
     for condition in experiments.CONDITIONS:
         assert fits[condition]["slope"] < -0.4
+
+
+# --------------------------------------------------------------------------- reproduction
+
+
+def test_reproduce_quick_writes_the_page_and_the_report(tmp_path: Path) -> None:
+    """``particlesim reproduce rotskoff --quick``: the d = 5 slopes with intervals, the JSON."""
+    import json
+
+    from particlesim.cli.app import app
+
+    results = tmp_path / "reproductions"
+    result = CliRunner().invoke(
+        app, ["reproduce", "rotskoff", "--quick", "--results", str(results)]
+    )
+    assert result.exit_code == 0, result.output
+    page = (results / "README.md").read_text()
+    assert "## Rotskoff & Vanden-Eijnden (2018), Neural networks as interacting particle" in page
+    assert "| d = 5: slope of initialisation: ‖f_n − f_0‖ (f_0 = 0) against n | -0.5 (" in page
+    for condition in ("low temperature", "finite temperature"):
+        assert f"| d = 5: slope of trained, {condition}: ‖f_n − f‖ against n | -1 (" in page
+    assert "(n = 16…128, 1 seed) |" in page and "(n = 16…128, 4 seeds) |" in page
+    assert "![rotskoff: scaling](rotskoff/d5/scaling.png)" in page
+    report = json.loads((results / "rotskoff.json").read_text())
+    assert report["quick"] is True and len(report["claims"]) == 3
+    assert all((results / "rotskoff" / name).is_file() for name in report["figures"])
+
+
+def scaling_rows(exponent: float, noise: float = 0.0) -> list[dict]:
+    """Trained rows with ``error = 2·n^exponent`` (× a deterministic wobble), 2 seeds per n."""
+    return [
+        {"kind": "low_temperature", "particles": n, "seed": seed, "norm": 1.0,
+         "error": 2.0 * n**exponent * (1 + noise * math.sin(3 * i + seed))}
+        for i, n in enumerate([16, 32, 64, 128, 256, 512])
+        for seed in range(2)
+    ]  # fmt: skip
+
+
+def test_slope_claims_carry_a_confidence_interval_and_a_verdict() -> None:
+    from particlesim_rotskoff.reproduction import scaling_claims, slope_interval
+
+    (healed,) = scaling_claims(scaling_rows(-1.0, noise=0.05), dim=25)
+    assert healed.quantity == "d = 25: slope of trained, low temperature: ‖f_n − f‖ against n"
+    assert healed.verdict == "reproduced" and healed.paper.startswith("-1 (")
+    slope, low, high = (float(x) for x in healed.ours.replace("[", "").replace(",", "")
+                        .replace("]", "").split()[:3])  # fmt: skip
+    assert low < slope < high and low < -1 < high
+    (clt,) = scaling_claims(scaling_rows(-0.5), dim=5)
+    assert clt.verdict == "not reproduced" and clt.why.startswith("shallower than -1")
+    wide = scaling_claims(scaling_rows(-0.8, noise=0.9), dim=5)[0]  # -0.81 [-1.01, -0.60]
+    assert wide.verdict == "within spread"
+    fit = {"slope": -1.0, "stderr": 0.1, "intercept": 0.0}
+    low, high = slope_interval(fit, sizes=6)
+    assert (high - low) / 2 == pytest.approx(2.776 * 0.1, rel=1e-3)  # t(0.975, 4 d.o.f.)
+    assert all(math.isnan(x) for x in slope_interval({**fit, "stderr": math.nan}, sizes=3))

@@ -31,8 +31,12 @@ paper's quench) and the observable ``effective_noise`` (``θ = Δt/P``). This pl
       particles = 256     # gradient descent on L = n·ℓ
 
 * the scaling experiment, ``python -m particlesim_rotskoff.experiments scaling --out DIR``
-  (or ``particlesim rotskoff scaling``): error against ``n`` at initialisation and after
-  training, fitted slopes, the particles' distribution; results in ``results/``.
+  (or ``particlesim rotskoff scaling``; ``--dim 25`` for the paper's dimension): error
+  against ``n`` at initialisation and after training, fitted slopes, the particles'
+  distribution; results in ``results/`` (d = 5) and ``results/d25/``;
+* the reproduction, ``particlesim reproduce rotskoff``: the fitted exponents with their
+  confidence intervals beside the paper's, at d = 25 and d = 5
+  (:mod:`particlesim_rotskoff.reproduction`).
 """
 
 from __future__ import annotations
@@ -54,6 +58,13 @@ def particlesim_register_models():
     from particlesim_rotskoff.model import MODELS
 
     return list(MODELS)
+
+
+@hookimpl
+def particlesim_register_reproductions():
+    from particlesim_rotskoff.reproduction import RotskoffReproduction
+
+    return [RotskoffReproduction]
 
 
 @hookimpl
