@@ -39,7 +39,10 @@ _LAZY = {
     "plot_observables": "particlesim.analysis.plots",
     "plot_positions": "particlesim.analysis.plots",
     "plot_summary": "particlesim.analysis.plots",
+    "plot_network": "particlesim.analysis.plots",
     "animate": "particlesim.analysis.plots",
+    "Scene": "particlesim.analysis.scene",
+    "write_view": "particlesim.analysis.view",
 }
 
 
