@@ -734,6 +734,7 @@ def plot_intervals(pruning: Sequence[dict[str, Any]], path: Path) -> Path:
         bottom.plot([g.proportion for g in gaps], [g.paper for g in gaps], "D",
                     color="tab:red", markersize=4, label="paper")  # fmt: skip
         bottom.axhline(0.0, color="gray", linewidth=0.8)
+        bottom.set_title("filled: the interval excludes 0 (significant)", fontsize=9)
         bottom.set_xlabel("pruned proportion of hidden neurons")
         bottom.set_ylabel(f"positional − vanilla ({level} interval)")
         bottom.grid(alpha=0.3)

@@ -264,9 +264,12 @@ def notes_text(rows: Sequence[dict[str, Any]]) -> str:
         control = experiments.pruning_significance(rows, scoring, other="vanilla_l2")
         if control:
             above = [f"{g.proportion:g}" for g in control if g.significant and g.mean > 0]
+            below = [f"{g.proportion:g}" for g in control if g.significant and g.mean < 0]
             sentences.append(
-                f"Against vanilla with the positional network's plain L2 (is it just "
-                f"regularisation?): significantly above at {', '.join(above) or 'none'}."
+                "Against vanilla with the positional network's plain L2 (is it just "
+                f"regularisation?): significantly above at {', '.join(above) or 'none'}"
+                + (f", below at {', '.join(below)}" if below else "")
+                + "."
             )
     return (
         " ".join(sentences)
