@@ -269,40 +269,54 @@ def test_the_picture_draws_one_segment_per_kept_connection() -> None:
         draw_network(network, ax=right)
 
 
-def test_the_experiment_command_runs_quick_end_to_end(tmp_path) -> None:
-    """``--quick``: every measurement and picture through the harness, as a user runs it."""
+def test_the_experiments_quick_mode_runs_end_to_end(tmp_path) -> None:
+    """``particlesim reproduce bimt --quick``: the experiment's ``--quick`` grid (every task,
+    every measurement, every picture) through the harness, then the claims."""
     from particlesim_bimt import experiments
 
     from particlesim.experiments import read_csv
 
-    experiments.main(
-        ["--quick", "--tasks", "independence", "two_moons", "--seeds", "0", "--out", str(tmp_path)]
-    )
-    rows = read_csv(tmp_path / "runs.csv")
-    assert [(r["task"], r["arm"]) for r in rows] == [
-        ("independence", "bimt"),
-        ("independence", "l1"),
-        ("two_moons", "bimt"),
-        ("two_moons", "l1"),
+    result = CliRunner().invoke(app, ["reproduce", "bimt", "--quick", "--results", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "bimt"
+    rows = read_csv(out / "runs.csv")
+    assert [(r["task"], r["arm"], r["l1_scale"]) for r in rows] == [
+        ("independence", "bimt", 1.0),
+        ("independence", "l1", 0.25),  # the L1 prices matched on accuracy
+        ("two_moons", "bimt", 1.0),
+        ("two_moons", "l1", 1.0),
+        ("mnist", "bimt", 1.0),
+        ("mnist", "l1", 0.5),
     ]
     for row in rows:
-        assert row["steps"] == 30 and math.isfinite(row["test_loss"])
-        assert 0 < row["connections"] <= row["weights"] and math.isfinite(row["modularity"])
+        assert math.isfinite(row["test_loss"]) and math.isfinite(row["modularity"])
+        assert 0 < row["connections"] <= row["weights"] and row["hidden_used"] >= 0
         picture = experiments.picture_name(row["task"], row["arm"], row["l1_scale"])
-        assert (tmp_path / picture).is_file()
-    assert rows[1]["l1_scale"] == 0.25 and rows[3]["l1_scale"] == 1.0  # matched on accuracy
+        assert (out / picture).stat().st_size > 0
+        assert (row["swaps"] > 0) == (row["arm"] == "bimt")  # L1 has no swaps
+    assert [r["steps"] for r in rows] == [30, 30, 30, 30, 20, 20]
     assert rows[0]["split"] in (0, 1) and rows[2]["split"] == ""  # only the independence task
-    assert rows[0]["swaps"] > 0 and rows[1]["swaps"] == 0  # the L1 arm has no swaps
-    assert 0 <= rows[2]["test_accuracy"] <= 1
-    readme = (tmp_path / "README.md").read_text()
+    assert 0 <= rows[4]["test_accuracy"] <= 1
+    readme = (out / "README.md").read_text()
     assert "| arm | seeds | test loss |" in readme and "![two_moons l1](two_moons_l1.png)" in readme
-    assert "Quick mode" in readme
-    # the L1 arm pays the layout's mean price per unit |W|, with no length term
+    assert "Quick mode" in readme and "| claim | the paper | BIMT vs L1 | verdict | why |" in readme
+    page = (tmp_path / "README.md").read_text()
+    assert "## BIMT (Liu, Gan & Tegmark 2023)" in page
+    assert "| independence: modularity Q, BIMT vs L1 ×0.25 | BIMT higher |" in page
+
+
+def test_the_l1_arm_prices_every_weight_alike_and_drops_the_swaps() -> None:
+    from particlesim_bimt import experiments
+
     raw = experiments.scenario_for(experiments.TASKS["two_moons"], "l1", 3, 100, 2.0)
     (potential,) = raw["potentials"]
     assert potential["a"] == 0.0 and potential["l0"] == pytest.approx(2 * 0.5291666, rel=1e-5)
     assert "moves" not in raw and raw["scenario"]["seed"] == 3
     assert potential["coefficient_schedule"] == [[50, 0.01]]  # the jump stays at half the run
+    bimt = experiments.scenario_for(experiments.TASKS["independence"], "bimt", 0, 1000, 1.0)
+    assert bimt["potentials"][0]["a"] == 1.0 and bimt["moves"][0]["every"] == 200
+    assert bimt["potentials"][0]["coefficient_schedule"] == [[250, 0.01], [750, 0.001]]
+    assert bimt["potentials"][1]["l0"] == 0.1  # the biases' cost is not a weight's
 
 
 def test_the_mnist_cost_averages_per_layer_and_its_swaps_stay_exact() -> None:

@@ -271,3 +271,10 @@ def particlesim_register_datasets():
     from particlesim_bimt.datasets import DATASETS
 
     return list(DATASETS)
+
+
+@hookimpl
+def particlesim_register_reproductions():
+    from particlesim_bimt.experiments import BIMTReproduction
+
+    return [BIMTReproduction]

@@ -62,6 +62,7 @@ def draw_network(
     ax: Axes | None = None,
     *,
     threshold: float = 0.0,
+    max_edges: int | None = None,
     linewidth: float = 2.0,
     input_labels: Sequence[str] | None = None,
     output_labels: Sequence[str] | None = None,
@@ -76,6 +77,9 @@ def draw_network(
             new figure with one axes.
         threshold: connections with ``|W| < threshold · max |W|`` of their layer are left
             out (:func:`particlesim_bimt.analysis.kept`).
+        max_edges: draw at most this many of each layer's connections, the strongest
+            (an untrained MNIST network has 78400 in its first layer; faint ones are
+            invisible anyway).
         linewidth: the width of a layer's strongest connection.
         input_labels, output_labels: names of the input features and outputs by their
             original index (the ``id`` field), written beside the slot each sits in.
@@ -105,6 +109,9 @@ def draw_network(
         magnitude = np.abs(weight)
         largest = magnitude.max() if magnitude.size else 0.0
         rows, cols = np.nonzero(mask)
+        if max_edges is not None and rows.size > max_edges:
+            strongest = np.argsort(magnitude[rows, cols])[-max_edges:]
+            rows, cols = rows[strongest], cols[strongest]
         ratio = magnitude[rows, cols] / largest if largest > 0 else np.zeros(rows.size)
         start = place(network.positions[layer + 1])[rows]
         end = place(network.positions[layer])[cols]
