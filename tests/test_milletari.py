@@ -490,4 +490,9 @@ def test_less_singular_claims_compare_gamma_at_equal_energy() -> None:
     assert claims["swish"].verdict == "within spread"
     better = [*curve("esp", 0, 0.05), *curve("esp", 1, 0.07), *curve("tanh", 0, 0.10)]
     esp = toy_claims(better)[0]
-    assert (esp.verdict, esp.why) == ("reproduced", "ESP's γ is the smallest")
+    assert (esp.verdict, esp.why) == ("reproduced", "ESP's γ is the smallest, 0.040 below tanh's")
+    close = [*curve("esp", 0, 0.02), *curve("esp", 1, 0.16), *curve("tanh", 0, 0.10)]
+    esp, tanh = toy_claims(close)[:2]
+    assert esp.verdict == tanh.verdict == "reproduced"  # the order is ESP's, but by less than
+    assert esp.why.endswith("within the larger std (0.099), not settled by the seeds")  # a std
+    assert tanh.why.endswith("not settled by the seeds")

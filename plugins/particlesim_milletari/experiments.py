@@ -890,8 +890,14 @@ def run(what: Experiment, settings: Settings) -> dict[str, Path]:
             "overrides": settings.toy_overrides,
         }
     if what in ("mnist", "all"):
+        final_epoch = max(float(r["epoch"]) for r in mnist) if mnist else 0.0
         info["mnist"] = {
             "wall_seconds": round(mnist_seconds, 1),
+            # the runs' own time, also of those a resumed grid kept from an earlier call
+            "run_seconds": round(
+                sum(float(r["train_seconds"]) for r in mnist or [] if r["epoch"] == final_epoch),
+                1,
+            ),
             "activations": list(settings.mnist_activations),
             "seeds": settings.mnist_seeds,
             "epochs": settings.mnist_epochs,

@@ -134,10 +134,24 @@ def _comparison_why(outcome: Verdict, ours: harness.Stats, esp: harness.Stats, n
     gap = ours.mean - esp.mean
     side = "above" if gap > 0 else "below" if gap < 0 else "equal to"
     text = f"{name} γ {side} ESP's {esp.mean:.3f} by {abs(gap):.3f}"
+    spread = max(ours.std, esp.std)
     if outcome == "within spread":
-        text += f", within the larger std ({max(ours.std, esp.std):.3f})"
+        text += f", within the larger std ({spread:.3f})"
     elif outcome == "not reproduced":
         text += f", beyond both stds ({ours.std:.3f}, {esp.std:.3f})"
+    elif abs(gap) <= spread:
+        text += f"; the order is within the larger std ({spread:.3f}), not settled by the seeds"
+    return text
+
+
+def _smallest_why(esp: harness.Stats, best: harness.Stats, name: str) -> str:
+    """Why ESP's row is reproduced: its lead over the next activation, and whether the
+    seeds' spread settles it."""
+    lead = best.mean - esp.mean
+    spread = max(esp.std, best.std)
+    text = f"ESP's γ is the smallest, {lead:.3f} below {name}'s"
+    if lead <= spread:
+        text += f"; within the larger std ({spread:.3f}), not settled by the seeds"
     return text
 
 
@@ -171,7 +185,7 @@ def singular_claims(
         best = gamma[smallest]
         outcome = verdict(esp.mean, esp.std, best.mean, best.std, better="lower")
         why = (
-            "ESP's γ is the smallest"
+            _smallest_why(esp, best, _label(smallest))
             if outcome == "reproduced"
             else f"smallest: {_label(smallest)} {harness.cell(best, '.3f')}"
             + (
@@ -366,7 +380,7 @@ def settings_text(info: Mapping[str, Any], quick: bool) -> str:
             f"MNIST: {network}, {', '.join(map(_label, mnist['activations']))}; "
             f"{mnist['epochs']} epoch(s) of Adam (lr 1e-3), Lanczos Hessian probe before the "
             f"first and after the last step; {mnist['seeds']} seed(s) "
-            f"({mnist['wall_seconds']:.0f} s)"
+            f"({mnist.get('run_seconds', mnist['wall_seconds']):.0f} s of runs)"
         )
     return ". ".join(parts)
 
