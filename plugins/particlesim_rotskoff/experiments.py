@@ -490,6 +490,9 @@ def markdown(
                 "the trained errors are still limited by the training time, so the fitted "
                 "slopes understate the converged ones."
                 if change < 0.9
+                else "the error still falls with training time, slowly: the runs sit on a "
+                "slow stretch of the descent, not necessarily at its end."
+                if change < 0.99
                 else "the error no longer falls with training time at this size."
             )
         ]
@@ -536,13 +539,25 @@ def describe_length(info: dict[str, Any]) -> str:
     )
 
 
-def readme(lengths: dict[str, Any], settings: Settings, wall: float) -> str:
-    """``README.md``: what the folder holds, how it was made and how long the runs trained."""
+def run_seconds(rows: Sequence[dict[str, Any]]) -> float:
+    """The trained runs' own wall time, summed (``wall_s`` of ``scaling.csv``): what the
+    grid cost, also when a resumed call kept runs an earlier call finished."""
+    return sum(float(r["wall_s"]) for r in rows if isinstance(r.get("wall_s"), int | float))
+
+
+def readme(
+    lengths: dict[str, Any], settings: Settings, wall: float, trained: float | None = None
+) -> str:
+    """``README.md``: what the folder holds, how it was made and how long the runs trained.
+
+    ``trained``: the trained runs' own seconds (:func:`run_seconds`), when known.
+    """
+    spent = f"; the trained runs took {trained:.0f} s" if trained is not None else ""
     lines = [
         "# Results: Rotskoff & Vanden-Eijnden, mean-field networks on the spherical 3-spin model",
         "",
         "Written by `python -m particlesim_rotskoff.experiments scaling --out <this folder>` "
-        f"in {wall:.0f} s of wall time (CPU, `OMP_NUM_THREADS=1`).",
+        f"in {wall:.0f} s of wall time{spent} (CPU, `OMP_NUM_THREADS=1`).",
         "",
         f"* sizes n = {', '.join(str(n) for n in settings.sizes)}; "
         f"{settings.seeds} trained seed(s) per size and condition; "
@@ -684,7 +699,9 @@ def run(settings: Settings) -> dict[str, Path]:
     (settings.out / "results.md").write_text(
         markdown(rows, lengths, settings, wall), encoding="utf-8"
     )
-    (settings.out / "README.md").write_text(readme(lengths, settings, wall), encoding="utf-8")
+    (settings.out / "README.md").write_text(
+        readme(lengths, settings, wall, run_seconds(rows)), encoding="utf-8"
+    )
     written["results.md"] = settings.out / "results.md"
     written["README.md"] = settings.out / "README.md"
     for path in write_plots(rows, particles, slices, settings.out):
@@ -694,6 +711,7 @@ def run(settings: Settings) -> dict[str, Path]:
         settings.out / "run_info.json",
         {
             "wall_seconds": round(wall, 1),
+            "run_seconds": round(run_seconds(rows), 1),
             "sizes": settings.sizes,
             "seeds": settings.seeds,
             "init_seeds": settings.init_seeds,

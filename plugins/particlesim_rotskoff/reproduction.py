@@ -135,7 +135,7 @@ def length_check_text(rows: Sequence[dict[str, Any]], condition: str) -> str:
         return ""
     ratio = float(check["error"]) / float(first["error"])
     return f"; n = {check['particles']} trained twice as long: error ×{ratio:.2f}" + (
-        " (still falling: descent-limited)" if ratio < 0.9 else ""
+        " (still falling)" if ratio < 0.99 else " (no longer falling)"
     )
 
 
@@ -231,7 +231,8 @@ def report_from(
         dim = int(next(iter(lengths.values()))["dim"]) if lengths else 0
         claims += scaling_claims(rows, dim)
         texts.append(
-            f"d = {dim}: {settings_text(lengths, settings)} ({info['wall_seconds']:.0f} s)"
+            f"d = {dim}: {settings_text(lengths, settings)} "
+            f"({info.get('run_seconds', info['wall_seconds']):.0f} s of runs)"
         )
         figures += [
             str(path.relative_to(out))
