@@ -2,12 +2,15 @@
 
 Neurons sit at fixed places and every connection costs its length, so training with
 ``task + λ · cost`` pulls a network towards few, short connections — modules one can see.
-This plugin gives the two pieces of the authors' code that the rest builds on:
+This module gives the two pieces of the authors' code that the rest builds on (the data
+sets are in :mod:`particlesim_bimt.datasets`, the measurements of modules and sparsity in
+:mod:`particlesim_bimt.analysis`, the pictures in :mod:`particlesim_bimt.pictures`, the
+results in :mod:`particlesim_bimt.experiments`, ``particlesim reproduce bimt``):
 
 * model ``bimt_mlp``: a dense MLP whose neurons are laid out as in the code. ``layout =
   "line"``: the ``N`` neurons of each layer on a line at ``x = (i + ½)/N`` in ``[0, 1]``, the
-  layers ``l0`` apart along the last axis (``BioMLP`` in ``bimt/models.py``, the two-moon
-  and symbolic notebooks). ``layout = "grid"``: the MNIST variant (``BioMLP2D``): a layer of
+  layers ``l0`` apart along the last axis (``BioMLP`` of the two-moon and symbolic
+  notebooks). ``layout = "grid"``: the MNIST variant (``BioMLP2D``): a layer of
   a square number ``N`` of neurons on a ``√N × √N`` grid in the unit square, cell centres
   ``((i + ½)/√N, (j + ½)/√N)``, and the last layer on a ring of radius ¼ around ``(½, ½)``.
   Positions have ``D = 3`` (the plane, then the layer axis) and are frozen.
@@ -20,13 +23,15 @@ This plugin gives the two pieces of the authors' code that the rest builds on:
   ``coefficient``, and its λ schedules the engine's ``coefficient_schedule`` of any
   potential (two-moon: ``coefficient = 1e-3``, ``coefficient_schedule = [[5000, 1e-2]]``).
 
-Sources (github KindXiaoming/BIMT): ``bimt/models.py`` (``BioLinear``/``BioMLP``:
+Sources (github KindXiaoming/BIMT): the notebooks, each of which defines its own
+``BioLinear``/``BioMLP`` (``BioLinear2D``/``BioMLP2D`` in ``mnist_3.5.ipynb``): the
 ``in_fold``/``out_fold`` coordinates, ``get_cc`` = Σ |W| (A·dist + l0) with ``dist`` the
-absolute coordinate difference, L1 for the 2-D variant) and the notebooks' settings (two
-moon: sizes [2, 20, 20, 2], SiLU, l0 = 0.2, A = 1; MNIST: [784, 100, 100, 10], l0 = 0.5,
-A = 2). The swap moves are the engine's ``neuron_swap`` move
-(:mod:`particlesim.core.moves`); ``connection_cost`` gives it each swap's energy change
-in one vectorised pass (:meth:`ConnectionCost.swap_energy_changes`).
+absolute coordinate difference (L1 in the plane for the 2-D variant), and the settings
+(two moon: sizes [2, 20, 20, 2], SiLU, l0 = 0.2, A = 1; MNIST: [784, 100, 100, 10],
+l0 = 0.5, A = 2; symbolic formulas: [4, 20, 20, 2], l0 = 0.1). The swap moves are the
+engine's ``neuron_swap`` move (:mod:`particlesim.core.moves`); ``connection_cost`` gives it
+each swap's energy change in one vectorised pass
+(:meth:`ConnectionCost.swap_energy_changes`).
 """
 
 from __future__ import annotations
