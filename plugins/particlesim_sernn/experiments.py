@@ -245,12 +245,11 @@ class SeRNNReproduction:
     def run(self, out: Path, *, quick: bool, log: Any) -> Any:
         from particlesim.reproduce import Report
 
-        seeds = ["0", "1"] if quick else ["0", "1", "2", "3", "4"]
-        epochs = "2" if quick else "10"
         # the full grid lives beside the plugin (its finished points are kept and reused)
         folder = out if quick else HERE / "results"
-        argv = ["--out", str(folder), "--seeds", *seeds, "--epochs", epochs]
-        main([*argv, "--quick"] if quick else argv, log=log)
+        argv = ["--out", str(folder)]
+        main([*argv, "--quick", "--seeds", "0", "1", "--epochs", "2"] if quick else argv, log=log)
+        epochs, seeds = ("2", ["0", "1"]) if quick else ("10", ["0", "1", "2", "3", "4"])
         from particlesim.experiments import read_csv
 
         rows = read_csv(folder / "runs.csv")
@@ -273,6 +272,8 @@ def main(argv: list[str] | None = None, log: Any = print) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny task and grid: seconds")
     parser.add_argument("--fresh", action="store_true", help="rerun finished points")
     args = parser.parse_args(argv)
+    if float(args.epochs).is_integer():  # 10 and "10" name the same grid points
+        args.epochs = int(args.epochs)
     args.out.mkdir(parents=True, exist_ok=True)
     strengths = (
         {name: values[::2] for name, values in STRENGTHS.items()} if args.quick else STRENGTHS
