@@ -84,6 +84,9 @@ class Report:
     notes: str = ""
     seconds: float = 0.0
     quick: bool = False
+    #: Seconds of training behind the results, where the plugin knows them (its grid's
+    #: points may have run before this rebuild, which then reuses them).
+    compute_seconds: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"version": REPORT_VERSION, **asdict(self)}
@@ -278,7 +281,13 @@ def write_markdown(reports: Sequence[Report], path: Path, *, results: Path, quic
         lines += [
             f"## {report.title}",
             "",
-            f"`{report.command}` — {report.seconds:.0f} s here"
+            f"`{report.command}` — this rebuild {report.seconds:.0f} s (finished grid points "
+            "are reused)"
+            + (
+                f", {report.compute_seconds:.0f} s of training in all"
+                if report.compute_seconds is not None
+                else ""
+            )
             + (f". {report.settings}" if report.settings else ""),
             "",
             *markdown_table(

@@ -157,6 +157,7 @@ class LangeReproduction:
             claims=claims(rows),
             command="python -m particlesim_lange.experiments" + (" --quick" if quick else ""),
             settings="tiny (quick)" if quick else "10 epochs, seeds 0–2, Adam (the scenarios')",
+            compute_seconds=sum(r["seconds"] for r in rows),
             notes="The paper gives no numbers for its MNIST experiment; the claims are its "
             "argument (a kernel of distance learns with parameters linear in the widths).",
         )

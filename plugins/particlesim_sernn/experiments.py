@@ -261,6 +261,7 @@ class SeRNNReproduction:
             settings=f"{epochs} epochs, seeds {', '.join(seeds)}, γ log-spaced over two "
             "decades for each regulariser",
             notes="" if quick else FINDINGS,
+            compute_seconds=sum(r["seconds"] for r in rows),
         )
 
 
