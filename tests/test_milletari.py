@@ -413,7 +413,7 @@ def test_experiment_command_runs_a_short_toy(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_full_reproduction(tmp_path: Path) -> None:
-    """The whole reproduction (about 10 minutes on one CPU thread)."""
+    """The whole reproduction (about 20 minutes on one idle CPU thread)."""
     settings = experiments.Settings(out=tmp_path / "results", log=lambda message: None)
     experiments.run("all", settings)
     mnist = experiments.read_csv(settings.out / "mnist.csv")

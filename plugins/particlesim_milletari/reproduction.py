@@ -291,8 +291,8 @@ def speed_claim(
         paper,
         f"{text('esp')}; fastest other: {text(fastest)}",
         outcome,
-        f"mean over the seeds that reach it (energy recorded every {every:g} epochs; an "
-        f"activation most of whose seeds never reach it is not a candidate); {lead}",
+        f"means over the seeds that reach it (energy every {every:g} epochs; activations "
+        f"most of whose seeds never do are left out); {lead}",
     )
 
 
@@ -371,7 +371,7 @@ def settings_text(info: Mapping[str, Any], quick: bool) -> str:
             f"{', '.join(map(_label, toy['activations']))}; {toy['epochs']} epochs of "
             f"full-batch Adam (lr 0.01), {'100' if quick else '500'} points, dense Hessian "
             f"every {toy['hessian_every']} epochs; {toy['seeds']} seed(s) per setting "
-            f"({toy['wall_seconds']:.0f} s)"
+            f"({toy.get('run_seconds', toy['wall_seconds']):.0f} s of runs)"
         )
     mnist = info.get("mnist")
     if mnist:
