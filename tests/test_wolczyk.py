@@ -1088,10 +1088,12 @@ def test_ablation_quick_end_to_end(two_tasks: tuple[Path, Path], tmp_path: Path)
     assert "## Concatenation, 1 epochs (3 steps)" in table
     assert "## Sequential, 1 epochs (6 steps)" in table
     assert "| all (the authors' code) |" in table and "| split keeps the bias |" in table
+    widths = {line.count("|") for line in table.splitlines() if line.startswith("|")}
+    assert widths == {8}  # choice + 2 networks x (full, split, drop): no stray pipe in a cell
     assert "| paper | – | 0.80 ± 0.13 | 0.11 ± 0.15 | – | 0.92 ± 0.04 | 0.00 ± 0.00 |" in table
     summary = experiments.ablation_summary(rows)
-    ours = summary[1.0, "concat", "regular", "ours (|w|·d, per-head loss, outputs 0)"]
-    assert summary[1.0, "concat", "regular", "transport w²·d"] == ours  # the same runs
+    ours = summary[1.0, "concat", "regular", "ours (L1 transport, per-head loss, outputs 0)"]
+    assert summary[1.0, "concat", "regular", "transport w²·d (L2)"] == ours  # the same runs
     kept = summary[1.0, "concat", "spatial", "split keeps the bias"]["split_accuracy"]
     assert kept.mean == pytest.approx(by["concat", "spatial", "ours"]["split_accuracy_bias"])
     (out / "ablation.md").unlink()

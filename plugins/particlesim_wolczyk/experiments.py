@@ -361,8 +361,8 @@ VARIANTS: dict[str, tuple[str, str]] = {
 #: The ablation's columns: each of the authors' choices alone, then all of them together;
 #: ``(title, training variant, split columns' suffix)``.
 CHOICES: tuple[tuple[str, str, str], ...] = (
-    ("ours (|w|·d, per-head loss, outputs 0)", "ours", ""),
-    ("transport w²·d", "w2", ""),
+    ("ours (L1 transport, per-head loss, outputs 0)", "ours", ""),
+    ("transport w²·d (L2)", "w2", ""),
     ("split keeps the bias", "ours", "_bias"),
     ("one pooled cross-entropy", "pooled", ""),
     ("all (the authors' code)", "authors", "_bias"),

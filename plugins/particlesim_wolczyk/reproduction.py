@@ -190,7 +190,9 @@ NOTES = (
     "(plugins/particlesim_wolczyk/results/README.md, Result 1); this table uses the "
     "authors' code's mean over connections instead. The authors' code differs further "
     "(transport cost with w² instead of |w|, split neurons that keep their bias, one "
-    "cross-entropy mean over the batch, 50 epochs)."
+    "cross-entropy mean over the batch, 50 epochs); `python -m particlesim_wolczyk."
+    "experiments ablation` measures each choice alone and all together "
+    "(plugins/particlesim_wolczyk/results/ablation/)."
 )
 
 
