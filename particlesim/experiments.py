@@ -661,6 +661,10 @@ def build_point(
 ) -> Runner:
     """One grid point's run, validated and built in memory (:meth:`Runner.in_memory`).
 
+    Its ``run()`` raises where the run did not complete (``KeyboardInterrupt`` on Ctrl-C or
+    SIGTERM, :class:`~particlesim.errors.ParticlesimError` on a failure or divergence), so
+    that :func:`run_grid` never records a half-trained point as finished.
+
     Args:
         scenario: a scenario file, or a scenario dict (not modified).
         set: ``key=value`` assignments (``--set``), applied in order.
@@ -691,4 +695,6 @@ def build_point(
     raw["writers"] = [
         w for w in raw.get("writers", []) if isinstance(w, dict) and w.get("name") in keep_writers
     ]
-    return Runner.in_memory(raw, base_dir=base_dir, extra_writers=extra_writers)
+    runner = Runner.in_memory(raw, base_dir=base_dir, extra_writers=extra_writers)
+    runner.strict = True  # an interrupted or failed point must not be recorded as finished
+    return runner

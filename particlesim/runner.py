@@ -177,6 +177,10 @@ class Runner:
         self._lock = lock
         #: Whether this process reports (not another rank of a distributed run).
         self.main = main
+        #: Raise instead of returning a run that did not complete: ``KeyboardInterrupt`` for
+        #: an interrupted one, :class:`ParticlesimError` for a failed or diverged one (an
+        #: experiment grid's point; :func:`particlesim.experiments.build_point` sets it).
+        self.strict = False
 
     # ---------------------------------------------------------------- construction
 
@@ -439,6 +443,10 @@ class Runner:
         except (MemoryError, RuntimeError) as exc:  # e.g. out of memory on the device
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             error = f"step {sim.step + 1}: {type(exc).__name__}: {first}"
+        if self.strict and status == "interrupted":
+            raise KeyboardInterrupt  # a grid point stopped part-way is not a result
+        if self.strict and status != "completed":
+            raise ParticlesimError(f"the run {status}: {error}")
         summary: dict[str, Any] = {}
         if self.main:
             summary = self.summary("failed" if status == "diverged" else status, error)

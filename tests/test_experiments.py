@@ -460,3 +460,28 @@ def test_build_point_and_a_grid_through_the_runner(tmp_path: Path, tiny_data: Pa
     rows = run_grid(grid({"seed": range(2)}), run_point, tmp_path / "runs.csv")
     assert [(r["seed"], r["status"]) for r in rows] == [(0, "completed"), (1, "completed")]
     assert read_csv(tmp_path / "runs.csv") == rows
+
+
+def test_a_grid_point_stopped_part_way_is_never_recorded(tmp_path: Path, tiny_data: Path) -> None:
+    """Ctrl-C (or SIGTERM) inside a point's run stops the grid; a failed run raises: neither
+    is written to the journal as a finished point."""
+    scenario = tmp_path / "harness.toml"
+    scenario.write_text(SCENARIO.format(data_dir=tiny_data), encoding="utf-8")
+
+    def stop(simulation: Any) -> None:
+        if simulation.step == 2:
+            raise KeyboardInterrupt
+
+    def run_point(point: Point) -> dict[str, Any]:
+        with build_point(scenario, ["run.steps=4"]) as runner:
+            runner.run(progress=stop if point["seed"] == 1 else None)
+            return {"seed": point["seed"], "step": runner.simulation.step}
+
+    table = tmp_path / "grid.csv"
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(grid({"seed": [0, 1, 2]}), run_point, table)
+    journal = (tmp_path / "grid.points.jsonl").read_text().splitlines()
+    assert len(journal) == 1 and '"seed": 0' in journal[0]  # only the finished point
+    diverging = build_point(scenario, ["run.steps=4", "integrator.lr=1e38"])
+    with diverging, pytest.raises(ParticlesimError, match=r"^the run diverged: step \d"):
+        diverging.run()
