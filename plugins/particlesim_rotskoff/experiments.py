@@ -42,11 +42,11 @@ slice), ``results.md`` (tables, fitted slopes, the paper's statements side by si
 The scenarios use d = 5, where the mean-field descent gets far within a few thousand steps
 on a CPU core. The paper's dimension is ``--dim 25``; there the descent is much slower (the
 slides' runs reach time 2·10⁶), and the grid of the reproduction
-(:mod:`particlesim_rotskoff.reproduction`) keeps the d = 5 length (time 4000) on sizes up
-to 512, about 3 minutes of an idle CPU core::
+(:mod:`particlesim_rotskoff.reproduction`) keeps the d = 5 grid's sizes, seeds and length
+(time 4000), about 5 minutes of an idle CPU core::
 
-    particlesim rotskoff scaling --dim 25 --steps 4000 --sizes 16,32,64,128,256,512 \\
-        --seeds 2 --condition low_temperature --out results/d25 --resume
+    particlesim rotskoff scaling --dim 25 --steps 4000 --condition low_temperature \\
+        --out results/d25 --resume
 
 A longer session extends it with more ``--seeds`` or ``--sizes`` (the finished points are
 kept with ``--resume``) or with ``--steps`` (a new grid: the length is part of each point's
