@@ -496,3 +496,12 @@ def test_less_singular_claims_compare_gamma_at_equal_energy() -> None:
     assert esp.verdict == tanh.verdict == "reproduced"  # the order is ESP's, but by less than
     assert esp.why.endswith("within the larger std (0.099), not settled by the seeds")  # a std
     assert tanh.why.endswith("not settled by the seeds")
+
+
+def test_a_resumed_toy_grid_counts_the_seconds_of_earlier_calls() -> None:
+    before = {"wall_seconds": 1204.2, "epochs": 1500, "hessian_every": 25, "overrides": []}
+    now = {**before, "wall_seconds": 2.0}
+    assert experiments.toy_run_seconds(before, now, resume=True) == 1206.2
+    assert experiments.toy_run_seconds({**before, "run_seconds": 2185.7}, now, True) == 2187.7
+    assert experiments.toy_run_seconds({**before, "epochs": 300}, now, True) == 2.0  # other runs
+    assert experiments.toy_run_seconds(before, now, resume=False) == 2.0  # all ran again

@@ -841,6 +841,26 @@ def _spectrum_plot(spectra: Sequence[dict[str, Any]], out: Path) -> list[Path]:
 # --------------------------------------------------------------------------- driver
 
 
+def toy_run_seconds(
+    previous: dict[str, Any] | None, current: dict[str, Any], resume: bool
+) -> float:
+    """Seconds spent on the runs of the 2-D grid, over every call that ran its points.
+
+    A resumed call runs only the points not yet recorded, so its wall time is not the
+    grid's cost: the seconds of the earlier calls (``previous``, the last ``run_info``) are
+    added when they ran points of this grid, i.e. when resuming with the same training
+    (epochs, Hessian interval, overrides); a grid may have grown in data sets,
+    networks, activations or seeds since.
+    """
+    seconds = float(current["wall_seconds"])
+    same = previous is not None and all(
+        previous.get(key) == current[key] for key in ("epochs", "hessian_every", "overrides")
+    )
+    if resume and same:
+        seconds += float(previous.get("run_seconds", previous.get("wall_seconds", 0.0)))
+    return round(seconds, 1)
+
+
 def run(what: Experiment, settings: Settings) -> dict[str, Path]:
     """Run the chosen experiment(s) and write every result file into ``settings.out``.
 
@@ -879,7 +899,7 @@ def run(what: Experiment, settings: Settings) -> dict[str, Path]:
     info_path = out / "run_info.json"
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
     if what in ("toy", "all"):
-        info["toy"] = {
+        toy_info = {
             "wall_seconds": round(toy_seconds, 1),
             "datasets": list(settings.datasets),
             "architectures": ["-".join(map(str, a)) for a in settings.architectures],
@@ -889,6 +909,8 @@ def run(what: Experiment, settings: Settings) -> dict[str, Path]:
             "hessian_every": settings.hessian_every,
             "overrides": settings.toy_overrides,
         }
+        toy_info["run_seconds"] = toy_run_seconds(info.get("toy"), toy_info, settings.resume)
+        info["toy"] = toy_info
     if what in ("mnist", "all"):
         final_epoch = max(float(r["epoch"]) for r in mnist) if mnist else 0.0
         info["mnist"] = {
