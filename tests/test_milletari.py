@@ -456,6 +456,7 @@ def test_reproduce_quick_writes_the_page_and_the_report(tmp_path: Path) -> None:
     assert len(report["claims"]) == 16 + 4 + 1 + 5
     assert all((results / "milletari" / name).is_file() for name in report["figures"])
     assert len(report["figures"]) == 5
+    assert report["compute_seconds"] > 0  # the runs' own seconds, from run_info.json
 
 
 def curve(activation: str, seed: int, gamma: float, *, reaches: bool = True) -> list[dict]:
@@ -473,29 +474,30 @@ def test_less_singular_claims_compare_gamma_at_equal_energy() -> None:
     from particlesim_milletari.reproduction import toy_claims
 
     rows = [
-        *curve("esp", 0, 0.20), *curve("esp", 1, 0.22),
-        *curve("tanh", 0, 0.10), *curve("tanh", 1, 0.11),  # below ESP beyond both spreads
-        *curve("relu", 0, 0.60), *curve("relu", 1, 0.0, reaches=False),  # one seed never
-        *curve("swish", 0, 0.17), *curve("swish", 1, 0.23),  # below ESP within the spread
+        *curve("esp", 0, 0.20), *curve("esp", 1, 0.22), *curve("esp", 2, 0.21),
+        *curve("tanh", 0, 0.10), *curve("tanh", 1, 0.11), *curve("tanh", 2, 0.12),  # below
+        *curve("relu", 0, 0.60), *curve("relu", 1, 0.62),
+        *curve("relu", 2, 0.0, reaches=False),  # one seed never reaches energy 0.05
+        *curve("swish", 0, 0.17), *curve("swish", 1, 0.23), *curve("swish", 2, 0.20),
     ]  # fmt: skip
     claims = {c.quantity.split(", ")[-1]: c for c in toy_claims(rows)[:4]}
     prefix = "non-linear (two moons) 2-8-2-1: γ at energy 0.05"
     assert all(c.quantity.startswith(prefix) for c in claims.values())
-    assert claims["ESP (β per layer)"].verdict == "not reproduced"
-    assert claims["ESP (β per layer)"].why == "smallest: tanh 0.105 ± 0.007"
-    assert claims["ESP (β per layer)"].paper.endswith("(slides' figure)")
+    esp = claims["ESP (β per layer)"]
+    assert esp.verdict == "not reproduced" and esp.paper.endswith("(slides' figure)")
+    assert esp.why.startswith("against the smallest other, tanh: difference +0.1, 95% interval")
     assert claims["tanh"].verdict == "not reproduced"
     assert claims["ReLU"].verdict == "reproduced"
-    assert claims["ReLU"].ours == "γ 0.600, α 0.100 (1 of 2 seeds reach it)"
-    assert claims["swish"].verdict == "within spread"
-    better = [*curve("esp", 0, 0.05), *curve("esp", 1, 0.07), *curve("tanh", 0, 0.10)]
-    esp = toy_claims(better)[0]
-    assert (esp.verdict, esp.why) == ("reproduced", "ESP's γ is the smallest, 0.040 below tanh's")
-    close = [*curve("esp", 0, 0.02), *curve("esp", 1, 0.16), *curve("tanh", 0, 0.10)]
-    esp, tanh = toy_claims(close)[:2]
-    assert esp.verdict == tanh.verdict == "reproduced"  # the order is ESP's, but by less than
-    assert esp.why.endswith("within the larger std (0.099), not settled by the seeds")  # a std
-    assert tanh.why.endswith("not settled by the seeds")
+    assert claims["ReLU"].ours == "γ 0.610 ± 0.014, α 0.100 ± 0.000 (2 of 3 seeds reach it)"
+    assert claims["swish"].verdict == "within spread"  # 0.200 against 0.210: seeds can't tell
+    assert claims["swish"].why.endswith("contains 0")
+    better = [*curve("esp", 0, 0.05), *curve("esp", 1, 0.06), *curve("esp", 2, 0.07),
+              *curve("tanh", 0, 0.10), *curve("tanh", 1, 0.11)]  # fmt: skip
+    esp, tanh = toy_claims(better)[:2]
+    assert (esp.verdict, tanh.verdict) == ("reproduced", "reproduced")
+    assert esp.why.startswith("against the smallest other, tanh: difference -0.045")
+    alone = toy_claims([*curve("esp", 0, 0.05), *curve("tanh", 0, 0.10)])
+    assert alone[0].verdict == "not measured"  # one seed: no spread to judge the order by
 
 
 def test_a_resumed_toy_grid_counts_the_seconds_of_earlier_calls() -> None:

@@ -470,6 +470,7 @@ def test_reproduce_quick_writes_the_page_and_the_report(tmp_path: Path) -> None:
     assert "![rotskoff: scaling](rotskoff/d5/scaling.png)" in page
     report = json.loads((results / "rotskoff.json").read_text())
     assert report["quick"] is True and len(report["claims"]) == 3
+    assert report["compute_seconds"] > 0  # the trained runs' own seconds
     assert all((results / "rotskoff" / name).is_file() for name in report["figures"])
 
 

@@ -19,21 +19,26 @@ ours (mean ± standard deviation over seeds) beside it:
   :data:`~particlesim_milletari.experiments.ENERGY_TARGET`: the cross-entropy of separable
   data falls towards 0 and takes every curvature with it, so γ grows along training for
   every activation and only equal energies compare. On MNIST they are the Lanczos estimates
-  after the last step (the training losses are alike). A comparison is *reproduced* when it
-  goes the slides' way, *within spread* when it goes the other way by no more than the
-  larger of the two standard deviations.
+  after the last step (the training losses are alike).
 * **"providing faster optimisation"**, per 2-D cell: the epochs ESP needs to reach the
   energy target against the fastest other activation.
 * **"one can also have g(h) = 0, we are adding optima"**: runs that end stuck at a constant
-  output (energy above ln 2 − 0.19), ReLU against the smooth activations.
+  output (final energy above 0.5, near ln 2), ReLU against the smooth activations.
 * **MNIST** ("more consistent performances"): ESP's test accuracy against ReLU's.
+
+Each comparison of two activations is judged on their values over seeds by
+:func:`particlesim.reproduce.direction`: Welch's 95 % interval of the difference of the
+means is *reproduced* when it lies on the slides' side of 0, *not reproduced* when it lies
+on the other side and *within spread* when it holds 0 (the seeds cannot tell the order);
+a side with fewer than two seeds is *not measured*.
 
 The slides give neither the optimiser, the training length, the initialisation nor the
 tolerance behind "zero eigenvalue"; the choices are the plugin's (``results/README.md``).
 
 ``quick`` checks the mechanics in seconds: 100 points and 150 epochs on the 2-D problems,
-1 seed, the four compared activations; 2 % of MNIST, a 784-32-10 network, one epoch, a small
-Lanczos probe. Its numbers say nothing about the paper.
+the four compared activations; 2 % of MNIST, a 784-32-10 network, one epoch, a small
+Lanczos probe; 2 seeds, the fewest a comparison can judge. Its numbers say nothing about
+the paper.
 """
 
 from __future__ import annotations
@@ -42,10 +47,10 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from particlesim import experiments as harness
-from particlesim.reproduce import Claim, Report, Verdict, verdict
+from particlesim.reproduce import Claim, Report, Verdict, direction
 from particlesim_milletari import experiments
 
 #: The activations the claims compare with ESP (β per layer), when they were run.
@@ -53,6 +58,7 @@ COMPARED = ("tanh", "relu", "swish", "sigmoid")
 #: The slides' cell for the eigenvalue distribution: the non-linear data, 2-8-2-1.
 SLIDES_CELL = ("moons_2d", "2-8-2-1")
 QUICK_ACTIVATIONS = ("esp", "tanh", "relu", "swish")
+QUICK_SEEDS = 2
 QUICK_TOY = ["data.n_train=100", "data.n_test=100", "run.batch_size=100"]
 QUICK_MNIST = ["data.train_fraction=0.02", "model.sizes=[784, 32, 10]", "run.batch_size=64"]
 #: Lanczos probe of the quick MNIST runs: images and Lanczos steps.
@@ -96,7 +102,7 @@ def reproduction_settings(
     settings = experiments.Settings(out=out, resume=True, log=log)
     if quick:
         settings.activations = settings.mnist_activations = QUICK_ACTIVATIONS
-        settings.seeds = settings.mnist_seeds = 1
+        settings.seeds = settings.mnist_seeds = QUICK_SEEDS
         settings.toy_epochs, settings.hessian_every = 150, 25
         settings.toy_overrides = list(QUICK_TOY)
         settings.mnist_epochs = 1
@@ -118,8 +124,9 @@ def _finite(values: Sequence[float]) -> harness.Stats:
     return harness.describe(harness.numbers(values))
 
 
-def _indices(gamma: harness.Stats, alpha: harness.Stats, reached: int, runs: int) -> str:
+def _indices(gamma: harness.Stats, alpha: harness.Stats, runs: int) -> str:
     """``"γ 0.440 ± 0.110, α 0.000 ± 0.000 (3 of 5 seeds)"`` (``–`` when no seed counts)."""
+    reached = gamma.n
     if gamma.n == 0:
         return f"– (0 of {runs} seeds reach it)"
     plural = "s" * (runs != 1)
@@ -127,92 +134,67 @@ def _indices(gamma: harness.Stats, alpha: harness.Stats, reached: int, runs: int
     return f"γ {harness.cell(gamma, '.3f')}, α {harness.cell(alpha, '.3f')} ({seeds})"
 
 
-def _comparison_why(outcome: Verdict, ours: harness.Stats, esp: harness.Stats, name: str) -> str:
-    """One line: which way the comparison with ESP went, and by how much."""
-    if outcome == "not measured":
-        return "no γ to compare (no seed of one of the two measured)"
-    gap = ours.mean - esp.mean
-    side = "above" if gap > 0 else "below" if gap < 0 else "equal to"
-    text = f"{name} γ {side} ESP's {esp.mean:.3f} by {abs(gap):.3f}"
-    spread = max(ours.std, esp.std)
-    if outcome == "within spread":
-        text += f", within the larger std ({spread:.3f})"
-    elif outcome == "not reproduced":
-        text += f", beyond both stds ({ours.std:.3f}, {esp.std:.3f})"
-    elif abs(gap) <= spread:
-        text += f"; the order is within the larger std ({spread:.3f}), not settled by the seeds"
-    return text
-
-
-def _smallest_why(esp: harness.Stats, best: harness.Stats, name: str) -> str:
-    """Why ESP's row is reproduced: its lead over the next activation, and whether the
-    seeds' spread settles it."""
-    lead = best.mean - esp.mean
-    spread = max(esp.std, best.std)
-    text = f"ESP's γ is the smallest, {lead:.3f} below {name}'s"
-    if lead <= spread:
-        text += f"; within the larger std ({spread:.3f}), not settled by the seeds"
-    return text
+def _difference(
+    ours: Sequence[float], other: Sequence[float], expected: Literal["higher", "lower"]
+) -> tuple[Verdict, str]:
+    """The verdict and why of "ours is ``expected`` than other" over seeds
+    (:func:`particlesim.reproduce.direction`: Welch's 95 % interval of the difference)."""
+    _, outcome, why = direction(ours, other, expected)
+    return outcome, why
 
 
 def singular_claims(
     network: str,
-    gamma: Mapping[str, harness.Stats],
-    alpha: Mapping[str, harness.Stats],
-    counts: Mapping[str, tuple[int, int]],
+    gamma: Mapping[str, Sequence[float]],
+    alpha: Mapping[str, Sequence[float]],
+    runs: Mapping[str, int],
     *,
     paper_cell: bool,
     where: str,
 ) -> list[Claim]:
     """ "ESP is the less singular" on one network: ESP's row, then one row per other activation.
 
-    ``gamma``/``alpha``: statistics over seeds per activation; ``counts``: (seeds measured,
-    seeds run) per activation; ``where``: at which point of training γ is read (for the
-    quantity's text); ``paper_cell``: the slides show this network (else the row extends
-    the statement to it).
+    ``gamma``/``alpha``: the values over seeds per activation (of the seeds that measured
+    one); ``runs``: seeds run per activation; ``where``: at which point of training γ is
+    read (for the quantity's text); ``paper_cell``: the slides show this network (else the
+    row extends the statement to it). ESP's row compares it with the activation of smallest
+    mean γ; each other row compares that activation with ESP.
     """
     if "esp" not in gamma:
         return []
+    stats = {a: harness.describe(v) for a, v in gamma.items()}
     others = [a for a in COMPARED if a in gamma]
-    esp = gamma["esp"]
     source = "slides' figure" if paper_cell else "stated for the slides' 2-8-2-1 two moons"
-    measured = [a for a in others if gamma[a].n]
-    smallest = min(measured, key=lambda a: gamma[a].mean) if measured else None
-    if smallest is None or esp.n == 0:
+    measured = [a for a in others if stats[a].n]
+    smallest = min(measured, key=lambda a: stats[a].mean) if measured else None
+    if smallest is None:
         outcome: Verdict = "not measured"
-        why = "no γ to compare"
+        why = "no other activation measured"
     else:
-        best = gamma[smallest]
-        outcome = verdict(esp.mean, esp.std, best.mean, best.std, better="lower")
-        why = (
-            _smallest_why(esp, best, _label(smallest))
-            if outcome == "reproduced"
-            else f"smallest: {_label(smallest)} {harness.cell(best, '.3f')}"
-            + (
-                f", within the larger std ({max(esp.std, best.std):.3f})"
-                if outcome == "within spread"
-                else ""
-            )
-        )
+        outcome, why = _difference(gamma["esp"], gamma[smallest], "lower")
+        why = f"against the smallest other, {_label(smallest)}: {why}"
+
+    def ours(activation: str) -> str:
+        return _indices(stats[activation], harness.describe(alpha[activation]), runs[activation])
+
     claims = [
         Claim(
             quantity=f"{network}: γ {where}, {_label('esp')}",
             paper=f"least singular: the smallest γ ({source})",
-            ours=_indices(esp, alpha["esp"], *counts["esp"]),
+            ours=ours("esp"),
             verdict=outcome,
             why=why,
         )
     ]
     for activation in others:
-        ours = gamma[activation]
-        outcome = verdict(ours.mean, ours.std, esp.mean, esp.std, better="higher")
+        outcome, why = _difference(gamma[activation], gamma["esp"], "higher")
         claims.append(
             Claim(
                 quantity=f"{network}: γ {where}, {_label(activation)}",
                 paper="more singular than ESP: γ above ESP's",
-                ours=_indices(ours, alpha[activation], *counts[activation]),
+                ours=ours(activation),
                 verdict=outcome,
-                why=_comparison_why(outcome, ours, esp, _label(activation)),
+                why=f"{_label(activation)} − ESP: {why}",
             )
         )
     return claims
@@ -230,11 +212,11 @@ def toy_claims(curves: Sequence[dict[str, Any]]) -> list[Claim]:
     claims: list[Claim] = []
     for cell in cells:
         entries = {key[2]: value for key, value in summary.items() if key[:2] == cell}
-        gamma = {a: _finite(v["gamma_at_target"]) for a, v in entries.items()}
-        alpha = {a: _finite(v["alpha_at_target"]) for a, v in entries.items()}
-        counts = {a: (gamma[a].n, len(v["gamma_at_target"])) for a, v in entries.items()}
+        gamma = {a: harness.numbers(v["gamma_at_target"]) for a, v in entries.items()}
+        alpha = {a: harness.numbers(v["alpha_at_target"]) for a, v in entries.items()}
+        runs = {a: len(v["gamma_at_target"]) for a, v in entries.items()}
         claims += singular_claims(
-            _cell_title(*cell), gamma, alpha, counts,
+            _cell_title(*cell), gamma, alpha, runs,
             paper_cell=cell == SLIDES_CELL, where=f"at energy {target}",
         )  # fmt: skip
     epochs = sorted({float(r["epoch"]) for r in curves})
@@ -279,20 +261,15 @@ def speed_claim(
             quantity, paper, text("esp"), "not measured", "ESP or every other activation never"
         )
     fastest = min(others, key=lambda a: epochs(a)[0].mean)
-    best, _ = epochs(fastest)
-    outcome = verdict(esp.mean, esp.std, best.mean, best.std, better="lower")
-    lead = (
-        "ESP first (or tied)"
-        if outcome == "reproduced"
-        else f"{_label(fastest)} first by {esp.mean - best.mean:.0f} epochs"
-    )
+    finite = {a: harness.numbers(entries[a]["epochs_to_target"]) for a in ("esp", fastest)}
+    outcome, why = _difference(finite["esp"], finite[fastest], "lower")
     return Claim(
         quantity,
         paper,
         f"{text('esp')}; fastest other: {text(fastest)}",
         outcome,
-        f"means over the seeds that reach it (energy every {every:g} epochs; activations "
-        f"most of whose seeds never do are left out); {lead}",
+        f"ESP − {_label(fastest)}: {why} (seeds that reach it; energy every {every:g} "
+        "epochs; activations most of whose seeds never do are left out)",
     )
 
 
@@ -334,18 +311,22 @@ def mnist_claims(mnist: Sequence[dict[str, Any]]) -> list[Claim]:
     def stats(activation: str, key: str) -> harness.Stats:
         return _finite([r[key] for r in final if r["activation"] == activation])
 
-    gamma = {a: stats(a, "hessian_gamma") for a in activations}
-    alpha = {a: stats(a, "hessian_alpha") for a in activations}
+    def values(activation: str, key: str) -> list[float]:
+        return harness.numbers([r[key] for r in final if r["activation"] == activation])
+
+    gamma = {a: values(a, "hessian_gamma") for a in activations}
+    alpha = {a: values(a, "hessian_alpha") for a in activations}
     runs = {a: sum(r["activation"] == a for r in final) for a in activations}
-    counts = {a: (gamma[a].n, runs[a]) for a in activations}
     sizes = final[0].get("sizes", "MLP")
     claims = singular_claims(
-        f"MNIST {sizes}", gamma, alpha, counts, paper_cell=False,
+        f"MNIST {sizes}", gamma, alpha, runs, paper_cell=False,
         where=f"after {last:g} epoch{'s' * (last != 1)}",
     )  # fmt: skip
     if "esp" in activations and "relu" in activations:
         esp, relu = stats("esp", "test_accuracy"), stats("relu", "test_accuracy")
-        outcome = verdict(esp.mean, esp.std, relu.mean, relu.std, better="higher")
+        outcome, why = _difference(
+            values("esp", "test_accuracy"), values("relu", "test_accuracy"), "higher"
+        )
         steadier = "smaller" if esp.std < relu.std else "not smaller"
         claims.append(
             Claim(
@@ -355,7 +336,7 @@ def mnist_claims(mnist: Sequence[dict[str, Any]]) -> list[Claim]:
                 f"ESP {harness.cell(esp, '.4f')}, ReLU {harness.cell(relu, '.4f')} "
                 f"({esp.n} and {relu.n} seeds)",
                 outcome,
-                f"gap {esp.mean - relu.mean:+.4f}; ESP's spread over seeds {steadier} than ReLU's",
+                f"ESP − ReLU: {why}; ESP's spread over seeds {steadier} than ReLU's",
             )
         )
     return claims
@@ -400,10 +381,12 @@ def report_from(out: Path, *, quick: bool, title: str, name: str) -> Report:
     mnist = harness.read_csv(out / "mnist.csv") if (out / "mnist.csv").is_file() else []
     info_path = out / "run_info.json"
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    compute = [info[g]["run_seconds"] for g in ("toy", "mnist") if "run_seconds" in info.get(g, {})]
     return Report(
         paper=name,
         title=title,
         claims=[*toy_claims(curves), *mnist_claims(mnist)],
+        compute_seconds=sum(compute) if compute else None,
         command=f"particlesim reproduce {name}" + (" --quick" if quick else ""),
         settings=settings_text(info, quick),
         figures=figures_in(out),

@@ -221,6 +221,7 @@ def report_from(
     claims: list[Claim] = []
     texts: list[str] = []
     figures: list[str] = []
+    compute = 0.0
     for settings in grids.values():
         folder = settings.out
         if not (folder / "scaling.csv").is_file():
@@ -230,10 +231,9 @@ def report_from(
         lengths = info.get("lengths", {})
         dim = int(next(iter(lengths.values()))["dim"]) if lengths else 0
         claims += scaling_claims(rows, dim)
-        texts.append(
-            f"d = {dim}: {settings_text(lengths, settings)} "
-            f"({info.get('run_seconds', info['wall_seconds']):.0f} s of runs)"
-        )
+        seconds = float(info.get("run_seconds", experiments.run_seconds(rows)))
+        compute += seconds
+        texts.append(f"d = {dim}: {settings_text(lengths, settings)} ({seconds:.0f} s of runs)")
         figures += [
             str(path.relative_to(out))
             for path in (folder / n for n in ("scaling.png", "slice.png", "particles.png"))
@@ -247,6 +247,7 @@ def report_from(
         settings=". ".join(texts),
         figures=figures,
         notes=NOTES,
+        compute_seconds=compute if claims else None,
     )
 
 
