@@ -300,9 +300,12 @@ def write_markdown(reports: Sequence[Report], path: Path, *, results: Path, quic
             lines += [report.notes, ""]
         for figure in report.figures:
             target = Path(figure)
+            # the figure's own path names it (two "scaling" figures: d5/…, d25/…)
+            label = "/".join(target.with_suffix("").parts[-2:])
             if not target.is_absolute():
+                label = target.with_suffix("").as_posix()
                 target = results / report.paper / target
             link = os.path.relpath(target, path.parent)
-            lines += [f"![{report.paper}: {target.stem}]({link})", ""]
+            lines += [f"![{report.paper}: {label}]({link})", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

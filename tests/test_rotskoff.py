@@ -467,7 +467,7 @@ def test_reproduce_quick_writes_the_page_and_the_report(tmp_path: Path) -> None:
     for condition in ("low temperature", "finite temperature"):
         assert f"| d = 5: slope of trained, {condition}: ‖f_n − f‖ against n | -1 (" in page
     assert "(n = 16…128, 1 seed) |" in page and "(n = 16…128, 4 seeds) |" in page
-    assert "![rotskoff: scaling](rotskoff/d5/scaling.png)" in page
+    assert "![rotskoff: d5/scaling](rotskoff/d5/scaling.png)" in page
     report = json.loads((results / "rotskoff.json").read_text())
     assert report["quick"] is True and len(report["claims"]) == 3
     assert report["compute_seconds"] > 0  # the trained runs' own seconds

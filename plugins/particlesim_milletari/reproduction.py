@@ -422,8 +422,14 @@ class MilletariReproduction:
     )
 
     def run(self, out: Path, *, quick: bool, log: Callable[[str], None] = print) -> Report:
-        """Run both grids into ``out`` (resuming), write tables and figures, map to claims."""
-        settings = reproduction_settings(out, quick=quick, log=log)
+        """Run both grids (resuming; into ``out`` when ``quick``, else into the plugin's
+        ``results/``), write tables and figures, map to claims."""
+        # the full grids live beside the plugin (their finished points are kept and reused)
+        folder = out if quick else experiments.RESULTS
+        settings = reproduction_settings(folder, quick=quick, log=log)
         with one_thread(quick):
             experiments.run("all", settings)
-        return report_from(out, quick=quick, title=self.title, name=self.name)
+        report = report_from(folder, quick=quick, title=self.title, name=self.name)
+        if not quick:  # outside the results folder the page links them by full path
+            report.figures = [str(folder / figure) for figure in report.figures]
+        return report

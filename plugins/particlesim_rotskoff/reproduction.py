@@ -94,9 +94,9 @@ def reproduction_grids(
             steps=QUICK_STEPS, snapshot_size=64, length_check=False, resume=True, log=log,
         )  # fmt: skip
         return {"d5": settings}
-    return {
+    return {  # the plugin's own layout: results/d25/ beside the d = 5 files in results/
         "d25": paper_dimension_settings(out / "d25", log=log),
-        "d5": experiments.Settings(out=out / "d5", resume=True, log=log),
+        "d5": experiments.Settings(out=out, resume=True, log=log),
     }
 
 
@@ -262,8 +262,13 @@ class RotskoffReproduction:
 
     def run(self, out: Path, *, quick: bool, log: Callable[[str], None] = print) -> Report:
         """Run the grids into ``out`` (resuming), write tables and figures, map to claims."""
-        grids = reproduction_grids(out, quick=quick, log=log)
+        # the full grids live beside the plugin (their finished points are kept and reused)
+        folder = out if quick else experiments.RESULTS
+        grids = reproduction_grids(folder, quick=quick, log=log)
         with one_thread(quick):
             for settings in grids.values():
                 experiments.run(settings)
-        return report_from(out, grids, quick=quick, title=self.title, name=self.name)
+        report = report_from(folder, grids, quick=quick, title=self.title, name=self.name)
+        if not quick:  # outside the results folder the page links them by full path
+            report.figures = [str(folder / figure) for figure in report.figures]
+        return report
