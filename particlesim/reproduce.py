@@ -19,10 +19,11 @@ and full reports never mix.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +37,7 @@ __all__ = [
     "Report",
     "ReproductionError",
     "direction",
+    "one_thread",
     "reproduce",
     "verdict",
     "write_markdown",
@@ -163,6 +165,24 @@ def direction(
     if sign * low < 0 and sign * high < 0:
         return text, "not reproduced", why
     return text, "within spread", why + " contains 0"
+
+
+@contextlib.contextmanager
+def one_thread(active: bool = True) -> Iterator[None]:
+    """Run torch on one CPU thread inside the block (when ``active``), then restore the count.
+
+    A reproduction's quick networks are tiny: on a loaded machine a pool of threads waits
+    for the busiest core and costs more than it gains.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    if active:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _report_path(results: Path, paper: str) -> Path:

@@ -43,14 +43,13 @@ the paper.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from particlesim import experiments as harness
-from particlesim.reproduce import Claim, Report, Verdict, direction
+from particlesim.reproduce import Claim, Report, Verdict, direction, one_thread
 from particlesim_milletari import experiments
 
 #: The activations the claims compare with ESP (β per layer), when they were run.
@@ -392,24 +391,6 @@ def report_from(out: Path, *, quick: bool, title: str, name: str) -> Report:
         figures=figures_in(out),
         notes=NOTES,
     )
-
-
-@contextlib.contextmanager
-def one_thread(active: bool = True) -> Iterator[None]:
-    """Run torch on one CPU thread inside the block (when ``active``), then restore the count.
-
-    The quick networks are tiny: on a loaded machine a pool of threads waits for the
-    busiest core and costs more than it gains.
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    if active:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class MilletariReproduction:

@@ -29,14 +29,13 @@ mechanics in seconds. Its numbers say nothing about the paper.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from particlesim import experiments as harness
-from particlesim.reproduce import Claim, Report, verdict
+from particlesim.reproduce import Claim, Report, one_thread, verdict
 from particlesim_rotskoff import experiments
 
 #: A slope within this of the paper's exponent is the paper's exponent.
@@ -191,24 +190,6 @@ def settings_text(lengths: Mapping[str, Mapping[str, Any]], settings: experiment
         f"n = {sizes[0]}…{sizes[-1]} ({len(sizes)} sizes), {settings.seeds} trained seed(s) "
         f"per size, {settings.init_seeds} at initialisation; {runs}"
     )
-
-
-@contextlib.contextmanager
-def one_thread(active: bool = True) -> Iterator[None]:
-    """Run torch on one CPU thread inside the block (when ``active``), then restore the count.
-
-    The quick networks are tiny: on a loaded machine a pool of threads waits for the
-    busiest core and costs more than it gains.
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    if active:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def report_from(

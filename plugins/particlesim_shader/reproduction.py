@@ -29,14 +29,13 @@ intervals exist). Its numbers say nothing about the paper.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from particlesim import experiments as harness
-from particlesim.reproduce import Claim, Report, verdict
+from particlesim.reproduce import Claim, Report, one_thread, verdict
 from particlesim_shader import experiments
 from particlesim_shader.experiments import Gap
 
@@ -276,24 +275,6 @@ def notes_text(rows: Sequence[dict[str, Any]]) -> str:
         + " Tables with every interval: results.md in this folder; the setup and choices: "
         "plugins/particlesim_shader/results/README.md."
     )
-
-
-@contextlib.contextmanager
-def one_thread(active: bool = True) -> Iterator[None]:
-    """Run torch on one CPU thread inside the block (when ``active``), then restore the count.
-
-    The quick networks are tiny: a pool of threads costs more than it gains, and on a loaded
-    machine every step waits for the busiest core.
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    if active:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class ShaderReproduction:

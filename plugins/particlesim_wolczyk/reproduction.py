@@ -23,13 +23,12 @@ same composition, heads and split as MNIST with Fashion-MNIST), a small network,
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from particlesim import experiments as harness
-from particlesim.reproduce import Claim, Report, verdict
+from particlesim.reproduce import Claim, Report, one_thread, verdict
 from particlesim_wolczyk import experiments
 
 #: Adam steps per run of the full reproduction: 30 epochs of the 60 000 training pairs.
@@ -194,24 +193,6 @@ NOTES = (
     "experiments ablation` measures each choice alone and all together "
     "(plugins/particlesim_wolczyk/results/ablation/)."
 )
-
-
-@contextlib.contextmanager
-def one_thread(active: bool = True) -> Iterator[None]:
-    """Run torch on one CPU thread inside the block (when ``active``), then restore the count.
-
-    The quick networks are tiny: a pool of threads costs more than it gains, and on a loaded
-    machine each step waits for the busiest core (30 steps took 3 s instead of 0.2 s).
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    if active:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class WolczykReproduction:
