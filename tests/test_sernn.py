@@ -348,4 +348,4 @@ def test_particlesim_reproduce_sernn_quick(tmp_path) -> None:
     assert "## seRNN (Achterberg et al. 2023)" in page
     assert "| modularity Q (top 10 %): seRNN vs L1 | seRNN higher |" in page
     report = json.loads((tmp_path / "sernn.json").read_text())
-    assert len(report["claims"]) == 5 and report["quick"] is True
+    assert len(report["claims"]) == 4 and report["quick"] is True

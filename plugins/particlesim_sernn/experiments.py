@@ -213,19 +213,19 @@ def claims(rows: list[dict[str, Any]]) -> list[Any]:
         name: [r for r in rows if r["regulariser"] == name and r["learned"]]
         for name in ("communicability", "recurrent_l1")
     }
-    found = []
-    for name in learned:
-        runs = [r for r in rows if r["regulariser"] == name]
-        fraction = len(learned[name]) / len(runs) if runs else float("nan")
-        found.append(
-            Claim(
-                f"runs that learn the task ({name})",
-                "the demo's strengths learn (> 0.625)",
-                f"{len(learned[name])} of {len(runs)} ({fraction:.0%})",
-                "reproduced" if fraction >= 0.5 else "not reproduced",
-                f"validation accuracy ≥ {LEARNED}; the open steps alone give 0.625",
-            )
+    runs = {name: [r for r in rows if r["regulariser"] == name] for name in learned}
+    share = {name: len(learned[name]) / max(1, len(runs[name])) for name in learned}
+    found = [
+        Claim(
+            "seRNN runs that learn the task",
+            "seRNNs learn it (well above 0.625)",
+            f"{len(learned['communicability'])} of {len(runs['communicability'])} over the γ "
+            f"range (L1 baseline: {len(learned['recurrent_l1'])} of {len(runs['recurrent_l1'])})",
+            "reproduced" if share["communicability"] >= 0.5 else "not reproduced",
+            f"validation accuracy ≥ {LEARNED}; the open steps alone give 0.625; "
+            "the structure rows compare the runs that learned",
         )
+    ]
     for column, quantity, expected in CLAIMS:
         text, verdict, why = direction(
             [r[column] for r in learned["communicability"]],
