@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 from particlesim.core.observables import FunctionObservable, Observable
+from particlesim.core.schedules import step_entries, value_at
 from particlesim.errors import OptionError
 
 if TYPE_CHECKING:
@@ -90,20 +91,9 @@ class Move:
             raise OptionError("temperature", f"must be a finite number >= 0, got {temperature}")
         self.every = every
         self.temperature = float(temperature)
-        self.temperature_schedule: list[tuple[int, float]] = []
-        for i, entry in enumerate(temperature_schedule or []):
-            if (
-                len(entry) != 2
-                or not float(entry[0]).is_integer()
-                or entry[0] < 0
-                or not (math.isfinite(entry[1]) and entry[1] >= 0)
-            ):
-                raise OptionError(
-                    f"temperature_schedule[{i}]",
-                    f"expected [step >= 0 (an integer), temperature >= 0], got {list(entry)}",
-                )
-            self.temperature_schedule.append((int(entry[0]), float(entry[1])))
-        self.temperature_schedule.sort()
+        self.temperature_schedule = step_entries(
+            temperature_schedule or [], "temperature_schedule", "temperature"
+        )
         self.attempted = 0
         self.accepted = 0
         self.last_attempted = 0
@@ -111,11 +101,7 @@ class Move:
 
     def temperature_at(self, step: int) -> float:
         """The temperature at ``step`` (the schedule's last entry at or before it)."""
-        value = self.temperature
-        for start, scheduled in self.temperature_schedule:
-            if step >= start:
-                value = scheduled
-        return value
+        return value_at(self.temperature_schedule, step, self.temperature)
 
     def setup(self, system: System) -> None:
         """Check the system and prepare it (called once, before the run's first step)."""

@@ -7,13 +7,13 @@ Each potential reports its unscaled energy ``E_p`` as the observable
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from particlesim.core.schedules import step_entries, value_at
 from particlesim.errors import OptionError
 
 if TYPE_CHECKING:
@@ -49,33 +49,15 @@ def set_coefficient_schedule(potential: Potential, schedule: Sequence[Sequence[f
     at the start of every step (:func:`apply_coefficient_schedule`); being a function of the
     step alone, it needs no state in a checkpoint.
     """
-    entries = []
-    for i, entry in enumerate(schedule):
-        if (
-            len(entry) != 2
-            or not float(entry[0]).is_integer()
-            or entry[0] < 0
-            or not (math.isfinite(entry[1]) and entry[1] >= 0)
-        ):
-            raise OptionError(
-                f"coefficient_schedule[{i}]",
-                f"expected [step >= 0 (an integer), coefficient >= 0], got {list(entry)}",
-            )
-        entries.append((int(entry[0]), float(entry[1])))
-    potential.coefficient_schedule = sorted(entries)
+    potential.coefficient_schedule = step_entries(schedule, "coefficient_schedule", "coefficient")
     potential.coefficient_before_schedule = potential.coefficient
 
 
 def apply_coefficient_schedule(potential: Any, step: int) -> None:
     """Set a scheduled potential's coefficient for ``step`` (no-op without a schedule)."""
     schedule = getattr(potential, "coefficient_schedule", None)
-    if not schedule:
-        return
-    value = potential.coefficient_before_schedule
-    for start, scheduled in schedule:
-        if step >= start:
-            value = scheduled
-    potential.coefficient = value
+    if schedule:
+        potential.coefficient = value_at(schedule, step, potential.coefficient_before_schedule)
 
 
 class L2Potential(Potential):

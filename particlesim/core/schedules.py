@@ -6,6 +6,9 @@ A ``float`` where a schedule is expected means :class:`Constant`.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+
+from particlesim.errors import OptionError
 
 
 class Schedule:
@@ -73,3 +76,36 @@ def as_schedule(value: Schedule | float) -> Schedule:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return Constant(value)
     raise TypeError(f"expected a number or a Schedule, got {value!r}")
+
+
+def step_entries(
+    entries: Sequence[Sequence[float]], key: str, what: str
+) -> list[tuple[int, float]]:
+    """``[[step, value], …]`` checked and sorted by step: a piecewise-constant schedule
+    (from each step on, ``value``), as scenarios write a potential's ``coefficient_schedule``
+    or a move's ``temperature_schedule``. A bad entry is an :class:`OptionError` naming
+    ``key[i]`` and ``what`` the value is (``"coefficient"``, ``"temperature"``)."""
+    checked = []
+    for i, entry in enumerate(entries):
+        if (
+            len(entry) != 2
+            or not float(entry[0]).is_integer()
+            or entry[0] < 0
+            or not (math.isfinite(entry[1]) and entry[1] >= 0)
+        ):
+            raise OptionError(
+                f"{key}[{i}]",
+                f"expected [step >= 0 (an integer), {what} >= 0], got {list(entry)}",
+            )
+        checked.append((int(entry[0]), float(entry[1])))
+    return sorted(checked)
+
+
+def value_at(entries: Sequence[tuple[int, float]], step: int, before: float) -> float:
+    """The value of :func:`step_entries` at ``step``: the last entry at or before it, or
+    ``before`` ahead of the first."""
+    value = before
+    for start, scheduled in entries:
+        if step >= start:
+            value = scheduled
+    return value
