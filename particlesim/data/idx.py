@@ -196,3 +196,28 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def _shape(dims: list[int] | tuple[int, ...]) -> str:
     return "×".join(str(d) for d in dims)
+
+
+def write_pixel_pair_set(
+    folder: Path, *, seed: int, n_train: int, n_test: int, side: int = 4, classes: int = 10
+) -> Path:
+    """A learnable ``classes``-class IDX set of ``side × side`` images in ``folder``: class
+    ``c`` lights a pixel pair drawn from ``seed`` (two seeds give two different tasks) on a
+    dim noisy background. For runs that check mechanics in seconds (a reproduction's quick
+    mode). Written once: an existing folder is kept (the same seed gives the same files).
+    """
+    if (folder / "t10k-labels-idx1-ubyte.gz").is_file():  # the last file written
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    pixels = side * side
+    lit = [rng.choice(pixels, size=2, replace=False) for _ in range(classes)]
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = (np.arange(n) % classes).astype(np.uint8)
+        rng.shuffle(labels)
+        images = rng.integers(0, 80, size=(n, pixels)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            images[i, lit[label]] = 200 + rng.integers(0, 55, size=2)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images.reshape(n, side, -1))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder

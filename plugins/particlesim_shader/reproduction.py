@@ -49,29 +49,12 @@ QUICK_CLASSES = 10
 
 
 def write_quick_set(folder: Path, seed: int = 0, n_train: int = 1200, n_test: int = 200) -> Path:
-    """A learnable 10-class IDX set of 4×4 images: class ``c`` lights a seeded pixel pair.
+    """The quick run's learnable 10-class set of 4 × 4 images (written once, kept)."""
+    from particlesim.data.idx import write_pixel_pair_set
 
-    Written once: an existing folder is kept (the same seed gives the same files).
-    """
-    import numpy as np
-
-    from particlesim.data.idx import write_idx
-
-    if (folder / "t10k-labels-idx1-ubyte.gz").is_file():  # the last file written
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    pixels = QUICK_SIDE * QUICK_SIDE
-    lit = [rng.choice(pixels, size=2, replace=False) for _ in range(QUICK_CLASSES)]
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = (np.arange(n) % QUICK_CLASSES).astype(np.uint8)
-        rng.shuffle(labels)
-        images = rng.integers(0, 80, size=(n, pixels)).astype(np.uint8)
-        for i, label in enumerate(labels):
-            images[i, lit[label]] = 200 + rng.integers(0, 55, size=2)
-        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images.reshape(n, QUICK_SIDE, -1))
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    return folder
+    return write_pixel_pair_set(
+        folder, seed=seed, n_train=n_train, n_test=n_test, side=QUICK_SIDE, classes=QUICK_CLASSES
+    )
 
 
 def reproduction_settings(
