@@ -159,6 +159,7 @@ class Maze:
             f"choices {c} steps; {self.sizes[0]} train / {self.sizes[1]} val / "
             f"{self.sizes[2]} test episodes, data_seed {self.data_seed})"
         )
+        log(f"data: {source}")
         return DataSplits(
             train_x=train_x,
             train_y=train_y,
