@@ -325,3 +325,49 @@ def test_every_combination_matches_the_chunked_path() -> None:
             backend="chunked",
         )
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("family", [GaussianKernel, CauchyKernel, StudentTFromValueKernel])
+@pytest.mark.parametrize("charge_shape", ["[M]", "[M, 1]", "none"])
+def test_the_lean_path_equals_the_general_one(
+    monkeypatch: pytest.MonkeyPatch, family: type[RadialKernel], charge_shape: str
+) -> None:
+    """The common layer (one channel, no cutoff, no modulation, a fixed width) takes a
+    path of fewer operations; its output and every gradient are the general path's."""
+    kernel, inputs = make(
+        family, 1, charge=charge_shape != "none", shape=(6, 30, 20, 3), dtype=torch.float32
+    )
+    if charge_shape == "[M, 1]":
+        inputs["charge"] = inputs["charge"].detach().reshape(-1, 1).requires_grad_()
+    leaves = [v for v in inputs.values() if v is not None]
+    gy = torch.randn(6, 20, generator=torch.Generator().manual_seed(1))
+    lean = call(kernel_matmul_matmul, kernel, inputs)
+    assert type(lean.grad_fn).__name__ == "_LeanRadialMatmulBackward"
+    lean_grads = torch.autograd.grad(lean, leaves, gy)
+    monkeypatch.setattr(matmul_path, "_lean_fits", lambda *args: False)
+    general = call(kernel_matmul_matmul, kernel, inputs)
+    assert type(general.grad_fn).__name__ == "_RadialMatmulBackward"
+    for a, b in zip(
+        [lean, *lean_grads], [general, *torch.autograd.grad(general, leaves, gy)], strict=True
+    ):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.abs().max()))
+
+
+def test_the_lean_path_is_the_default_layer_s_and_the_general_one_the_rest() -> None:
+    """Which path a call takes: a learnable width, a cutoff, modulation, several channels
+    or a profile steep at 0 (the exponential) take the general one."""
+    from particlesim.nn import ParticleLinear
+
+    layer = ParticleLinear(7, 5, dim=3, bias=False)
+    assert type(layer(torch.randn(2, 7)).grad_fn).__name__ == "_LeanRadialMatmulBackward"
+    cases = {
+        "learnable": make(GaussianKernel, 1, learnable=True),
+        "cutoff": make(GaussianKernel, 1, cutoff=True),
+        "modulation": make(GaussianKernel, 1, modulation=True),
+        "channels": make(GaussianKernel, 3),
+        "steep": make(ExponentialKernel, 1),
+    }
+    for name, (kernel, inputs) in cases.items():
+        name_of = type(call(kernel_matmul_matmul, kernel, inputs).grad_fn).__name__
+        assert name_of == "_RadialMatmulBackward", name

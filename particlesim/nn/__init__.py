@@ -107,8 +107,9 @@ class ParticleLinear(nn.Module):
                 f"ParticleLinear({self.in_features} -> {self.out_features}) expects input of "
                 f"shape [*, {self.in_features}], got {list(x.shape)}"
             )
+        flat = x.ndim == 2  # [B, N] as it is: no reshape either way (each op costs µs)
         y = kernel_matmul(
-            x.reshape(-1, self.in_features),
+            x if flat else x.reshape(-1, self.in_features),
             self.kernel,
             self.position,
             self.source_position,
@@ -116,7 +117,8 @@ class ParticleLinear(nn.Module):
             backend=self.backend,
             neighbours=self.neighbours,
             where=f"ParticleLinear({self.in_features} -> {self.out_features})",
-        ).reshape(*x.shape[:-1], self.out_features)
+        )
+        y = y if flat else y.reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
