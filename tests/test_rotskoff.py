@@ -466,10 +466,11 @@ def test_reproduce_quick_writes_the_page_and_the_report(tmp_path: Path) -> None:
     assert "| d = 5: slope of initialisation: ‖f_n − f_0‖ (f_0 = 0) against n | -0.5 (" in page
     for condition in ("low temperature", "finite temperature"):
         assert f"| d = 5: slope of trained, {condition}: ‖f_n − f‖ against n | -1 (" in page
+    assert "| d = 5: slope of trained, low temperature: loss ½‖f_n − f‖² (the figure's" in page
     assert "(n = 16…128, 1 seed) |" in page and "(n = 16…128, 4 seeds) |" in page
     assert "![rotskoff: d5/scaling](rotskoff/d5/scaling.png)" in page
     report = json.loads((results / "rotskoff.json").read_text())
-    assert report["quick"] is True and len(report["claims"]) == 3
+    assert report["quick"] is True and len(report["claims"]) == 4
     assert report["compute_seconds"] > 0  # the trained runs' own seconds
     assert all((results / "rotskoff" / name).is_file() for name in report["figures"])
 
@@ -487,14 +488,30 @@ def scaling_rows(exponent: float, noise: float = 0.0) -> list[dict]:
 def test_slope_claims_carry_a_confidence_interval_and_a_verdict() -> None:
     from particlesim_rotskoff.reproduction import scaling_claims, slope_interval
 
-    (healed,) = scaling_claims(scaling_rows(-1.0, noise=0.05), dim=25)
+    def numbers(claim) -> tuple[float, float, float]:
+        text = claim.ours.replace("[", "").replace(",", "").replace("]", "")
+        slope, low, high = (float(x) for x in text.split()[:3])
+        return slope, low, high
+
+    healed, healed_loss = scaling_claims(scaling_rows(-1.0, noise=0.05), dim=25)
     assert healed.quantity == "d = 25: slope of trained, low temperature: ‖f_n − f‖ against n"
     assert healed.verdict == "reproduced" and healed.paper.startswith("-1 (")
-    slope, low, high = (float(x) for x in healed.ours.replace("[", "").replace(",", "")
-                        .replace("]", "").split()[:3])  # fmt: skip
+    slope, low, high = numbers(healed)
     assert low < slope < high and low < -1 < high
-    (clt,) = scaling_claims(scaling_rows(-0.5), dim=5)
+    # the figure's reading, the loss ½‖f_n − f‖²: every number twice the norm's
+    assert healed_loss.quantity == (
+        "d = 25: slope of trained, low temperature: loss ½‖f_n − f‖² (the figure's reading) "
+        "against n"
+    )
+    assert numbers(healed_loss) == pytest.approx(
+        tuple(2 * x for x in (slope, low, high)), abs=0.011
+    )
+    assert healed_loss.verdict == "not reproduced" and healed_loss.why.startswith("steeper")
+    assert "loss ℓ(f, f_n)" in healed_loss.paper
+    # the CLT rate: the norm misses Prop. 2, the loss meets the figure's dashed n^-1
+    clt, clt_loss = scaling_claims(scaling_rows(-0.5), dim=5)
     assert clt.verdict == "not reproduced" and clt.why.startswith("shallower than -1")
+    assert clt_loss.verdict == "reproduced" and clt_loss.ours.startswith("-1.00")
     wide = scaling_claims(scaling_rows(-0.8, noise=0.9), dim=5)[0]  # -0.81 [-1.01, -0.60]
     assert wide.verdict == "within spread"
     fit = {"slope": -1.0, "stderr": 0.1, "intercept": 0.0}
