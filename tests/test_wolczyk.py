@@ -407,6 +407,102 @@ def test_multitask_errors(two_tasks: tuple[Path, Path], tmp_path: Path) -> None:
     assert concat.load(seed=0, log=lambda line: None).train_x.shape == (10, 16 + 25)
 
 
+@pytest.mark.parametrize("mode", ["concatenate", "mix"])
+def test_fresh_pairing_draws_every_training_batch_anew(
+    mode: str, two_tasks: tuple[Path, Path]
+) -> None:
+    """``pairing = "fresh"``: a sampler pairs independent draws of each task per batch
+    (labels follow their examples), from the run's generator (same generator state, same
+    batch); the fixed splits (test pairs) are the fixed pairing's."""
+    lines: list[str] = []
+    fixed = MultiTask(mode=mode, tasks=tiny_tasks(two_tasks)).load(seed=0, log=lines.append)
+    fresh = MultiTask(mode=mode, tasks=tiny_tasks(two_tasks), pairing="fresh").load(
+        seed=0, log=lines.append
+    )
+    assert fixed.sampler is None and fresh.sampler is not None
+    assert torch.equal(fresh.test_x, fixed.test_x) and torch.equal(fresh.test_y, fixed.test_y)
+    assert lines[-1].endswith("every training batch paired anew")
+    x, y = fresh.sampler(500, torch.Generator().manual_seed(3))
+    assert x.shape == (500, fixed.train_x.shape[1]) and y.shape == (500, 2)
+    again, _ = fresh.sampler(500, torch.Generator().manual_seed(3))
+    assert torch.equal(x, again)
+    parts = [MultiTask(tasks=tiny_tasks(two_tasks)).tasks[i].load(seed=0, log=lines.append)
+             for i in range(2)]  # fmt: skip
+    first, second = labels_by_example(parts[0]), labels_by_example(parts[1])
+    if mode == "concatenate":
+        pairs = {(tuple(r[:16].tolist()), tuple(r[16:].tolist())) for r in x}
+        for row, labels in zip(x[:50], y[:50], strict=True):
+            assert first[tuple(row[:16].tolist())] == int(labels[0])
+            assert second[tuple(row[16:].tolist())] == int(labels[1])
+        # the first task's examples meet many partners: not the fixed 72 pairs
+        assert len(pairs) > 150
+        used = {tuple(r[:16].tolist()) for r in x}
+        assert len(used) > 72  # all 96 examples of the first task can be drawn
+    else:
+        a, b = parts[0].train_x, parts[1].train_x
+        for row, labels in zip(x[:10], y[:10], strict=True):
+            residual = torch.cdist((row - a).double(), b.double())
+            i, j = divmod(int(residual.argmin()), b.shape[0])
+            assert float(residual[i, j]) < 1e-5
+            assert (int(parts[0].train_y[i]), int(parts[1].train_y[j])) == tuple(labels.tolist())
+    with pytest.raises(OptionError, match="pairing: 'fresh' pairs examples of the tasks anew"):
+        MultiTask(mode="sequential", pairing="fresh")
+    with pytest.raises(OptionError, match="pairing: must be one of 'fixed', 'fresh'"):
+        MultiTask(pairing="epoch")
+
+
+def test_fresh_pairing_trains_and_resumes_exactly(
+    registries, two_tasks: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A scenario with ``pairing = "fresh"`` trains on sampled batches; interrupted at step
+    10 and resumed from its checkpoint, it ends where the uninterrupted run ends."""
+    from particlesim.io.checkpoint import load_checkpoint, save_checkpoint
+
+    tasks = ", ".join(f'{{ name = "idx", data_dir = "{p}" }}' for p in two_tasks)
+    text = f"""
+[scenario]
+seed = 1
+device = "cpu"
+[data]
+name = "multitask"
+mode = "concatenate"
+pairing = "fresh"
+tasks = [{tasks}]
+[model]
+name = "spatial_mlp"
+sizes = {[32, *TINY_SIZES[1:]]}
+[integrator]
+name = "adam"
+lr = 0.005
+[run]
+steps = 20
+batch_size = 16
+"""
+
+    def built():
+        return build(validate(parse_scenario(text), registries), log=lambda line: None)
+
+    whole = built()
+    whole.simulation.run()
+
+    def stop_at_10(simulation) -> None:
+        if simulation.step == 10:
+            save_checkpoint(tmp_path / "ckpt.pt", simulation)
+            raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        built().simulation.run(progress=stop_at_10)
+    resumed = built()
+    load_checkpoint(tmp_path / "ckpt.pt", resumed.simulation)
+    assert resumed.simulation.step == 10
+    resumed.simulation.run()
+    assert not torch.equal(  # and the run learnt something from its sampled batches
+        whole.system.groups["hidden3"].position, built().system.groups["hidden3"].position
+    )
+    for name, value in whole.system.state_dict().items():
+        torch.testing.assert_close(resumed.system.state_dict()[name], value, msg=name)
+
+
 def test_multitask_fashion_mnist_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(sources.ENV_VAR, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -731,6 +827,32 @@ def test_experiments_quick_end_to_end(two_tasks: tuple[Path, Path], tmp_path: Pa
     assert "| Split network: within spread? |" in table
     assert "5 Adam steps" in table
     assert (out / "run_info.json").stat().st_size > 0
+
+
+def test_experiments_fresh_pairing(two_tasks: tuple[Path, Path], tmp_path: Path) -> None:
+    """``--pairing fresh`` re-pairs concatenation and mixing (the sequential mode pairs
+    nothing and runs as before); the rows and run_info say so, and the points' ids differ
+    from the fixed pairing's (a resumed fixed grid never takes them)."""
+    cli = typer.Typer()
+    experiments.register_command(cli)
+    cli.command("noop")(lambda: None)
+    out = tmp_path / "fresh"
+    result = CliRunner().invoke(cli, ["wolczyk", *quick_args(two_tasks, out), "--pairing", "fresh"])
+    assert result.exit_code == 0, result.output
+    assert "every training batch paired anew" not in result.output  # runs log quietly
+    with (out / "table1.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["mode"], r["pairing"]) for r in rows} == {
+        ("concat", "fresh"),
+        ("mix", "fresh"),
+        ("sequential", ""),
+    }
+    assert json.loads((out / "run_info.json").read_text())["pairing"] == "fresh"
+    fixed = experiments.table1_points(experiments.Settings())
+    fresh = experiments.table1_points(experiments.Settings(pairing="fresh"))
+    assert not {p.id for p in fixed} & {p.id for p in fresh}
+    bad = CliRunner().invoke(cli, ["wolczyk", *quick_args(two_tasks, out), "--pairing", "epoch"])
+    assert bad.exit_code == 2 and "--pairing must be 'fixed' or 'fresh', got 'epoch'" in bad.output
 
 
 def test_experiments_figures_and_code_normalisation(

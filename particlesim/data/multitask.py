@@ -27,9 +27,18 @@ too). Constructed directly without ``registries``, a task may be one of the
 engine's own data sets only (``mnist``, ``fashion_mnist``, ``idx``). A task's files
 are found offline first and verified like any other. In ``concatenate`` and ``mix``
 modes examples are paired by a seeded permutation of each task (``pair_seed``;
-the pairing is fixed for the whole run), ``min(n_1, n_2, …)`` pairs per split;
-in ``sequential`` mode the tasks' examples are pooled and shuffled by the same
-seed, so that any prefix (``limit_test``) holds both tasks.
+with ``pairing = "fixed"`` the pairing holds for the whole run), ``min(n_1, n_2, …)``
+pairs per split; in ``sequential`` mode the tasks' examples are pooled and shuffled by
+the same seed, so that any prefix (``limit_test``) holds both tasks.
+
+A fixed pairing lets a network read one task's label off the *other* task's input (each
+MNIST image of the training set always comes with the same Fashion-MNIST image), a
+shortcut that couples the heads. ``pairing = "fresh"`` draws every training batch anew:
+each example of a batch is an independent uniform draw from each task's training set
+(with replacement, from the run's data generator, so a resumed run draws the same
+batches), the limit of re-pairing the tasks as often as possible; Wołczyk et al.'s code
+re-pairs once per epoch (two shuffled loaders zipped). Validation and test pairs stay
+fixed, so every run is scored on the same pairs.
 
 Example (scenario):
 
@@ -55,6 +64,8 @@ from particlesim.errors import DataError, OptionError, RegistryError, ScenarioEr
 
 Mode = Literal["concatenate", "mix", "sequential"]
 MODES: tuple[str, ...] = ("concatenate", "mix", "sequential")
+Pairing = Literal["fixed", "fresh"]
+PAIRINGS: tuple[str, ...] = ("fixed", "fresh")
 #: The paper's pair of tasks.
 DEFAULT_TASKS: tuple[str, ...] = ("mnist", "fashion_mnist")
 #: Target of a head that has no label for an example (read by ``multi_head_cross_entropy``).
@@ -100,6 +111,9 @@ class MultiTask:
         pair_seed: seeds the pairing (and the pooled order of ``sequential``); the
             same for every run by default, so every seed is tested on the same pairs;
             ``-1`` follows the scenario's seed.
+        pairing: ``"fixed"`` (one pairing for the whole run) or ``"fresh"`` (every
+            training batch paired anew; ``concatenate`` and ``mix`` only; see the module
+            docstring).
         train_fraction: keep a seeded random subset of this fraction of the composed
             training examples (0 < f ≤ 1; drawn with the scenario's seed).
         limit_test: keep only the first ``k`` composed test examples (``None``: all).
@@ -118,6 +132,7 @@ class MultiTask:
         mode: Mode = "concatenate",
         tasks: list[str | dict[str, Any]] | None = None,
         pair_seed: int = 0,
+        pairing: Pairing = "fixed",
         train_fraction: float = 1.0,
         limit_test: int | None = None,
         registries: Mapping[str, Any] | None = None,
@@ -126,6 +141,16 @@ class MultiTask:
             raise OptionError("mode", f"must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
         if isinstance(pair_seed, bool) or not isinstance(pair_seed, int) or pair_seed < -1:
             raise OptionError("pair_seed", f"must be an integer >= 0 (or -1), got {pair_seed!r}")
+        if pairing not in PAIRINGS:
+            raise OptionError(
+                "pairing", f"must be one of {', '.join(map(repr, PAIRINGS))}, got {pairing!r}"
+            )
+        if pairing == "fresh" and mode == "sequential":
+            raise OptionError(
+                "pairing",
+                "'fresh' pairs examples of the tasks anew, and mode 'sequential' pairs none; "
+                "use mode 'concatenate' or 'mix', or pairing 'fixed'",
+            )
         if not 0.0 < train_fraction <= 1.0:
             raise OptionError("train_fraction", f"must be in (0, 1], got {train_fraction}")
         if limit_test is not None and (isinstance(limit_test, bool) or limit_test < 1):
@@ -137,6 +162,7 @@ class MultiTask:
             raise OptionError("tasks", f"needs at least two data sets, got {len(tables)}")
         self.mode = mode
         self.pair_seed = pair_seed
+        self.pairing = pairing
         self.train_fraction = float(train_fraction)
         self.limit_test = limit_test
         self.task_names = [t["name"] for t in tables]
@@ -203,6 +229,11 @@ class MultiTask:
             keep = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))[:k]
             keep = keep.sort().values
             train_x, train_y = train_x[keep], train_y[keep]
+        sampler = None
+        if self.pairing == "fresh":
+            sampler = FreshPairs(
+                self, [p.train_x for p in parts], [p.train_y for p in parts], seed=seed
+            )
         test_x, test_y = composed["test"]
         if self.limit_test is not None:
             test_x, test_y = test_x[: self.limit_test], test_y[: self.limit_test]
@@ -214,9 +245,11 @@ class MultiTask:
         source = f"multitask {self.mode} of " + " + ".join(
             f"{name} ({part.source})" for name, part in zip(self.task_names, parts, strict=True)
         )
+        fresh = ", every training batch paired anew" if sampler is not None else ""
         log(
             f"data: multitask {self.mode}: {train_x.shape[0]} training, {test_x.shape[0]} test "
             f"examples of {input_shape} inputs, heads {heads} ({', '.join(self.task_names)})"
+            f"{fresh}"
         )
         val_x, val_y = composed["val"]
         return DataSplits(
@@ -231,6 +264,7 @@ class MultiTask:
             source=source,
             loss="multi_head_cross_entropy",
             loss_options={"heads": heads},
+            sampler=sampler,
         )
 
     @staticmethod
@@ -252,6 +286,12 @@ class MultiTask:
                 f"multitask: task {name!r} is scored by {part.loss!r}; only classification "
                 "tasks (cross_entropy) can be composed"
             )
+
+    def combine(self, chosen: Sequence[Tensor]) -> Tensor:
+        """Paired inputs (one ``[n, F_t]`` per task, row ``i`` of each a pair) as one input."""
+        if self.mode == "concatenate":
+            return torch.cat(list(chosen), dim=1)
+        return torch.stack(list(chosen)).sum(0) if chosen[0].shape[0] else chosen[0]
 
     def compose(
         self, xs: Sequence[Tensor], ys: Sequence[Tensor], generator: torch.Generator
@@ -279,11 +319,36 @@ class MultiTask:
         picks = [torch.randperm(int(x.shape[0]), generator=generator)[:n] for x in xs]
         chosen = [x[p] for x, p in zip(xs, picks, strict=True)]
         y = torch.stack([labels[p].to(torch.int64) for labels, p in zip(ys, picks, strict=True)], 1)
-        if self.mode == "concatenate":
-            x = torch.cat(chosen, dim=1)
-        else:
-            x = torch.stack(chosen).sum(0) if n else chosen[0]
-        return x, y.reshape(n, heads)
+        return self.combine(chosen), y.reshape(n, heads)
+
+
+class FreshPairs:
+    """The training sampler of ``pairing = "fresh"``: each batch row pairs an independent
+    uniform draw from every task's training set (``train_fraction`` of each task kept,
+    drawn with the scenario's seed), combined in the data set's mode."""
+
+    def __init__(
+        self, data: MultiTask, xs: Sequence[Tensor], ys: Sequence[Tensor], *, seed: int
+    ) -> None:
+        self.data = data
+        self.xs, self.ys = [], []
+        for t, (x, y) in enumerate(zip(xs, ys, strict=True)):
+            n = int(x.shape[0])
+            if data.train_fraction < 1.0:
+                k = min(n, max(1, round(data.train_fraction * n)))
+                g = torch.Generator().manual_seed(derived_seed(int(seed), 5, t))
+                keep = torch.randperm(n, generator=g)[:k].sort().values
+                x, y = x[keep], y[keep]
+            self.xs.append(x)
+            self.ys.append(y.to(torch.int64))
+
+    def __call__(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        picks = [
+            torch.randint(int(x.shape[0]), (batch_size,), generator=generator) for x in self.xs
+        ]
+        x = self.data.combine([x[p] for x, p in zip(self.xs, picks, strict=True)])
+        y = torch.stack([labels[p] for labels, p in zip(self.ys, picks, strict=True)], 1)
+        return x, y
 
 
 def task_labels(targets: Tensor, task: int) -> tuple[Tensor, Tensor]:
@@ -297,6 +362,8 @@ __all__ = [
     "DEFAULT_TASKS",
     "MODES",
     "NO_LABEL",
+    "PAIRINGS",
+    "FreshPairs",
     "MultiTask",
     "task_labels",
 ]

@@ -159,6 +159,10 @@ class Settings:
     #: ``"per_head"`` (the engine's loss: each head's mean, summed) or ``"pooled"`` (the
     #: authors' code: one mean over every labelled example-head pair).
     data_loss: str = "per_head"
+    #: ``"fixed"`` (one pairing of the two tasks for the whole run) or ``"fresh"`` (every
+    #: training batch paired anew; the authors' code re-pairs every epoch). Concatenation
+    #: and mixing only: the sequential mode pairs nothing.
+    pairing: str = "fixed"
     #: Training lengths of the ablation grid, in epochs of each mode's own training set.
     ablation_epochs: tuple[float, ...] = (15.0, 50.0)
     #: Training variants of the ablation grid (keys of :data:`VARIANTS`).
@@ -203,6 +207,8 @@ def prepare(
         f'scenario.device="{settings.device}"',
         *settings.overrides,
     ]
+    if settings.pairing != "fixed" and mode != "sequential":
+        assignments.append(f'data.pairing="{settings.pairing}"')
     path = settings.scenarios / MODES[mode]
     clear = ("run.epochs", "run.steps")
     built = harness.build_point(path, assignments, clear=clear, extra_writers=extra_writers).built
@@ -277,6 +283,7 @@ def run_one(settings: Settings, mode: str, network: str, seed: int) -> dict[str,
         "transport_normalize": settings.transport_normalize,
         "transport_norm": settings.transport_norm,
         "data_loss": settings.data_loss,
+        "pairing": settings.pairing if mode != "sequential" else "",
         "steps": steps,
         "epochs": round(steps / simulation.steps_per_epoch, 2),
         "train_examples": int(data.train_x.shape[0]),
@@ -314,6 +321,8 @@ def _choices(settings: Settings) -> dict[str, str]:
         chosen["transport_norm"] = settings.transport_norm
     if settings.data_loss != "per_head":
         chosen["data_loss"] = settings.data_loss
+    if settings.pairing != "fixed":
+        chosen["pairing"] = settings.pairing
     return chosen
 
 
@@ -379,6 +388,7 @@ def ablation_points(settings: Settings) -> list[Point]:
         "scenarios": str(settings.scenarios),
         "overrides": settings.overrides,
         "device": settings.device,
+        **({"pairing": settings.pairing} if settings.pairing != "fixed" else {}),
     }
     axes = {
         "epochs": settings.ablation_epochs,
@@ -951,6 +961,7 @@ def run(settings: Settings) -> dict[str, Path]:
             "modes": list(settings.modes),
             "networks": list(settings.networks),
             "transport_normalize": settings.transport_normalize,
+            **_choices(settings),
             "overrides": settings.overrides,
             "device": settings.device,
             "jobs": settings.jobs,
@@ -990,6 +1001,8 @@ def check_settings(settings: Settings) -> None:
         raise ParticlesimError(
             f"--data-loss must be 'per_head' or 'pooled', got {settings.data_loss!r}"
         )
+    if settings.pairing not in ("fixed", "fresh"):
+        raise ParticlesimError(f"--pairing must be 'fixed' or 'fresh', got {settings.pairing!r}")
     for variant in settings.variants:
         if variant not in VARIANTS:
             raise ParticlesimError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
@@ -1042,6 +1055,13 @@ def command(
     variants: Annotated[
         str, typer.Option(help="ablation: comma-separated variants: ours, w2, pooled, authors.")
     ] = ",".join(VARIANTS),
+    pairing: Annotated[
+        str,
+        typer.Option(
+            help="fixed (one pairing of the tasks per run) or fresh (every training batch "
+            "paired anew, as the authors' per-epoch re-pairing); concatenation and mixing."
+        ),
+    ] = "fixed",
     report_only: Annotated[
         bool,
         typer.Option(
@@ -1094,6 +1114,7 @@ def command(
         transport_normalize=transport_normalize,
         transport_norm=transport_norm,
         data_loss=data_loss,
+        pairing=pairing,
         variants=tuple(v.strip() for v in variants.split(",") if v.strip()),
         overrides=list(set_ or []),
         device=device,
