@@ -1222,3 +1222,41 @@ def test_ablation_quick_end_to_end(two_tasks: tuple[Path, Path], tmp_path: Path)
     result = CliRunner().invoke(cli, [*args, "--modes", "concat,sequential", "--report-only"])
     assert result.exit_code == 0, result.output
     assert (out / "ablation.md").read_text() == table
+
+
+def test_ablation_claims_read_the_authors_column_for_the_sequential_mode() -> None:
+    """Per length, network and quantity: the "all of the authors' choices" column (the
+    regular network's pooled runs, the spatial network's ``authors`` runs, the split with the
+    bias kept), judged against the paper's Table 1 sequential cell."""
+    from particlesim_wolczyk.reproduction import ablation_claims
+
+    def row(epochs: float, network: str, variant: str, seed: int, split_bias: float) -> dict:
+        keys = ("full_accuracy", "split_accuracy", "split_accuracy_bias")
+        tasks = {f"{k}_{t}": 0.9 for k in keys for t in ("mnist", "fashion_mnist")}
+        return {"epochs_setting": epochs, "mode": "sequential", "network": network,
+                "variant": variant, "seed": seed, "full_accuracy": 0.92,
+                "split_accuracy": 0.5, "accuracy_drop": 0.42,
+                "split_accuracy_bias": split_bias, "accuracy_drop_bias": 0.92 - split_bias,
+                **tasks}  # fmt: skip
+
+    rows = [
+        *(row(e, "regular", v, s, 0.33) for e in (15.0, 50.0) for v in ("ours", "pooled")
+          for s in range(3)),
+        *(row(e, "spatial", v, s, 0.84 if e == 50.0 else 0.70 + 0.01 * s)
+          for e in (15.0, 50.0) for v in ("ours", "w2", "pooled", "authors") for s in range(3)),
+        row(15.0, "spatial", "authors", 9, 0.1) | {"mode": "concat"},  # another mode: ignored
+    ]  # fmt: skip
+    claims = {c.quantity: c for c in ablation_claims(rows)}
+    assert len(claims) == 2 * 2 * 2
+    key = "Sequential, Spatial: split accuracy, all of the authors' choices, {} epochs (ablation)"
+    assert claims[key.format(50)].verdict == "reproduced"
+    assert claims[key.format(50)].ours == "0.84 ± 0.00 (3 seeds)"
+    assert claims[key.format(15)].verdict == "not reproduced"
+    assert claims[key.format(15)].paper == "0.84 ± 0.08"
+    regular = (
+        "Sequential, Regular: split accuracy, all of the authors' choices, 15 epochs (ablation)"
+    )
+    assert (
+        claims[regular].ours.startswith("0.33 ± 0.00") and claims[regular].verdict == "reproduced"
+    )
+    assert ablation_claims([r for r in rows if r["mode"] == "concat"]) == []
