@@ -68,6 +68,29 @@ def tiny_tasks(two_tasks: tuple[Path, Path]) -> list[dict[str, str]]:
     return [{"name": "idx", "data_dir": str(folder)} for folder in two_tasks]
 
 
+def tiny_scenario(two_tasks: tuple[Path, Path], data: str, *, steps: int, batch: int) -> str:
+    """A spatial MLP on the two tiny tasks; ``data``: the ``[data]`` table's mode lines."""
+    tasks = ", ".join(f'{{ name = "idx", data_dir = "{p}" }}' for p in two_tasks)
+    return f"""
+[scenario]
+seed = 1
+device = "cpu"
+[data]
+name = "multitask"
+{data}
+tasks = [{tasks}]
+[model]
+name = "spatial_mlp"
+sizes = {TINY_SIZES}
+[integrator]
+name = "adam"
+lr = 0.005
+[run]
+steps = {steps}
+batch_size = {batch}
+"""
+
+
 def build_tiny(registries, sizes=(16, 6, 5, 7, 8, 6), dtype=torch.float64, **options) -> System:
     model = SpatialMLP(sizes=list(sizes), **options)
     return model.build(
@@ -458,26 +481,7 @@ def test_fresh_pairing_trains_and_resumes_exactly(
     10 and resumed from its checkpoint, it ends where the uninterrupted run ends."""
     from particlesim.io.checkpoint import load_checkpoint, save_checkpoint
 
-    tasks = ", ".join(f'{{ name = "idx", data_dir = "{p}" }}' for p in two_tasks)
-    text = f"""
-[scenario]
-seed = 1
-device = "cpu"
-[data]
-name = "multitask"
-mode = "concatenate"
-pairing = "fresh"
-tasks = [{tasks}]
-[model]
-name = "spatial_mlp"
-sizes = {[32, *TINY_SIZES[1:]]}
-[integrator]
-name = "adam"
-lr = 0.005
-[run]
-steps = 20
-batch_size = 16
-"""
+    text = tiny_scenario(two_tasks, 'mode = "concatenate"\npairing = "fresh"', steps=20, batch=16)
 
     def built():
         return build(validate(parse_scenario(text), registries), log=lambda line: None)
@@ -761,25 +765,7 @@ def test_shipped_scenarios_validate(name: str, registries) -> None:
 
 
 def test_scenario_trains_and_records_costs(registries, two_tasks: tuple[Path, Path]) -> None:
-    tasks = ", ".join(f'{{ name = "idx", data_dir = "{p}" }}' for p in two_tasks)
-    text = f"""
-[scenario]
-seed = 1
-device = "cpu"
-[data]
-name = "multitask"
-mode = "sequential"
-tasks = [{tasks}]
-[model]
-name = "spatial_mlp"
-sizes = {TINY_SIZES}
-[integrator]
-name = "adam"
-lr = 0.005
-[run]
-steps = 30
-batch_size = 32
-"""
+    text = tiny_scenario(two_tasks, 'mode = "sequential"', steps=30, batch=32)
     plan = validate(parse_scenario(text), registries)
     built = build(plan, log=lambda line: None)
     assert isinstance(built.simulation.loss, MultiHeadCrossEntropy)
