@@ -821,3 +821,31 @@ def test_cli_on_a_real_run(tiny_scenario: Path, tmp_path: Path) -> None:
     with Image.open(gif) as image:
         assert image.n_frames == 5
     assert_one_line_error(invoke("plot", path, "--group", "hiden", "-o", png), "unknown group")
+
+
+def test_measures_take_plain_arrays_of_positions_and_weights() -> None:
+    """numpy ``[target, source]`` weights and ``[particle, spatial]`` positions (or with
+    frames first) give the xarray inputs' values; other shapes and fields are one line."""
+    from particlesim.analysis import measures
+
+    rng = np.random.default_rng(0)
+    w, src, tgt = rng.random((4, 5)), rng.random((5, 2)), rng.random((4, 2))
+    as_xr = (
+        xr.DataArray(w, dims=("target", "source")),
+        xr.DataArray(src, dims=("particle", "spatial")),
+        xr.DataArray(tgt, dims=("particle", "spatial")),
+    )
+    for measure in (measures.weight_distance_correlation, measures.connection_length):
+        got = measure(w, src, tgt)
+        assert got.dims == () and float(got) == pytest.approx(float(measure(*as_xr)))
+        frames = measure(np.stack([w, w[::-1]]), np.stack([src, src]), [tgt, tgt])
+        assert frames.dims == ("time",) and float(frames[0]) == pytest.approx(float(got))
+    distances = np.linalg.norm(tgt[:, None] - src[None], axis=-1)
+    expected = float((w * distances).sum() / w.sum())
+    assert float(measures.connection_length(w, src, tgt)) == pytest.approx(expected)
+    with pytest.raises(AnalysisError, match=r"weight: expected \[target, source\] or \[time, "):
+        measures.connection_length(w[0], src, tgt)
+    with pytest.raises(AnalysisError, match="charge: expected an xarray Dataset or DataArray"):
+        measures.charge_range(np.ones(3))
+    with pytest.raises(AnalysisError, match="position: expected an xarray Dataset or DataArray, "):
+        measures.connection_length(w, "positions.h5", tgt)

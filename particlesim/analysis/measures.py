@@ -29,14 +29,39 @@ import xarray as xr
 from particlesim.analysis.stream import blockwise, frames_per_slice, slices
 from particlesim.analysis.tree import AnalysisError
 
-ArrayLike = xr.Dataset | xr.DataArray
+#: What the measures take: a trajectory tree's Dataset or one of its DataArrays, or, for
+#: positions and weights, a plain array (dims by :data:`NUMPY_DIMS`).
+ArrayLike = xr.Dataset | xr.DataArray | np.ndarray
+
+#: Dims given to a plain array by field and number of axes: one frame, or frames first.
+NUMPY_DIMS: dict[str, dict[int, tuple[str, ...]]] = {
+    "position": {2: ("particle", "spatial"), 3: ("time", "particle", "spatial")},
+    "weight": {2: ("target", "source"), 3: ("time", "target", "source")},
+}
 
 # rows of a distance matrix computed at once: bounds memory to ~CHUNK * M floats
 _CHUNK_ELEMENTS = 2_000_000
 
 
 def _field(obj: ArrayLike, name: str) -> xr.DataArray:
-    """Variable ``name`` of a Dataset (or the DataArray itself), its clock called ``time``."""
+    """Variable ``name`` of a Dataset (or the DataArray itself), its clock called ``time``;
+    a plain array of positions or weights gets its dims from :data:`NUMPY_DIMS`."""
+    if not isinstance(obj, xr.Dataset | xr.DataArray):
+        if not hasattr(obj, "__array__") and not isinstance(obj, list | tuple):
+            raise AnalysisError(
+                f"{name}: expected an xarray Dataset or DataArray, got {type(obj).__name__}"
+            )
+        array = np.asarray(obj)
+        dims = NUMPY_DIMS.get(name, {}).get(array.ndim)
+        if dims is None:
+            known = NUMPY_DIMS.get(name)
+            want = (
+                " or ".join(f"[{', '.join(d)}]" for d in known.values())
+                if known
+                else "an xarray Dataset or DataArray (a plain array: positions or weights only)"
+            )
+            raise AnalysisError(f"{name}: expected {want}, got an array of shape {array.shape}")
+        return xr.DataArray(array, dims=dims)
     if isinstance(obj, xr.Dataset):
         if name not in obj.data_vars:
             have = ", ".join(map(str, obj.data_vars)) or "none"
