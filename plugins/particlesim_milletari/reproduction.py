@@ -61,7 +61,7 @@ QUICK_SEEDS = 2
 QUICK_TOY = ["data.n_train=100", "data.n_test=100", "run.batch_size=100"]
 QUICK_MNIST = ["data.train_fraction=0.02", "model.sizes=[784, 32, 10]", "run.batch_size=64"]
 #: Lanczos probe of the quick MNIST runs: images and Lanczos steps.
-QUICK_LANCZOS = {"samples": 200, "lanczos_steps": 12}
+QUICK_LANCZOS = {"samples": 200, "lanczos_steps": 12, "probes": 1}
 
 NOTES = (
     "The slides state these findings in words and figures, without numbers: the paper "
@@ -358,7 +358,8 @@ def settings_text(info: Mapping[str, Any], quick: bool) -> str:
         network = "784-32-10 on 2 % of the images" if quick else "784-256-256-10"
         parts.append(
             f"MNIST: {network}, {', '.join(map(_label, mnist['activations']))}; "
-            f"{mnist['epochs']} epoch(s) of Adam (lr 1e-3), Lanczos Hessian probe before the "
+            f"{mnist['epochs']} epoch(s) of Adam (lr 1e-3), Lanczos Hessian "
+            f"({experiments.probes_text(info)}) before the "
             f"first and after the last step; {mnist['seeds']} seed(s) "
             f"({mnist.get('run_seconds', mnist['wall_seconds']):.0f} s of runs)"
         )
