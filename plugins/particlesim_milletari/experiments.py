@@ -950,6 +950,7 @@ def run(what: Experiment, settings: Settings) -> dict[str, Path]:
             "seeds": settings.mnist_seeds,
             "epochs": settings.mnist_epochs,
             "lanczos_probes": mnist_probes(settings),
+            "hessian_at_start": settings.mnist_hessian_at_start,
             "overrides": settings.mnist_overrides,
         }
     written["run_info.json"] = harness.write_json(info_path, info)

@@ -359,8 +359,9 @@ def settings_text(info: Mapping[str, Any], quick: bool) -> str:
         parts.append(
             f"MNIST: {network}, {', '.join(map(_label, mnist['activations']))}; "
             f"{mnist['epochs']} epoch(s) of Adam (lr 1e-3), Lanczos Hessian "
-            f"({experiments.probes_text(info)}) before the "
-            f"first and after the last step; {mnist['seeds']} seed(s) "
+            f"({experiments.probes_text(info)}) "
+            f"{'before the first and ' if mnist.get('hessian_at_start', True) else ''}"
+            f"after the last step; {mnist['seeds']} seed(s) "
             f"({mnist.get('run_seconds', mnist['wall_seconds']):.0f} s of runs)"
         )
     return ". ".join(parts)
