@@ -955,6 +955,8 @@ def run(settings: Settings) -> dict[str, Path]:
         {
             "experiment": "table1",
             "wall_seconds": round(elapsed, 1),
+            # the runs' own training time, also of those a resumed grid kept
+            "run_seconds": round(sum(float(r["train_seconds"]) for r in rows), 1),
             "seeds": settings.seeds,
             "steps": settings.steps,
             "epochs": settings.epochs,
