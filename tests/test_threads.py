@@ -123,3 +123,28 @@ def test_a_network_too_small_for_two_threads_takes_one(
     ) as runner:
         runner.run(progress=lambda simulation: seen.append(torch.get_num_threads()))
     assert seen == [2]
+
+
+def test_experiments_run_built_takes_the_share_as_particlesim_run_does(
+    registry: Path, tiny_scenario: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A grid point run through ``run_built`` holds the machine's share (4 cores, a network
+    big enough: 4 threads), ``[run] threads`` wins, and the count is restored after."""
+    from particlesim import experiments as harness
+    from particlesim.threads import SMALL_NETWORK_PAIRS
+
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
+    side = int(SMALL_NETWORK_PAIRS**0.5) + 1
+    saved = torch.get_num_threads()
+    for assignments, want in (([], 4), (["run.threads=1"], 1)):
+        built = harness.build_point(
+            tiny_scenario, [f"model.sizes=[0, {side}, {side}, 0]", "run.steps=2", *assignments]
+        ).built
+        seen: list[int] = []
+
+        def record(simulation, seen: list[int] = seen) -> None:
+            seen.append(torch.get_num_threads())
+
+        result = harness.run_built(built, progress=record)
+        assert result.status == "completed" and seen == [want, want]
+        assert torch.get_num_threads() == saved

@@ -197,7 +197,7 @@ def toy_run(
     )
     writer.trigger = Or([writer.trigger, At([built.simulation.total_steps])])  # and the end
     start = time.perf_counter()
-    result = built.simulation.run()
+    result = harness.run_built(built)
     seconds = time.perf_counter() - start
     if result.status != "completed":
         raise ParticlesimError(f"{path.name}: the run ended {result.status}")
@@ -307,7 +307,7 @@ def mnist_run(settings: Settings, activation: str, seed: int) -> list[dict[str, 
     total = built.simulation.total_steps
     ends.trigger = At([0, total] if settings.mnist_hessian_at_start else [total])
     start = time.perf_counter()
-    result = built.simulation.run()
+    result = harness.run_built(built)
     seconds = time.perf_counter() - start
     if result.status != "completed":
         raise ParticlesimError(f"{path.name}: the run ended {result.status}")

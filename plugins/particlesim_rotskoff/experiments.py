@@ -295,7 +295,7 @@ def run_scaling(
         simulation = built.simulation
         keep = n == snapshot and seed == 0
         particles = particle_rows(built, kind, seed, "init") if keep else []
-        result = simulation.run()
+        result = harness.run_built(built)
         if result.status != "completed":
             raise ParticlesimError(f"{kind} n={n}: the run ended {result.status}")
         errors = field_errors(built)
@@ -341,7 +341,7 @@ def length_check(settings: Settings, condition: str, n: int, steps: int) -> dict
     """Train size ``n`` (seed 0) for ``steps``, twice the others' length; its row."""
     longer = dataclasses.replace(settings, steps=steps)
     built = build_run(longer, condition, n, 0)
-    result = built.simulation.run()
+    result = harness.run_built(built)
     errors = field_errors(built)
     return {"kind": f"{condition}_twice_as_long", "particles": n, "seed": 0, **errors,
             "steps": built.simulation.step, "time": round(built.simulation.time, 6),

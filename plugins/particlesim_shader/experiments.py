@@ -177,7 +177,7 @@ def train(
     for writer in simulation.writers:  # about trajectory_frames frames over the run
         writer.trigger = Periodic(max(1, simulation.total_steps // trajectory_frames))
     start = time.perf_counter()
-    result = simulation.run(out_dir=out_dir)
+    result = harness.run_built(built, out_dir=out_dir)
     if result.status != "completed":
         raise ParticlesimError(f"{path.name}: the run ended {result.status}")
     return built, time.perf_counter() - start

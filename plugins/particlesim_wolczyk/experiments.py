@@ -225,7 +225,7 @@ def train(settings: Settings, mode: str, network: str, seed: int) -> tuple[Any, 
     """Train one scenario; return the ``Built`` run and its training seconds."""
     built = prepare(settings, mode, network, seed)
     start = time.perf_counter()
-    result = built.simulation.run()
+    result = harness.run_built(built)
     if result.status != "completed":
         raise ParticlesimError(f"{MODES[mode]}: the run ended {result.status}")
     return built, time.perf_counter() - start
@@ -671,7 +671,7 @@ def run_forces(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str,
         with torch.no_grad():
             simulation.last_loss = float(simulation.loss(system(x), y))
         recorder.report(simulation, 0, {})
-        simulation.run()
+        harness.run_built(built)
         settings.log(
             f"forces: {normalize}: loss {step_rows[-1]['data_loss']:.3f} after "
             f"{max(FORCE_STEPS)} steps"
