@@ -371,3 +371,21 @@ def test_the_lean_path_is_the_default_layer_s_and_the_general_one_the_rest() -> 
     for name, (kernel, inputs) in cases.items():
         name_of = type(call(kernel_matmul_matmul, kernel, inputs).grad_fn).__name__
         assert name_of == "_RadialMatmulBackward", name
+
+
+def test_a_call_under_fake_tensors_does_not_change_the_path_of_real_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The memory preflight runs the layer on fake tensors first; the profile's steepness
+    at 0, kept per kernel class, is still measured on real numbers (a guess made there
+    sent every later Gaussian call of the process down the slow exact path)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    monkeypatch.setattr(matmul_path, "_STEEP", {})
+    with FakeTensorMode() as mode:
+        x = mode.from_tensor(torch.randn(4, 6))
+        kernel_matmul_matmul(x, GaussianKernel(1.0), torch.randn(5, 3), torch.randn(6, 3))
+    assert dict(matmul_path._STEEP) == {GaussianKernel: False}
+    kernel, inputs = make(GaussianKernel, 1, dtype=torch.float32)
+    out = call(kernel_matmul_matmul, kernel, inputs)
+    assert type(out.grad_fn).__name__ == "_LeanRadialMatmulBackward"

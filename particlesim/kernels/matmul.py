@@ -98,12 +98,17 @@ def _steep_at_zero(kernel: RadialKernel) -> bool:
     rounding of it. Measured once per kernel class: ``|f'(10⁻⁸)| > 30·|f'(10⁻⁴)|``."""
     cls = type(kernel)
     if cls not in _STEEP:
-        u = torch.tensor([1e-8, 1e-4], dtype=torch.float64)
-        try:
-            fp = kernel.profile_derivative(u).abs()
-            _STEEP[cls] = bool(fp[0] > 30.0 * fp[1])
-        except Exception:  # an odd profile: take the safe, exact form
-            _STEEP[cls] = True
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+        # real numbers even when called under the memory preflight's fake tensors (whose
+        # values cannot be read: the answer would be a guess, and it is kept per class)
+        with unset_fake_temporarily():
+            u = torch.tensor([1e-8, 1e-4], dtype=torch.float64)
+            try:
+                fp = kernel.profile_derivative(u).abs()
+                _STEEP[cls] = bool(fp[0] > 30.0 * fp[1])
+            except Exception:  # an odd profile: take the safe, exact form
+                _STEEP[cls] = True
     return _STEEP[cls]
 
 
