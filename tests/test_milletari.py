@@ -315,6 +315,7 @@ def test_toy_and_mnist_experiments_write_tables_and_plots(tiny_data: Path, tmp_p
         toy_overrides=["data.n_train=60", "data.n_test=30", "run.batch_size=60"],
         mnist_seeds=1,
         mnist_epochs=1,
+        mnist_hessian_at_start=True,  # the "init" columns too (off by default)
         mnist_overrides=[
             'data.name="idx"',
             f'data.data_dir="{tiny_data}"',
@@ -369,6 +370,8 @@ def test_toy_and_mnist_experiments_write_tables_and_plots(tiny_data: Path, tmp_p
     assert "## MNIST (16-6-3 MLP, 1 epochs of Adam)" in text
     info = json.loads((settings.out / "run_info.json").read_text())
     assert info["toy"]["epochs"] == 20 and info["mnist"]["epochs"] == 1
+    assert info["mnist"]["lanczos_probes"] == 8 and info["mnist"]["hessian_at_start"] is True
+    assert "(30 Lanczos steps, 8 Rademacher probes)" in text
 
 
 def milletari_cli() -> typer.Typer:
