@@ -709,22 +709,14 @@ def run_built(
 ) -> Any:
     """``built.simulation.run()`` holding this process's share of the machine's cores.
 
-    What ``particlesim run`` does (:class:`~particlesim.threads.ThreadShare`: ``[run]
+    What ``particlesim run`` does (:func:`~particlesim.threads.run_sharing`: ``[run]
     threads`` or ``OMP_NUM_THREADS`` when given, else the cores divided by the particlesim
     runs alive on the machine, one thread for a tiny network), for an experiment that
     builds its runs itself (:func:`build_point` ``.built``): two experiment commands on one
     machine then share its cores instead of each starting a thread per core (measured on
     2 cores: 4 threads, each run 3–10× slower). Returns the :class:`RunResult`.
     """
-    from particlesim.threads import ThreadShare, useful_threads
+    from particlesim.threads import run_sharing
 
-    configured = built.plan.resolved.get("run", {}).get("threads")
-    share = ThreadShare(configured, useful=useful_threads(built.system))
-
-    def each_step(simulation: Any) -> None:
-        share.update()  # cheap: recounts the runs sharing the cores about once a second
-        if progress is not None:
-            progress(simulation)
-
-    with share:
-        return built.simulation.run(progress=each_step, out_dir=out_dir)
+    threads = built.plan.resolved.get("run", {}).get("threads")
+    return run_sharing(built.simulation, built.system, threads, progress=progress, out_dir=out_dir)

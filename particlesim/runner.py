@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from particlesim.errors import DivergenceError, ParticlesimError
-from particlesim.threads import ThreadShare, useful_threads
+from particlesim.threads import run_sharing
 
 __all__ = ["RunResult", "Runner", "load_plan"]
 
@@ -411,18 +411,11 @@ class Runner:
             (out_dir / "scenario.toml").write_text(self.plan.to_toml(), encoding="utf-8")
         status: Status = "failed"
         error: str | None = None
-        share = ThreadShare(
-            self.plan.resolved["run"].get("threads"), useful=useful_threads(self.system)
-        )
-
-        def each_step(simulation: Any) -> None:
-            share.update()  # cheap: recounts the runs sharing the cores about once a second
-            if progress is not None:
-                progress(simulation)
-
+        threads = self.plan.resolved["run"].get("threads")
         try:
-            with share:
-                status = sim.run(progress=each_step, out_dir=out_dir).status
+            status = run_sharing(
+                sim, self.system, threads, progress=progress, out_dir=out_dir
+            ).status
         except DivergenceError as exc:
             status, error = "diverged", str(exc)
             if out_dir is not None and sim.last_good_state is not None:

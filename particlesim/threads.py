@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ThreadShare", "available_cores", "fixed_threads", "useful_threads"]
+__all__ = ["ThreadShare", "available_cores", "fixed_threads", "run_sharing", "useful_threads"]
 
 #: Seconds between two counts of the runs sharing the machine.
 RECOUNT_S = 1.0
@@ -196,3 +196,28 @@ class ThreadShare:
             torch.set_num_threads(wanted)
         self.threads = wanted
         return wanted
+
+
+def run_sharing(
+    simulation: Any,
+    system: Any,
+    configured: int | None = None,
+    *,
+    progress: Any = None,
+    out_dir: Any = None,
+) -> Any:
+    """``simulation.run()`` inside a :class:`ThreadShare`, recounted at every step.
+
+    ``configured``: ``[run] threads`` (``None``: the share); ``system`` sizes the share
+    (:func:`useful_threads`); ``progress`` is called after each step as by
+    ``Simulation.run``. Returns what ``simulation.run`` returns.
+    """
+    share = ThreadShare(configured, useful=useful_threads(system))
+
+    def each_step(sim: Any) -> None:
+        share.update()  # cheap: recounts the runs sharing the cores about once a second
+        if progress is not None:
+            progress(sim)
+
+    with share:
+        return simulation.run(progress=each_step, out_dir=out_dir)
