@@ -444,6 +444,25 @@ def run_ablation(settings: Settings) -> list[dict[str, Any]]:
         )
 
 
+#: The regular network has no transport cost: its ``w2`` and ``authors`` columns are the
+#: runs of the variants that differ from them only there.
+REGULAR_TWINS = {"w2": "ours", "authors": "pooled"}
+
+
+def choice_rows(
+    rows: Sequence[dict[str, Any]], epochs: float, mode: str, network: str, variant: str
+) -> list[dict[str, Any]]:
+    """The ablation runs behind one cell (the regular network reads :data:`REGULAR_TWINS`)."""
+    if network == "regular":
+        variant = REGULAR_TWINS.get(variant, variant)
+    return [
+        r
+        for r in rows
+        if float(r["epochs_setting"]) == epochs
+        and (r["mode"], r["network"], r["variant"]) == (mode, network, variant)
+    ]
+
+
 def ablation_summary(
     rows: Sequence[dict[str, Any]],
 ) -> dict[tuple[float, str, str, str], dict[str, harness.Stats]]:
@@ -453,19 +472,11 @@ def ablation_summary(
     under the choice's disabling). The regular network's ``w2`` and ``authors`` columns
     read its ``ours`` and ``pooled`` runs (no transport cost to change).
     """
-    twin = {"w2": "ours", "authors": "pooled"}
     out: dict[tuple[float, str, str, str], dict[str, harness.Stats]] = {}
     keys = {(float(r["epochs_setting"]), r["mode"], r["network"]) for r in rows}
     for epochs, mode, network in keys:
         for title, variant, suffix in CHOICES:
-            if network == "regular":
-                variant = twin.get(variant, variant)
-            chosen = [
-                r
-                for r in rows
-                if float(r["epochs_setting"]) == epochs
-                and (r["mode"], r["network"], r["variant"]) == (mode, network, variant)
-            ]
+            chosen = choice_rows(rows, epochs, mode, network, variant)
             if chosen:
                 out[(epochs, mode, network, title)] = {
                     "full_accuracy": harness.describe(r["full_accuracy"] for r in chosen),

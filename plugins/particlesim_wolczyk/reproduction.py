@@ -188,13 +188,7 @@ def ablation_claims(rows: Sequence[dict[str, Any]], mode: str = "sequential") ->
             cell = summary.get((epochs, mode, network, AUTHORS_CHOICE))
             if cell is None:
                 continue
-            run_variant = "pooled" if network == "regular" else variant  # as ablation_summary
-            cell_rows = [
-                r
-                for r in rows
-                if float(r["epochs_setting"]) == epochs
-                and (r["mode"], r["network"], r["variant"]) == (mode, network, run_variant)
-            ]
+            cell_rows = experiments.choice_rows(rows, epochs, mode, network, variant)
             for quantity in ("split_accuracy", "accuracy_drop"):
                 paper = experiments.PAPER_TABLE1[quantity][mode][network]
                 better = SPATIAL_BETTER[quantity] if network == "spatial" else "either"
