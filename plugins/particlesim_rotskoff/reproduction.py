@@ -143,24 +143,27 @@ def length_check_text(rows: Sequence[dict[str, Any]], condition: str) -> str:
     )
 
 
+#: What the figure's claim fits: the low-temperature runs' loss.
+FIGURE_LABEL = "trained, low temperature: loss ½‖f_n − f‖² (the figure's reading)"
+
+
 def scaling_claims(rows: Sequence[dict[str, Any]], dim: int) -> list[Claim]:
     """One claim per fitted slope of one grid (initialisation, then each temperature), and
     the 3-spin figure's: the low-temperature loss (twice the error's slope, see NOTES)."""
     summary = experiments.summarize(rows)
     fits = experiments.slopes(summary)
+    # (runs, the paper's exponent and statement, what is fitted, factor on the error's slope)
+    readings = []
+    for kind in [k for k in ("init", *experiments.CONDITIONS) if k in summary]:
+        readings.append((kind, experiments.PAPER[kind], experiments.LABELS[kind], 1.0))
+        if kind == "low_temperature":  # ℓ = ½·RMS²: every slope and bound doubles
+            readings.append((kind, experiments.FIGURE, FIGURE_LABEL, 2.0))
     claims = []
-    kinds = [k for k in ("init", *experiments.CONDITIONS) if k in summary]
-    if "low_temperature" in kinds:
-        kinds.insert(kinds.index("low_temperature") + 1, "figure")
-    for kind in kinds:
-        source = "low_temperature" if kind == "figure" else kind
-        fit = dict(fits[source])
-        per_n = summary[source]
-        interval = slope_interval(fit, len(per_n))
-        expected, statement = experiments.FIGURE if kind == "figure" else experiments.PAPER[kind]
-        if kind == "figure":  # ℓ = ½·RMS²: every slope and bound doubles
-            fit["slope"] *= 2.0
-            interval = (2.0 * interval[0], 2.0 * interval[1])
+    for kind, (expected, statement), label, factor in readings:
+        per_n = summary[kind]
+        low, high = slope_interval(fits[kind], len(per_n))
+        fit = {**fits[kind], "slope": factor * fits[kind]["slope"]}
+        interval = (factor * low, factor * high)
         half = (interval[1] - interval[0]) / 2
         outcome = verdict(fit["slope"], half, expected, tolerance=TOLERANCE)
         sizes = list(per_n)
@@ -179,12 +182,7 @@ def scaling_claims(rows: Sequence[dict[str, Any]], dim: int) -> list[Claim]:
             side = "shallower" if fit["slope"] > expected else "steeper"
             why = f"{side} than {expected:g}, outside the {LEVEL:.0%} interval"
         if kind != "init":
-            why += length_check_text(rows, source)
-        label = (
-            "trained, low temperature: loss ½‖f_n − f‖² (the figure's reading)"
-            if kind == "figure"
-            else experiments.LABELS[kind]
-        )
+            why += length_check_text(rows, kind)
         claims.append(
             Claim(
                 quantity=f"d = {dim}: slope of {label} against n",
