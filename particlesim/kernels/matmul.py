@@ -74,10 +74,26 @@ def _is_fake(tensor: Tensor) -> bool:
     return isinstance(tensor, FakeTensor)
 
 
+def _check_finite(
+    centre: Tensor,
+    x: Tensor,
+    kernel: RadialKernel,
+    target_pos: Tensor,
+    source_pos: Tensor,
+    where: str,
+) -> None:
+    """Raise :func:`_raise_not_finite`'s error where a position is NaN or infinite, read from
+    the positions' ``centre`` (one number, one sync). Finite positions whose sum or squares
+    overflow go on, to a NaN loss: a divergence, as on the other paths."""
+    if not _is_fake(x) and not math.isfinite(float(centre.sum())):
+        _raise_not_finite(kernel, target_pos, source_pos, where)
+
+
 def _raise_not_finite(
     kernel: RadialKernel, target_pos: Tensor, source_pos: Tensor, where: str
 ) -> None:
-    """One line naming the interaction, the kernel and the first position that is not finite."""
+    """One line naming the interaction, the kernel and the first position that is not finite
+    (none: nothing raised)."""
     for name, positions in (("target", target_pos), ("source", source_pos)):
         bad = (~torch.isfinite(positions.detach())).any(1).nonzero()
         if len(bad):
@@ -284,10 +300,7 @@ class _RadialMatmul(torch.autograd.Function):
     ) -> Tensor:
         M, N, C = target_pos.shape[0], source_pos.shape[0], kernel.channels
         geometry = _Geometry(target_pos, source_pos, x.dtype)
-        if not _is_fake(x) and not bool(torch.isfinite(geometry.centre).all()):
-            # a position that is NaN or infinite (finite ones whose sum or squares overflow
-            # go on, to a NaN loss: a divergence, as on the other paths)
-            _raise_not_finite(kernel, target_pos, source_pos, where)
+        _check_finite(geometry.centre, x, kernel, target_pos, source_pos, where)
         inv_s2 = _as(log_width.detach(), x.dtype).mul(-2.0).exp_()  # σ⁻² per channel
         gaussian = _is_gaussian(kernel)
         keep = C * M * N <= SAVED_MAX_ELEMENTS
@@ -473,8 +486,7 @@ class _LeanRadialMatmul(torch.autograd.Function):
         dtype = x.dtype
         target, source = _as(target_pos.detach(), dtype), _as(source_pos.detach(), dtype)
         centre = torch.cat([target, source]).mean(0)  # NaN/inf if any position is
-        if not _is_fake(x) and not math.isfinite(float(centre.sum())):
-            _raise_not_finite(kernel, target_pos, source_pos, where)
+        _check_finite(centre, x, kernel, target_pos, source_pos, where)
         target, source = target - centre, source - centre
         gaussian = _is_gaussian(kernel)
         # u = [r_j, |r_j|², 1] · [−2a r_h, a, a|r_h|²] with a = σ⁻² (the Gaussian: −u)
