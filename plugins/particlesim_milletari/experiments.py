@@ -335,13 +335,16 @@ def mnist_run(settings: Settings, activation: str, seed: int) -> list[dict[str, 
 
 def mnist_probes(settings: Settings) -> int:
     """Rademacher probes of the MNIST scenario's Lanczos Hessian (after the overrides)."""
+    from particlesim.core.hessian import HessianObservable
+    from particlesim.core.signatures import signature_of
     from particlesim.scenario.loader import apply_override, read_scenario
 
     scenario = read_scenario(settings.scenarios / MNIST_SCENARIO)
     for assignment in settings.mnist_overrides:
         apply_override(scenario, assignment)
+    default = signature_of(HessianObservable).parameters["probes"].default
     probes = [
-        int(entry.get("probes", 4))
+        int(entry.get("probes", default))
         for entry in scenario.get("observables", [])
         if entry.get("name") in MNIST_HESSIAN
     ]
