@@ -78,6 +78,15 @@ _CACHE_SIZE = 8  # files; two full data sets (about 110 MB of uint8)
 _ARRAYS: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
 
 
+def fraction_subset(n: int, fraction: float, generator: torch.Generator) -> torch.Tensor | None:
+    """Sorted indices of a random ``round(fraction·n)`` of ``n`` examples (at least 1), drawn
+    from ``generator``; ``None`` (all of them, nothing drawn) when ``fraction >= 1``."""
+    if fraction >= 1.0:
+        return None
+    k = min(n, max(1, round(fraction * n)))
+    return torch.randperm(n, generator=generator)[:k].sort().values
+
+
 def read_cached(path: Path) -> np.ndarray:
     """:func:`read_idx` with a small per-process LRU cache keyed by (path, mtime, size).
 
@@ -308,10 +317,8 @@ class IDXClassification:
         subset therefore does not depend on ``validation``.
         """
         generator = torch.Generator().manual_seed(int(seed))
-        indices = np.arange(n)
-        if self.train_fraction < 1.0:
-            k = min(n, max(1, round(self.train_fraction * n)))
-            indices = np.sort(torch.randperm(n, generator=generator)[:k].numpy())
+        keep = fraction_subset(n, self.train_fraction, generator)
+        indices = np.arange(n) if keep is None else keep.numpy()
         k = indices.size
         n_val = min(round(self.validation * k), k - 1) if self.validation > 0 else 0
         if n_val <= 0:

@@ -59,7 +59,7 @@ import torch
 from torch import Tensor
 
 from particlesim.core.seeds import derived_seed
-from particlesim.data.datasets import BUILTIN_DATASETS, DataSplits
+from particlesim.data.datasets import BUILTIN_DATASETS, DataSplits, fraction_subset
 from particlesim.errors import DataError, OptionError, RegistryError, ScenarioError, close_matches
 
 Mode = Literal["concatenate", "mix", "sequential"]
@@ -223,11 +223,10 @@ class MultiTask:
             generator = torch.Generator().manual_seed(derived_seed(pair_seed, 3, offset))
             composed[split] = self.compose(xs, ys, generator)
         train_x, train_y = composed["train"]
-        if self.train_fraction < 1.0:
-            n = train_x.shape[0]
-            k = min(n, max(1, round(self.train_fraction * n)))
-            keep = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))[:k]
-            keep = keep.sort().values
+        keep = fraction_subset(
+            train_x.shape[0], self.train_fraction, torch.Generator().manual_seed(int(seed))
+        )
+        if keep is not None:
             train_x, train_y = train_x[keep], train_y[keep]
         sampler = None
         if self.pairing == "fresh":
@@ -333,11 +332,9 @@ class FreshPairs:
         self.data = data
         self.xs, self.ys = [], []
         for t, (x, y) in enumerate(zip(xs, ys, strict=True)):
-            n = int(x.shape[0])
-            if data.train_fraction < 1.0:
-                k = min(n, max(1, round(data.train_fraction * n)))
-                g = torch.Generator().manual_seed(derived_seed(int(seed), 5, t))
-                keep = torch.randperm(n, generator=g)[:k].sort().values
+            generator = torch.Generator().manual_seed(derived_seed(int(seed), 5, t))
+            keep = fraction_subset(int(x.shape[0]), data.train_fraction, generator)
+            if keep is not None:
                 x, y = x[keep], y[keep]
             self.xs.append(x)
             self.ys.append(y.to(torch.int64))
