@@ -329,11 +329,18 @@ def test_every_combination_matches_the_chunked_path() -> None:
 
 @pytest.mark.parametrize("family", [GaussianKernel, CauchyKernel, StudentTFromValueKernel])
 @pytest.mark.parametrize("charge_shape", ["[M]", "[M, 1]", "none"])
+@pytest.mark.parametrize("cache_block", ["whole", "7 rows", "1 row"])
 def test_the_lean_path_equals_the_general_one(
-    monkeypatch: pytest.MonkeyPatch, family: type[RadialKernel], charge_shape: str
+    monkeypatch: pytest.MonkeyPatch,
+    family: type[RadialKernel],
+    charge_shape: str,
+    cache_block: str,
 ) -> None:
     """The common layer (one channel, no cutoff, no modulation, a fixed width) takes a
-    path of fewer operations; its output and every gradient are the general path's."""
+    path of fewer operations; its output and every gradient are the general path's, with
+    the kernel made whole or in cache blocks of source rows (the last one shorter)."""
+    rows = {"whole": 30, "7 rows": 7, "1 row": 1}[cache_block]
+    monkeypatch.setattr(matmul_path, "CACHE_BLOCK_ELEMENTS", rows * 20)
     kernel, inputs = make(
         family, 1, charge=charge_shape != "none", shape=(6, 30, 20, 3), dtype=torch.float32
     )
@@ -352,6 +359,33 @@ def test_the_lean_path_equals_the_general_one(
     ):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.detach().abs().max()))
+
+
+def test_the_lean_path_skips_the_derivative_where_no_position_needs_a_gradient(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The forward makes the profile's derivative only for the positions' gradients: with
+    frozen positions (or in evaluation) it is never called, and the rest still flows."""
+    calls: list[int] = []
+
+    class Counted(CauchyKernel):
+        @classmethod
+        def profile_derivative_from_value(cls, u: Tensor, value: Tensor) -> Tensor:
+            calls.append(u.numel())
+            return super().profile_derivative_from_value(u, value)
+
+    kernel = Counted(1.0)
+    x = torch.randn(4, 6, requires_grad=True)
+    charge = torch.randn(5, requires_grad=True)
+    frozen = torch.randn(5, 3), torch.randn(6, 3)
+    y = kernel_matmul_matmul(x, kernel, *frozen, charge)
+    assert type(y.grad_fn).__name__ == "_LeanRadialMatmulBackward"
+    y.sum().backward()
+    assert calls == [] and x.grad is not None and charge.grad is not None
+    monkeypatch.setattr(matmul_path, "CACHE_BLOCK_ELEMENTS", 2 * 5)  # three blocks
+    moving = frozen[0].requires_grad_(), frozen[1]
+    kernel_matmul_matmul(x, kernel, *moving, charge).sum().backward()
+    assert calls == [10, 10, 10]
 
 
 def test_the_lean_path_is_the_default_layer_s_and_the_general_one_the_rest() -> None:

@@ -37,6 +37,7 @@ O(block · N) at any size: ``W`` is never materialised whole.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -60,6 +61,11 @@ SAVED_MAX_ELEMENTS: int = 2**22
 
 #: Kernel entries (``C·rows·N``) per block above :data:`SAVED_MAX_ELEMENTS` (4 MiB float32).
 BLOCK_ELEMENTS: int = 2**20
+
+#: Kernel entries per row block of the common layer's elementwise work (1 MiB in float32):
+#: the thin product, the profile and its derivative of one block run in the core's cache,
+#: instead of each as a pass over the whole ``[N, M]`` array in memory.
+CACHE_BLOCK_ELEMENTS: int = 2**18
 
 
 def _as(tensor: Tensor, dtype: torch.dtype | None) -> Tensor:
@@ -142,12 +148,12 @@ def _gaussian_(minus_u: Tensor) -> Tensor:
 
     Subnormal floats (below ``finfo.tiny``, ``u ≳ 87`` in float32) slow every later product
     with the kernel down by half on CPU (measured: 20.8 against 13.5 ms for ``x kᵀ`` at
-    512 × 2048 × 2048); they are below any sum they enter by 30 orders of magnitude.
+    512 × 2048 × 2048); they are below any sum they enter by 30 orders of magnitude. Two
+    passes: ``−u`` needs no clamp at 0, as a rounding above 0 (``ε·|r|²`` of centred
+    positions) gives a kernel ``1 + O(ε)``, as a rounded ``exp`` does anyway.
     """
     tiny = torch.finfo(minus_u.dtype).tiny
-    floor = math.log(tiny) + 0.5  # exp(floor) ≈ 1.65 tiny: a normal number
-    k = minus_u.clamp_(min=floor, max=0.0).exp_()
-    return torch.nn.functional.threshold_(k, 2.0 * tiny, 0.0)
+    return torch.nn.functional.threshold_(minus_u.exp_(), 2.0 * tiny, 0.0)
 
 
 class _Geometry:
@@ -457,17 +463,48 @@ class _RadialMatmul(torch.autograd.Function):
         )
 
 
+def _pair_form(dim: int, a: float, like: Tensor) -> Tensor:
+    """``Q [D+2, D+2]`` with ``[r_j, |r_j|², 1] · Q · [r_h, |r_h|², 1]ᵀ = a·|r_h − r_j|²``.
+
+    ``Q = a·[[−2I, 0, 0], [0, 0, 1], [0, 1, 0]]``: the augmented positions of both sets are
+    then one array (one ``cat``), and ``Q`` times the targets' part gives the thin product's
+    left factor in one call. Kept per ``(D, a)``: a fixed-width layer asks for the same one
+    every step (not under the memory preflight's fake tensors, whose arrays hold no values).
+    """
+    if _is_fake(like):
+        return _new_pair_form(dim, a, like.dtype, like.device)
+    return _kept_pair_form(dim, a, like.dtype, like.device)
+
+
+def _new_pair_form(dim: int, a: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """:func:`_pair_form`, made."""
+    form = torch.zeros(dim + 2, dim + 2, dtype=dtype, device=device)
+    form[range(dim), range(dim)] = -2.0 * a
+    form[dim, dim + 1] = form[dim + 1, dim] = a
+    return form
+
+
+_kept_pair_form = functools.lru_cache(maxsize=64)(_new_pair_form)
+
+
 class _LeanRadialMatmul(torch.autograd.Function):
-    """The matmul path of the common layer, in the fewest tensor operations.
+    """The matmul path of the common layer, in the fewest tensor operations and passes.
 
     One channel, no cutoff, no modulation, a fixed width, a profile not steep at 0 and the
     kernel kept whole (``M·N ≤`` :data:`SAVED_MAX_ELEMENTS`): every default
     ``ParticleLinear`` and kernel interaction. The algebra is :class:`_RadialMatmul`'s;
-    what differs is the count of operations, which at MNIST sizes (``B·N·M`` of a few
-    million) costs as much as the arithmetic (each PyTorch call ~3 µs of dispatch): σ⁻²
-    is folded into the target factor of the thin product (which then gives ``u``, or
-    ``−u`` for the Gaussian), the backward's ``G`` is the weight gradient times ``f'``
-    in place, and nothing is allocated to be filled later.
+    what differs is the cost around the three products ``nn.Linear`` also does:
+
+    * the count of operations, which at MNIST sizes (``B·N·M`` of a few million) costs as
+      much as the arithmetic (each PyTorch call 3–8 µs of dispatch): both particle sets are
+      centred and augmented as one array ``[r, |r|², 1]ᵀ`` (``[D+2, M+N]``), whose rows are
+      also the thin products' factors in the backward, and σ⁻² is folded into the left
+      factor (which then gives ``u``, or ``−u`` for the Gaussian);
+    * the passes over ``[N, M]``: above :data:`CACHE_BLOCK_ELEMENTS` entries the thin
+      product, the profile and (where the positions need gradients) the profile's
+      derivative run on row blocks that stay in the core's cache, each written once into
+      the kept kernel and derivative; the backward then scales the weight gradient by the
+      kept derivative in one pass (the Gaussian's is the kernel itself, ``f' = −f``).
 
     Inputs: ``x, target_pos, source_pos, charge, kernel, inv_s2, where``.
     """
@@ -483,34 +520,42 @@ class _LeanRadialMatmul(torch.autograd.Function):
         inv_s2: float,
         where: str,
     ) -> Tensor:
-        dtype = x.dtype
-        target, source = _as(target_pos.detach(), dtype), _as(source_pos.detach(), dtype)
-        centre = torch.cat([target, source]).mean(0)  # NaN/inf if any position is
+        M = target_pos.shape[0]
+        points = torch.cat([target_pos.detach(), source_pos.detach()])
+        points = _as(points, x.dtype)
+        centre = points.mean(0)  # NaN/inf if any position is
         _check_finite(centre, x, kernel, target_pos, source_pos, where)
-        target, source = target - centre, source - centre
+        points = points - centre
+        ones = points.new_ones(1, points.shape[0])
+        # [D+2, M+N]: rows r (D), |r|², 1; row-major with the particles along it, the layout
+        # in which CPU BLAS takes thin products at full speed
+        aug = torch.cat([points.T, torch.linalg.vecdot(points, points)[None], ones])
         gaussian = _is_gaussian(kernel)
-        # u = [r_j, |r_j|², 1] · [−2a r_h, a, a|r_h|²] with a = σ⁻² (the Gaussian: −u)
-        a = -inv_s2 if gaussian else inv_s2
-        right = torch.cat(
-            [source, source.square().sum(1, keepdim=True), source.new_ones(source.shape[0], 1)],
-            1,
-        )
-        left = torch.cat(
-            [target * (-2.0 * a), target.new_full((target.shape[0], 1), a),
-             target.square().sum(1, keepdim=True).mul_(a)],
-            1,
-        )  # fmt: skip
-        u_t = torch.mm(right, left.T)  # [N, M], source-major as every [M, N] array here
-        if gaussian:
-            k_t = _gaussian_(u_t)
-            u_t = None
-        else:
-            k_t = kernel.profile(u_t.clamp_min_(0.0))
+        a = -inv_s2 if gaussian else inv_s2  # u (the Gaussian: −u) = source_augᵀ · left
+        left = torch.mm(_pair_form(points.shape[1], a, x), aug[:, :M])
+        source_aug = aug[:, M:].T  # [N, D+2]
+        need_fp = not gaussian and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
+        N = source_aug.shape[0]
+        if N * M <= CACHE_BLOCK_ELEMENTS:
+            k_t, fp_t = _lean_block(kernel, gaussian, need_fp, torch.mm(source_aug, left))
+        else:  # row blocks in cache, each written once
+            k_t = x.new_empty(N, M)
+            fp_t = x.new_empty(N, M) if need_fp else None
+            rows = max(1, CACHE_BLOCK_ELEMENTS // M)
+            for s in range(0, N, rows):
+                e = min(N, s + rows)
+                if gaussian:  # in place in the kept kernel
+                    _gaussian_(torch.mm(source_aug[s:e], left, out=k_t[s:e]))
+                    continue
+                k, fp = _lean_block(kernel, False, need_fp, torch.mm(source_aug[s:e], left))
+                k_t[s:e] = k
+                if fp_t is not None:
+                    fp_t[s:e] = fp
         y0 = torch.mm(x, k_t)
         keep_y0 = charge is not None and ctx.needs_input_grad[3]
-        q = None if charge is None else _as(charge.reshape(-1), dtype)  # [M] or [M, 1]
+        q = None if charge is None else _as(charge.reshape(-1), x.dtype)  # [M] or [M, 1]
         y = y0 if q is None else y0 * q
-        ctx.save_for_backward(x, charge, k_t, u_t, y0 if keep_y0 else None, target, source)
+        ctx.save_for_backward(x, charge, k_t, fp_t, y0 if keep_y0 else None, aug)
         ctx.kernel, ctx.factor = kernel, 2.0 * inv_s2 * (-1.0 if gaussian else 1.0)
         ctx.dtypes = (target_pos.dtype, source_pos.dtype)
         return y
@@ -518,7 +563,7 @@ class _LeanRadialMatmul(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
-        x, charge, k_t, u_t, y0, target, source = ctx.saved_tensors
+        x, charge, k_t, fp_t, y0, aug = ctx.saved_tensors
         need_x, need_rh, need_rj, need_q = ctx.needs_input_grad[:4]
         grad_q = None
         if need_q:
@@ -527,25 +572,31 @@ class _LeanRadialMatmul(torch.autograd.Function):
         grad_x = torch.mm(gy, k_t.T) if need_x else None
         grad_rh = grad_rj = None
         if need_rh or need_rj:
-            # G = dL/dk ⊙ f'(u) (−f' for the Gaussian); dL/dr² = σ⁻²·G (−σ⁻²·G)
-            G = torch.mm(x.T, gy)
-            G.mul_(k_t if u_t is None else ctx.kernel.profile_derivative_from_value(u_t, k_t))
-            factor = ctx.factor  # 2·dL/dr² = factor·G
+            # G = dL/dk ⊙ f'(u) (−f' for the Gaussian); 2·dL/dr² = factor·G
+            G = torch.mm(x.T, gy).mul_(k_t if fp_t is None else fp_t)
+            M, D = k_t.shape[1], aug.shape[0] - 2
+            factor = ctx.factor
             if need_rh:  # ∂L/∂r_h = factor·(Σ_j G_jh r_h − Σ_j G_jh r_j)
-                ones = source.new_ones(1, source.shape[0])
-                R = torch.mm(torch.cat([ones, source.T]), G)  # [D+1, M]
-                grad_rh = _as(
-                    torch.addcmul(R[1:].T, R[:1].T, target, value=-1.0).mul_(-factor),
-                    ctx.dtypes[0],
-                )
+                R = torch.mm(aug[:, M:], G)  # [D+2, M]: Σ_j G r_j, Σ_j G |r_j|², Σ_j G
+                grad_rh = torch.addcmul(R[:D].T, R[D + 1 :].T, aug[:D, :M].T, value=-1.0)
+                grad_rh = _as(grad_rh.mul_(-factor), ctx.dtypes[0])
             if need_rj:  # ∂L/∂r_j = factor·(Σ_h G_jh r_j − Σ_h G_jh r_h)
-                ones = target.new_ones(1, target.shape[0])
-                T = torch.mm(torch.cat([ones, target.T]), G.T)  # [D+1, N]
-                grad_rj = _as(
-                    torch.addcmul(T[1:].T, T[:1].T, source, value=-1.0).mul_(-factor),
-                    ctx.dtypes[1],
-                )
+                T = torch.mm(aug[:, :M], G.T)  # [D+2, N]
+                grad_rj = torch.addcmul(T[:D].T, T[D + 1 :].T, aug[:D, M:].T, value=-1.0)
+                grad_rj = _as(grad_rj.mul_(-factor), ctx.dtypes[1])
         return grad_x, grad_rh, grad_rj, grad_q, None, None, None
+
+
+def _lean_block(
+    kernel: RadialKernel, gaussian: bool, need_fp: bool, u_t: Tensor
+) -> tuple[Tensor, Tensor | None]:
+    """``(f(u), f'(u) or None)`` of one block of :class:`_LeanRadialMatmul` from its thin
+    product ``u_t`` (``−u`` for the Gaussian, whose derivative is the kernel itself)."""
+    if gaussian:
+        return _gaussian_(u_t), None
+    u_t = u_t.clamp_min_(0.0)
+    k = kernel.profile(u_t)
+    return k, (kernel.profile_derivative_from_value(u_t, k) if need_fp else None)
 
 
 def _lean_fits(kernel: RadialKernel, M: int, N: int, modulation: Tensor | None) -> bool:
