@@ -15,6 +15,13 @@ thread count asked for (default 1 and 2).
     Peak memory of the tensors created during one forward + backward beyond the inputs
     (counted op by op, as the memory preflight does), per path, at three sizes: the
     ``matmul`` path keeps its kernel up to 2^22 entries and works in row blocks above.
+``ops``
+    Why a small layer stays above ``nn.Linear``: the tensor operations each path dispatches
+    per forward + backward at (128, 784, 256), and what one small operation (a sum over the
+    ``[M + N, 3]`` positions) costs alone and right after a pass over memory (the layer's
+    ``x kᵀ`` product, an ``exp`` over ``[N, M]``): the pass evicts the dispatcher's code and
+    data from the core's caches, so each operation of the layer costs several times its
+    cost in a loop of its own.
 ``epoch``
     One MNIST training epoch of 784-256-256-10 (D = 3, backend ``auto``) against the MLP of
     the same widths in the same plain PyTorch loop (Adam, batch 128), interleaved.
@@ -46,7 +53,7 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-for extra in (ROOT, ROOT / "plugins"):
+for extra in (ROOT, ROOT / "plugins", ROOT / "benchmarks"):
     if str(extra) not in sys.path:  # run from a checkout without installing
         sys.path.insert(0, str(extra))
 
@@ -54,7 +61,7 @@ from particle_layer import _train_epoch  # noqa: E402  (the same loop as its epo
 
 from particlesim.kernels import GaussianKernel, RadialKernel, kernel_matmul  # noqa: E402
 
-SECTIONS = ("layer", "memory", "epoch", "scenario")
+SECTIONS = ("layer", "memory", "ops", "epoch", "scenario")
 PATHS = ("auto", "matmul", "chunked", "reference")
 
 
@@ -207,6 +214,56 @@ def memory_section(args: argparse.Namespace) -> dict:
     return out
 
 
+def count_operations(step: Callable[[], object]) -> int:
+    """ATen operations ``step`` dispatches (forward, backward and gradient accumulation)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(
+            self, func: Callable, types: object, args: tuple = (), kwargs: dict | None = None
+        ) -> object:
+            Count.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    step()
+    with Count():
+        step()
+    return Count.calls
+
+
+def ops_section(args: argparse.Namespace) -> dict:
+    B, N, M = (64, 196, 64) if args.quick else (128, 784, 256)
+    steps = layer_steps(B, N, M, GaussianKernel())
+    counts = {path: count_operations(steps[path]) for path in ("dense", "matmul")}
+    print(f"\nops, ({B}, {N}, {M}) Gaussian: operations per fwd + bwd: {counts}")
+    gen = torch.Generator().manual_seed(0)
+    x, k = torch.randn(B, N, generator=gen), torch.randn(N, M, generator=gen)
+    positions = torch.randn(M + N, 3, generator=gen)
+    sweeps: dict[str, Callable[[], object]] = {
+        "alone": lambda: None,
+        "after x k": lambda: torch.mm(x, k),
+        "after exp over [N, M]": lambda: torch.exp(k),
+    }
+    out: dict[str, object] = {"operations": counts}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        row = {}
+        for label, sweep in sweeps.items():
+            times = []
+            for _ in range(200 if args.quick else 2000):
+                sweep()
+                start = time.perf_counter()
+                positions.sum(0)
+                times.append(time.perf_counter() - start)
+            row[label] = statistics.median(times) * 1e6
+        out[f"{threads}t"] = row
+        cells = ", ".join(f"{label} {us:.1f}" for label, us in row.items())
+        print(f"  {threads} thread(s): one small sum, µs: {cells}")
+    return out
+
+
 def _mnist(quick: bool) -> tuple[torch.Tensor, torch.Tensor]:
     if quick:
         gen = torch.Generator().manual_seed(0)
@@ -310,6 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
     sections = {
         "layer": layer_section,
         "memory": memory_section,
+        "ops": ops_section,
         "epoch": epoch_section,
         "scenario": scenario_section,
     }

@@ -1157,6 +1157,20 @@ def test_particle_layer_benchmark_quick_mode(tmp_path: Path, one_thread: None) -
     assert results["epoch"]["particle_s"] > 0 and results["epoch"]["mlp_s"] > 0
 
 
+def test_cpu_layer_benchmark_counts_operations(tmp_path: Path, one_thread: None) -> None:
+    """The CPU benchmark's ``ops`` section counts what each path dispatches per step (the
+    particle layer more than ``nn.Linear``, which needs at least its three products) and
+    times one small operation in each setting."""
+    module = load_benchmark("cpu_layer")
+    out = tmp_path / "ops.json"
+    results = module.main(["--quick", "--sections", "ops", "--threads", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == results
+    counts = results["ops"]["operations"]
+    assert 3 <= counts["dense"] < counts["matmul"]
+    assert set(results["ops"]["1t"]) == {"alone", "after x k", "after exp over [N, M]"}
+    assert min(results["ops"]["1t"].values()) > 0
+
+
 def test_host_overhead_benchmark_restores_the_launcher(tmp_path: Path) -> None:
     """The host-cost benchmark stubs the fused launches only while it measures."""
     pytest.importorskip("triton")

@@ -361,6 +361,25 @@ def test_the_lean_path_equals_the_general_one(
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.detach().abs().max()))
 
 
+@pytest.mark.parametrize("family", [GaussianKernel, CauchyKernel])
+def test_the_lean_path_in_cache_blocks_passes_gradcheck(
+    monkeypatch: pytest.MonkeyPatch, family: type[RadialKernel]
+) -> None:
+    """Float64 gradients of the common layer, its kernel made in blocks of 2 source rows."""
+    monkeypatch.setattr(matmul_path, "CACHE_BLOCK_ELEMENTS", 2 * 4)
+    kernel, inputs = make(family, 1, charge=True, shape=(3, 5, 4, 2))
+    names = [k for k, v in inputs.items() if v is not None]
+
+    def f(*tensors: Tensor) -> Tensor:
+        out = call(
+            kernel_matmul_matmul, kernel, {**inputs, **dict(zip(names, tensors, strict=True))}
+        )
+        assert type(out.grad_fn).__name__ == "_LeanRadialMatmulBackward"
+        return out
+
+    assert torch.autograd.gradcheck(f, tuple(inputs[n] for n in names))
+
+
 def test_the_lean_path_skips_the_derivative_where_no_position_needs_a_gradient(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

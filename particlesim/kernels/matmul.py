@@ -521,8 +521,8 @@ class _LeanRadialMatmul(torch.autograd.Function):
         where: str,
     ) -> Tensor:
         M = target_pos.shape[0]
-        points = torch.cat([target_pos.detach(), source_pos.detach()])
-        points = _as(points, x.dtype)
+        # (no detach: an autograd function's forward records no graph)
+        points = _as(torch.cat([target_pos, source_pos]), x.dtype)
         centre = points.mean(0)  # NaN/inf if any position is
         _check_finite(centre, x, kernel, target_pos, source_pos, where)
         points = points - centre
@@ -555,36 +555,51 @@ class _LeanRadialMatmul(torch.autograd.Function):
         keep_y0 = charge is not None and ctx.needs_input_grad[3]
         q = None if charge is None else _as(charge.reshape(-1), x.dtype)  # [M] or [M, 1]
         y = y0 if q is None else y0 * q
-        ctx.save_for_backward(x, charge, k_t, fp_t, y0 if keep_y0 else None, aug)
-        ctx.kernel, ctx.factor = kernel, 2.0 * inv_s2 * (-1.0 if gaussian else 1.0)
+        ctx.save_for_backward(x, q, k_t, fp_t, y0 if keep_y0 else None, aug, left)
+        ctx.factor = 2.0 * a  # 2·dL/dr² = factor·G, G = dL/dk ⊙ f'(u) (−f' for the Gaussian)
+        ctx.charges = None if charge is None else (charge.dtype, charge.shape)
         ctx.dtypes = (target_pos.dtype, source_pos.dtype)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
-        x, charge, k_t, fp_t, y0, aug = ctx.saved_tensors
+        x, q, k_t, fp_t, y0, aug, left = ctx.saved_tensors
         need_x, need_rh, need_rj, need_q = ctx.needs_input_grad[:4]
         grad_q = None
         if need_q:
-            grad_q = _as((grad_y * y0).sum(0), charge.dtype).reshape(charge.shape)
-        gy = grad_y if charge is None else grad_y * _as(charge.reshape(-1), grad_y.dtype)
+            dtype, shape = ctx.charges
+            grad_q = _as((grad_y * y0).sum(0), dtype)
+            grad_q = grad_q if grad_q.shape == shape else grad_q.reshape(shape)
+        gy = grad_y if q is None else grad_y * _as(q, grad_y.dtype)
         grad_x = torch.mm(gy, k_t.T) if need_x else None
         grad_rh = grad_rj = None
         if need_rh or need_rj:
-            # G = dL/dk ⊙ f'(u) (−f' for the Gaussian); 2·dL/dr² = factor·G
             G = torch.mm(x.T, gy).mul_(k_t if fp_t is None else fp_t)
-            M, D = k_t.shape[1], aug.shape[0] - 2
-            factor = ctx.factor
+            M = k_t.shape[1]
+            target_aug, source_aug = aug.split([M, aug.shape[1] - M], dim=1)
+            D = aug.shape[0] - 2
             if need_rh:  # ∂L/∂r_h = factor·(Σ_j G_jh r_h − Σ_j G_jh r_j)
-                R = torch.mm(aug[:, M:], G)  # [D+2, M]: Σ_j G r_j, Σ_j G |r_j|², Σ_j G
-                grad_rh = torch.addcmul(R[:D].T, R[D + 1 :].T, aug[:D, :M].T, value=-1.0)
-                grad_rh = _as(grad_rh.mul_(-factor), ctx.dtypes[0])
+                # rows Σ_j G r_j, Σ_j G |r_j|², Σ_j G
+                sums, _, total = torch.mm(source_aug, G).split([D, 1, 1])
+                grad_rh = _row_major(torch.addcmul, sums, total, target_aug[:D], value=-1.0)
+                grad_rh = _as(grad_rh.mul_(-ctx.factor), ctx.dtypes[0])
             if need_rj:  # ∂L/∂r_j = factor·(Σ_h G_jh r_j − Σ_h G_jh r_h)
-                T = torch.mm(aug[:, :M], G.T)  # [D+2, N]
-                grad_rj = torch.addcmul(T[:D].T, T[D + 1 :].T, aug[:D, M:].T, value=-1.0)
-                grad_rj = _as(grad_rj.mul_(-factor), ctx.dtypes[1])
+                # the forward's left factor [−factor·r_h; factor/2; …] gives the sums scaled
+                sums, half_total, _ = torch.mm(left, G.T).split([D, 1, 1])
+                grad_rj = _row_major(torch.addcmul, sums, half_total, source_aug[:D], value=2.0)
+                grad_rj = _as(grad_rj, ctx.dtypes[1])
         return grad_x, grad_rh, grad_rj, grad_q, None, None, None
+
+
+def _row_major(op: Any, *args: Tensor, **kwargs: float) -> Tensor:
+    """``op(*args, **kwargs).T`` of ``[D, P]`` factors written into a row-major ``[P, D]``:
+    the layout of a position parameter, which autograd then keeps as its gradient as is,
+    instead of copying it into that layout (two more operations each step)."""
+    D, P = args[0].shape
+    out = args[0].new_empty(P, D)
+    op(*args, **kwargs, out=out.T)
+    return out
 
 
 def _lean_block(
