@@ -164,7 +164,9 @@ class RadialKernel(Kernel):
 
     @classmethod
     def profile_derivative_from_value(cls, u: Tensor, value: Tensor) -> Tensor:
-        """``df/du`` given ``value = f(u)``, which the ``matmul`` path's backward has at hand.
+        """``df/du`` given ``value = f(u)``, which the ``matmul`` path has at hand (its forward
+        makes the derivative right after the kernel, block by block, where the positions
+        need gradients; its general backward from the kernel it kept).
 
         Optional: the default calls :meth:`profile_derivative`. Override it where the
         derivative is cheaper from the value than from ``u`` alone (the Gaussian's

@@ -29,10 +29,12 @@ Every ``[M, N]`` array is held source-major, as its transpose ``[N, M]`` (``kᵀ
 run at full speed on CPU BLAS (measured 3–4× faster for the thin ones at 256 × 784).
 
 Memory: up to :data:`SAVED_MAX_ELEMENTS` kernel entries the forward keeps the kernel (and
-``r²`` where the profile's derivative needs it) for the backward, like a dense layer keeps
-its weight. Above that the layer is walked in blocks of target rows of about
-:data:`BLOCK_ELEMENTS` entries, each recomputed in the backward, so the extra memory stays
-O(block · N) at any size: ``W`` is never materialised whole.
+``r²``, or for the common one-channel layer the profile's derivative, where the backward
+needs it) for the backward, like a dense layer keeps its weight; the common layer makes
+both in cache-sized row blocks (:data:`CACHE_BLOCK_ELEMENTS`). Above that the layer is
+walked in blocks of target rows of about :data:`BLOCK_ELEMENTS` entries, each recomputed in
+the backward, so the extra memory stays O(block · N) at any size: ``W`` is never
+materialised whole.
 """
 
 from __future__ import annotations
@@ -53,7 +55,12 @@ from particlesim.kernels.base import (
     describe_kernel,
 )
 
-__all__ = ["BLOCK_ELEMENTS", "SAVED_MAX_ELEMENTS", "kernel_matmul_matmul"]
+__all__ = [
+    "BLOCK_ELEMENTS",
+    "CACHE_BLOCK_ELEMENTS",
+    "SAVED_MAX_ELEMENTS",
+    "kernel_matmul_matmul",
+]
 
 #: Kernel entries (``C·M·N``) up to which the forward keeps the kernel for the backward
 #: (2^22: 16 MiB in float32); above it, blocks are recomputed and memory stays linear.
