@@ -583,18 +583,15 @@ class _LeanRadialMatmul(torch.autograd.Function):
         grad_rh = grad_rj = None
         if need_rh or need_rj:
             G = torch.mm(x.T, gy).mul_(k_t if fp_t is None else fp_t)
-            M = k_t.shape[1]
-            target_aug, source_aug = aug.split([M, aug.shape[1] - M], dim=1)
-            D = aug.shape[0] - 2
+            M, D = k_t.shape[1], aug.shape[0] - 2  # (slices: Tensor.split costs ~10 µs more)
             if need_rh:  # ∂L/∂r_h = factor·(Σ_j G_jh r_h − Σ_j G_jh r_j)
-                # rows Σ_j G r_j, Σ_j G |r_j|², Σ_j G
-                sums, _, total = torch.mm(source_aug, G).split([D, 1, 1])
-                grad_rh = _row_major(torch.addcmul, sums, total, target_aug[:D], value=-1.0)
+                R = torch.mm(aug[:, M:], G)  # rows Σ_j G r_j, Σ_j G |r_j|², Σ_j G
+                grad_rh = _row_major(torch.addcmul, R[:D], R[D + 1 :], aug[:D, :M], value=-1.0)
                 grad_rh = _as(grad_rh.mul_(-ctx.factor), ctx.dtypes[0])
             if need_rj:  # ∂L/∂r_j = factor·(Σ_h G_jh r_j − Σ_h G_jh r_h)
                 # the forward's left factor [−factor·r_h; factor/2; …] gives the sums scaled
-                sums, half_total, _ = torch.mm(left, G.T).split([D, 1, 1])
-                grad_rj = _row_major(torch.addcmul, sums, half_total, source_aug[:D], value=2.0)
+                T = torch.mm(left, G.T)
+                grad_rj = _row_major(torch.addcmul, T[:D], T[D : D + 1], aug[:D, M:], value=2.0)
                 grad_rj = _as(grad_rj, ctx.dtypes[1])
         return grad_x, grad_rh, grad_rj, grad_q, None, None, None
 
