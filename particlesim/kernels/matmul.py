@@ -584,13 +584,16 @@ class _LeanRadialMatmul(torch.autograd.Function):
         if need_rh or need_rj:
             G = torch.mm(x.T, gy).mul_(k_t if fp_t is None else fp_t)
             M, D = k_t.shape[1], aug.shape[0] - 2  # (slices: Tensor.split costs ~10 µs more)
-            if need_rh:  # ∂L/∂r_h = factor·(Σ_j G_jh r_h − Σ_j G_jh r_j)
-                R = torch.mm(aug[:, M:], G)  # rows Σ_j G r_j, Σ_j G |r_j|², Σ_j G
+            # both thin products first, then the small operations together: each small one
+            # right after a pass over memory costs ~10 µs of cold caches, in a row ~3 µs
+            # R rows Σ_j G r_j, Σ_j G |r_j|², Σ_j G; T from the forward's left factor
+            # [−factor·r_h; factor/2; …]: the sums over h already scaled
+            R = torch.mm(aug[:, M:], G) if need_rh else None
+            T = torch.mm(left, G.T) if need_rj else None
+            if R is not None:  # ∂L/∂r_h = factor·(Σ_j G_jh r_h − Σ_j G_jh r_j)
                 grad_rh = _row_major(torch.addcmul, R[:D], R[D + 1 :], aug[:D, :M], value=-1.0)
                 grad_rh = _as(grad_rh.mul_(-ctx.factor), ctx.dtypes[0])
-            if need_rj:  # ∂L/∂r_j = factor·(Σ_h G_jh r_j − Σ_h G_jh r_h)
-                # the forward's left factor [−factor·r_h; factor/2; …] gives the sums scaled
-                T = torch.mm(left, G.T)
+            if T is not None:  # ∂L/∂r_j = factor·(Σ_h G_jh r_j − Σ_h G_jh r_h)
                 grad_rj = _row_major(torch.addcmul, T[:D], T[D : D + 1], aug[:D, M:], value=2.0)
                 grad_rj = _as(grad_rj, ctx.dtypes[1])
         return grad_x, grad_rh, grad_rj, grad_q, None, None, None
