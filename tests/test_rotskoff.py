@@ -399,6 +399,9 @@ def test_quick_experiment_writes_tables_and_plots(tmp_path: Path) -> None:
     assert "* Training length: n = 32 (low_temperature, seed 0)" in results
     readme = (tmp_path / "README.md").read_text()
     assert "3 steps of Δt = 1" in readme
+    # the figure's reading is generated from the rows (a rebuild loses no text)
+    assert '## Which "error" the paper\'s figure shows' in readme
+    assert "over n = 16…32" in readme and "| low temperature | " in readme
 
 
 def test_quick_experiment_resumes_from_its_journal(tmp_path: Path) -> None:
