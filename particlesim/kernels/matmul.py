@@ -96,9 +96,10 @@ def _check_finite(
     where: str,
 ) -> None:
     """Raise :func:`_raise_not_finite`'s error where a position is NaN or infinite, read from
-    the positions' ``centre`` (one number, one sync). Finite positions whose sum or squares
-    overflow go on, to a NaN loss: a divergence, as on the other paths."""
-    if not _is_fake(x) and not math.isfinite(float(centre.sum())):
+    the positions' ``centre`` (its D numbers read as a list: no tensor operation). Finite
+    positions whose sum or squares overflow go on, to a NaN loss: a divergence, as on the
+    other paths."""
+    if not _is_fake(x) and not math.isfinite(sum(centre.tolist())):
         _raise_not_finite(kernel, target_pos, source_pos, where)
 
 
@@ -652,7 +653,7 @@ def kernel_matmul_matmul(
     """
     check_inputs(kernel, target_pos, source_pos, charge, modulation, x)
     if _lean_fits(kernel, target_pos.shape[0], source_pos.shape[0], modulation):
-        inv_s2 = math.exp(-2.0 * float(kernel.log_width))
+        inv_s2 = math.exp(-2.0 * kernel.log_width.tolist()[0])  # (read, no operation)
         return _LeanRadialMatmul.apply(x, target_pos, source_pos, charge, kernel, inv_s2, where)
     return _RadialMatmul.apply(
         x, target_pos, source_pos, charge, modulation, kernel, kernel.log_width, where
