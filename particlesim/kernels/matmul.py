@@ -537,7 +537,8 @@ class _LeanRadialMatmul(torch.autograd.Function):
         ones = points.new_ones(1, points.shape[0])
         # [D+2, M+N]: rows r (D), |r|², 1; row-major with the particles along it, the layout
         # in which CPU BLAS takes thin products at full speed
-        aug = torch.cat([points.T, torch.linalg.vecdot(points, points)[None], ones])
+        points_t = points.T
+        aug = torch.cat([points_t, points_t.square().sum(0, keepdim=True), ones])
         gaussian = _is_gaussian(kernel)
         a = -inv_s2 if gaussian else inv_s2  # u (the Gaussian: −u) = source_augᵀ · left
         left = torch.mm(_pair_form(points.shape[1], a, x), aug[:, :M])
@@ -561,7 +562,8 @@ class _LeanRadialMatmul(torch.autograd.Function):
                     fp_t[s:e] = fp
         y0 = torch.mm(x, k_t)
         keep_y0 = charge is not None and ctx.needs_input_grad[3]
-        q = None if charge is None else _as(charge.reshape(-1), x.dtype)  # [M] or [M, 1]
+        q = charge if charge is None or charge.ndim == 1 else charge.reshape(-1)  # [M, 1]
+        q = None if q is None else _as(q, x.dtype)
         y = y0 if q is None else y0 * q
         ctx.save_for_backward(x, q, k_t, fp_t, y0 if keep_y0 else None, aug, left)
         ctx.factor = 2.0 * a  # 2·dL/dr² = factor·G, G = dL/dk ⊙ f'(u) (−f' for the Gaussian)
