@@ -380,6 +380,28 @@ def test_the_lean_path_in_cache_blocks_passes_gradcheck(
     assert torch.autograd.gradcheck(f, tuple(inputs[n] for n in names))
 
 
+@pytest.mark.parametrize("moving", ["target", "source", "both"])
+def test_the_lean_path_s_position_gradients_for_either_set_alone(
+    monkeypatch: pytest.MonkeyPatch, moving: str
+) -> None:
+    """With one particle set frozen (an input layer's fixed positions) the other's gradient
+    is still the general path's."""
+    kernel, inputs = make(CauchyKernel, 1, shape=(4, 9, 6, 3), dtype=torch.float32)
+    if moving != "both":
+        frozen = "source_pos" if moving == "target" else "target_pos"
+        inputs[frozen] = inputs[frozen].detach()
+    leaves = [v for v in inputs.values() if v is not None and v.requires_grad]
+    lean = call(kernel_matmul_matmul, kernel, inputs)
+    assert type(lean.grad_fn).__name__ == "_LeanRadialMatmulBackward"
+    lean_grads = torch.autograd.grad(lean.square().sum(), leaves)
+    monkeypatch.setattr(matmul_path, "_lean_fits", lambda *args: False)
+    general = call(kernel_matmul_matmul, kernel, inputs)
+    general_grads = torch.autograd.grad(general.square().sum(), leaves)
+    for a, b in zip(lean_grads, general_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.abs().max()))
+        assert a.is_contiguous()
+
+
 def test_the_lean_path_skips_the_derivative_where_no_position_needs_a_gradient(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -541,7 +541,10 @@ class _LeanRadialMatmul(torch.autograd.Function):
         aug = torch.cat([points_t, points_t.square().sum(0, keepdim=True), ones])
         gaussian = _is_gaussian(kernel)
         a = -inv_s2 if gaussian else inv_s2  # u (the Gaussian: −u) = source_augᵀ · left
-        left = torch.mm(_pair_form(points.shape[1], a, x), aug[:, :M])
+        # Q·aug = [−2a r; a; a|r|²] of every particle: the targets' part is the thin
+        # product's left factor, and both parts give the backward's sums already scaled
+        scaled = torch.mm(_pair_form(points.shape[1], a, x), aug)
+        left = scaled[:, :M]
         source_aug = aug[:, M:].T  # [N, D+2]
         need_fp = not gaussian and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
         N = source_aug.shape[0]
@@ -565,8 +568,7 @@ class _LeanRadialMatmul(torch.autograd.Function):
         q = charge if charge is None or charge.ndim == 1 else charge.reshape(-1)  # [M, 1]
         q = None if q is None else _as(q, x.dtype)
         y = y0 if q is None else y0 * q
-        ctx.save_for_backward(x, q, k_t, fp_t, y0 if keep_y0 else None, aug, left)
-        ctx.factor = 2.0 * a  # 2·dL/dr² = factor·G, G = dL/dk ⊙ f'(u) (−f' for the Gaussian)
+        ctx.save_for_backward(x, q, k_t, fp_t, y0 if keep_y0 else None, aug, scaled)
         ctx.charges = None if charge is None else (charge.dtype, charge.shape)
         ctx.dtypes = (target_pos.dtype, source_pos.dtype)
         return y
@@ -574,7 +576,7 @@ class _LeanRadialMatmul(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
-        x, q, k_t, fp_t, y0, aug, left = ctx.saved_tensors
+        x, q, k_t, fp_t, y0, aug, scaled = ctx.saved_tensors
         need_x, need_rh, need_rj, need_q = ctx.needs_input_grad[:4]
         grad_q = None
         if need_q:
@@ -586,19 +588,23 @@ class _LeanRadialMatmul(torch.autograd.Function):
         grad_rh = grad_rj = None
         if need_rh or need_rj:
             G = torch.mm(x.T, gy).mul_(k_t if fp_t is None else fp_t)
-            M, D = k_t.shape[1], aug.shape[0] - 2  # (slices: Tensor.split costs ~10 µs more)
-            # both thin products first, then the small operations together: each small one
-            # right after a pass over memory costs ~10 µs of cold caches, in a row ~3 µs
-            # R rows Σ_j G r_j, Σ_j G |r_j|², Σ_j G; T from the forward's left factor
-            # [−factor·r_h; factor/2; …]: the sums over h already scaled
-            R = torch.mm(aug[:, M:], G) if need_rh else None
-            T = torch.mm(left, G.T) if need_rj else None
-            if R is not None:  # ∂L/∂r_h = factor·(Σ_j G_jh r_h − Σ_j G_jh r_j)
-                grad_rh = _row_major(torch.addcmul, R[:D], R[D + 1 :], aug[:D, :M], value=-1.0)
-                grad_rh = _as(grad_rh.mul_(-ctx.factor), ctx.dtypes[0])
-            if T is not None:  # ∂L/∂r_j = factor·(Σ_h G_jh r_j − Σ_h G_jh r_h)
-                grad_rj = _row_major(torch.addcmul, T[:D], T[D : D + 1], aug[:D, M:], value=2.0)
-                grad_rj = _as(grad_rj, ctx.dtypes[1])
+            M, D = k_t.shape[1], aug.shape[0] - 2
+            # ∂L/∂r_h = factor·(Σ_j G_jh r_h − Σ_j G_jh r_j), ∂L/∂r_j likewise over h: with
+            # the scaled factors [−factor·r; factor/2; …] both are S[:D] + 2·S[D]·r of the
+            # sums S = [Q·aug_j · G, Q·aug_h · Gᵀ] ([D+2, M+N]: one product each, then
+            # the small operations once for all particles)
+            parts = []
+            if need_rh:
+                parts.append(torch.mm(scaled[:, M:], G))
+            if need_rj:
+                parts.append(torch.mm(scaled[:, :M], G.T))
+            sums = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+            own = aug[:D] if need_rh and need_rj else aug[:D, :M] if need_rh else aug[:D, M:]
+            grads = _row_major(torch.addcmul, sums[:D], sums[D : D + 1], own, value=2.0)
+            if need_rh:
+                grad_rh = _as(grads[:M], ctx.dtypes[0])
+            if need_rj:
+                grad_rj = _as(grads[M:] if need_rh else grads, ctx.dtypes[1])
         return grad_x, grad_rh, grad_rj, grad_q, None, None, None
 
 
