@@ -22,6 +22,10 @@ thread count asked for (default 1 and 2).
     ``x kᵀ`` product, an ``exp`` over ``[N, M]``): the pass evicts the dispatcher's code and
     data from the core's caches, so each operation of the layer costs several times its
     cost in a loop of its own.
+``versus`` (with ``--versus FILE``)
+    The matmul path against another version of ``particlesim/kernels/matmul.py`` (e.g.
+    ``git show REV:particlesim/kernels/matmul.py > /tmp/matmul_rev.py``), both against
+    ``nn.Linear``, interleaved in one process: what a change to the path bought.
 ``epoch``
     One MNIST training epoch of 784-256-256-10 (D = 3, backend ``auto``) against the MLP of
     the same widths in the same plain PyTorch loop (Adam, batch 128), interleaved.
@@ -34,6 +38,7 @@ Usage::
     python benchmarks/cpu_layer.py                       # every section, 1 and 2 threads
     python benchmarks/cpu_layer.py --sections layer --threads 2 --profile
     python benchmarks/cpu_layer.py --quick               # a smoke run, seconds
+    python benchmarks/cpu_layer.py --sections versus --versus /tmp/matmul_rev.py
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ from particle_layer import _train_epoch  # noqa: E402  (the same loop as its epo
 
 from particlesim.kernels import GaussianKernel, RadialKernel, kernel_matmul  # noqa: E402
 
-SECTIONS = ("layer", "memory", "ops", "epoch", "scenario")
+SECTIONS = ("layer", "memory", "ops", "versus", "epoch", "scenario")
 PATHS = ("auto", "matmul", "chunked", "reference")
 
 
@@ -122,14 +127,19 @@ def interleaved(steps: dict[str, Callable[[], object]], repeats: int, warmup: in
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def layer_steps(B: int, N: int, M: int, kernel: RadialKernel) -> dict[str, Callable[[], object]]:
-    """One forward + backward per path, and of ``nn.Linear`` ("dense")."""
+def layer_inputs(B: int, N: int, M: int) -> tuple[torch.Tensor, ...]:
+    """``x, target positions, source positions, charges, gradient of y`` of one layer step."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(B, N, generator=gen).requires_grad_()
     rh = (torch.randn(M, 3, generator=gen) * 1.5).requires_grad_()
     rj = (torch.randn(N, 3, generator=gen) * 1.5).requires_grad_()
     q = (torch.randn(M, generator=gen) / N**0.5).requires_grad_()
-    gy = torch.randn(B, M, generator=gen)
+    return x, rh, rj, q, torch.randn(B, M, generator=gen)
+
+
+def layer_steps(B: int, N: int, M: int, kernel: RadialKernel) -> dict[str, Callable[[], object]]:
+    """One forward + backward per path, and of ``nn.Linear`` ("dense")."""
+    x, rh, rj, q, gy = layer_inputs(B, N, M)
     dense = nn.Linear(N, M, bias=False)
 
     def dense_step() -> None:
@@ -264,6 +274,55 @@ def ops_section(args: argparse.Namespace) -> dict:
     return out
 
 
+def _path_step(path: Callable, kernel: RadialKernel, inputs: tuple) -> Callable[[], None]:
+    """One forward + backward of ``path`` (a ``kernel_matmul_matmul``) on ``inputs``."""
+    x, rh, rj, q, gy = inputs
+
+    def step() -> None:
+        x.grad = rh.grad = rj.grad = q.grad = None
+        path(x, kernel, rh, rj, q).backward(gy)
+
+    return step
+
+
+def versus_section(args: argparse.Namespace) -> dict:
+    import importlib.util
+
+    from particlesim.kernels.matmul import kernel_matmul_matmul
+
+    if args.versus is None:
+        raise SystemExit("cpu_layer.py: the versus section needs --versus FILE")
+    spec = importlib.util.spec_from_file_location("matmul_versus", args.versus)
+    other = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(other)
+    cases = [("gaussian", (64, 196, 64))] if args.quick else [
+        ("gaussian", (128, 784, 256)), ("gaussian", (512, 2048, 2048)),
+        ("student_t", (512, 2048, 2048)), ("student_t_v", (512, 2048, 2048)),
+    ]  # fmt: skip
+    out: dict[str, dict] = {}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        print(f"\nversus {args.versus.name}, {threads} thread(s): fwd + bwd (x nn.Linear)")
+        for kernel_name, (B, N, M) in cases:
+            kernel = KERNELS[kernel_name]()
+            inputs = layer_inputs(B, N, M)
+            big = B * N * M > 10**9
+            times = interleaved(
+                {"dense": layer_steps(B, N, M, kernel)["dense"],
+                 "this": _path_step(kernel_matmul_matmul, kernel, inputs),
+                 "versus": _path_step(other.kernel_matmul_matmul, kernel, inputs)},
+                repeats=args.repeats or (30 if big else 400),
+                warmup=3,
+            )  # fmt: skip
+            row = {k: times[k] / times["dense"] for k in ("this", "versus")}
+            out[f"{threads}t/{kernel_name}/{B},{N},{M}"] = {"dense_ms": times["dense"] * 1e3, **row}
+            print(
+                f"  {kernel_name:<11} ({B}, {N}, {M}) dense {times['dense'] * 1e3:7.2f} ms  "
+                f"versus {row['versus']:.2f}x  this {row['this']:.2f}x"
+            )
+    return out
+
+
 def _mnist(quick: bool) -> tuple[torch.Tensor, torch.Tensor]:
     if quick:
         gen = torch.Generator().manual_seed(0)
@@ -353,14 +412,25 @@ def scenario_section(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small smoke run")
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS,
+        default=None,
+        help="default: every section (versus only with --versus)",
+    )
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--repeats", type=int, default=None, help="timed layer steps")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs (median)")
     parser.add_argument("--scenario-repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="profile the matmul path")
+    parser.add_argument(
+        "--versus", type=Path, default=None, help="another matmul.py for the versus section"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
+    if args.sections is None:
+        args.sections = [s for s in SECTIONS if s != "versus" or args.versus is not None]
     if args.quick:
         args.epochs, args.scenario_repeats = 1, 1
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads available")
@@ -368,6 +438,7 @@ def main(argv: list[str] | None = None) -> dict:
         "layer": layer_section,
         "memory": memory_section,
         "ops": ops_section,
+        "versus": versus_section,
         "epoch": epoch_section,
         "scenario": scenario_section,
     }

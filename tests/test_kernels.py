@@ -1171,6 +1171,22 @@ def test_cpu_layer_benchmark_counts_operations(tmp_path: Path, one_thread: None)
     assert min(results["ops"]["1t"].values()) > 0
 
 
+def test_cpu_layer_benchmark_compares_another_matmul_module(
+    tmp_path: Path, one_thread: None
+) -> None:
+    """``--versus FILE`` times another version of the matmul path beside this one (here the
+    same file: both run, each against ``nn.Linear``); without the file it is not run."""
+    module = load_benchmark("cpu_layer")
+    this_file = Path(__file__).resolve().parents[1] / "particlesim" / "kernels" / "matmul.py"
+    results = module.main(
+        ["--quick", "--sections", "versus", "--threads", "1", "--versus", str(this_file)]
+    )
+    (row,) = results["versus"].values()
+    assert row["dense_ms"] > 0 and row["this"] > 0 and row["versus"] > 0
+    with pytest.raises(SystemExit, match="needs --versus FILE"):
+        module.main(["--quick", "--sections", "versus", "--threads", "1"])
+
+
 def test_host_overhead_benchmark_restores_the_launcher(tmp_path: Path) -> None:
     """The host-cost benchmark stubs the fused launches only while it measures."""
     pytest.importorskip("triton")
