@@ -504,10 +504,12 @@ class _LeanRadialMatmul(torch.autograd.Function):
     what differs is the cost around the three products ``nn.Linear`` also does:
 
     * the count of operations, which at MNIST sizes (``B·N·M`` of a few million) costs as
-      much as the arithmetic (each PyTorch call 3–8 µs of dispatch): both particle sets are
-      centred and augmented as one array ``[r, |r|², 1]ᵀ`` (``[D+2, M+N]``), whose rows are
-      also the thin products' factors in the backward, and σ⁻² is folded into the left
-      factor (which then gives ``u``, or ``−u`` for the Gaussian);
+      much as the arithmetic (each PyTorch call 3–12 µs of dispatch, the more right after a
+      pass over memory): both particle sets are centred and augmented as one array
+      ``[r, |r|², 1]ᵀ`` (``[D+2, M+N]``); one product with :func:`_pair_form` scales it
+      (σ⁻² folded in), giving the thin product's left factor (which then gives ``u``, or
+      ``−u`` for the Gaussian) and the backward's factors, and both position gradients
+      come from one set of small operations over all particles;
     * the passes over ``[N, M]``: above :data:`CACHE_BLOCK_ELEMENTS` entries the thin
       product, the profile and (where the positions need gradients) the profile's
       derivative run on row blocks that stay in the core's cache, each written once into
@@ -589,10 +591,10 @@ class _LeanRadialMatmul(torch.autograd.Function):
         if need_rh or need_rj:
             G = torch.mm(x.T, gy).mul_(k_t if fp_t is None else fp_t)
             M, D = k_t.shape[1], aug.shape[0] - 2
-            # ∂L/∂r_h = factor·(Σ_j G_jh r_h − Σ_j G_jh r_j), ∂L/∂r_j likewise over h: with
-            # the scaled factors [−factor·r; factor/2; …] both are S[:D] + 2·S[D]·r of the
-            # sums S = [Q·aug_j · G, Q·aug_h · Gᵀ] ([D+2, M+N]: one product each, then
-            # the small operations once for all particles)
+            # ∂L/∂r_h = 2a·(Σ_j G_jh r_h − Σ_j G_jh r_j), ∂L/∂r_j likewise over h (2·dL/dr²
+            # = 2a·G, a = ±σ⁻² as above): with the scaled factors [−2a r; a; a|r|²] both are
+            # S[:D] + 2·S[D]·r of the sums S = [scaled_j · G, scaled_h · Gᵀ] ([D+2, M+N]:
+            # one product each, then the small operations once for all particles)
             parts = []
             if need_rh:
                 parts.append(torch.mm(scaled[:, M:], G))
