@@ -402,6 +402,48 @@ def test_the_lean_path_s_position_gradients_for_either_set_alone(
         assert a.is_contiguous()
 
 
+@pytest.mark.parametrize("cache_block", ["whole", "blocks"])
+@pytest.mark.parametrize(("spread", "width"), [(30.0, 0.1), (300.0, 0.03), (1000.0, 0.01)])
+def test_the_gaussian_stays_in_0_1_for_positions_far_apart_in_widths(
+    monkeypatch: pytest.MonkeyPatch, cache_block: str, spread: float, width: float
+) -> None:
+    """The thin product's rounding of ``−u`` (``ε·|r|²/σ²``) comes out above 0 for some
+    pairs of positions hundreds of widths apart; the kernel is clamped to 1 there, as
+    every entry of the reference path is at most 1, instead of growing past it (1.13 at
+    30 / 0.1) or to infinity (at 1000 / 0.01)."""
+    if cache_block == "blocks":
+        monkeypatch.setattr(matmul_path, "CACHE_BLOCK_ELEMENTS", 8 * 64)
+    positions = torch.randn(64, 3, generator=torch.Generator().manual_seed(0)) * spread
+    kernel = GaussianKernel(width)
+    x = torch.eye(64).requires_grad_()
+    columns = kernel_matmul_matmul(x, kernel, positions, positions)
+    assert type(columns.grad_fn).__name__ == "_LeanRadialMatmulBackward"
+    columns = columns.detach()
+    assert bool(torch.isfinite(columns).all())
+    assert float(columns.min()) >= 0.0 and float(columns.max()) <= 1.0
+
+
+def test_the_lean_path_refuses_a_derivative_that_changes_the_kernel_in_place() -> None:
+    """A ``profile_derivative_from_value`` that overwrites ``value`` would change the kernel
+    the layer multiplies by (the forward makes the derivative before the product): one
+    error naming the kernel instead of a wrong output."""
+
+    class Overwrites(CauchyKernel):
+        name = "overwrites"
+
+        @classmethod
+        def profile_derivative_from_value(cls, u: Tensor, value: Tensor) -> Tensor:
+            return value.square_().neg_()
+
+    target = torch.randn(5, 3, requires_grad=True)
+    with pytest.raises(
+        KernelError,
+        match=r"kernel 'overwrites' .*: profile_derivative_from_"
+        r"value\(u, value\) changed value in place; it must return a new",
+    ):
+        kernel_matmul_matmul(torch.randn(2, 6), Overwrites(1.0), target, torch.randn(6, 3))
+
+
 def test_the_lean_path_skips_the_derivative_where_no_position_needs_a_gradient(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

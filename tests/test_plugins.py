@@ -828,6 +828,13 @@ def profile_methods(profile: str, derivative: str | None) -> str:
             "profile_derivative_from_value)",
         ),
         (
+            profile_methods("1.0 / (1.0 + u)", "-1.0 / (1.0 + u) ** 2")
+            + "\n    @staticmethod\n    def profile_derivative_from_value(u, value):\n"
+            "        return value.square_().neg_()\n",
+            "which changes value in place in profile_derivative_from_value(u, value); it must "
+            "return a new tensor (the matmul path keeps the kernel it passes as value)",
+        ),
+        (
             profile_methods("torch.exp(-u).float()", "-torch.exp(-u)"),
             "which has profile(u) returning torch.float32 for torch.float64 u",
         ),

@@ -172,7 +172,8 @@ class RadialKernel(Kernel):
         derivative is cheaper from the value than from ``u`` alone (the Gaussian's
         ``f' = −f``, the Cauchy's ``f' = −f²``, a Student-t's ``f' = −(ν+1)/(2ν)·f/(1 + u/ν)``
         instead of a second general power); on CPU a general ``pow`` costs ~8 elementwise
-        passes. Must agree with :meth:`profile_derivative` (checked when plugins load).
+        passes. Must agree with :meth:`profile_derivative` and leave ``value`` as it is
+        (both checked when plugins load).
         """
         return cls.profile_derivative(u)
 
@@ -376,11 +377,17 @@ def _from_value_problem(factory: type, u: Tensor, f: Tensor, closed: Tensor) -> 
     function = _profile_function(factory, attr)
     if function is None:
         return None  # an instance method on a class that needs arguments: cannot check
+    value = f.detach().clone()
     try:
-        out = function(u.clone(), f.detach().clone())
+        out = function(u.clone(), value)
     except Exception as exc:
         message = " ".join(str(exc).split())
         return f"raised {type(exc).__name__} in {attr}(u, value) for u >= 0: {message}"
+    if not torch.equal(value, f.detach()):
+        return (
+            f"changes value in place in {attr}(u, value); it must return a new tensor (the "
+            "matmul path keeps the kernel it passes as value)"
+        )
     problem = _profile_output_problem(attr, out, u)
     if problem is not None:
         return problem
