@@ -444,6 +444,28 @@ def test_the_lean_path_refuses_a_derivative_that_changes_the_kernel_in_place() -
         kernel_matmul_matmul(torch.randn(2, 6), Overwrites(1.0), target, torch.randn(6, 3))
 
 
+@pytest.mark.parametrize(("M", "N"), [(0, 4), (3, 0), (0, 0)])
+@pytest.mark.parametrize(("channels", "cutoff", "modulation"), [(1, False, False), (3, True, True)])
+def test_an_empty_group_gives_the_reference_path_s_result(
+    M: int, N: int, channels: int, cutoff: bool, modulation: bool
+) -> None:
+    """No target or no source particles: ``y`` is ``[B, M]`` (zeros without sources) and
+    every gradient is the reference path's, instead of an error from walking no blocks."""
+    kernel, inputs = make(
+        CauchyKernel, channels, cutoff=cutoff, modulation=modulation, shape=(2, N, M, 3)
+    )
+    leaves = [v for v in inputs.values() if v is not None]
+    got = call(kernel_matmul_matmul, kernel, inputs)
+    want = call(kernel_matmul_reference, kernel, inputs)
+    assert got.shape == (2, M)
+    torch.testing.assert_close(got, want)
+    grads = torch.autograd.grad(got.square().sum(), leaves, allow_unused=True)
+    wants = torch.autograd.grad(want.square().sum(), leaves, allow_unused=True)
+    for a, b in zip(grads, wants, strict=True):
+        if a is not None and b is not None:
+            torch.testing.assert_close(a, b)
+
+
 def test_the_lean_path_skips_the_derivative_where_no_position_needs_a_gradient(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
