@@ -449,8 +449,9 @@ def test_the_lean_path_refuses_a_derivative_that_changes_the_kernel_in_place() -
 def test_an_empty_group_gives_the_reference_path_s_result(
     M: int, N: int, channels: int, cutoff: bool, modulation: bool
 ) -> None:
-    """No target or no source particles: ``y`` is ``[B, M]`` (zeros without sources) and
-    every gradient is the reference path's, instead of an error from walking no blocks."""
+    """No target or no source particles: ``y`` is the reference path's ``[B, M]`` (zeros
+    without sources), and so is the gradient of ``x``; positions and charges, which meet no
+    pair, get none (the reference path's zeros). No error from walking no blocks."""
     kernel, inputs = make(
         CauchyKernel, channels, cutoff=cutoff, modulation=modulation, shape=(2, N, M, 3)
     )

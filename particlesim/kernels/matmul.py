@@ -673,10 +673,8 @@ def kernel_matmul_matmul(
     naming ``where`` (the interaction) and the kernel. Not twice differentiable.
     """
     check_inputs(kernel, target_pos, source_pos, charge, modulation, x)
-    if target_pos.shape[0] * source_pos.shape[0] == 0:  # an empty group: no block to walk
-        from particlesim.kernels.ops import kernel_matmul_reference
-
-        return kernel_matmul_reference(x, kernel, target_pos, source_pos, charge, modulation)
+    if target_pos.shape[0] * source_pos.shape[0] == 0:  # an empty group: W has no entry
+        return torch.mm(x, x.new_zeros(source_pos.shape[0], target_pos.shape[0]))
     if _lean_fits(kernel, target_pos.shape[0], source_pos.shape[0], modulation):
         inv_s2 = math.exp(-2.0 * kernel.log_width.tolist()[0])  # (read, no operation)
         return _LeanRadialMatmul.apply(x, target_pos, source_pos, charge, kernel, inv_s2, where)
