@@ -44,6 +44,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import statistics
@@ -137,23 +138,37 @@ def layer_inputs(B: int, N: int, M: int) -> tuple[torch.Tensor, ...]:
     return x, rh, rj, q, torch.randn(B, M, generator=gen)
 
 
-def layer_steps(B: int, N: int, M: int, kernel: RadialKernel) -> dict[str, Callable[[], object]]:
-    """One forward + backward per path, and of ``nn.Linear`` ("dense")."""
-    x, rh, rj, q, gy = layer_inputs(B, N, M)
-    dense = nn.Linear(N, M, bias=False)
+def dense_step(inputs: tuple[torch.Tensor, ...]) -> Callable[[], None]:
+    """One forward + backward of ``nn.Linear`` of the layer's shape on ``inputs``."""
+    x, _, _, q, gy = inputs
+    dense = nn.Linear(x.shape[1], q.shape[0], bias=False)
 
-    def dense_step() -> None:
+    def step() -> None:
         x.grad = dense.weight.grad = None
         dense(x).backward(gy)
 
-    steps: dict[str, Callable[[], object]] = {"dense": dense_step}
+    return step
+
+
+def path_step(
+    path: Callable, kernel: RadialKernel, inputs: tuple[torch.Tensor, ...]
+) -> Callable[[], None]:
+    """One forward + backward of ``path`` (``kernel_matmul``'s signature) on ``inputs``."""
+    x, rh, rj, q, gy = inputs
+
+    def step() -> None:
+        x.grad = rh.grad = rj.grad = q.grad = None
+        path(x, kernel, rh, rj, q).backward(gy)
+
+    return step
+
+
+def layer_steps(B: int, N: int, M: int, kernel: RadialKernel) -> dict[str, Callable[[], object]]:
+    """One forward + backward per path, and of ``nn.Linear`` ("dense"), on the same inputs."""
+    inputs = layer_inputs(B, N, M)
+    steps: dict[str, Callable[[], object]] = {"dense": dense_step(inputs)}
     for path in PATHS:
-
-        def step(path: str = path) -> None:
-            x.grad = rh.grad = rj.grad = q.grad = None
-            kernel_matmul(x, kernel, rh, rj, q, backend=path).backward(gy)
-
-        steps[path] = step
+        steps[path] = path_step(functools.partial(kernel_matmul, backend=path), kernel, inputs)
     return steps
 
 
@@ -274,17 +289,6 @@ def ops_section(args: argparse.Namespace) -> dict:
     return out
 
 
-def _path_step(path: Callable, kernel: RadialKernel, inputs: tuple) -> Callable[[], None]:
-    """One forward + backward of ``path`` (a ``kernel_matmul_matmul``) on ``inputs``."""
-    x, rh, rj, q, gy = inputs
-
-    def step() -> None:
-        x.grad = rh.grad = rj.grad = q.grad = None
-        path(x, kernel, rh, rj, q).backward(gy)
-
-    return step
-
-
 def versus_section(args: argparse.Namespace) -> dict:
     import importlib.util
 
@@ -308,9 +312,9 @@ def versus_section(args: argparse.Namespace) -> dict:
             inputs = layer_inputs(B, N, M)
             big = B * N * M > 10**9
             times = interleaved(
-                {"dense": layer_steps(B, N, M, kernel)["dense"],
-                 "this": _path_step(kernel_matmul_matmul, kernel, inputs),
-                 "versus": _path_step(other.kernel_matmul_matmul, kernel, inputs)},
+                {"dense": dense_step(inputs),
+                 "this": path_step(kernel_matmul_matmul, kernel, inputs),
+                 "versus": path_step(other.kernel_matmul_matmul, kernel, inputs)},
                 repeats=args.repeats or (30 if big else 400),
                 warmup=3,
             )  # fmt: skip
