@@ -157,7 +157,8 @@ def scaling_claims(rows: Sequence[dict[str, Any]], dim: int) -> list[Claim]:
     for kind in [k for k in ("init", *experiments.CONDITIONS) if k in summary]:
         readings.append((kind, experiments.PAPER[kind], experiments.LABELS[kind], 1.0))
         if kind == "low_temperature":  # ℓ = ½·RMS²: every slope and bound doubles
-            readings.append((kind, experiments.FIGURE, FIGURE_LABEL, 2.0))
+            factor = experiments.LOSS_SLOPE_FACTOR
+            readings.append((kind, experiments.FIGURE, FIGURE_LABEL, factor))
     claims = []
     for kind, (expected, statement), label, factor in readings:
         per_n = summary[kind]
