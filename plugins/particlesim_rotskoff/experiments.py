@@ -103,12 +103,13 @@ PAPER = {
         "n (f_n − f) → Gaussian with mean β^-1 ε*, variance β^-1 (Prop. 3, CLT at finite T)",
     ),
 }
-#: The 3-spin figure's statement: its "error" is the loss (the slides "measure the
-#: approximation error via the loss function ℓ(f, f_n) = ½∫|f − f_n|²"), trained with
-#: batches and a quench, as the low-temperature condition is.
 #: The loss ``ℓ = ½‖f_n − f‖²``, over seeds ``½·RMS²``, falls with twice the fitted slope of
 #: the error's RMS (and every bound on it doubles): how the figure's reading is derived.
 LOSS_SLOPE_FACTOR = 2.0
+
+#: The 3-spin figure's statement: its "error" is the loss (the slides "measure the
+#: approximation error via the loss function ℓ(f, f_n) = ½∫|f − f_n|²"), trained with
+#: batches and a quench, as the low-temperature condition is.
 
 FIGURE = (
     -1.0,
