@@ -110,7 +110,6 @@ LOSS_SLOPE_FACTOR = 2.0
 #: The 3-spin figure's statement: its "error" is the loss (the slides "measure the
 #: approximation error via the loss function ℓ(f, f_n) = ½∫|f − f_n|²"), trained with
 #: batches and a quench, as the low-temperature condition is.
-
 FIGURE = (
     -1.0,
     "'Dashed line are ∝ n^-1' (3-spin figure, 'Error scaling'); the slides measure the "
