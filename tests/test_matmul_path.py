@@ -17,6 +17,7 @@ from particlesim.kernels import (
     GaussianKernel,
     RadialKernel,
     kernel_matmul,
+    scalar_math,
 )
 from particlesim.kernels import matmul as matmul_path
 from particlesim.kernels.base import KernelError
@@ -47,6 +48,20 @@ class StudentTFromValueKernel(StudentTKernel):
 
     @staticmethod
     def profile_derivative_from_value(u: Tensor, value: Tensor) -> Tensor:
+        return value / (1.0 + u / 3.0) * (-2.0 / 3.0)
+
+
+class StudentTScalarKernel(StudentTFromValueKernel):
+    """The same kernel also as functions of one number: the fused loops compile it in."""
+
+    name = "student_t_scalar"
+
+    @staticmethod
+    def scalar_profile(u: float) -> float:
+        return scalar_math.pow(1.0 + u / 3.0, -2.0)
+
+    @staticmethod
+    def scalar_profile_derivative(u: float, value: float) -> float:
         return value / (1.0 + u / 3.0) * (-2.0 / 3.0)
 
 
@@ -327,11 +342,22 @@ def test_every_combination_matches_the_chunked_path() -> None:
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("family", [GaussianKernel, CauchyKernel, StudentTFromValueKernel])
+@pytest.fixture(params=["fused loops", "tensor operations"])
+def lean_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The common layer's path in both its forms: Numba's fused loops (the default on CPU)
+    and tensor operations (without Numba, and under the memory preflight's fake tensors)."""
+    monkeypatch.setattr(matmul_path, "FUSED_CPU", request.param == "fused loops")
+    return request.param
+
+
+@pytest.mark.parametrize(
+    "family", [GaussianKernel, CauchyKernel, StudentTFromValueKernel, StudentTScalarKernel]
+)
 @pytest.mark.parametrize("charge_shape", ["[M]", "[M, 1]", "none"])
 @pytest.mark.parametrize("cache_block", ["whole", "7 rows", "1 row"])
 def test_the_lean_path_equals_the_general_one(
     monkeypatch: pytest.MonkeyPatch,
+    lean_form: str,
     family: type[RadialKernel],
     charge_shape: str,
     cache_block: str,
@@ -361,9 +387,9 @@ def test_the_lean_path_equals_the_general_one(
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.detach().abs().max()))
 
 
-@pytest.mark.parametrize("family", [GaussianKernel, CauchyKernel])
+@pytest.mark.parametrize("family", [GaussianKernel, CauchyKernel, StudentTScalarKernel])
 def test_the_lean_path_in_cache_blocks_passes_gradcheck(
-    monkeypatch: pytest.MonkeyPatch, family: type[RadialKernel]
+    monkeypatch: pytest.MonkeyPatch, lean_form: str, family: type[RadialKernel]
 ) -> None:
     """Float64 gradients of the common layer, its kernel made in blocks of 2 source rows."""
     monkeypatch.setattr(matmul_path, "CACHE_BLOCK_ELEMENTS", 2 * 4)
@@ -382,7 +408,7 @@ def test_the_lean_path_in_cache_blocks_passes_gradcheck(
 
 @pytest.mark.parametrize("moving", ["target", "source", "both"])
 def test_the_lean_path_s_position_gradients_for_either_set_alone(
-    monkeypatch: pytest.MonkeyPatch, moving: str
+    monkeypatch: pytest.MonkeyPatch, lean_form: str, moving: str
 ) -> None:
     """With one particle set frozen (an input layer's fixed positions) the other's gradient
     is still the general path's."""
@@ -405,7 +431,7 @@ def test_the_lean_path_s_position_gradients_for_either_set_alone(
 @pytest.mark.parametrize("cache_block", ["whole", "blocks"])
 @pytest.mark.parametrize(("spread", "width"), [(30.0, 0.1), (300.0, 0.03), (1000.0, 0.01)])
 def test_the_gaussian_stays_in_0_1_for_positions_far_apart_in_widths(
-    monkeypatch: pytest.MonkeyPatch, cache_block: str, spread: float, width: float
+    monkeypatch: pytest.MonkeyPatch, lean_form: str, cache_block: str, spread: float, width: float
 ) -> None:
     """The thin product's rounding of ``−u`` (``ε·|r|²/σ²``) comes out above 0 for some
     pairs of positions hundreds of widths apart; the kernel is clamped to 1 there, as
@@ -423,13 +449,16 @@ def test_the_gaussian_stays_in_0_1_for_positions_far_apart_in_widths(
     assert float(columns.min()) >= 0.0 and float(columns.max()) <= 1.0
 
 
-def test_the_lean_path_refuses_a_derivative_that_changes_the_kernel_in_place() -> None:
+def test_the_lean_path_refuses_a_derivative_that_changes_the_kernel_in_place(
+    lean_form: str,
+) -> None:
     """A ``profile_derivative_from_value`` that overwrites ``value`` would change the kernel
     the layer multiplies by (the forward makes the derivative before the product): one
     error naming the kernel instead of a wrong output."""
 
     class Overwrites(CauchyKernel):
         name = "overwrites"
+        scalar_profile = scalar_profile_derivative = None  # the tensor profile, block by block
 
         @classmethod
         def profile_derivative_from_value(cls, u: Tensor, value: Tensor) -> Tensor:
@@ -469,12 +498,15 @@ def test_an_empty_group_gives_the_reference_path_s_result(
 
 def test_the_lean_path_skips_the_derivative_where_no_position_needs_a_gradient(
     monkeypatch: pytest.MonkeyPatch,
+    lean_form: str,
 ) -> None:
     """The forward makes the profile's derivative only for the positions' gradients: with
     frozen positions (or in evaluation) it is never called, and the rest still flows."""
     calls: list[int] = []
 
     class Counted(CauchyKernel):
+        scalar_profile = scalar_profile_derivative = None  # the tensor profile, block by block
+
         @classmethod
         def profile_derivative_from_value(cls, u: Tensor, value: Tensor) -> Tensor:
             calls.append(u.numel())
@@ -488,10 +520,10 @@ def test_the_lean_path_skips_the_derivative_where_no_position_needs_a_gradient(
     assert type(y.grad_fn).__name__ == "_LeanRadialMatmulBackward"
     y.sum().backward()
     assert calls == [] and x.grad is not None and charge.grad is not None
-    monkeypatch.setattr(matmul_path, "CACHE_BLOCK_ELEMENTS", 2 * 5)  # three blocks
+    monkeypatch.setattr(matmul_path, "CACHE_BLOCK_ELEMENTS", 12)  # 2 rows of 5 or 6: 3 blocks
     moving = frozen[0].requires_grad_(), frozen[1]
     kernel_matmul_matmul(x, kernel, *moving, charge).sum().backward()
-    assert calls == [10, 10, 10]
+    assert len(calls) == 3 and sum(calls) == 30 and max(calls) <= 12
 
 
 def test_the_lean_path_is_the_default_layer_s_and_the_general_one_the_rest() -> None:
@@ -529,3 +561,116 @@ def test_a_call_under_fake_tensors_does_not_change_the_path_of_real_ones(
     kernel, inputs = make(GaussianKernel, 1, dtype=torch.float32)
     out = call(kernel_matmul_matmul, kernel, inputs)
     assert type(out.grad_fn).__name__ == "_LeanRadialMatmulBackward"
+
+
+def test_the_common_layer_runs_the_fused_loops_on_cpu_and_tensor_operations_without_numba(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On CPU with Numba the common layer's kernel and position gradients come from the
+    fused loops; where Numba cannot be imported the same call takes the tensor-operation
+    form, with the same output and gradients."""
+    from particlesim.kernels import numba_cpu
+
+    calls: list[str] = []
+    for name in ("gaussian", "distances", "backward"):
+        loop = getattr(numba_cpu.loops(), name)
+        monkeypatch.setattr(
+            numba_cpu.loops(), name, lambda *a, _n=name, _f=loop: (calls.append(_n), _f(*a))[1]
+        )
+    results = {}
+    for available in (True, False):
+        monkeypatch.setattr(numba_cpu, "available", lambda _a=available: _a)
+        for family in (GaussianKernel, StudentTFromValueKernel):
+            kernel, inputs = make(family, 1, shape=(4, 9, 6, 3), dtype=torch.float32)
+            leaves = [v for v in inputs.values() if v is not None]
+            out = call(kernel_matmul_matmul, kernel, inputs)
+            results[available, family] = [out, *torch.autograd.grad(out.square().sum(), leaves)]
+    assert calls == ["gaussian", "backward", "distances", "backward"]
+    for family in (GaussianKernel, StudentTFromValueKernel):
+        for a, b in zip(results[True, family], results[False, family], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.detach().abs().max()))
+
+
+def test_the_fused_gaussian_s_exp_is_float32_exact_to_a_few_ulp_and_0_below_2_tiny() -> None:
+    """The fused loops' float32 ``exp`` (a polynomial LLVM vectorises) against float64's,
+    over the whole range the kernel takes: relative error below 1e-6, exactly 0 where
+    ``exp(−u) < 2·tiny`` (no subnormal), and 1 at coincident positions."""
+    u = torch.cat([torch.linspace(0.0, 90.0, 200_001), torch.tensor([1e3, 1e30, 1e38])])
+    target = u.sqrt().reshape(-1, 1)  # |r_h − r_j|² = u at width 1
+    k = kernel_matmul_matmul(torch.ones(1, 1), GaussianKernel(1.0), target, torch.zeros(1, 1))[0]
+    want = torch.exp(-target[:, 0].square().double())  # of the float32 u the loop makes
+    tiny = torch.finfo(torch.float32).tiny
+    normal = want >= 2 * tiny
+    assert float(((k.double() - want).abs() / want)[normal].max()) < 1e-6
+    assert bool((k[~normal] == 0).all()) and float(k[0]) == 1.0
+
+
+def test_the_fused_loops_read_positions_of_any_layout() -> None:
+    """Positions given as non-contiguous views give the same output and gradients as
+    contiguous ones."""
+    kernel, inputs = make(CauchyKernel, 1, shape=(3, 8, 5, 3), dtype=torch.float32)
+    leaves = [v for v in inputs.values() if v is not None]
+    out = call(kernel_matmul_matmul, kernel, inputs)
+    grads = torch.autograd.grad(out.sum(), leaves)
+    target_t = inputs["target_pos"].detach().T.contiguous().requires_grad_()  # [D, M]
+    source_t = inputs["source_pos"].detach().T.contiguous().requires_grad_()
+    odd = {**inputs, "target_pos": target_t.T, "source_pos": source_t.T}
+    assert not odd["target_pos"].is_contiguous()
+    out2 = call(kernel_matmul_matmul, kernel, odd)
+    grads2 = torch.autograd.grad(out2.sum(), [inputs["x"], target_t, source_t, inputs["charge"]])
+    torch.testing.assert_close(out2, out)
+    for a, b in zip([grads2[0], grads2[1].T, grads2[2].T, grads2[3]], grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_scalar_profile_replaces_the_tensor_profile_in_the_fused_loops(
+    monkeypatch: pytest.MonkeyPatch, lean_form: str
+) -> None:
+    """A kernel that gives ``scalar_profile`` runs it inside the fused loops (its tensor
+    ``profile`` is not called on that path), with the tensor form's output and gradients."""
+    calls: list[int] = []
+
+    class Counted(StudentTScalarKernel):
+        @staticmethod
+        def profile(u: Tensor) -> Tensor:
+            calls.append(u.numel())
+            return StudentTScalarKernel.profile(u)
+
+    kernel, inputs = make(Counted, 1, shape=(4, 9, 6, 3), dtype=torch.float32)
+    leaves = [v for v in inputs.values() if v is not None]
+    got = call(kernel_matmul_matmul, kernel, inputs)
+    got_grads = torch.autograd.grad(got.square().sum(), leaves)
+    assert calls == ([] if lean_form == "fused loops" else [54])
+    want = call(kernel_matmul_reference, kernel, inputs)
+    for a, b in zip(
+        [got, *got_grads], [want, *torch.autograd.grad(want.square().sum(), leaves)], strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.detach().abs().max()))
+
+
+def test_a_scalar_profile_numba_cannot_compile_is_one_error_naming_the_kernel() -> None:
+    """A scalar profile written with something Numba does not know (here a torch function)
+    is one line naming the kernel and what to write instead, at the first call."""
+
+    class TorchInside(CauchyKernel):
+        name = "torch_inside"
+
+        @staticmethod
+        def scalar_profile(u: float) -> float:
+            return float(torch.exp(torch.tensor(-u)))
+
+    with pytest.raises(KernelError) as info:
+        kernel_matmul_matmul(
+            torch.randn(2, 4), TorchInside(1.0), torch.randn(3, 3), torch.randn(4, 3)
+        )
+    message = str(info.value)
+    assert message.startswith("kernel 'torch_inside' (")
+    assert (
+        "Numba could not compile scalar_profile or scalar_profile_derivative (Unknown "
+        "attribute 'exp' of type Module(<module 'torch'" in message
+    )
+    assert message.endswith(
+        "write them with + − × ÷, comparisons and particlesim.kernels.scalar_math's "
+        "functions, or leave both out"
+    )
+    assert "\n" not in message

@@ -835,6 +835,42 @@ def profile_methods(profile: str, derivative: str | None) -> str:
             "return a new tensor (the matmul path keeps the kernel it passes as value)",
         ),
         (
+            profile_methods("1.0 / (1.0 + u)", "-1.0 / (1.0 + u) ** 2")
+            + "\n    @staticmethod\n    def scalar_profile(u):\n        return 1.0 / (1.0 + u)\n",
+            "which defines scalar_profile without scalar_profile_derivative (give both or neither)",
+        ),
+        (
+            profile_methods("1.0 / (1.0 + u)", "-1.0 / (1.0 + u) ** 2")
+            + "\n    def scalar_profile(self, u):\n        return 1.0 / (1.0 + u)\n"
+            "\n    @staticmethod\n    def scalar_profile_derivative(u, value):\n"
+            "        return -value * value\n",
+            "which has a scalar_profile that is not a staticmethod (the fused loops compile a "
+            "function)",
+        ),
+        (
+            profile_methods("1.0 / (1.0 + u)", "-1.0 / (1.0 + u) ** 2")
+            + "\n    @staticmethod\n    def scalar_profile(u):\n        return 1.0 / (1.0 + u)\n"
+            "\n    @staticmethod\n    def scalar_profile_derivative(u, value):\n"
+            "        return value * value\n",
+            "which has scalar_profile_derivative = 1 at u = 0, but its tensor form there is -1 "
+            "(the CPU matmul path's fused loops use scalar_profile_derivative)",
+        ),
+        (
+            profile_methods("1.0 / (1.0 + u)", "-1.0 / (1.0 + u) ** 2")
+            + "\n    @staticmethod\n    def scalar_profile(u):\n        return 1.0 / (1.0 - u)\n"
+            "\n    @staticmethod\n    def scalar_profile_derivative(u, value):\n"
+            "        return -value * value\n",
+            "which has scalar_profile = 1.001 at u = 0.001, but its tensor form there is 0.999001 "
+            "(the CPU matmul path's fused loops use scalar_profile)",
+        ),
+        (
+            profile_methods("1.0 / (1.0 + u)", "-1.0 / (1.0 + u) ** 2")
+            + "\n    @staticmethod\n    def scalar_profile(u):\n        return 1.0 / u\n"
+            "\n    @staticmethod\n    def scalar_profile_derivative(u, value):\n"
+            "        return -value * value\n",
+            "which raised ZeroDivisionError in its scalar profile at u = 0: float division by zero",
+        ),
+        (
             profile_methods("torch.exp(-u).float()", "-torch.exp(-u)"),
             "which has profile(u) returning torch.float32 for torch.float64 u",
         ),

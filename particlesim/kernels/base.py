@@ -177,6 +177,20 @@ class RadialKernel(Kernel):
         """
         return cls.profile_derivative(u)
 
+    #: Optional: ``f(u)`` of one float, a ``staticmethod`` written with ``+ − × ÷``,
+    #: comparisons, ``a if c else b``, number literals and module constants, and the
+    #: functions of :mod:`particlesim.kernels.scalar_math`. The CPU matmul path compiles it
+    #: with Numba into its fused loops for the common layer, where the kernel then costs what
+    #: the built-in Gaussian does instead of a tensor operation per step of the profile (a
+    #: Student-t: 1.1× instead of 1.5× ``nn.Linear`` at 512 × 2048 × 2048). Must agree with
+    #: :meth:`profile` (checked when plugins load). Give both or neither.
+    scalar_profile: Callable[[float], float] | None = None
+
+    #: Optional, with :attr:`scalar_profile`: ``df/du`` of one float given ``u`` and ``value =
+    #: f(u)`` (use whichever is cheaper: the Cauchy's ``−value²``). Must agree with
+    #: :meth:`profile_derivative` (checked when plugins load).
+    scalar_profile_derivative: Callable[[float, float], float] | None = None
+
     def scaled(self, r2: Tensor) -> Tensor:
         """``u = r² / σ²`` with a leading channel axis when ``C > 1``."""
         inv = self.width.to(r2.dtype).pow(-2)
@@ -269,6 +283,14 @@ class CauchyKernel(RadialKernel):
 
     @classmethod
     def profile_derivative_from_value(cls, u: Tensor, value: Tensor) -> Tensor:
+        return -(value * value)
+
+    @staticmethod
+    def scalar_profile(u: float) -> float:
+        return 1.0 / (1.0 + u)
+
+    @staticmethod
+    def scalar_profile_derivative(u: float, value: float) -> float:
         return -(value * value)
 
 
@@ -365,7 +387,40 @@ def kernel_class_problem(factory: object) -> str | None:
     if "profile" in values and "profile_derivative" in values:
         f, closed = values["profile"], values["profile_derivative"]
         problem = _derivative_problem(values["u"], f, closed)
-        return problem if problem is not None else _from_value_problem(factory, u, f, closed)
+        if problem is None:
+            problem = _from_value_problem(factory, u, f, closed)
+        return problem if problem is not None else _scalar_problem(factory, u, f, closed)
+    return None
+
+
+def _scalar_problem(factory: type, u: Tensor, f: Tensor, closed: Tensor) -> str | None:
+    """``scalar_profile`` and ``scalar_profile_derivative`` (both or neither, static
+    methods) against ``profile`` and ``profile_derivative``, one float at a time."""
+    names = ("scalar_profile", "scalar_profile_derivative")
+    given = [getattr(factory, n) is not getattr(RadialKernel, n) for n in names]
+    if not any(given):
+        return None
+    if not all(given):
+        missing = names[given.index(False)]
+        return f"defines {names[given.index(True)]} without {missing} (give both or neither)"
+    for name in names:
+        if not isinstance(inspect.getattr_static(factory, name), staticmethod):
+            return f"has a {name} that is not a staticmethod (the fused loops compile a function)"
+    profile, derivative = (getattr(factory, n) for n in names)
+    rows = (t.detach().flatten().tolist() for t in (u, f, closed))
+    for at, want, want_prime in zip(*rows, strict=True):
+        try:
+            value = float(profile(at))
+            prime = float(derivative(at, value))
+        except Exception as exc:
+            message = " ".join(str(exc).split())
+            return f"raised {type(exc).__name__} in its scalar profile at u = {at:g}: {message}"
+        for name, got, expected in ((names[0], value, want), (names[1], prime, want_prime)):
+            if not abs(got - expected) <= 1e-6 + 1e-4 * abs(expected):
+                return (
+                    f"has {name} = {got:.6g} at u = {at:g}, but its tensor form there is "
+                    f"{expected:.6g} (the CPU matmul path's fused loops use {name})"
+                )
     return None
 
 

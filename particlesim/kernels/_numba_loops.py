@@ -1,0 +1,313 @@
+"""The compiled loops of :mod:`particlesim.kernels.numba_cpu` (imported at its first use).
+
+Each loop is compiled by Numba at its first call for the dtypes it meets and cached beside
+this file (``__pycache__``), so a later process loads it in milliseconds.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+from particlesim.kernels import scalar_math
+
+# no 'nnan'/'ninf': a position that overflows its square must not turn into garbage
+_FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
+
+
+def _bitcast(source: Any, target: Any, target_ir: Any) -> Any:
+    """An intrinsic reinterpreting the bits of a ``source`` number as a ``target`` one."""
+
+    @intrinsic
+    def cast(typingctx: Any, value: Any) -> Any:
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            return builder.bitcast(args[0], target_ir)
+
+        return target(source), codegen
+
+    return cast
+
+
+_bits_as_float32 = _bitcast(types.int32, types.float32, ir.FloatType())
+_float32_bits = _bitcast(types.float32, types.int32, ir.IntType(32))
+_bits_as_float64 = _bitcast(types.int64, types.float64, ir.DoubleType())
+_float64_bits = _bitcast(types.float64, types.int64, ir.IntType(64))
+
+_F = np.float32
+# exp is exactly 0 from here down (below 2·finfo.tiny: no subnormal enters a product with
+# the kernel, where they halve the speed of x kᵀ), and infinite above the largest float
+_CUT32 = _F(np.log(2.0 * np.finfo(np.float32).tiny))
+_CUT64 = float(np.log(2.0 * np.finfo(np.float64).tiny))
+_OVER32 = _F(np.log(np.finfo(np.float32).max))
+_OVER64 = float(np.log(np.finfo(np.float64).max))
+
+
+@njit(fastmath=_FASTMATH)
+def _exp32(x: Any) -> Any:
+    """Cephes' ``expf``: ``x = k·ln 2 + r`` (ln 2 in two parts), a degree-6 polynomial of
+    ``r``, times ``2^k`` built from its bits."""
+    y = min(max(x, _CUT32), _OVER32)
+    k = np.floor(y * _F(1.44269504088896341) + _F(0.5))
+    r = (y - k * _F(0.693359375)) + k * _F(2.12194440e-4)
+    p = _F(1.9875691500e-4)
+    p = p * r + _F(1.3981999507e-3)
+    p = p * r + _F(8.3334519073e-3)
+    p = p * r + _F(4.1665795894e-2)
+    p = p * r + _F(1.6666665459e-1)
+    p = p * r + _F(5.0000001201e-1)
+    p = p * r * r + r + _F(1.0)
+    # 2^k as 2·2^(k−1): a normal float over the whole range, k = −125 … 128
+    out = p * _bits_as_float32((np.int32(k) + np.int32(126)) << np.int32(23)) * _F(2.0)
+    out = out if x > _CUT32 else _F(0.0)
+    return out if x <= _OVER32 else _F(np.inf)
+
+
+@njit(fastmath=_FASTMATH)
+def _exp64(x: Any) -> Any:
+    """Cephes' ``exp``: the same reduction, then a Padé form ``1 + 2P(r)/(Q(r) − P(r))``."""
+    y = min(max(x, _CUT64), _OVER64)
+    k = np.floor(y * 1.4426950408889634073599 + 0.5)
+    r = (y - k * 6.93145751953125e-1) - k * 1.42860682030941723212e-6
+    rr = r * r
+    px = r * ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr + 1.0)
+    qx = ((3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr) * rr
+    qx = qx + 2.27265548208155028766e-1 * rr + 2.0
+    scale = _bits_as_float64((np.int64(k) + np.int64(1022)) << np.int64(52)) * 2.0
+    out = (1.0 + 2.0 * px / (qx - px)) * scale
+    out = out if x > _CUT64 else 0.0
+    return out if x <= _OVER64 else np.inf
+
+
+@njit(fastmath=_FASTMATH)
+def _log32(x: Any) -> Any:
+    """Cephes' ``logf``: ``x = m·2^e`` from its bits (``m`` in ``[√½, √2)``), a degree-8
+    polynomial of ``m − 1``, plus ``e·ln 2`` (in two parts)."""
+    bits = _float32_bits(x)
+    e = ((bits >> np.int32(23)) & np.int32(0xFF)) - np.int32(126)
+    m = _bits_as_float32((bits & np.int32(0x007FFFFF)) | np.int32(0x3F000000))  # [½, 1)
+    low = m < _F(0.707106781186547524)
+    e = e - np.int32(1) if low else e
+    m = (m + m if low else m) - _F(1.0)
+    z = m * m
+    p = _F(7.0376836292e-2)
+    p = p * m - _F(1.1514610310e-1)
+    p = p * m + _F(1.1676998740e-1)
+    p = p * m - _F(1.2420140846e-1)
+    p = p * m + _F(1.4249322787e-1)
+    p = p * m - _F(1.6668057665e-1)
+    p = p * m + _F(2.0000714765e-1)
+    p = p * m - _F(2.4999993993e-1)
+    p = p * m + _F(3.3333331174e-1)
+    ef = _F(e)
+    out = m + (p * m * z - ef * _F(2.12194440e-4) - _F(0.5) * z) + ef * _F(0.693359375)
+    out = out if x < _F(np.inf) else _F(np.inf)
+    return out if x > _F(0.0) else (_F(-np.inf) if x == _F(0.0) else _F(np.nan))
+
+
+@njit(fastmath=_FASTMATH)
+def _log64(x: Any) -> Any:
+    """Cephes' ``log``: the same split, then ``m − 1`` through a rational form ``P/Q``."""
+    bits = _float64_bits(x)
+    e = ((bits >> np.int64(52)) & np.int64(0x7FF)) - np.int64(1022)
+    m = _bits_as_float64((bits & np.int64(0x000FFFFFFFFFFFFF)) | np.int64(0x3FE0000000000000))
+    low = m < 0.70710678118654752440
+    e = e - np.int64(1) if low else e
+    m = (m + m if low else m) - 1.0
+    z = m * m
+    p = (
+        (
+            (
+                (1.01875663804580931796e-4 * m + 4.97494994976747001425e-1) * m
+                + 4.70579119878881725854e0
+            )
+            * m
+            + 1.44989225341610930846e1
+        )
+        * m
+        + 1.79368678507819816313e1
+    ) * m + 7.70838733755885391666e0
+    q = (
+        (
+            ((m + 1.12873587189167450590e1) * m + 4.52279145837532221105e1) * m
+            + 8.29875266912776603211e1
+        )
+        * m
+        + 7.11544750618563894466e1
+    ) * m
+    q = q + 2.31251620126765340583e1
+    ef = float(e)
+    out = m + (m * (z * p / q) - ef * 2.121944400546905827679e-4 - 0.5 * z)
+    out = out + ef * 0.693359375
+    out = out if x < np.inf else np.inf
+    return out if x > 0.0 else (-np.inf if x == 0.0 else np.nan)
+
+
+def _exp(x: Any) -> Any:
+    """``exp(x)``, exactly 0 below ``2·tiny`` (compiled only: see the overload)."""
+    raise NotImplementedError("compiled by Numba only")
+
+
+def _vectorised(function: Any, float32_form: Any, float64_form: Any) -> None:
+    """Compile calls of ``function`` (one float) to the forms LLVM vectorises."""
+
+    @overload(function, inline="always", fastmath=_FASTMATH)
+    def implementation(x):
+        if x == types.float32:
+            return lambda x: float32_form(x)
+        if isinstance(x, types.Float):
+            return lambda x: float64_form(x)
+        if isinstance(x, types.Integer):
+            return lambda x: float64_form(float(x))
+        return None
+
+
+_vectorised(_exp, _exp32, _exp64)
+_vectorised(scalar_math.exp, _exp32, _exp64)
+_vectorised(scalar_math.log, _log32, _log64)
+
+
+@overload(scalar_math.sqrt, inline="always", fastmath=_FASTMATH)
+def _sqrt(x):
+    return lambda x: np.sqrt(x)
+
+
+@overload(scalar_math.pow, inline="always", fastmath=_FASTMATH)
+def _pow(x, y):
+    return lambda x, y: scalar_math.exp(y * scalar_math.log(x))
+
+
+_jit = functools.partial(njit, nogil=True, fastmath=_FASTMATH, cache=True)
+
+
+@njit(nogil=True, cache=True)  # no fast-math: it may assume every number finite
+def prepare(rows: Any, columns: Any) -> Any:
+    """``(rows [R, D] copied, columns transposed [D, C], whether all are finite)``: private
+    copies for the backward (a later in-place change of a parameter cannot reach them) in
+    the layouts the loops read."""
+    finite = True
+    rows_copy = np.empty(rows.shape, dtype=rows.dtype)
+    for i in range(rows.shape[0]):
+        for d in range(rows.shape[1]):
+            v = rows[i, d]
+            finite = finite and np.isfinite(v)
+            rows_copy[i, d] = v
+    columns_t = np.empty((columns.shape[1], columns.shape[0]), dtype=columns.dtype)
+    for i in range(columns.shape[0]):
+        for d in range(columns.shape[1]):
+            v = columns[i, d]
+            finite = finite and np.isfinite(v)
+            columns_t[d, i] = v
+    return rows_copy, columns_t, finite
+
+
+@_jit
+def _squared_distances(rows: Any, columns_t: Any, i: int, out_row: Any) -> None:
+    """``out_row[j] = |r_i − r_j|²`` over the columns (the coordinates' loop outermost, the
+    columns' innermost: the loop LLVM vectorises)."""
+    out_row[:] = 0
+    for d in range(columns_t.shape[0]):
+        rd = rows[i, d]
+        cd = columns_t[d]
+        for j in range(out_row.shape[0]):
+            diff = cd[j] - rd
+            out_row[j] += diff * diff
+
+
+@_jit
+def distances(rows: Any, columns_t: Any, scale: Any, out: Any) -> None:
+    """``out[i, j] = scale · |r_i − r_j|²`` (``rows [R, D]``, ``columns_t [D, C]``,
+    ``out [R, C]``)."""
+    for i in range(rows.shape[0]):
+        row = out[i]
+        _squared_distances(rows, columns_t, i, row)
+        for j in range(row.shape[0]):
+            row[j] *= scale
+
+
+@_jit
+def gaussian(rows: Any, columns_t: Any, minus_scale: Any, out: Any) -> None:
+    """``out[i, j] = exp(minus_scale · |r_i − r_j|²)``, exactly 0 below ``2·tiny``."""
+    for i in range(rows.shape[0]):
+        row = out[i]
+        _squared_distances(rows, columns_t, i, row)
+        for j in range(row.shape[0]):
+            row[j] = _exp(row[j] * minus_scale)
+
+
+@_jit
+def backward(
+    rows: Any,
+    columns_t: Any,
+    derivative: Any,
+    grad_weight: Any,
+    c: Any,
+    grad_rows: Any,
+    grad_columns: Any,
+) -> None:
+    """Both position gradients from one read of ``w = grad_weight ⊙ derivative``:
+    ``grad_rows[i] = c·(r_i Σ_j w_ij − Σ_j w_ij r_j)`` and
+    ``grad_columns[j] = c·(r_j Σ_i w_ij − Σ_i w_ij r_i)``, the columns' sums gathered a row
+    at a time (``[D+1, C]``: ``Σ_i w_ij r_id`` for each ``d``, then ``Σ_i w_ij``)."""
+    D, C = columns_t.shape
+    sums = np.zeros((D + 1, C), dtype=derivative.dtype)
+    w = np.empty(C, dtype=derivative.dtype)
+    zero = derivative.dtype.type(0)
+    total = sums[D]
+    for i in range(rows.shape[0]):
+        d_row = derivative[i]
+        g_row = grad_weight[i]
+        row_sum = zero
+        for j in range(C):
+            wj = g_row[j] * d_row[j]
+            w[j] = wj
+            row_sum += wj
+            total[j] += wj
+        for d in range(D):
+            rd = rows[i, d]
+            cd = columns_t[d]
+            acc = sums[d]
+            dot = zero
+            for j in range(C):
+                dot += w[j] * cd[j]
+                acc[j] += w[j] * rd
+            grad_rows[i, d] = c * (rd * row_sum - dot)
+    for j in range(C):
+        for d in range(D):
+            grad_columns[j, d] = c * (columns_t[d, j] * total[j] - sums[d, j])
+
+
+@functools.cache
+def profile_loop(profile: Any, derivative: Any) -> Any:
+    """The forward loop of a kernel that gives its profile as functions of one number
+    (``scalar_profile(u)``, ``scalar_profile_derivative(u, value)``), compiled for it once a
+    process (a loop holding other compiled functions is not cached on disk).
+
+    ``loop(rows, columns_t, scale, out, derivative_out)`` writes ``out = f(u)``, ``u =
+    scale·|r_i − r_j|²``, and ``derivative_out = f'(u)`` where it has rows (``[0, C]``: none).
+    """
+    f = njit(fastmath=_FASTMATH)(profile)
+    f_prime = njit(fastmath=_FASTMATH)(derivative)
+
+    @njit(nogil=True, fastmath=_FASTMATH)
+    def loop(rows: Any, columns_t: Any, scale: Any, out: Any, derivative_out: Any) -> None:
+        with_derivative = derivative_out.shape[0] > 0
+        for i in range(rows.shape[0]):
+            row = out[i]
+            _squared_distances(rows, columns_t, i, row)
+            if with_derivative:
+                d_row = derivative_out[i]
+                for j in range(row.shape[0]):
+                    u = row[j] * scale
+                    value = f(u)
+                    row[j] = value
+                    d_row[j] = f_prime(u, value)
+            else:
+                for j in range(row.shape[0]):
+                    row[j] = f(row[j] * scale)
+
+    return loop
