@@ -10,7 +10,8 @@ thread count asked for (default 1 and 2).
     ``chunked``, ``reference``) against ``nn.Linear`` of the same shape (gradients w.r.t.
     ``x`` and its weight), for the Gaussian and for a Student-t kernel defined here the way
     a plugin defines one (a :class:`RadialKernel` subclass with a profile and its derivative;
-    ``student_t_v`` also gives the optional ``profile_derivative_from_value``).
+    ``student_t_v`` also gives the optional ``profile_derivative_from_value``, and
+    ``student_t_s`` the optional ``scalar_profile`` the fused CPU loops compile in).
 ``memory``
     Peak memory of the tensors created during one forward + backward beyond the inputs
     (counted op by op, as the memory preflight does), per path, at three sizes: the
@@ -99,10 +100,26 @@ class StudentTFromValueKernel(StudentTKernel):
         return value / (u / nu).add_(1.0) * (-(nu + 1.0) / (2.0 * nu))
 
 
+class StudentTScalarKernel(StudentTFromValueKernel):
+    """The same Student-t, also given as functions of one number (``scalar_profile``): the
+    CPU matmul path compiles them into its fused loops."""
+
+    name = "student_t_s"
+
+    @staticmethod
+    def scalar_profile(u: float) -> float:
+        return (1.0 + u / 3.0) ** -2.0  # (ν = 3: −(ν+1)/2 = −2)
+
+    @staticmethod
+    def scalar_profile_derivative(u: float, value: float) -> float:
+        return -(2.0 / 3.0) * value / (1.0 + u / 3.0)
+
+
 KERNELS: dict[str, Callable[[], RadialKernel]] = {
     "gaussian": GaussianKernel,
     "student_t": StudentTKernel,
     "student_t_v": StudentTFromValueKernel,
+    "student_t_s": StudentTScalarKernel,
 }
 
 
@@ -301,6 +318,7 @@ def versus_section(args: argparse.Namespace) -> dict:
     spec.loader.exec_module(other)
     cases = [("gaussian", (64, 196, 64))] if args.quick else [
         ("gaussian", (128, 784, 256)), ("gaussian", (512, 2048, 2048)),
+        ("student_t_s", (128, 784, 256)), ("student_t_s", (512, 2048, 2048)),
         ("student_t", (512, 2048, 2048)), ("student_t_v", (512, 2048, 2048)),
     ]  # fmt: skip
     out: dict[str, dict] = {}

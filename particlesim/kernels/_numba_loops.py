@@ -7,6 +7,8 @@ this file (``__pycache__``), so a later process loads it in milliseconds.
 from __future__ import annotations
 
 import functools
+import math
+from types import FunctionType, ModuleType
 from typing import Any
 
 import numpy as np
@@ -47,7 +49,7 @@ _OVER32 = _F(np.log(np.finfo(np.float32).max))
 _OVER64 = float(np.log(np.finfo(np.float64).max))
 
 
-@njit(fastmath=_FASTMATH)
+@njit(fastmath=_FASTMATH, error_model="numpy")
 def _exp32(x: Any) -> Any:
     """Cephes' ``expf``: ``x = k·ln 2 + r`` (ln 2 in two parts), a degree-6 polynomial of
     ``r``, times ``2^k`` built from its bits."""
@@ -67,7 +69,7 @@ def _exp32(x: Any) -> Any:
     return out if x <= _OVER32 else _F(np.inf)
 
 
-@njit(fastmath=_FASTMATH)
+@njit(fastmath=_FASTMATH, error_model="numpy")
 def _exp64(x: Any) -> Any:
     """Cephes' ``exp``: the same reduction, then a Padé form ``1 + 2P(r)/(Q(r) − P(r))``."""
     y = min(max(x, _CUT64), _OVER64)
@@ -83,7 +85,7 @@ def _exp64(x: Any) -> Any:
     return out if x <= _OVER64 else np.inf
 
 
-@njit(fastmath=_FASTMATH)
+@njit(fastmath=_FASTMATH, error_model="numpy")
 def _log32(x: Any) -> Any:
     """Cephes' ``logf``: ``x = m·2^e`` from its bits (``m`` in ``[√½, √2)``), a degree-8
     polynomial of ``m − 1``, plus ``e·ln 2`` (in two parts)."""
@@ -109,7 +111,7 @@ def _log32(x: Any) -> Any:
     return out if x > _F(0.0) else (_F(-np.inf) if x == _F(0.0) else _F(np.nan))
 
 
-@njit(fastmath=_FASTMATH)
+@njit(fastmath=_FASTMATH, error_model="numpy")
 def _log64(x: Any) -> Any:
     """Cephes' ``log``: the same split, then ``m − 1`` through a rational form ``P/Q``."""
     bits = _float64_bits(x)
@@ -153,16 +155,25 @@ def _exp(x: Any) -> Any:
 
 
 def _vectorised(function: Any, float32_form: Any, float64_form: Any) -> None:
-    """Compile calls of ``function`` (one float) to the forms LLVM vectorises."""
+    """Compile calls of ``function`` (one float) to the forms LLVM vectorises, in the
+    argument's precision (float32 forms where the argument is float32)."""
 
     @overload(function, inline="always", fastmath=_FASTMATH)
     def implementation(x):
         if x == types.float32:
             return lambda x: float32_form(x)
-        if isinstance(x, types.Float):
-            return lambda x: float64_form(x)
-        if isinstance(x, types.Integer):
+        if isinstance(x, types.Float | types.Integer):
             return lambda x: float64_form(float(x))
+        return None
+
+
+def _single(function: Any, float32_form: Any) -> None:
+    """Compile calls of ``function`` to the float32 form whatever the argument's precision."""
+
+    @overload(function, inline="always", fastmath=_FASTMATH)
+    def implementation(x):
+        if isinstance(x, types.Float | types.Integer):
+            return lambda x: float32_form(np.float32(x))
         return None
 
 
@@ -181,34 +192,98 @@ def _pow(x, y):
     return lambda x, y: scalar_math.exp(y * scalar_math.log(x))
 
 
-_jit = functools.partial(njit, nogil=True, fastmath=_FASTMATH, cache=True)
+def _float32_math() -> ModuleType:
+    """:mod:`~particlesim.kernels.scalar_math` in float32, for a float32 layer's profile.
+
+    A profile's number literals are float64 (``1.0 + u / 3.0``), so Numba would compute the
+    profile of a float32 ``u`` in float64, its divisions and its ``exp`` and ``log`` (a
+    division each) ~4× slower than in float32. A float32 layer's loop compiles the profile
+    with float32 literals and against this module (:func:`_in_float32`)."""
+    module = ModuleType("particlesim.kernels.scalar_math_float32")
+
+    def exp(x: float) -> float:
+        return math.exp(x)
+
+    def log(x: float) -> float:
+        return math.log(x)
+
+    def pow(x: float, y: float) -> float:
+        return math.exp(y * math.log(x))
+
+    _single(exp, _exp32)
+    _single(log, _log32)
+
+    @overload(pow, inline="always", fastmath=_FASTMATH)
+    def _pow32(x, y):
+        return lambda x, y: _exp32(np.float32(y) * _log32(np.float32(x)))
+
+    module.exp, module.log, module.pow, module.sqrt = exp, log, pow, scalar_math.sqrt
+    return module
+
+
+_SCALAR_MATH32 = _float32_math()
+
+
+def _in_float32(function: Any) -> Any:
+    """``function`` computed in float32: its float literals made float32 numbers, and its
+    references to :mod:`~particlesim.kernels.scalar_math` (the module, or its functions
+    imported by name) :data:`_SCALAR_MATH32`'s. (An integer literal stays one: ``u ** 2``
+    is still two multiplications, and ``2 * u`` computes in float64.)"""
+    replace = {id(scalar_math): _SCALAR_MATH32}
+    for name in scalar_math.__all__:
+        replace[id(getattr(scalar_math, name))] = getattr(_SCALAR_MATH32, name)
+    namespace = dict(function.__globals__)
+    for name, value in function.__globals__.items():
+        namespace[name] = replace.get(id(value), value)
+    code = function.__code__
+    constants = tuple(np.float32(c) if type(c) is float else c for c in code.co_consts)
+    return FunctionType(
+        code.replace(co_consts=constants),
+        namespace,
+        function.__name__,
+        function.__defaults__,
+        function.__closure__,
+    )
+
+
+# error_model="numpy": a division by 0 gives inf, as in NumPy, instead of raising as in
+# Python, whose check of every divisor keeps LLVM from vectorising the loop
+_jit = functools.partial(njit, nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
+
+
+#: Coordinates the loops take in one pass over the pairs: positions of fewer dimensions are
+#: padded with zeros to this many (a zero adds nothing to a distance or a gradient); more
+#: take one pass per dimension.
+PADDED_DIMENSIONS = 3
 
 
 @njit(nogil=True, cache=True)  # no fast-math: it may assume every number finite
 def prepare(rows: Any, columns: Any) -> Any:
-    """``(rows [R, D] copied, columns transposed [D, C], whether all are finite)``: private
-    copies for the backward (a later in-place change of a parameter cannot reach them) in
-    the layouts the loops read."""
+    """``(rows [R, P], columns transposed [P, C], whether all are finite)``, ``P =
+    max(D, 3)`` (zeros after ``D``): private copies for the backward (a later in-place change
+    of a parameter cannot reach them) in the layouts the loops read."""
+    D = rows.shape[1]
+    P = max(D, PADDED_DIMENSIONS)
     finite = True
-    rows_copy = np.empty(rows.shape, dtype=rows.dtype)
+    rows_copy = np.zeros((rows.shape[0], P), dtype=rows.dtype)
     for i in range(rows.shape[0]):
-        for d in range(rows.shape[1]):
+        for d in range(D):
             v = rows[i, d]
             finite = finite and np.isfinite(v)
             rows_copy[i, d] = v
-    columns_t = np.empty((columns.shape[1], columns.shape[0]), dtype=columns.dtype)
+    columns_t = np.zeros((P, columns.shape[0]), dtype=columns.dtype)
     for i in range(columns.shape[0]):
-        for d in range(columns.shape[1]):
+        for d in range(D):
             v = columns[i, d]
             finite = finite and np.isfinite(v)
             columns_t[d, i] = v
     return rows_copy, columns_t, finite
 
 
-@_jit
+@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
 def _squared_distances(rows: Any, columns_t: Any, i: int, out_row: Any) -> None:
-    """``out_row[j] = |r_i − r_j|²`` over the columns (the coordinates' loop outermost, the
-    columns' innermost: the loop LLVM vectorises)."""
+    """``out_row[j] = |r_i − r_j|²``, one pass over the columns per coordinate (more than
+    :data:`PADDED_DIMENSIONS`; the loops take three in one pass of their own)."""
     out_row[:] = 0
     for d in range(columns_t.shape[0]):
         rd = rows[i, d]
@@ -220,23 +295,37 @@ def _squared_distances(rows: Any, columns_t: Any, i: int, out_row: Any) -> None:
 
 @_jit
 def distances(rows: Any, columns_t: Any, scale: Any, out: Any) -> None:
-    """``out[i, j] = scale · |r_i − r_j|²`` (``rows [R, D]``, ``columns_t [D, C]``,
+    """``out[i, j] = scale · |r_i − r_j|²`` (``rows [R, P]``, ``columns_t [P, C]``,
     ``out [R, C]``)."""
+    c0, c1, c2 = columns_t[0], columns_t[1], columns_t[2]
     for i in range(rows.shape[0]):
         row = out[i]
-        _squared_distances(rows, columns_t, i, row)
-        for j in range(row.shape[0]):
-            row[j] *= scale
+        if columns_t.shape[0] == PADDED_DIMENSIONS:
+            r0, r1, r2 = rows[i, 0], rows[i, 1], rows[i, 2]
+            for j in range(row.shape[0]):
+                a, b, c = c0[j] - r0, c1[j] - r1, c2[j] - r2
+                row[j] = (a * a + b * b + c * c) * scale
+        else:
+            _squared_distances(rows, columns_t, i, row)
+            for j in range(row.shape[0]):
+                row[j] *= scale
 
 
 @_jit
 def gaussian(rows: Any, columns_t: Any, minus_scale: Any, out: Any) -> None:
     """``out[i, j] = exp(minus_scale · |r_i − r_j|²)``, exactly 0 below ``2·tiny``."""
+    c0, c1, c2 = columns_t[0], columns_t[1], columns_t[2]
     for i in range(rows.shape[0]):
         row = out[i]
-        _squared_distances(rows, columns_t, i, row)
-        for j in range(row.shape[0]):
-            row[j] = _exp(row[j] * minus_scale)
+        if columns_t.shape[0] == PADDED_DIMENSIONS:
+            r0, r1, r2 = rows[i, 0], rows[i, 1], rows[i, 2]
+            for j in range(row.shape[0]):
+                a, b, c = c0[j] - r0, c1[j] - r1, c2[j] - r2
+                row[j] = _exp((a * a + b * b + c * c) * minus_scale)
+        else:
+            _squared_distances(rows, columns_t, i, row)
+            for j in range(row.shape[0]):
+                row[j] = _exp(row[j] * minus_scale)
 
 
 @_jit
@@ -252,22 +341,41 @@ def backward(
     """Both position gradients from one read of ``w = grad_weight ⊙ derivative``:
     ``grad_rows[i] = c·(r_i Σ_j w_ij − Σ_j w_ij r_j)`` and
     ``grad_columns[j] = c·(r_j Σ_i w_ij − Σ_i w_ij r_i)``, the columns' sums gathered a row
-    at a time (``[D+1, C]``: ``Σ_i w_ij r_id`` for each ``d``, then ``Σ_i w_ij``)."""
-    D, C = columns_t.shape
-    sums = np.zeros((D + 1, C), dtype=derivative.dtype)
+    at a time (``sums [P+1, C]``: ``Σ_i w_ij r_id`` for each ``d``, then ``Σ_i w_ij``)."""
+    P, C = columns_t.shape
+    sums = np.zeros((P + 1, C), dtype=derivative.dtype)
     w = np.empty(C, dtype=derivative.dtype)
     zero = derivative.dtype.type(0)
-    total = sums[D]
+    total = sums[P]
+    c0, c1, c2 = columns_t[0], columns_t[1], columns_t[2]
+    s0, s1, s2 = sums[0], sums[1], sums[2]
     for i in range(rows.shape[0]):
         d_row = derivative[i]
         g_row = grad_weight[i]
+        if P == PADDED_DIMENSIONS:  # one pass
+            r0, r1, r2 = rows[i, 0], rows[i, 1], rows[i, 2]
+            row_sum = dot0 = dot1 = dot2 = zero
+            for j in range(C):
+                wj = g_row[j] * d_row[j]
+                row_sum += wj
+                total[j] += wj
+                dot0 += wj * c0[j]
+                dot1 += wj * c1[j]
+                dot2 += wj * c2[j]
+                s0[j] += wj * r0
+                s1[j] += wj * r1
+                s2[j] += wj * r2
+            grad_rows[i, 0] = c * (r0 * row_sum - dot0)
+            grad_rows[i, 1] = c * (r1 * row_sum - dot1)
+            grad_rows[i, 2] = c * (r2 * row_sum - dot2)
+            continue
         row_sum = zero
         for j in range(C):
             wj = g_row[j] * d_row[j]
             w[j] = wj
             row_sum += wj
             total[j] += wj
-        for d in range(D):
+        for d in range(P):
             rd = rows[i, d]
             cd = columns_t[d]
             acc = sums[d]
@@ -277,37 +385,40 @@ def backward(
                 acc[j] += w[j] * rd
             grad_rows[i, d] = c * (rd * row_sum - dot)
     for j in range(C):
-        for d in range(D):
+        for d in range(P):
             grad_columns[j, d] = c * (columns_t[d, j] * total[j] - sums[d, j])
 
 
 @functools.cache
-def profile_loop(profile: Any, derivative: Any) -> Any:
+def profile_loop(profile: Any, derivative: Any, single: bool) -> Any:
     """The forward loop of a kernel that gives its profile as functions of one number
     (``scalar_profile(u)``, ``scalar_profile_derivative(u, value)``), compiled for it once a
-    process (a loop holding other compiled functions is not cached on disk).
+    process (a loop holding other compiled functions is not cached on disk); ``single``: for
+    float32 arrays, with float32 transcendental functions (:func:`_in_float32`).
 
     ``loop(rows, columns_t, scale, out, derivative_out)`` writes ``out = f(u)``, ``u =
     scale·|r_i − r_j|²``, and ``derivative_out = f'(u)`` where it has rows (``[0, C]``: none).
     """
-    f = njit(fastmath=_FASTMATH)(profile)
-    f_prime = njit(fastmath=_FASTMATH)(derivative)
+    if single:
+        profile, derivative = _in_float32(profile), _in_float32(derivative)
+    compile_profile = njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
+    f, f_prime = compile_profile(profile), compile_profile(derivative)
 
-    @njit(nogil=True, fastmath=_FASTMATH)
+    @njit(nogil=True, fastmath=_FASTMATH, error_model="numpy")
     def loop(rows: Any, columns_t: Any, scale: Any, out: Any, derivative_out: Any) -> None:
         with_derivative = derivative_out.shape[0] > 0
+        distances(rows, columns_t, scale, out)
         for i in range(rows.shape[0]):
             row = out[i]
-            _squared_distances(rows, columns_t, i, row)
             if with_derivative:
                 d_row = derivative_out[i]
                 for j in range(row.shape[0]):
-                    u = row[j] * scale
+                    u = row[j]
                     value = f(u)
                     row[j] = value
                     d_row[j] = f_prime(u, value)
             else:
                 for j in range(row.shape[0]):
-                    row[j] = f(row[j] * scale)
+                    row[j] = f(row[j])
 
     return loop

@@ -660,7 +660,7 @@ def _fused_forward(
     scalar = target.dtype.type
     gaussian = _is_gaussian(kernel)
     need_fp = not gaussian and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
-    scalar_loop = None if gaussian else _scalar_profile_loop(kernel)
+    scalar_loop = None if gaussian else _scalar_profile_loop(kernel, target.dtype)
     if gaussian:
         k = x.new_empty(M, N)
         loops.gaussian(target_copy, source_t, scalar(-inv_s2), k.numpy())
@@ -696,19 +696,25 @@ def _fused_forward(
     ctx.charges = None if charge is None else (charge.dtype, charge.shape)
     ctx.dtypes = (target_pos.dtype, source_pos.dtype)
     ctx.fused_state = (target_copy, source_t, inv_s2, gaussian)
+    ctx.dimensions = target.shape[1]
     return y
 
 
-def _scalar_profile_loop(kernel: RadialKernel) -> Any:
+def _scalar_profile_loop(kernel: RadialKernel, dtype: np.dtype) -> Any:
     """The fused forward loop of a kernel that gives ``scalar_profile`` (None: it does not),
     compiled once a process; a profile Numba cannot compile is one error naming the kernel."""
     cls = type(kernel)
     if cls.scalar_profile is None or cls.scalar_profile_derivative is None:
         return None
     try:
-        loop = numba_cpu.loops().profile_loop(cls.scalar_profile, cls.scalar_profile_derivative)
-        one = np.zeros((1, 1), dtype=np.float32)
-        loop(one, one, np.float32(1.0), one.copy(), one.copy())  # compiles (float32) now
+        single = dtype == np.float32
+        loop = numba_cpu.loops().profile_loop(
+            cls.scalar_profile, cls.scalar_profile_derivative, single
+        )
+        three = np.zeros((1, 3), dtype=dtype)  # compiles now, for this dtype
+        loop(
+            three, three.T.copy(), dtype.type(1.0), np.zeros((1, 1), dtype), np.zeros((1, 1), dtype)
+        )
     except Exception as exc:
         # Numba's message: the pipeline's step, then the cause, wrapped in terminal colours
         lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
@@ -747,6 +753,9 @@ def _fused_backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
             grad_rh.numpy(),
             grad_rj.numpy(),
         )
+        D = ctx.dimensions
+        if grad_rh.shape[1] != D:  # (positions padded to three coordinates)
+            grad_rh, grad_rj = grad_rh[:, :D].contiguous(), grad_rj[:, :D].contiguous()
         grad_rh = _as(grad_rh, ctx.dtypes[0]) if need_rh else None
         grad_rj = _as(grad_rj, ctx.dtypes[1]) if need_rj else None
     return grad_x, grad_rh, grad_rj, grad_q, None, None, None
