@@ -674,3 +674,21 @@ def test_a_scalar_profile_numba_cannot_compile_is_one_error_naming_the_kernel() 
         "functions, or leave both out"
     )
     assert "\n" not in message
+
+
+def test_a_zero_charge_keeps_the_gaussian_s_charge_gradient(lean_form: str) -> None:
+    """The fused Gaussian folds the charges into ``W = q ⊙ k`` and reads ``∂L/∂q`` from
+    ``W``; a charge of exactly 0 (a pruned neuron) leaves nothing of ``k`` in ``W``, so such
+    a call keeps the charges apart: every gradient is still the reference path's."""
+    kernel, inputs = make(GaussianKernel, 1, shape=(4, 9, 6, 3), dtype=torch.float32)
+    with torch.no_grad():
+        inputs["charge"][2] = 0.0
+    leaves = [v for v in inputs.values() if v is not None]
+    got = call(kernel_matmul_matmul, kernel, inputs)
+    want = call(kernel_matmul_reference, kernel, inputs)
+    gy = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    got_grads = torch.autograd.grad(got, leaves, gy)
+    want_grads = torch.autograd.grad(want, leaves, gy)
+    assert float(want_grads[3][2].abs()) > 0  # the zero charge's own gradient is not 0
+    for a, b in zip([got, *got_grads], [want, *want_grads], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.detach().abs().max()))

@@ -312,20 +312,23 @@ def distances(rows: Any, columns_t: Any, scale: Any, out: Any) -> None:
 
 
 @_jit
-def gaussian(rows: Any, columns_t: Any, minus_scale: Any, out: Any) -> None:
-    """``out[i, j] = exp(minus_scale · |r_i − r_j|²)``, exactly 0 below ``2·tiny``."""
+def gaussian(rows: Any, columns_t: Any, minus_scale: Any, charges: Any, out: Any) -> None:
+    """``out[i, j] = q_i·exp(minus_scale · |r_i − r_j|²)``, the exponential exactly 0 below
+    ``2·tiny``; ``charges`` ``[R]``, or ``[0]``: none (``q = 1``)."""
     c0, c1, c2 = columns_t[0], columns_t[1], columns_t[2]
+    one = out.dtype.type(1)
     for i in range(rows.shape[0]):
         row = out[i]
+        q = charges[i] if charges.shape[0] > 0 else one
         if columns_t.shape[0] == PADDED_DIMENSIONS:
             r0, r1, r2 = rows[i, 0], rows[i, 1], rows[i, 2]
             for j in range(row.shape[0]):
                 a, b, c = c0[j] - r0, c1[j] - r1, c2[j] - r2
-                row[j] = _exp((a * a + b * b + c * c) * minus_scale)
+                row[j] = q * _exp((a * a + b * b + c * c) * minus_scale)
         else:
             _squared_distances(rows, columns_t, i, row)
             for j in range(row.shape[0]):
-                row[j] = _exp(row[j] * minus_scale)
+                row[j] = q * _exp(row[j] * minus_scale)
 
 
 @_jit
@@ -337,11 +340,13 @@ def backward(
     c: Any,
     grad_rows: Any,
     grad_columns: Any,
+    row_sums: Any,
 ) -> None:
     """Both position gradients from one read of ``w = grad_weight ⊙ derivative``:
     ``grad_rows[i] = c·(r_i Σ_j w_ij − Σ_j w_ij r_j)`` and
     ``grad_columns[j] = c·(r_j Σ_i w_ij − Σ_i w_ij r_i)``, the columns' sums gathered a row
-    at a time (``sums [P+1, C]``: ``Σ_i w_ij r_id`` for each ``d``, then ``Σ_i w_ij``)."""
+    at a time (``sums [P+1, C]``: ``Σ_i w_ij r_id`` for each ``d``, then ``Σ_i w_ij``); and
+    ``row_sums[i] = Σ_j w_ij`` where it has rows (``[0]``: not wanted)."""
     P, C = columns_t.shape
     sums = np.zeros((P + 1, C), dtype=derivative.dtype)
     w = np.empty(C, dtype=derivative.dtype)
@@ -368,6 +373,8 @@ def backward(
             grad_rows[i, 0] = c * (r0 * row_sum - dot0)
             grad_rows[i, 1] = c * (r1 * row_sum - dot1)
             grad_rows[i, 2] = c * (r2 * row_sum - dot2)
+            if row_sums.shape[0] > 0:
+                row_sums[i] = row_sum
             continue
         row_sum = zero
         for j in range(C):
@@ -384,6 +391,8 @@ def backward(
                 dot += w[j] * cd[j]
                 acc[j] += w[j] * rd
             grad_rows[i, d] = c * (rd * row_sum - dot)
+        if row_sums.shape[0] > 0:
+            row_sums[i] = row_sum
     for j in range(C):
         for d in range(P):
             grad_columns[j, d] = c * (columns_t[d, j] * total[j] - sums[d, j])

@@ -661,10 +661,23 @@ def _fused_forward(
     gaussian = _is_gaussian(kernel)
     need_fp = not gaussian and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
     scalar_loop = None if gaussian else _scalar_profile_loop(kernel, target.dtype)
+    q = charge if charge is None or charge.ndim == 1 else charge.reshape(-1)
+    q = None if q is None else _as(q, x.dtype).detach()
+    # the Gaussian's loop makes W = q ⊙ k itself (no pass over y for the charges either
+    # way), unless a charge is 0: then W keeps nothing of k, which ∂L/∂q needs
+    folded = gaussian and q is not None and bool(q.numpy().all())
     if gaussian:
         k = x.new_empty(M, N)
-        loops.gaussian(target_copy, source_t, scalar(-inv_s2), k.numpy())
+        charges = q.numpy() if folded else target_copy[:0, 0]
+        loops.gaussian(target_copy, source_t, scalar(-inv_s2), charges, k.numpy())
         fp = None
+        if folded:  # y = x Wᵀ, nn.Linear's forward
+            ctx.save_for_backward(x, q, k, None, None)
+            ctx.charges = (charge.dtype, charge.shape)
+            ctx.dtypes = (target_pos.dtype, source_pos.dtype)
+            ctx.fused_state = (target_copy, source_t, inv_s2, True, True)
+            ctx.dimensions = target.shape[1]
+            return torch.mm(x, k.T)
     elif scalar_loop is not None:  # the kernel's own profile, compiled into the loop
         k = x.new_empty(M, N)
         fp = x.new_empty(M if need_fp else 0, N)
@@ -689,13 +702,11 @@ def _fused_forward(
                 fp[s:e] = fp_block
     y0 = torch.mm(x, k.T)
     keep_y0 = charge is not None and ctx.needs_input_grad[3]
-    q = charge if charge is None or charge.ndim == 1 else charge.reshape(-1)
-    q = None if q is None else _as(q, x.dtype)
     y = y0 if q is None else y0 * q
     ctx.save_for_backward(x, q, k, fp, y0 if keep_y0 else None)
     ctx.charges = None if charge is None else (charge.dtype, charge.shape)
     ctx.dtypes = (target_pos.dtype, source_pos.dtype)
-    ctx.fused_state = (target_copy, source_t, inv_s2, gaussian)
+    ctx.fused_state = (target_copy, source_t, inv_s2, gaussian, False)
     ctx.dimensions = target.shape[1]
     return y
 
@@ -730,20 +741,25 @@ def _scalar_profile_loop(kernel: RadialKernel, dtype: np.dtype) -> Any:
 
 def _fused_backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
     """The backward of :func:`_fused_forward`: the products ``nn.Linear`` does, then both
-    position gradients from one fused read of the weight gradient ``G = gyᵀ x`` and ``f'``."""
+    position gradients from one fused read of the weight gradient ``G = gyᵀ x`` and ``f'``.
+
+    Where the forward folded the charges into ``W = q ⊙ k`` (the Gaussian), ``G`` is the
+    gradient of ``W`` itself: the position gradients read ``G ⊙ W`` (``∂L/∂u = −q·G·k``),
+    and ``∂L/∂q_h = Σ_j G_hj k_hj`` is the same loop's row sum over ``q_h``."""
     x, q, k, fp, y0 = ctx.saved_tensors
     need_x, need_rh, need_rj, need_q = ctx.needs_input_grad[:4]
-    grad_q = _charge_grad(ctx, grad_y, y0) if need_q else None
-    gy = grad_y if q is None else grad_y * _as(q, grad_y.dtype)
+    target, source_t, inv_s2, gaussian, folded = ctx.fused_state
+    grad_q = _charge_grad(ctx, grad_y, y0) if need_q and not folded else None
+    gy = grad_y if q is None or folded else grad_y * _as(q, grad_y.dtype)
     grad_x = torch.mm(gy, k) if need_x else None
     grad_rh = grad_rj = None
-    if need_rh or need_rj:
-        target, source_t, inv_s2, gaussian = ctx.fused_state
+    if need_rh or need_rj or (need_q and folded):
         G = torch.mm(gy.T, x)
         derivative = k if gaussian else fp  # the Gaussian's f' = −f
         c = (-2.0 if gaussian else 2.0) * inv_s2
         grad_rh = G.new_empty(target.shape)
         grad_rj = G.new_empty(source_t.shape[::-1])
+        row_sums = G.new_empty(target.shape[0] if need_q and folded else 0)
         numba_cpu.loops().backward(
             target,
             source_t,
@@ -752,7 +768,12 @@ def _fused_backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
             target.dtype.type(c),
             grad_rh.numpy(),
             grad_rj.numpy(),
+            row_sums.numpy(),
         )
+        if need_q and folded:
+            dtype, shape = ctx.charges
+            grad_q = _as(row_sums.div_(q), dtype)
+            grad_q = grad_q if grad_q.shape == shape else grad_q.reshape(shape)
         D = ctx.dimensions
         if grad_rh.shape[1] != D:  # (positions padded to three coordinates)
             grad_rh, grad_rj = grad_rh[:, :D].contiguous(), grad_rj[:, :D].contiguous()
