@@ -28,6 +28,14 @@ Every ``[M, N]`` array is held source-major, as its transpose ``[N, M]`` (``kᵀ
 (``[D+2, N]ᵀ``-shaped): this is the layout in which both ``y = x kᵀ`` and the thin products
 run at full speed on CPU BLAS (measured 3–4× faster for the thin ones at 256 × 784).
 
+On CPU the common layer (one channel, no cutoff, no modulation, a fixed width) takes
+:mod:`~particlesim.kernels.numba_cpu`'s compiled loops instead of the tensor operations
+around its products (:class:`_LeanRadialMatmul`, :data:`FUSED_CPU`): one loop makes the
+kernel from coordinate differences (with the Gaussian's charges folded in, ``W = q ⊙ k``)
+and one makes both position gradients, and the kernel is held ``[M, N]`` as ``nn.Linear``
+holds its weight, so the three products are ``nn.Linear``'s own. Under the memory
+preflight's fake tensors, or without Numba, the tensor-operation form runs.
+
 Memory: up to :data:`SAVED_MAX_ELEMENTS` kernel entries the forward keeps the kernel (and
 ``r²``, or for the common one-channel layer the profile's derivative, where the backward
 needs it) for the backward, like a dense layer keeps its weight; the common layer makes
@@ -525,6 +533,10 @@ class _LeanRadialMatmul(torch.autograd.Function):
       derivative run on row blocks that stay in the core's cache, each written once into
       the kept kernel and derivative; the backward then scales the weight gradient by the
       kept derivative in one pass (the Gaussian's is the kernel itself, ``f' = −f``).
+
+    On CPU with Numba (:func:`_fused_cpu`) both directions run :mod:`numba_cpu`'s loops
+    instead (:func:`_fused_forward`, :func:`_fused_backward`); the tensor-operation form
+    above is then what runs under fake tensors, on other devices and without Numba.
 
     Inputs: ``x, target_pos, source_pos, charge, kernel, inv_s2, where``.
     """
