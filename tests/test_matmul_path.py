@@ -692,3 +692,25 @@ def test_a_zero_charge_keeps_the_gaussian_s_charge_gradient(lean_form: str) -> N
     assert float(want_grads[3][2].abs()) > 0  # the zero charge's own gradient is not 0
     for a, b in zip([got, *got_grads], [want, *want_grads], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.detach().abs().max()))
+
+
+@pytest.mark.parametrize("D", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("family", [GaussianKernel, StudentTScalarKernel, StudentTFromValueKernel])
+def test_the_fused_loops_take_any_dimension(
+    lean_form: str, D: int, family: type[RadialKernel]
+) -> None:
+    """Up to three coordinates the loops take them in one pass (padded with zeros), above in
+    passes of four (padded to a multiple of four): output and every gradient are the
+    reference path's, and the position gradients keep the positions' shape."""
+    kernel, inputs = make(family, 1, shape=(3, 11, 7, D), dtype=torch.float32)
+    leaves = [v for v in inputs.values() if v is not None]
+    gy = torch.randn(3, 7, generator=torch.Generator().manual_seed(2))
+    got = call(kernel_matmul_matmul, kernel, inputs)
+    want = call(kernel_matmul_reference, kernel, inputs)
+    for a, b in zip(
+        [got, *torch.autograd.grad(got, leaves, gy)],
+        [want, *torch.autograd.grad(want, leaves, gy)],
+        strict=True,
+    ):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.detach().abs().max()))

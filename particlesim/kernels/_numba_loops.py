@@ -251,19 +251,24 @@ def _in_float32(function: Any) -> Any:
 _jit = functools.partial(njit, nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
 
 
-#: Coordinates the loops take in one pass over the pairs: positions of fewer dimensions are
-#: padded with zeros to this many (a zero adds nothing to a distance or a gradient); more
-#: take one pass per dimension.
+#: Coordinates the loops take in one pass over the pairs: positions of up to this many
+#: dimensions are padded with zeros to it (a zero adds nothing to a distance or a gradient).
 PADDED_DIMENSIONS = 3
+
+#: Above :data:`PADDED_DIMENSIONS`, coordinates are taken this many per pass (padded with
+#: zeros to a multiple of it): D = 8 in two passes instead of eight.
+COORDINATES_PER_PASS = 4
 
 
 @njit(nogil=True, cache=True)  # no fast-math: it may assume every number finite
 def prepare(rows: Any, columns: Any) -> Any:
-    """``(rows [R, P], columns transposed [P, C], whether all are finite)``, ``P =
-    max(D, 3)`` (zeros after ``D``): private copies for the backward (a later in-place change
-    of a parameter cannot reach them) in the layouts the loops read."""
+    """``(rows [R, P], columns transposed [P, C], whether all are finite)``, ``P`` = 3 up to
+    D = 3, else ``D`` rounded up to a multiple of 4 (zeros after ``D``): private copies for
+    the backward (a later in-place change of a parameter cannot reach them) in the layouts
+    the loops read."""
     D = rows.shape[1]
-    P = max(D, PADDED_DIMENSIONS)
+    step = COORDINATES_PER_PASS
+    P = PADDED_DIMENSIONS if D <= PADDED_DIMENSIONS else -(-D // step) * step
     finite = True
     rows_copy = np.zeros((rows.shape[0], P), dtype=rows.dtype)
     for i in range(rows.shape[0]):
@@ -282,15 +287,16 @@ def prepare(rows: Any, columns: Any) -> Any:
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
 def _squared_distances(rows: Any, columns_t: Any, i: int, out_row: Any) -> None:
-    """``out_row[j] = |r_i − r_j|²``, one pass over the columns per coordinate (more than
-    :data:`PADDED_DIMENSIONS`; the loops take three in one pass of their own)."""
-    out_row[:] = 0
-    for d in range(columns_t.shape[0]):
-        rd = rows[i, d]
-        cd = columns_t[d]
+    """``out_row[j] = |r_i − r_j|²`` for positions padded to a multiple of
+    :data:`COORDINATES_PER_PASS` coordinates, four per pass over the columns."""
+    for d in range(0, columns_t.shape[0], COORDINATES_PER_PASS):
+        c0, c1, c2, c3 = columns_t[d], columns_t[d + 1], columns_t[d + 2], columns_t[d + 3]
+        r0, r1, r2, r3 = rows[i, d], rows[i, d + 1], rows[i, d + 2], rows[i, d + 3]
+        first = d == 0
         for j in range(out_row.shape[0]):
-            diff = cd[j] - rd
-            out_row[j] += diff * diff
+            a, b, c, e = c0[j] - r0, c1[j] - r1, c2[j] - r2, c3[j] - r3
+            part = a * a + b * b + c * c + e * e
+            out_row[j] = part if first else out_row[j] + part
 
 
 @_jit
@@ -387,15 +393,25 @@ def backward(
             w[j] = wj
             row_sum += wj
             total[j] += wj
-        for d in range(P):
-            rd = rows[i, d]
-            cd = columns_t[d]
-            acc = sums[d]
-            dot = zero
+        for d in range(0, P, COORDINATES_PER_PASS):  # four coordinates a pass
+            a0, a1, a2, a3 = columns_t[d], columns_t[d + 1], columns_t[d + 2], columns_t[d + 3]
+            r0, r1, r2, r3 = rows[i, d], rows[i, d + 1], rows[i, d + 2], rows[i, d + 3]
+            t0, t1, t2, t3 = sums[d], sums[d + 1], sums[d + 2], sums[d + 3]
+            dot0 = dot1 = dot2 = dot3 = zero
             for j in range(C):
-                dot += w[j] * cd[j]
-                acc[j] += w[j] * rd
-            grad_rows[i, d] = c * (rd * row_sum - dot)
+                wj = w[j]
+                dot0 += wj * a0[j]
+                dot1 += wj * a1[j]
+                dot2 += wj * a2[j]
+                dot3 += wj * a3[j]
+                t0[j] += wj * r0
+                t1[j] += wj * r1
+                t2[j] += wj * r2
+                t3[j] += wj * r3
+            grad_rows[i, d] = c * (r0 * row_sum - dot0)
+            grad_rows[i, d + 1] = c * (r1 * row_sum - dot1)
+            grad_rows[i, d + 2] = c * (r2 * row_sum - dot2)
+            grad_rows[i, d + 3] = c * (r3 * row_sum - dot3)
         if row_sums.shape[0] > 0:
             row_sums[i] = row_sum
     for j in range(C):
