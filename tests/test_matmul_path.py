@@ -694,14 +694,16 @@ def test_a_zero_charge_keeps_the_gaussian_s_charge_gradient(lean_form: str) -> N
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.detach().abs().max()))
 
 
-@pytest.mark.parametrize("D", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("D", [1, 2, 3, 4, 5, 8, 12])
 @pytest.mark.parametrize("family", [GaussianKernel, StudentTScalarKernel, StudentTFromValueKernel])
 def test_the_fused_loops_take_any_dimension(
-    lean_form: str, D: int, family: type[RadialKernel]
+    monkeypatch: pytest.MonkeyPatch, lean_form: str, D: int, family: type[RadialKernel]
 ) -> None:
     """Up to three coordinates the loops take them in one pass (padded with zeros), above in
     passes of four (padded to a multiple of four): output and every gradient are the
-    reference path's, and the position gradients keep the positions' shape."""
+    reference path's, and the position gradients keep the positions' shape. (Above
+    ``FUSED_MAX_DIMENSIONS`` a layer takes the tensor form; here the loops are made to run.)"""
+    monkeypatch.setattr(matmul_path, "FUSED_MAX_DIMENSIONS", 12)
     kernel, inputs = make(family, 1, shape=(3, 11, 7, D), dtype=torch.float32)
     leaves = [v for v in inputs.values() if v is not None]
     gy = torch.randn(3, 7, generator=torch.Generator().manual_seed(2))
@@ -714,3 +716,18 @@ def test_the_fused_loops_take_any_dimension(
     ):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.detach().abs().max()))
+
+
+def test_above_fused_max_dimensions_the_layer_takes_the_tensor_form(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Up to ``FUSED_MAX_DIMENSIONS`` the fused loops run; above, the tensor form."""
+    from particlesim.kernels import numba_cpu
+
+    calls: list[int] = []
+    loop = numba_cpu.loops().gaussian
+    monkeypatch.setattr(numba_cpu.loops(), "gaussian", lambda *a: (calls.append(1), loop(*a))[1])
+    for D in (matmul_path.FUSED_MAX_DIMENSIONS, matmul_path.FUSED_MAX_DIMENSIONS + 1):
+        kernel, inputs = make(GaussianKernel, 1, shape=(2, 5, 4, D), dtype=torch.float32)
+        call(kernel_matmul_matmul, kernel, inputs)
+    assert calls == [1]
