@@ -225,16 +225,30 @@ def test_agrees_with_the_reference_path_in_float32_on_random_layers(blocks: str)
         if kernel.log_width.requires_grad:
             leaves.append(kernel.log_width)
         gy = torch.randn(shape[0], shape[2], generator=torch.Generator().manual_seed(trial))
-        got = call(kernel_matmul_matmul, kernel, inputs)
-        want = call(kernel_matmul_reference, kernel, inputs)
-        for a, b in zip(
-            [got, *torch.autograd.grad(got, leaves, gy)],
-            [want, *torch.autograd.grad(want, leaves, gy)],
-            strict=True,
-        ):
-            scale = b.abs().max().clamp_min(1e-30)
-            tolerance = 1e-4 if family is ExponentialKernel else 1e-5
-            assert ((a - b).abs().max() / scale) <= tolerance, (trial, family.name, shape)
+        tolerance = 1e-4 if family is ExponentialKernel else 1e-5
+        assert_matches_reference(kernel, inputs, leaves, gy, tolerance, (trial, family, shape))
+
+
+def assert_matches_reference(
+    kernel: RadialKernel,
+    inputs: dict[str, Tensor | None],
+    leaves: list[Tensor],
+    gy: Tensor,
+    tolerance: float = 1e-5,
+    label: object = None,
+) -> None:
+    """The matmul path's output and its gradients for ``leaves`` (from ``gy``) against the
+    reference path's, within ``tolerance`` relative to each tensor's largest entry."""
+    got = call(kernel_matmul_matmul, kernel, inputs)
+    want = call(kernel_matmul_reference, kernel, inputs)
+    for a, b in zip(
+        [got, *torch.autograd.grad(got, leaves, gy)],
+        [want, *torch.autograd.grad(want, leaves, gy)],
+        strict=True,
+    ):
+        assert a.shape == b.shape, label
+        scale = b.detach().abs().max().clamp_min(1e-30)
+        assert ((a.detach() - b.detach()).abs().max() / scale) <= tolerance, label
 
 
 def test_a_translation_by_100_changes_nothing_beyond_float32_rounding() -> None:
@@ -684,14 +698,11 @@ def test_a_zero_charge_keeps_the_gaussian_s_charge_gradient(lean_form: str) -> N
     with torch.no_grad():
         inputs["charge"][2] = 0.0
     leaves = [v for v in inputs.values() if v is not None]
-    got = call(kernel_matmul_matmul, kernel, inputs)
     want = call(kernel_matmul_reference, kernel, inputs)
     gy = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
-    got_grads = torch.autograd.grad(got, leaves, gy)
     want_grads = torch.autograd.grad(want, leaves, gy)
     assert float(want_grads[3][2].abs()) > 0  # the zero charge's own gradient is not 0
-    for a, b in zip([got, *got_grads], [want, *want_grads], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.detach().abs().max()))
+    assert_matches_reference(kernel, inputs, leaves, gy)
 
 
 @pytest.mark.parametrize("D", [1, 2, 3, 4, 5, 8, 12])
@@ -707,15 +718,7 @@ def test_the_fused_loops_take_any_dimension(
     kernel, inputs = make(family, 1, shape=(3, 11, 7, D), dtype=torch.float32)
     leaves = [v for v in inputs.values() if v is not None]
     gy = torch.randn(3, 7, generator=torch.Generator().manual_seed(2))
-    got = call(kernel_matmul_matmul, kernel, inputs)
-    want = call(kernel_matmul_reference, kernel, inputs)
-    for a, b in zip(
-        [got, *torch.autograd.grad(got, leaves, gy)],
-        [want, *torch.autograd.grad(want, leaves, gy)],
-        strict=True,
-    ):
-        assert a.shape == b.shape
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.detach().abs().max()))
+    assert_matches_reference(kernel, inputs, leaves, gy)
 
 
 def test_above_fused_max_dimensions_the_layer_takes_the_tensor_form(

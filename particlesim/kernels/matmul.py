@@ -559,7 +559,7 @@ class _LeanRadialMatmul(torch.autograd.Function):
     ) -> Tensor:
         ctx.fused = _fused_cpu(x, target_pos.shape[1])
         if ctx.fused:
-            return _fused_forward(ctx, x, target_pos, source_pos, charge, kernel, inv_s2, where)
+            return _fused_forward(ctx, (x, target_pos, source_pos, charge, kernel, inv_s2, where))
         M = target_pos.shape[0]
         # (no detach: an autograd function's forward records no graph)
         points = _as(torch.cat([target_pos, source_pos]), x.dtype)
@@ -652,23 +652,16 @@ def _fused_cpu(x: Tensor, dimensions: int) -> bool:
     )
 
 
-def _fused_forward(
-    ctx: Any,
-    x: Tensor,
-    target_pos: Tensor,
-    source_pos: Tensor,
-    charge: Tensor | None,
-    kernel: RadialKernel,
-    inv_s2: float,
-    where: str,
-) -> Tensor:
-    """:class:`_LeanRadialMatmul`'s forward in :mod:`~particlesim.kernels.numba_cpu`'s loops.
+def _fused_forward(ctx: Any, inputs: tuple[Any, ...]) -> Tensor:
+    """:class:`_LeanRadialMatmul`'s forward (its ``inputs``) in
+    :mod:`~particlesim.kernels.numba_cpu`'s loops.
 
     The kernel is held as ``nn.Linear`` holds its weight, ``[M, N]``, so the three products
     are the ones ``nn.Linear`` does, in its layouts (``x kᵀ``, ``gy k``, ``gyᵀ x``: 3.5 ms
     less than the source-major ones at 512 × 2048 × 2048). The Gaussian is one loop over the
     pairs. Another profile is applied, as its kernel wrote it, to cache-sized row blocks of
     ``u``, each written once into the kept kernel and derivative."""
+    x, target_pos, source_pos, charge, kernel, inv_s2, where = inputs
     loops = numba_cpu.loops()
     target = _as(target_pos, x.dtype).detach().numpy()
     source = _as(source_pos, x.dtype).detach().numpy()
