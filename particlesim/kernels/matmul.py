@@ -729,6 +729,9 @@ def _scalar_profile_loop(kernel: RadialKernel, dtype: np.dtype) -> Any:
     cls = type(kernel)
     if cls.scalar_profile is None or cls.scalar_profile_derivative is None:
         return None
+    key = (cls.scalar_profile, cls.scalar_profile_derivative, dtype)
+    if key in _COMPILED_PROFILES:
+        return _COMPILED_PROFILES[key]
     try:
         single = dtype == np.float32
         loop = numba_cpu.loops().profile_loop(
@@ -748,7 +751,12 @@ def _scalar_profile_loop(kernel: RadialKernel, dtype: np.dtype) -> Any:
             f"scalar_profile_derivative ({first}); write them with + − × ÷, comparisons and "
             "particlesim.kernels.scalar_math's functions, or leave both out"
         ) from None
+    _COMPILED_PROFILES[key] = loop
     return loop
+
+
+#: :func:`_scalar_profile_loop`'s loops, compiled and tried, per profile and dtype.
+_COMPILED_PROFILES: dict[tuple[Any, Any, np.dtype], Any] = {}
 
 
 def _fused_backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
