@@ -182,7 +182,7 @@ class RadialKernel(Kernel):
     #: functions of :mod:`particlesim.kernels.scalar_math`. The CPU matmul path compiles it
     #: with Numba into its fused loops for the common layer, where the kernel then costs what
     #: the built-in Gaussian does instead of a tensor operation per step of the profile (a
-    #: Student-t: 1.26× instead of 1.48× ``nn.Linear`` at 512 × 2048 × 2048, 2 threads).
+    #: Student-t: 1.26× instead of 1.52× ``nn.Linear`` at 512 × 2048 × 2048, 2 threads).
     #: Must agree with :meth:`profile` (checked when plugins load). Give both or neither.
     scalar_profile: Callable[[float], float] | None = None
 
