@@ -734,3 +734,25 @@ def test_above_fused_max_dimensions_the_layer_takes_the_tensor_form(
         kernel, inputs = make(GaussianKernel, 1, shape=(2, 5, 4, D), dtype=torch.float32)
         call(kernel_matmul_matmul, kernel, inputs)
     assert calls == [1]
+
+
+def test_loops_that_cannot_load_are_one_warning_and_the_tensor_form(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Numba installed but the loops' module failing to load (a cache folder that cannot be
+    written, say) turns the loops off with one warning naming why; the layer still runs."""
+    from particlesim.kernels import numba_cpu
+
+    def broken() -> None:
+        raise RuntimeError("cannot cache function 'prepare': no locator available")
+
+    monkeypatch.setattr(numba_cpu, "loops", broken)
+    numba_cpu.available.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match=r"fused CPU loops are off \(RuntimeError: can"):
+            assert not numba_cpu.available()
+        kernel, inputs = make(GaussianKernel, 1, shape=(2, 5, 4, 3), dtype=torch.float32)
+        out = call(kernel_matmul_matmul, kernel, inputs)
+        assert type(out.grad_fn).__name__ == "_LeanRadialMatmulBackward"
+    finally:
+        numba_cpu.available.cache_clear()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import warnings
 from types import ModuleType
 
 __all__ = ["available", "loops"]
@@ -38,16 +39,28 @@ __all__ = ["available", "loops"]
 
 @functools.cache
 def available() -> bool:
-    """Whether Numba is importable (the loops compile lazily, at first use)."""
+    """Whether the fused loops can run: Numba imports and the loops' module loads (it is
+    imported here, at the first layer call: importing Numba takes ~0.3 s, which a process
+    without a particle layer never pays). Where Numba is installed but the loops cannot load
+    (e.g. no writable folder for their cache), one warning says so and why."""
     try:
         import numba  # noqa: F401
     except Exception:  # not installed, or built against another NumPy
+        return False
+    try:
+        loops()
+    except Exception as exc:
+        warnings.warn(
+            f"particlesim: the fused CPU loops are off ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())}); the particle layer runs its tensor operations",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return False
     return True
 
 
 @functools.cache
 def loops() -> ModuleType:
-    """The compiled loops (:mod:`particlesim.kernels._numba_loops`), imported at first use:
-    importing Numba takes ~0.3 s, which a process without a particle layer never pays."""
+    """The compiled loops (:mod:`particlesim.kernels._numba_loops`)."""
     return importlib.import_module("particlesim.kernels._numba_loops")
