@@ -659,8 +659,9 @@ def _fused_forward(ctx: Any, inputs: tuple[Any, ...]) -> Tensor:
     The kernel is held as ``nn.Linear`` holds its weight, ``[M, N]``, so the three products
     are the ones ``nn.Linear`` does, in its layouts (``x kᵀ``, ``gy k``, ``gyᵀ x``: 3.5 ms
     less than the source-major ones at 512 × 2048 × 2048). The Gaussian is one loop over the
-    pairs. Another profile is applied, as its kernel wrote it, to cache-sized row blocks of
-    ``u``, each written once into the kept kernel and derivative."""
+    pairs, and so is a kernel that gives ``scalar_profile``. Another profile is applied, as
+    its kernel wrote it, to cache-sized row blocks of ``u``, each written once into the kept
+    kernel and derivative."""
     x, target_pos, source_pos, charge, kernel, inv_s2, where = inputs
     loops = numba_cpu.loops()
     target = _as(target_pos, x.dtype).detach().numpy()
@@ -683,13 +684,6 @@ def _fused_forward(ctx: Any, inputs: tuple[Any, ...]) -> Tensor:
         charges = q.numpy() if folded else target_copy[:0, 0]
         loops.gaussian(target_copy, source_t, scalar(-inv_s2), charges, k.numpy())
         fp = None
-        if folded:  # y = x Wᵀ, nn.Linear's forward
-            ctx.save_for_backward(x, q, k, None, None)
-            ctx.charges = (charge.dtype, charge.shape)
-            ctx.dtypes = (target_pos.dtype, source_pos.dtype)
-            ctx.fused_state = (target_copy, source_t, inv_s2, True, True)
-            ctx.dimensions = target.shape[1]
-            return torch.mm(x, k.T)
     elif scalar_loop is not None:  # the kernel's own profile, compiled into the loop
         k = x.new_empty(M, N)
         fp = x.new_empty(M if need_fp else 0, N)
@@ -712,13 +706,13 @@ def _fused_forward(ctx: Any, inputs: tuple[Any, ...]) -> Tensor:
             k[s:e] = k_block
             if fp is not None:
                 fp[s:e] = fp_block
-    y0 = torch.mm(x, k.T)
-    keep_y0 = charge is not None and ctx.needs_input_grad[3]
-    y = y0 if q is None else y0 * q
+    y0 = torch.mm(x, k.T)  # folded: y = x Wᵀ, nn.Linear's forward
+    keep_y0 = charge is not None and ctx.needs_input_grad[3] and not folded
+    y = y0 if q is None or folded else y0 * q
     ctx.save_for_backward(x, q, k, fp, y0 if keep_y0 else None)
     ctx.charges = None if charge is None else (charge.dtype, charge.shape)
     ctx.dtypes = (target_pos.dtype, source_pos.dtype)
-    ctx.fused_state = (target_copy, source_t, inv_s2, gaussian, False)
+    ctx.fused_state = (target_copy, source_t, inv_s2, gaussian, folded)
     ctx.dimensions = target.shape[1]
     return y
 
@@ -795,7 +789,7 @@ def _fused_backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
             grad_q = _as(row_sums.div_(q), dtype)
             grad_q = grad_q if grad_q.shape == shape else grad_q.reshape(shape)
         D = ctx.dimensions
-        if grad_rh.shape[1] != D:  # (positions padded to three coordinates)
+        if grad_rh.shape[1] != D:  # (positions padded: see numba_cpu.loops().prepare)
             grad_rh, grad_rj = grad_rh[:, :D].contiguous(), grad_rj[:, :D].contiguous()
         grad_rh = _as(grad_rh, ctx.dtypes[0]) if need_rh else None
         grad_rj = _as(grad_rj, ctx.dtypes[1]) if need_rj else None
