@@ -148,11 +148,6 @@ def _log64(x: Any) -> Any:
     return out if x > 0.0 else (-np.inf if x == 0.0 else np.nan)
 
 
-def _exp(x: Any) -> Any:
-    """``exp(x)``, exactly 0 below ``2·tiny`` (compiled only: see the overload)."""
-    raise NotImplementedError("compiled by Numba only")
-
-
 def _vectorised(function: Any, float32_form: Any, float64_form: Any) -> None:
     """Compile calls of ``function`` (one float) to the forms LLVM vectorises, in the
     argument's precision (float32 forms where the argument is float32)."""
@@ -176,8 +171,7 @@ def _single(function: Any, float32_form: Any) -> None:
         return None
 
 
-_vectorised(_exp, _exp32, _exp64)
-_vectorised(scalar_math.exp, _exp32, _exp64)
+_vectorised(scalar_math.exp, _exp32, _exp64)  # (exactly 0 below 2·tiny: the kernel's too)
 _vectorised(scalar_math.log, _log32, _log64)
 
 
@@ -334,12 +328,12 @@ def gaussian(rows: Any, columns_t: Any, minus_scale: Any, charges: Any, out: Any
             r0, r1, r2 = rows[i, 0], rows[i, 1], rows[i, 2]
             for j in range(row.shape[0]):
                 a, b, c = c0[j] - r0, c1[j] - r1, c2[j] - r2
-                value = q * _exp((a * a + b * b + c * c) * minus_scale)
+                value = q * scalar_math.exp((a * a + b * b + c * c) * minus_scale)
                 row[j] = value if abs(value) >= tiny else zero
         else:
             _squared_distances(rows, columns_t, i, row)
             for j in range(row.shape[0]):
-                value = q * _exp(row[j] * minus_scale)
+                value = q * scalar_math.exp(row[j] * minus_scale)
                 row[j] = value if abs(value) >= tiny else zero
 
 
