@@ -580,21 +580,15 @@ class _LeanRadialMatmul(torch.autograd.Function):
         source_aug = aug[:, M:].T  # [N, D+2]
         need_fp = not gaussian and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
         N = source_aug.shape[0]
-        if N * M <= CACHE_BLOCK_ELEMENTS:
-            k_t, fp_t = _lean_block(kernel, gaussian, need_fp, torch.mm(source_aug, left))
-        else:  # row blocks in cache, each written once
-            k_t = x.new_empty(N, M)
-            fp_t = x.new_empty(N, M) if need_fp else None
+        if gaussian and N * M > CACHE_BLOCK_ELEMENTS:  # in place in the kept kernel
+            k_t, fp_t = x.new_empty(N, M), None
             rows = max(1, CACHE_BLOCK_ELEMENTS // M)
             for s in range(0, N, rows):
-                e = min(N, s + rows)
-                if gaussian:  # in place in the kept kernel
-                    _gaussian_(torch.mm(source_aug[s:e], left, out=k_t[s:e]))
-                    continue
-                k, fp = _lean_block(kernel, False, need_fp, torch.mm(source_aug[s:e], left))
-                k_t[s:e] = k
-                if fp_t is not None:
-                    fp_t[s:e] = fp
+                _gaussian_(torch.mm(source_aug[s : s + rows], left, out=k_t[s : s + rows]))
+        else:
+            k_t, fp_t = _profile_in_blocks(
+                kernel, gaussian, need_fp, N, M, lambda s, e: torch.mm(source_aug[s:e], left)
+            )
         y0 = torch.mm(x, k_t)
         keep_y0 = charge is not None and ctx.needs_input_grad[3]
         q = charge if charge is None or charge.ndim == 1 else charge.reshape(-1)  # [M, 1]
@@ -690,22 +684,13 @@ def _fused_forward(ctx: Any, inputs: tuple[Any, ...]) -> Tensor:
         scalar_loop(target_copy, source_t, scalar(inv_s2), k.numpy(), fp.numpy())
         fp = fp if need_fp else None
     else:
-        rows = max(1, CACHE_BLOCK_ELEMENTS // N)
-        k = fp = None
-        for s in range(0, M, rows):
-            e = min(M, s + rows)
+
+        def distances(s: int, e: int) -> Tensor:
             u = x.new_empty(e - s, N)
             loops.distances(target_copy[s:e], source_t, scalar(inv_s2), u.numpy())
-            k_block, fp_block = _lean_block(kernel, False, need_fp, u)
-            if e - s == M:  # one block: kept as made
-                k, fp = k_block, fp_block
-                break
-            if k is None:
-                k = x.new_empty(M, N)
-                fp = x.new_empty(M, N) if need_fp else None
-            k[s:e] = k_block
-            if fp is not None:
-                fp[s:e] = fp_block
+            return u
+
+        k, fp = _profile_in_blocks(kernel, False, need_fp, M, N, distances)
     y0 = torch.mm(x, k.T)  # folded: y = x Wᵀ, nn.Linear's forward
     keep_y0 = charge is not None and ctx.needs_input_grad[3] and not folded
     y = y0 if q is None or folded else y0 * q
@@ -811,6 +796,34 @@ def _row_major(op: Any, *args: Tensor, **kwargs: float) -> Tensor:
     out = args[0].new_empty(P, D)
     op(*args, **kwargs, out=out.T)
     return out
+
+
+def _profile_in_blocks(
+    kernel: RadialKernel,
+    gaussian: bool,
+    need_fp: bool,
+    rows: int,
+    width: int,
+    u_of: Any,
+) -> tuple[Tensor, Tensor | None]:
+    """``(f(u), f'(u) or None)`` of a ``[rows, width]`` kernel whose ``u`` of rows ``s:e``
+    is ``u_of(s, e)``: made whole up to :data:`CACHE_BLOCK_ELEMENTS` entries, above in row
+    blocks that stay in the core's cache, each written once into the kept kernel and
+    derivative (:func:`_lean_block` on each)."""
+    step = max(1, CACHE_BLOCK_ELEMENTS // width)
+    if rows <= step:  # one block: kept as made
+        return _lean_block(kernel, gaussian, need_fp, u_of(0, rows))
+    k = fp = None
+    for s in range(0, rows, step):
+        e = min(rows, s + step)
+        k_block, fp_block = _lean_block(kernel, gaussian, need_fp, u_of(s, e))
+        if k is None:
+            k = k_block.new_empty(rows, width)
+            fp = None if fp_block is None else fp_block.new_empty(rows, width)
+        k[s:e] = k_block
+        if fp is not None:
+            fp[s:e] = fp_block
+    return k, fp
 
 
 def _lean_block(
