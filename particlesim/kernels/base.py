@@ -24,7 +24,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -393,6 +393,12 @@ def kernel_class_problem(factory: object) -> str | None:
     return None
 
 
+def _close(got: Any, want: Any) -> Any:
+    """Where ``got`` is within ``1e-6 + 1e-4·|want|`` of ``want``: the one tolerance of every
+    profile check (numbers or tensors alike; NaN is never close)."""
+    return abs(got - want) <= 1e-6 + 1e-4 * abs(want)
+
+
 def _scalar_problem(factory: type, u: Tensor, f: Tensor, closed: Tensor) -> str | None:
     """``scalar_profile`` and ``scalar_profile_derivative`` (both or neither, static
     methods) against ``profile`` and ``profile_derivative``, one float at a time."""
@@ -416,7 +422,7 @@ def _scalar_problem(factory: type, u: Tensor, f: Tensor, closed: Tensor) -> str 
             message = " ".join(str(exc).split())
             return f"raised {type(exc).__name__} in its scalar profile at u = {at:g}: {message}"
         for name, got, expected in ((names[0], value, want), (names[1], prime, want_prime)):
-            if not abs(got - expected) <= 1e-6 + 1e-4 * abs(expected):
+            if not _close(got, expected):
                 return (
                     f"has {name} = {got:.6g} at u = {at:g}, but its tensor form there is "
                     f"{expected:.6g} (the CPU matmul path's fused loops use {name})"
@@ -446,7 +452,7 @@ def _from_value_problem(factory: type, u: Tensor, f: Tensor, closed: Tensor) -> 
     problem = _profile_output_problem(attr, out, u)
     if problem is not None:
         return problem
-    wrong = (out.detach() - closed.detach()).abs() > 1e-6 + 1e-4 * closed.detach().abs()
+    wrong = ~_close(out.detach(), closed.detach())
     if not bool(wrong.any()):
         return None
     first = int(wrong.flatten().nonzero()[0])
@@ -506,7 +512,7 @@ def _derivative_problem(u: Tensor, f: Tensor, closed: Tensor) -> str | None:
         )
     closed = closed.detach()
     compare = (u.detach() > 0) & torch.isfinite(auto)
-    wrong = compare & ((closed - auto).abs() > 1e-6 + 1e-4 * auto.abs())
+    wrong = compare & ~_close(closed, auto)
     if not bool(wrong.any()):
         return None
     first = int(wrong.flatten().nonzero()[0])
