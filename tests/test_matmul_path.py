@@ -577,6 +577,19 @@ def test_a_call_under_fake_tensors_does_not_change_the_path_of_real_ones(
     assert type(out.grad_fn).__name__ == "_LeanRadialMatmulBackward"
 
 
+def record_loop_calls(monkeypatch: pytest.MonkeyPatch, *names: str) -> list[str]:
+    """The names of the fused loops (of ``names``) called from now on, in order."""
+    from particlesim.kernels import numba_cpu
+
+    calls: list[str] = []
+    for name in names:
+        loop = getattr(numba_cpu.loops(), name)
+        monkeypatch.setattr(
+            numba_cpu.loops(), name, lambda *a, _n=name, _f=loop: (calls.append(_n), _f(*a))[1]
+        )
+    return calls
+
+
 def test_the_common_layer_runs_the_fused_loops_on_cpu_and_tensor_operations_without_numba(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -585,12 +598,7 @@ def test_the_common_layer_runs_the_fused_loops_on_cpu_and_tensor_operations_with
     form, with the same output and gradients."""
     from particlesim.kernels import numba_cpu
 
-    calls: list[str] = []
-    for name in ("gaussian", "distances", "backward"):
-        loop = getattr(numba_cpu.loops(), name)
-        monkeypatch.setattr(
-            numba_cpu.loops(), name, lambda *a, _n=name, _f=loop: (calls.append(_n), _f(*a))[1]
-        )
+    calls = record_loop_calls(monkeypatch, "gaussian", "distances", "backward")
     results = {}
     for available in (True, False):
         monkeypatch.setattr(numba_cpu, "available", lambda _a=available: _a)
@@ -725,15 +733,11 @@ def test_above_fused_max_dimensions_the_layer_takes_the_tensor_form(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Up to ``FUSED_MAX_DIMENSIONS`` the fused loops run; above, the tensor form."""
-    from particlesim.kernels import numba_cpu
-
-    calls: list[int] = []
-    loop = numba_cpu.loops().gaussian
-    monkeypatch.setattr(numba_cpu.loops(), "gaussian", lambda *a: (calls.append(1), loop(*a))[1])
+    calls = record_loop_calls(monkeypatch, "gaussian")
     for D in (matmul_path.FUSED_MAX_DIMENSIONS, matmul_path.FUSED_MAX_DIMENSIONS + 1):
         kernel, inputs = make(GaussianKernel, 1, shape=(2, 5, 4, D), dtype=torch.float32)
         call(kernel_matmul_matmul, kernel, inputs)
-    assert calls == [1]
+    assert calls == ["gaussian"]
 
 
 def test_loops_that_cannot_load_are_one_warning_and_the_tensor_form(
