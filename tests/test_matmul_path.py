@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -356,12 +357,22 @@ def test_every_combination_matches_the_chunked_path() -> None:
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-@pytest.fixture(params=["fused loops", "tensor operations"])
-def lean_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The common layer's path in both its forms: Numba's fused loops (the default on CPU)
+@pytest.fixture(params=["fused loops", "fused loops in threads", "tensor operations"])
+def lean_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The common layer's path in both its forms: Numba's fused loops (the default on CPU),
+    in the calling thread and with their rows shared out between two threads (at any size),
     and tensor operations (without Numba, and under the memory preflight's fake tensors)."""
-    monkeypatch.setattr(matmul_path, "FUSED_CPU", request.param == "fused loops")
-    return request.param
+    from particlesim.kernels import numba_cpu
+
+    monkeypatch.setattr(matmul_path, "FUSED_CPU", request.param != "tensor operations")
+    threads = torch.get_num_threads()
+    if request.param == "fused loops in threads":
+        monkeypatch.setattr(numba_cpu, "THREADED_MIN_PAIRS", 0)
+        torch.set_num_threads(2)
+    try:
+        yield request.param
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(
@@ -662,7 +673,7 @@ def test_a_scalar_profile_replaces_the_tensor_profile_in_the_fused_loops(
     leaves = [v for v in inputs.values() if v is not None]
     got = call(kernel_matmul_matmul, kernel, inputs)
     got_grads = torch.autograd.grad(got.square().sum(), leaves)
-    assert calls == ([] if lean_form == "fused loops" else [54])
+    assert calls == ([] if lean_form != "tensor operations" else [54])
     want = call(kernel_matmul_reference, kernel, inputs)
     for a, b in zip(
         [got, *got_grads], [want, *torch.autograd.grad(want.square().sum(), leaves)], strict=True

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from particlesim.kernels import scalar_math
@@ -243,7 +243,17 @@ def _in_float32(function: Any) -> Any:
 
 # error_model="numpy": a division by 0 gives inf, as in NumPy, instead of raising as in
 # Python, whose check of every divisor keeps LLVM from vectorising the loop
-_jit = functools.partial(njit, nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
+_FLAGS = {"nogil": True, "fastmath": _FASTMATH, "error_model": "numpy"}
+_jit = functools.partial(njit, **_FLAGS, cache=True)
+# the drivers that share rows out between threads (prange over row ranges); a row range
+# itself is a separate compiled function, as vectorised as in the calling thread
+_jit_threads = functools.partial(njit, **_FLAGS, cache=True, parallel=True)
+
+
+@njit(inline="always")
+def _rows_of(chunk: int, chunks: int, rows: int) -> tuple[int, int]:
+    """The ``[start, stop)`` rows of ``chunk`` of ``chunks`` (even shares)."""
+    return chunk * rows // chunks, (chunk + 1) * rows // chunks
 
 
 #: Coordinates the loops take in one pass over the pairs: positions of up to this many
@@ -281,47 +291,63 @@ def prepare(rows: Any, columns: Any) -> Any:
 
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
-def _squared_distances(rows: Any, columns_t: Any, i: int, out_row: Any) -> None:
-    """``out_row[j] = |r_i − r_j|²`` for positions padded to a multiple of
-    :data:`COORDINATES_PER_PASS` coordinates, four per pass over the columns."""
+def _squared_distances(rows: Any, columns_t: Any, i: int, scale: Any, out_row: Any) -> None:
+    """``out_row[j] = scale·|r_i − r_j|²``: three coordinates in one pass, or (above
+    :data:`PADDED_DIMENSIONS`) four a pass over the columns, scaled in the last."""
+    if columns_t.shape[0] == PADDED_DIMENSIONS:
+        c0, c1, c2 = columns_t[0], columns_t[1], columns_t[2]
+        r0, r1, r2 = rows[i, 0], rows[i, 1], rows[i, 2]
+        for j in range(out_row.shape[0]):
+            a, b, c = c0[j] - r0, c1[j] - r1, c2[j] - r2
+            out_row[j] = (a * a + b * b + c * c) * scale
+        return
     for d in range(0, columns_t.shape[0], COORDINATES_PER_PASS):
         c0, c1, c2, c3 = columns_t[d], columns_t[d + 1], columns_t[d + 2], columns_t[d + 3]
         r0, r1, r2, r3 = rows[i, d], rows[i, d + 1], rows[i, d + 2], rows[i, d + 3]
-        first = d == 0
+        first, last = d == 0, d + COORDINATES_PER_PASS == columns_t.shape[0]
         for j in range(out_row.shape[0]):
             a, b, c, e = c0[j] - r0, c1[j] - r1, c2[j] - r2, c3[j] - r3
             part = a * a + b * b + c * c + e * e
-            out_row[j] = part if first else out_row[j] + part
+            part = part if first else out_row[j] + part
+            out_row[j] = part * scale if last else part
 
 
 @_jit
-def distances(rows: Any, columns_t: Any, scale: Any, out: Any) -> None:
+def _distance_rows(rows: Any, columns_t: Any, scale: Any, out: Any, start: int, stop: int) -> None:
+    for i in range(start, stop):
+        _squared_distances(rows, columns_t, i, scale, out[i])
+
+
+@_jit
+def _distances(rows: Any, columns_t: Any, scale: Any, out: Any) -> None:
+    _distance_rows(rows, columns_t, scale, out, 0, rows.shape[0])
+
+
+@_jit_threads
+def _distances_threads(rows: Any, columns_t: Any, scale: Any, out: Any, chunks: int) -> None:
+    for chunk in prange(chunks):
+        start, stop = _rows_of(chunk, chunks, rows.shape[0])
+        _distance_rows(rows, columns_t, scale, out, start, stop)
+
+
+def distances(rows: Any, columns_t: Any, scale: Any, out: Any, chunks: int = 1) -> None:
     """``out[i, j] = scale · |r_i − r_j|²`` (``rows [R, P]``, ``columns_t [P, C]``,
-    ``out [R, C]``)."""
-    c0, c1, c2 = columns_t[0], columns_t[1], columns_t[2]
-    for i in range(rows.shape[0]):
-        row = out[i]
-        if columns_t.shape[0] == PADDED_DIMENSIONS:
-            r0, r1, r2 = rows[i, 0], rows[i, 1], rows[i, 2]
-            for j in range(row.shape[0]):
-                a, b, c = c0[j] - r0, c1[j] - r1, c2[j] - r2
-                row[j] = (a * a + b * b + c * c) * scale
-        else:
-            _squared_distances(rows, columns_t, i, row)
-            for j in range(row.shape[0]):
-                row[j] *= scale
+    ``out [R, C]``), the rows shared out between ``chunks`` threads."""
+    if chunks > 1:
+        _distances_threads(rows, columns_t, scale, out, chunks)
+    else:
+        _distances(rows, columns_t, scale, out)
 
 
 @_jit
-def gaussian(rows: Any, columns_t: Any, minus_scale: Any, charges: Any, out: Any) -> None:
-    """``out[i, j] = q_i·exp(minus_scale · |r_i − r_j|²)``, exactly 0 where below ``tiny``
-    (no subnormal number enters the products with ``W``, where they halve their speed);
-    ``charges`` ``[R]``, or ``[0]``: none (``q = 1``)."""
-    c0, c1, c2 = columns_t[0], columns_t[1], columns_t[2]
+def _gaussian_rows(
+    rows: Any, columns_t: Any, minus_scale: Any, charges: Any, out: Any, start: int, stop: int
+) -> None:
     one = out.dtype.type(1)
     zero = out.dtype.type(0)
     tiny = np.finfo(out.dtype).tiny
-    for i in range(rows.shape[0]):
+    c0, c1, c2 = columns_t[0], columns_t[1], columns_t[2]
+    for i in range(start, stop):
         row = out[i]
         q = charges[i] if charges.shape[0] > 0 else one
         if columns_t.shape[0] == PADDED_DIMENSIONS:
@@ -331,60 +357,131 @@ def gaussian(rows: Any, columns_t: Any, minus_scale: Any, charges: Any, out: Any
                 value = q * scalar_math.exp((a * a + b * b + c * c) * minus_scale)
                 row[j] = value if abs(value) >= tiny else zero
         else:
-            _squared_distances(rows, columns_t, i, row)
+            _squared_distances(rows, columns_t, i, minus_scale, row)
             for j in range(row.shape[0]):
-                value = q * scalar_math.exp(row[j] * minus_scale)
+                value = q * scalar_math.exp(row[j])
                 row[j] = value if abs(value) >= tiny else zero
 
 
 @_jit
-def backward(
+def _gaussian(rows: Any, columns_t: Any, minus_scale: Any, charges: Any, out: Any) -> None:
+    _gaussian_rows(rows, columns_t, minus_scale, charges, out, 0, rows.shape[0])
+
+
+@_jit_threads
+def _gaussian_threads(
+    rows: Any, columns_t: Any, minus_scale: Any, charges: Any, out: Any, chunks: int
+) -> None:
+    for chunk in prange(chunks):
+        start, stop = _rows_of(chunk, chunks, rows.shape[0])
+        _gaussian_rows(rows, columns_t, minus_scale, charges, out, start, stop)
+
+
+def gaussian(
+    rows: Any, columns_t: Any, minus_scale: Any, charges: Any, out: Any, chunks: int = 1
+) -> None:
+    """``out[i, j] = q_i·exp(minus_scale · |r_i − r_j|²)``, exactly 0 where below ``tiny``
+    (no subnormal number enters the products with ``W``, where they halve their speed);
+    ``charges`` ``[R]``, or ``[0]``: none (``q = 1``); the rows shared out between
+    ``chunks`` threads."""
+    if chunks > 1:
+        _gaussian_threads(rows, columns_t, minus_scale, charges, out, chunks)
+    else:
+        _gaussian(rows, columns_t, minus_scale, charges, out)
+
+
+@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
+def _backward_row_pairs(
     rows: Any,
     columns_t: Any,
     derivative: Any,
     grad_weight: Any,
     c: Any,
     grad_rows: Any,
-    grad_columns: Any,
     row_sums: Any,
+    sums: Any,
+    zeros: Any,
+    start: int,
+    stop: int,
 ) -> None:
-    """Both position gradients from one read of ``w = grad_weight ⊙ derivative``:
-    ``grad_rows[i] = c·(r_i Σ_j w_ij − Σ_j w_ij r_j)`` and
-    ``grad_columns[j] = c·(r_j Σ_i w_ij − Σ_i w_ij r_i)``, the columns' sums gathered a row
-    at a time (``sums [P+1, C]``: ``Σ_i w_ij r_id`` for each ``d``, then ``Σ_i w_ij``); and
-    ``row_sums[i] = Σ_j w_ij`` where it has rows (``[0]``: not wanted)."""
+    """:func:`_backward_rows` for up to three coordinates: one pass over two rows at a time,
+    making ``w`` as it goes. (Two rows share each load of the columns and each update of
+    their sums: 42 µs against 67 µs a row at a time at 256 × 784. One loop for every D, its
+    first pass making ``w``, measured 25 µs slower than one a row at a time: the test of
+    which pass it is, inside the loop, costs more than a second loop.) An odd last row is
+    paired with ``zeros`` (``[C]``, zeroed here), whose ``w`` is 0."""
     P, C = columns_t.shape
-    sums = np.zeros((P + 1, C), dtype=derivative.dtype)
-    w = np.empty(C, dtype=derivative.dtype)
     zero = derivative.dtype.type(0)
-    total = sums[P]
+    zeros[:] = zero
+    total, s0, s1, s2 = sums[P], sums[0], sums[1], sums[2]
     c0, c1, c2 = columns_t[0], columns_t[1], columns_t[2]
-    s0, s1, s2 = sums[0], sums[1], sums[2]
-    for i in range(rows.shape[0]):
+    for i in range(start, stop, 2):
+        second = i + 1 < stop
+        k = i + 1 if second else i
+        d_a, g_a = derivative[i], grad_weight[i]
+        d_b = derivative[k] if second else zeros
+        g_b = grad_weight[k] if second else zeros
+        a0, a1, a2 = rows[i, 0], rows[i, 1], rows[i, 2]
+        b0, b1, b2 = rows[k, 0], rows[k, 1], rows[k, 2]
+        sum_a = dot_a0 = dot_a1 = dot_a2 = zero
+        sum_b = dot_b0 = dot_b1 = dot_b2 = zero
+        for j in range(C):
+            wa = g_a[j] * d_a[j]
+            wb = g_b[j] * d_b[j]
+            x0, x1, x2 = c0[j], c1[j], c2[j]
+            sum_a += wa
+            sum_b += wb
+            dot_a0 += wa * x0
+            dot_a1 += wa * x1
+            dot_a2 += wa * x2
+            dot_b0 += wb * x0
+            dot_b1 += wb * x1
+            dot_b2 += wb * x2
+            total[j] += wa + wb
+            s0[j] += wa * a0 + wb * b0
+            s1[j] += wa * a1 + wb * b1
+            s2[j] += wa * a2 + wb * b2
+        grad_rows[i, 0] = c * (a0 * sum_a - dot_a0)
+        grad_rows[i, 1] = c * (a1 * sum_a - dot_a1)
+        grad_rows[i, 2] = c * (a2 * sum_a - dot_a2)
+        if row_sums.shape[0] > 0:
+            row_sums[i] = sum_a
+        if second:
+            grad_rows[k, 0] = c * (b0 * sum_b - dot_b0)
+            grad_rows[k, 1] = c * (b1 * sum_b - dot_b1)
+            grad_rows[k, 2] = c * (b2 * sum_b - dot_b2)
+            if row_sums.shape[0] > 0:
+                row_sums[k] = sum_b
+
+
+@_jit
+def _backward_rows(
+    rows: Any,
+    columns_t: Any,
+    derivative: Any,
+    grad_weight: Any,
+    c: Any,
+    grad_rows: Any,
+    row_sums: Any,
+    sums: Any,
+    w: Any,
+    start: int,
+    stop: int,
+) -> None:
+    """Rows ``[start, stop)`` of :func:`backward`: their ``grad_rows`` and ``row_sums``, and
+    their part of the columns' sums (``sums [P+1, C]``, zeroed here; ``w [C]`` scratch)."""
+    P, C = columns_t.shape
+    zero = derivative.dtype.type(0)
+    sums[:] = zero
+    if P == PADDED_DIMENSIONS:
+        _backward_row_pairs(
+            rows, columns_t, derivative, grad_weight, c, grad_rows, row_sums, sums, w, start, stop
+        )
+        return
+    total = sums[P]
+    for i in range(start, stop):
         d_row = derivative[i]
         g_row = grad_weight[i]
-        # up to three coordinates: one pass making w as it goes. (One loop for every D, its
-        # first pass making w, measured 25 µs slower a backward at 256 × 784: the test of
-        # which pass it is, inside the loop, costs more than this second copy of the loop.)
-        if P == PADDED_DIMENSIONS:
-            r0, r1, r2 = rows[i, 0], rows[i, 1], rows[i, 2]
-            row_sum = dot0 = dot1 = dot2 = zero
-            for j in range(C):
-                wj = g_row[j] * d_row[j]
-                row_sum += wj
-                total[j] += wj
-                dot0 += wj * c0[j]
-                dot1 += wj * c1[j]
-                dot2 += wj * c2[j]
-                s0[j] += wj * r0
-                s1[j] += wj * r1
-                s2[j] += wj * r2
-            grad_rows[i, 0] = c * (r0 * row_sum - dot0)
-            grad_rows[i, 1] = c * (r1 * row_sum - dot1)
-            grad_rows[i, 2] = c * (r2 * row_sum - dot2)
-            if row_sums.shape[0] > 0:
-                row_sums[i] = row_sum
-            continue
         row_sum = zero
         for j in range(C):
             wj = g_row[j] * d_row[j]
@@ -412,34 +509,138 @@ def backward(
             grad_rows[i, d + 3] = c * (r3 * row_sum - dot3)
         if row_sums.shape[0] > 0:
             row_sums[i] = row_sum
+
+
+@_jit
+def _backward_columns(columns_t: Any, sums: Any, c: Any, grad_columns: Any) -> None:
+    """``grad_columns`` from the columns' sums of every row range (``sums [chunks, P+1, C]``)."""
+    P, C = columns_t.shape
     for j in range(C):
+        total = sums[0, P, j]
+        for chunk in range(1, sums.shape[0]):
+            total += sums[chunk, P, j]
         for d in range(P):
-            grad_columns[j, d] = c * (columns_t[d, j] * total[j] - sums[d, j])
+            part = sums[0, d, j]
+            for chunk in range(1, sums.shape[0]):
+                part += sums[chunk, d, j]
+            grad_columns[j, d] = c * (columns_t[d, j] * total - part)
+
+
+@_jit
+def _backward(
+    rows: Any,
+    columns_t: Any,
+    derivative: Any,
+    grad_weight: Any,
+    c: Any,
+    grad_rows: Any,
+    grad_columns: Any,
+    row_sums: Any,
+) -> None:
+    P, C = columns_t.shape
+    sums = np.empty((1, P + 1, C), dtype=derivative.dtype)
+    w = np.empty(C, dtype=derivative.dtype)
+    _backward_rows(
+        rows,
+        columns_t,
+        derivative,
+        grad_weight,
+        c,
+        grad_rows,
+        row_sums,
+        sums[0],
+        w,
+        0,
+        rows.shape[0],
+    )
+    _backward_columns(columns_t, sums, c, grad_columns)
+
+
+@_jit_threads
+def _backward_threads(
+    rows: Any,
+    columns_t: Any,
+    derivative: Any,
+    grad_weight: Any,
+    c: Any,
+    grad_rows: Any,
+    grad_columns: Any,
+    row_sums: Any,
+    chunks: int,
+) -> None:
+    P, C = columns_t.shape
+    sums = np.empty((chunks, P + 1, C), dtype=derivative.dtype)
+    w = np.empty((chunks, C), dtype=derivative.dtype)
+    for chunk in prange(chunks):
+        start, stop = _rows_of(chunk, chunks, rows.shape[0])
+        _backward_rows(
+            rows,
+            columns_t,
+            derivative,
+            grad_weight,
+            c,
+            grad_rows,
+            row_sums,
+            sums[chunk],
+            w[chunk],
+            start,
+            stop,
+        )
+    _backward_columns(columns_t, sums, c, grad_columns)
+
+
+def backward(
+    rows: Any,
+    columns_t: Any,
+    derivative: Any,
+    grad_weight: Any,
+    c: Any,
+    grad_rows: Any,
+    grad_columns: Any,
+    row_sums: Any,
+    chunks: int = 1,
+) -> None:
+    """Both position gradients from one read of ``w = grad_weight ⊙ derivative``:
+    ``grad_rows[i] = c·(r_i Σ_j w_ij − Σ_j w_ij r_j)`` and
+    ``grad_columns[j] = c·(r_j Σ_i w_ij − Σ_i w_ij r_i)``, the columns' sums gathered a row
+    at a time (``Σ_i w_ij r_id`` for each ``d``, then ``Σ_i w_ij``), by each of ``chunks``
+    threads over its share of the rows, then added; and ``row_sums[i] = Σ_j w_ij`` where it
+    has rows (``[0]``: not wanted)."""
+    args = (rows, columns_t, derivative, grad_weight, c, grad_rows, grad_columns, row_sums)
+    if chunks > 1:
+        _backward_threads(*args, chunks)
+    else:
+        _backward(*args)
 
 
 @functools.cache
 def profile_loop(profile: Any, derivative: Any, single: bool) -> Any:
     """The forward loop of a kernel that gives its profile as functions of one number
     (``scalar_profile(u)``, ``scalar_profile_derivative(u, value)``), compiled for it once a
-    process (a loop holding other compiled functions is not cached on disk); ``single``: for
-    float32 arrays, with float32 transcendental functions (:func:`_in_float32`).
+    process (a loop holding other compiled functions is not cached on disk; the threads'
+    form at its first call with more than one thread); ``single``: for float32 arrays, with
+    float32 transcendental functions (:func:`_in_float32`).
 
-    ``loop(rows, columns_t, scale, out, derivative_out)`` writes ``out = f(u)``, ``u =
-    scale·|r_i − r_j|²``, and ``derivative_out = f'(u)`` where it has rows (``[0, C]``: none).
+    ``loop(rows, columns_t, scale, out, derivative_out, chunks=1)`` writes ``out = f(u)``,
+    ``u = scale·|r_i − r_j|²``, and ``derivative_out = f'(u)`` where it has rows
+    (``[0, C]``: none), a row at a time (its distances, then the profile over it while it
+    is in the core's cache), the rows shared out between ``chunks`` threads.
     """
     if single:
         profile, derivative = _in_float32(profile), _in_float32(derivative)
     compile_profile = njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
     f, f_prime = compile_profile(profile), compile_profile(derivative)
 
-    @njit(nogil=True, fastmath=_FASTMATH, error_model="numpy")
-    def loop(rows: Any, columns_t: Any, scale: Any, out: Any, derivative_out: Any) -> None:
+    @njit(**_FLAGS)
+    def profile_rows(
+        rows: Any, columns_t: Any, scale: Any, out: Any, derivative_out: Any, start: int, stop: int
+    ) -> None:
         with_derivative = derivative_out.shape[0] > 0
-        distances(rows, columns_t, scale, out)
         zero = out.dtype.type(0)
         tiny = np.finfo(out.dtype).tiny  # below it: 0 (subnormals slow the products)
-        for i in range(rows.shape[0]):
+        for i in range(start, stop):
             row = out[i]
+            _squared_distances(rows, columns_t, i, scale, row)
             if with_derivative:
                 d_row = derivative_out[i]
                 for j in range(row.shape[0]):
@@ -453,4 +654,42 @@ def profile_loop(profile: Any, derivative: Any, single: bool) -> Any:
                     value = f(row[j])
                     row[j] = value if abs(value) >= tiny else zero
 
+    @njit(**_FLAGS)
+    def serial(rows: Any, columns_t: Any, scale: Any, out: Any, derivative_out: Any) -> None:
+        profile_rows(rows, columns_t, scale, out, derivative_out, 0, rows.shape[0])
+
+    @functools.cache
+    def threads() -> Any:
+        @njit(**_FLAGS, parallel=True)
+        def loop(
+            rows: Any, columns_t: Any, scale: Any, out: Any, derivative_out: Any, chunks: int
+        ) -> None:
+            for chunk in prange(chunks):
+                start, stop = _rows_of(chunk, chunks, rows.shape[0])
+                profile_rows(rows, columns_t, scale, out, derivative_out, start, stop)
+
+        return loop
+
+    def loop(
+        rows: Any, columns_t: Any, scale: Any, out: Any, derivative_out: Any, chunks: int = 1
+    ) -> None:
+        if chunks > 1:
+            threads()(rows, columns_t, scale, out, derivative_out, chunks)
+        else:
+            serial(rows, columns_t, scale, out, derivative_out)
+
     return loop
+
+
+@_jit_threads
+def _threads_start(out: Any) -> None:
+    for chunk in prange(out.shape[0]):
+        out[chunk] = chunk
+
+
+def start_threads() -> str:
+    """Start Numba's threads (its threading layer) and name the layer that runs them."""
+    import numba
+
+    _threads_start(np.zeros(2, dtype=np.int64))
+    return numba.threading_layer()

@@ -664,6 +664,7 @@ def _fused_forward(ctx: Any, inputs: tuple[Any, ...]) -> Tensor:
     if not finite:
         _raise_not_finite(kernel, target_pos, source_pos, where)
     M, N = target.shape[0], source.shape[0]
+    chunks = numba_cpu.threads(M * N)
     scalar = target.dtype.type
     gaussian = _is_gaussian(kernel)
     need_fp = not gaussian and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
@@ -676,18 +677,18 @@ def _fused_forward(ctx: Any, inputs: tuple[Any, ...]) -> Tensor:
     if gaussian:
         k = x.new_empty(M, N)
         charges = q.numpy() if folded else target_copy[:0, 0]
-        loops.gaussian(target_copy, source_t, scalar(-inv_s2), charges, k.numpy())
+        loops.gaussian(target_copy, source_t, scalar(-inv_s2), charges, k.numpy(), chunks)
         fp = None
     elif scalar_loop is not None:  # the kernel's own profile, compiled into the loop
         k = x.new_empty(M, N)
         fp = x.new_empty(M if need_fp else 0, N)
-        scalar_loop(target_copy, source_t, scalar(inv_s2), k.numpy(), fp.numpy())
+        scalar_loop(target_copy, source_t, scalar(inv_s2), k.numpy(), fp.numpy(), chunks)
         fp = fp if need_fp else None
     else:
 
         def distances(s: int, e: int) -> Tensor:
             u = x.new_empty(e - s, N)
-            loops.distances(target_copy[s:e], source_t, scalar(inv_s2), u.numpy())
+            loops.distances(target_copy[s:e], source_t, scalar(inv_s2), u.numpy(), chunks)
             return u
 
         k, fp = _profile_in_blocks(kernel, False, need_fp, M, N, distances)
@@ -768,6 +769,7 @@ def _fused_backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
             grad_rh.numpy(),
             grad_rj.numpy(),
             row_sums.numpy(),
+            numba_cpu.threads(G.numel()),
         )
         if need_q and folded:
             dtype, shape = ctx.charges
