@@ -21,7 +21,9 @@ def positions(rows: int, columns: int, D: int, seed: int = 0) -> tuple[np.ndarra
     rng = np.random.default_rng(seed)
     target = (rng.standard_normal((rows, D)) * 1.5).astype(np.float32)
     source = (rng.standard_normal((columns, D)) * 1.5).astype(np.float32)
-    rows_copy, columns_t, finite = numba_cpu.loops().prepare(target, source)
+    rows_copy, columns_t, finite, _, _ = numba_cpu.loops().prepare(
+        target, source, np.empty(0, np.float32), 0
+    )
     assert finite
     return rows_copy, columns_t
 
@@ -62,17 +64,14 @@ def test_rows_shared_between_threads_give_the_calling_thread_s_results(D: int, c
         np.testing.assert_array_equal(a, b)
     rng = np.random.default_rng(2)
     derivative, grad_weight = (rng.standard_normal((37, 29)).astype(np.float32) for _ in "ab")
-    results = []
-    for count in (1, chunks):
-        out = (
-            np.empty_like(rows),
-            np.empty((29, rows.shape[1]), np.float32),
-            np.empty(37, np.float32),
-        )
-        loops.backward(rows, columns_t, derivative, grad_weight, np.float32(2.0), *out, count)
-        results.append(out)
-    for a, b in zip(*results, strict=True):
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * float(np.abs(a).max()))
+    charges = charges + np.float32(2.0) * np.sign(charges)  # (none near 0)
+    alone, shared = (
+        loops.backward(rows, columns_t, derivative, grad_weight, np.float32(2.0), charges, D, n)
+        for n in (1, chunks)
+    )
+    for a, b, shape in zip(shared, alone, [(37, D), (29, D), (37,)], strict=True):
+        assert a.shape == b.shape == shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))
 
 
 def test_the_loops_take_as_many_threads_as_pytorch_from_a_size_on(

@@ -266,28 +266,36 @@ COORDINATES_PER_PASS = 4
 
 
 @njit(nogil=True, cache=True)  # no fast-math: it may assume every number finite
-def prepare(rows: Any, columns: Any) -> Any:
-    """``(rows [R, P], columns transposed [P, C], whether all are finite)``, ``P`` = 3 up to
-    D = 3, else ``D`` rounded up to a multiple of 4 (zeros after ``D``): private copies for
-    the backward (a later in-place change of a parameter cannot reach them) in the layouts
-    the loops read."""
+def prepare(rows: Any, columns: Any, charges: Any, kernel_rows: int) -> Any:
+    """What a forward needs before its loop, in one call (each call from Python costs
+    microseconds, more right after a pass over a large array): ``(rows [R, P], columns
+    transposed [P, C], whether all positions are finite, whether no charge is 0, a kernel
+    [kernel_rows, C] to write)``.
+
+    ``P`` = 3 up to D = 3, else ``D`` rounded up to a multiple of 4 (zeros after ``D``): the
+    positions' private copies for the backward (a later in-place change of a parameter
+    cannot reach them) in the layouts the loops read. ``charges``: ``[R]``, or ``[0]``."""
     D = rows.shape[1]
     step = COORDINATES_PER_PASS
     P = PADDED_DIMENSIONS if D <= PADDED_DIMENSIONS else -(-D // step) * step
-    finite = True
+    check = rows.dtype.type(0)  # v·0 is NaN for a NaN or infinite v, else 0
     rows_copy = np.zeros((rows.shape[0], P), dtype=rows.dtype)
     for i in range(rows.shape[0]):
         for d in range(D):
             v = rows[i, d]
-            finite = finite and np.isfinite(v)
+            check += v * 0
             rows_copy[i, d] = v
     columns_t = np.zeros((P, columns.shape[0]), dtype=columns.dtype)
     for i in range(columns.shape[0]):
         for d in range(D):
             v = columns[i, d]
-            finite = finite and np.isfinite(v)
+            check += v * 0
             columns_t[d, i] = v
-    return rows_copy, columns_t, finite
+    nonzero = True
+    for i in range(charges.shape[0]):
+        nonzero = nonzero and charges[i] != 0
+    kernel = np.empty((kernel_rows, columns.shape[0]), dtype=rows.dtype)
+    return rows_copy, columns_t, check == 0, nonzero, kernel
 
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
@@ -512,18 +520,30 @@ def _backward_rows(
 
 
 @_jit
-def _backward_columns(columns_t: Any, sums: Any, c: Any, grad_columns: Any) -> None:
-    """``grad_columns`` from the columns' sums of every row range (``sums [chunks, P+1, C]``)."""
+def _backward_outputs(
+    columns_t: Any, sums: Any, c: Any, grad_rows: Any, row_sums: Any, charges: Any, D: int
+) -> Any:
+    """``(grad_rows, grad_columns, row_sums / charges)``: the columns' gradients from the
+    sums of every row range (``sums [chunks, P+1, C]``), both position gradients with
+    their ``D`` coordinates (the padding dropped), and the charges' gradient where wanted
+    (``charges`` ``[0]``: not wanted, an empty array)."""
     P, C = columns_t.shape
+    grad_columns = np.empty((C, D), dtype=grad_rows.dtype)
     for j in range(C):
         total = sums[0, P, j]
         for chunk in range(1, sums.shape[0]):
             total += sums[chunk, P, j]
-        for d in range(P):
+        for d in range(D):
             part = sums[0, d, j]
             for chunk in range(1, sums.shape[0]):
                 part += sums[chunk, d, j]
             grad_columns[j, d] = c * (columns_t[d, j] * total - part)
+    grad_charges = np.empty(charges.shape[0], dtype=grad_rows.dtype)
+    for i in range(charges.shape[0]):
+        grad_charges[i] = row_sums[i] / charges[i]
+    if D == P:
+        return grad_rows, grad_columns, grad_charges
+    return np.ascontiguousarray(grad_rows[:, :D]), grad_columns, grad_charges
 
 
 @_jit
@@ -533,27 +553,19 @@ def _backward(
     derivative: Any,
     grad_weight: Any,
     c: Any,
-    grad_rows: Any,
-    grad_columns: Any,
-    row_sums: Any,
-) -> None:
+    charges: Any,
+    D: int,
+) -> Any:
     P, C = columns_t.shape
+    R = rows.shape[0]
+    grad_rows = np.empty((R, P), dtype=derivative.dtype)
+    row_sums = np.empty(R if charges.shape[0] > 0 else 0, dtype=derivative.dtype)
     sums = np.empty((1, P + 1, C), dtype=derivative.dtype)
     w = np.empty(C, dtype=derivative.dtype)
     _backward_rows(
-        rows,
-        columns_t,
-        derivative,
-        grad_weight,
-        c,
-        grad_rows,
-        row_sums,
-        sums[0],
-        w,
-        0,
-        rows.shape[0],
+        rows, columns_t, derivative, grad_weight, c, grad_rows, row_sums, sums[0], w, 0, R
     )
-    _backward_columns(columns_t, sums, c, grad_columns)
+    return _backward_outputs(columns_t, sums, c, grad_rows, row_sums, charges, D)
 
 
 @_jit_threads
@@ -563,16 +575,18 @@ def _backward_threads(
     derivative: Any,
     grad_weight: Any,
     c: Any,
-    grad_rows: Any,
-    grad_columns: Any,
-    row_sums: Any,
+    charges: Any,
+    D: int,
     chunks: int,
-) -> None:
+) -> Any:
     P, C = columns_t.shape
+    R = rows.shape[0]
+    grad_rows = np.empty((R, P), dtype=derivative.dtype)
+    row_sums = np.empty(R if charges.shape[0] > 0 else 0, dtype=derivative.dtype)
     sums = np.empty((chunks, P + 1, C), dtype=derivative.dtype)
     w = np.empty((chunks, C), dtype=derivative.dtype)
     for chunk in prange(chunks):
-        start, stop = _rows_of(chunk, chunks, rows.shape[0])
+        start, stop = _rows_of(chunk, chunks, R)
         _backward_rows(
             rows,
             columns_t,
@@ -586,7 +600,7 @@ def _backward_threads(
             start,
             stop,
         )
-    _backward_columns(columns_t, sums, c, grad_columns)
+    return _backward_outputs(columns_t, sums, c, grad_rows, row_sums, charges, D)
 
 
 def backward(
@@ -595,22 +609,21 @@ def backward(
     derivative: Any,
     grad_weight: Any,
     c: Any,
-    grad_rows: Any,
-    grad_columns: Any,
-    row_sums: Any,
+    charges: Any,
+    D: int,
     chunks: int = 1,
-) -> None:
-    """Both position gradients from one read of ``w = grad_weight ⊙ derivative``:
+) -> Any:
+    """``(grad_rows [R, D], grad_columns [C, D], grad_charges)``: both position gradients
+    from one read of ``w = grad_weight ⊙ derivative``,
     ``grad_rows[i] = c·(r_i Σ_j w_ij − Σ_j w_ij r_j)`` and
     ``grad_columns[j] = c·(r_j Σ_i w_ij − Σ_i w_ij r_i)``, the columns' sums gathered a row
-    at a time (``Σ_i w_ij r_id`` for each ``d``, then ``Σ_i w_ij``), by each of ``chunks``
-    threads over its share of the rows, then added; and ``row_sums[i] = Σ_j w_ij`` where it
-    has rows (``[0]``: not wanted)."""
-    args = (rows, columns_t, derivative, grad_weight, c, grad_rows, grad_columns, row_sums)
+    at a time (``Σ_i w_ij r_id`` for each ``d``, then ``Σ_i w_ij``) by each of ``chunks``
+    threads over its share of the rows, then added; and, where ``charges`` has rows (the
+    Gaussian's folded ``W = q ⊙ k``), ``grad_charges[i] = Σ_j w_ij / q_i`` (else ``[0]``).
+    The outputs are new arrays (no call from Python allocates them)."""
     if chunks > 1:
-        _backward_threads(*args, chunks)
-    else:
-        _backward(*args)
+        return _backward_threads(rows, columns_t, derivative, grad_weight, c, charges, D, chunks)
+    return _backward(rows, columns_t, derivative, grad_weight, c, charges, D)
 
 
 @functools.cache

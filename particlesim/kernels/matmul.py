@@ -658,32 +658,37 @@ def _fused_forward(ctx: Any, inputs: tuple[Any, ...]) -> Tensor:
     kernel and derivative."""
     x, target_pos, source_pos, charge, kernel, inv_s2, where = inputs
     loops = numba_cpu.loops()
-    target = _as(target_pos, x.dtype).detach().numpy()
-    source = _as(source_pos, x.dtype).detach().numpy()
-    target_copy, source_t, finite = loops.prepare(target, source)
+    M, N, D = target_pos.shape[0], source_pos.shape[0], target_pos.shape[1]
+    gaussian = _is_gaussian(kernel)
+    scalar_loop = None if gaussian else _scalar_profile_loop(kernel, _NUMPY_DTYPE[x.dtype])
+    q = charge if charge is None or charge.ndim == 1 else charge.reshape(-1)
+    q_np = _NO_CHARGES[x.dtype] if q is None or not gaussian else _as(q, x.dtype).detach().numpy()
+    # one call: the positions' copies (and whether they are finite), whether a charge is 0,
+    # and the kernel to write (none for a tensor profile, made in blocks below)
+    target_copy, source_t, finite, nonzero, k_np = loops.prepare(
+        _as(target_pos, x.dtype).detach().numpy(),
+        _as(source_pos, x.dtype).detach().numpy(),
+        q_np,  # (only the Gaussian's: the others keep the charges apart)
+        M if gaussian or scalar_loop is not None else 0,
+    )
     if not finite:
         _raise_not_finite(kernel, target_pos, source_pos, where)
-    M, N = target.shape[0], source.shape[0]
     chunks = numba_cpu.threads(M * N)
-    scalar = target.dtype.type
-    gaussian = _is_gaussian(kernel)
+    scalar = target_copy.dtype.type
     need_fp = not gaussian and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
-    scalar_loop = None if gaussian else _scalar_profile_loop(kernel, target.dtype)
-    q = charge if charge is None or charge.ndim == 1 else charge.reshape(-1)
-    q = None if q is None else _as(q, x.dtype).detach()
     # the Gaussian's loop makes W = q ⊙ k itself (no pass over y for the charges either
     # way), unless a charge is 0: then W keeps nothing of k, which ∂L/∂q needs
-    folded = gaussian and q is not None and bool(q.numpy().all())
+    folded = gaussian and q is not None and nonzero
+    fp_np = None
     if gaussian:
-        k = x.new_empty(M, N)
-        charges = q.numpy() if folded else target_copy[:0, 0]
-        loops.gaussian(target_copy, source_t, scalar(-inv_s2), charges, k.numpy(), chunks)
-        fp = None
+        charges = q_np if folded else _NO_CHARGES[x.dtype]
+        loops.gaussian(target_copy, source_t, scalar(-inv_s2), charges, k_np, chunks)
+        k = torch.from_numpy(k_np)
     elif scalar_loop is not None:  # the kernel's own profile, compiled into the loop
-        k = x.new_empty(M, N)
-        fp = x.new_empty(M if need_fp else 0, N)
-        scalar_loop(target_copy, source_t, scalar(inv_s2), k.numpy(), fp.numpy(), chunks)
-        fp = fp if need_fp else None
+        fp_np = np.empty((M if need_fp else 0, N), dtype=k_np.dtype)
+        scalar_loop(target_copy, source_t, scalar(inv_s2), k_np, fp_np, chunks)
+        k = torch.from_numpy(k_np)
+        fp_np = fp_np if need_fp else None
     else:
 
         def distances(s: int, e: int) -> Tensor:
@@ -692,15 +697,27 @@ def _fused_forward(ctx: Any, inputs: tuple[Any, ...]) -> Tensor:
             return u
 
         k, fp = _profile_in_blocks(kernel, False, need_fp, M, N, distances)
+        k_np = k.numpy()
+        fp_np = None if fp is None else fp.numpy()
     y0 = torch.mm(x, k.T)  # folded: y = x Wᵀ, nn.Linear's forward
     keep_y0 = charge is not None and ctx.needs_input_grad[3] and not folded
     y = y0 if q is None or folded else y0 * q
-    ctx.save_for_backward(x, q, k, fp, y0 if keep_y0 else None)
+    ctx.save_for_backward(x, q, k, y0 if keep_y0 else None)
     ctx.charges = None if charge is None else (charge.dtype, charge.shape)
     ctx.dtypes = (target_pos.dtype, source_pos.dtype)
-    ctx.fused_state = (target_copy, source_t, inv_s2, gaussian, folded)
-    ctx.dimensions = target.shape[1]
+    # the backward's loop reads the derivative (the Gaussian's f' = −f: the kernel itself)
+    # and the charges as these NumPy views, made here once
+    c = scalar((-2.0 if gaussian else 2.0) * inv_s2)
+    derivative = k_np if gaussian else fp_np
+    ctx.fused_state = (target_copy, source_t, c, derivative, q_np if folded else None, D)
     return y
+
+
+#: NumPy's dtype of each torch dtype the fused loops take.
+_NUMPY_DTYPE = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+#: "No charges" (``[0]``) for the loops, per dtype.
+_NO_CHARGES = {dtype: np.empty(0, dtype=np_dtype) for dtype, np_dtype in _NUMPY_DTYPE.items()}
 
 
 def _scalar_profile_loop(kernel: RadialKernel, dtype: np.dtype) -> Any:
@@ -746,40 +763,26 @@ def _fused_backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
     Where the forward folded the charges into ``W = q ⊙ k`` (the Gaussian), ``G`` is the
     gradient of ``W`` itself: the position gradients read ``G ⊙ W`` (``∂L/∂u = −q·G·k``),
     and ``∂L/∂q_h = Σ_j G_hj k_hj`` is the same loop's row sum over ``q_h``."""
-    x, q, k, fp, y0 = ctx.saved_tensors
+    x, q, k, y0 = ctx.saved_tensors
     need_x, need_rh, need_rj, need_q = ctx.needs_input_grad[:4]
-    target, source_t, inv_s2, gaussian, folded = ctx.fused_state
+    target, source_t, c, derivative, folded_charges, D = ctx.fused_state
+    folded = folded_charges is not None
     grad_q = _charge_grad(ctx, grad_y, y0) if need_q and not folded else None
     gy = grad_y if q is None or folded else grad_y * _as(q, grad_y.dtype)
     grad_x = torch.mm(gy, k) if need_x else None
     grad_rh = grad_rj = None
     if need_rh or need_rj or (need_q and folded):
         G = torch.mm(gy.T, x)
-        derivative = k if gaussian else fp  # the Gaussian's f' = −f
-        c = (-2.0 if gaussian else 2.0) * inv_s2
-        grad_rh = G.new_empty(target.shape)
-        grad_rj = G.new_empty(source_t.shape[::-1])
-        row_sums = G.new_empty(target.shape[0] if need_q and folded else 0)
-        numba_cpu.loops().backward(
-            target,
-            source_t,
-            derivative.numpy(),
-            G.numpy(),
-            target.dtype.type(c),
-            grad_rh.numpy(),
-            grad_rj.numpy(),
-            row_sums.numpy(),
-            numba_cpu.threads(G.numel()),
+        charges = folded_charges if need_q and folded else _NO_CHARGES[G.dtype]
+        grad_rh, grad_rj, grad_charges = numba_cpu.loops().backward(
+            target, source_t, derivative, G.numpy(), c, charges, D, numba_cpu.threads(G.numel())
         )
         if need_q and folded:
             dtype, shape = ctx.charges
-            grad_q = _as(row_sums.div_(q), dtype)
+            grad_q = _as(torch.from_numpy(grad_charges), dtype)
             grad_q = grad_q if grad_q.shape == shape else grad_q.reshape(shape)
-        D = ctx.dimensions
-        if grad_rh.shape[1] != D:  # (positions padded: see numba_cpu.loops().prepare)
-            grad_rh, grad_rj = grad_rh[:, :D].contiguous(), grad_rj[:, :D].contiguous()
-        grad_rh = _as(grad_rh, ctx.dtypes[0]) if need_rh else None
-        grad_rj = _as(grad_rj, ctx.dtypes[1]) if need_rj else None
+        grad_rh = _as(torch.from_numpy(grad_rh), ctx.dtypes[0]) if need_rh else None
+        grad_rj = _as(torch.from_numpy(grad_rj), ctx.dtypes[1]) if need_rj else None
     return grad_x, grad_rh, grad_rj, grad_q, None, None, None
 
 
