@@ -577,6 +577,10 @@ def check_inputs(
             raise ValueError(
                 f"x must be [B, N] with N = {N} source particles, got {tuple(x.shape)}"
             )
+    if not mixed_precision and target_pos.is_floating_point():
+        device, dtype = target_pos.device, target_pos.dtype
+        if all(t.device == device and t.dtype == dtype for t in tensors.values()):
+            return  # (the common case, without making the messages' dicts)
     devices = {name: t.device for name, t in tensors.items()}
     if len(set(devices.values())) > 1:
         raise ValueError(

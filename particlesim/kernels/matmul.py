@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.autograd.function import once_differentiable
 
 from particlesim.kernels import numba_cpu
@@ -93,8 +94,6 @@ def _as(tensor: Tensor, dtype: torch.dtype | None) -> Tensor:
 
 def _is_fake(tensor: Tensor) -> bool:
     """A tensor without data (the memory preflight's fake tensors): no value can be read."""
-    from torch._subclasses.fake_tensor import FakeTensor
-
     return isinstance(tensor, FakeTensor)
 
 
@@ -639,7 +638,7 @@ def _fused_cpu(x: Tensor, dimensions: int) -> bool:
     return (
         FUSED_CPU
         and dimensions <= FUSED_MAX_DIMENSIONS
-        and x.device.type == "cpu"
+        and x.is_cpu
         and x.dtype in (torch.float32, torch.float64)
         and not _is_fake(x)
         and numba_cpu.available()

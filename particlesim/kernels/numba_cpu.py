@@ -86,38 +86,42 @@ def threads(pairs: int) -> int:
     """How many threads a loop over ``pairs`` pairs shares its rows out between: PyTorch's
     intra-op thread count (capped at Numba's ``NUMBA_NUM_THREADS``), or 1, the calling
     thread alone (see the module docstring for when)."""
-    wanted = torch.get_num_threads()
-    if wanted < 2 or pairs < THREADED_MIN_PAIRS or not THREADED or not _threads_ready():
+    if pairs < THREADED_MIN_PAIRS or not THREADED:
         return 1
-    import numba
+    wanted = torch.get_num_threads()
+    if wanted < 2:
+        return 1
+    most = _STARTED.get(os.getpid())
+    if most is None:
+        most = _threads_ready()
+    count = min(wanted, most)
+    if count > 1 and getattr(_THIS_THREAD, "count", None) != count:
+        import numba  # (Numba's count is per thread)
 
-    count = min(wanted, numba.config.NUMBA_NUM_THREADS)
-    if getattr(_THIS_THREAD, "count", None) != count:  # (Numba's count is per thread)
         numba.set_num_threads(count)
         _THIS_THREAD.count = count
-    return count
+    return max(count, 1)
 
 
 _THIS_THREAD = threading.local()
 
-#: Whether Numba's threads run, by the process that started them (or tried to).
-_STARTED: dict[int, bool] = {}
+#: Numba's thread count (``NUMBA_NUM_THREADS``) by the process that started its threads,
+#: or 0 where they cannot run there.
+_STARTED: dict[int, int] = {}
 
 
-def _threads_ready() -> bool:
-    """Whether Numba's threads run in this process, started at the first call: in a
-    thread-safe layer (OpenMP or TBB; not the ``workqueue`` layer, which aborts on calls
-    from two threads at once), and not in a child forked from a process that started them.
-    """
+def _threads_ready() -> int:
+    """Numba's thread count in this process (0: its threads cannot run here), its threads
+    started at the first call: in a thread-safe layer (OpenMP or TBB; not the
+    ``workqueue`` layer, which aborts on calls from two threads at once), and not in a child
+    forked from a process that started them."""
     pid = os.getpid()
-    ready = _STARTED.get(pid)
-    if ready is None:
-        ready = not _STARTED and _start_threads()  # (a forked child inherits _STARTED)
-        _STARTED[pid] = ready
-    return ready
+    if pid not in _STARTED:
+        _STARTED[pid] = 0 if _STARTED else _start_threads()  # (a forked child inherits it)
+    return _STARTED[pid]
 
 
-def _start_threads() -> bool:
+def _start_threads() -> int:
     import numba
 
     chosen = numba.config.THREADING_LAYER
@@ -128,9 +132,10 @@ def _start_threads() -> bool:
         for layer in layers:
             numba.config.THREADING_LAYER = layer
             try:
-                return loops().start_threads() in ("omp", "tbb")
+                started = loops().start_threads()
             except Exception:  # this layer does not load here
                 continue
-        return False
+            return numba.config.NUMBA_NUM_THREADS if started in ("omp", "tbb") else 0
+        return 0
     finally:
         numba.config.THREADING_LAYER = chosen

@@ -257,7 +257,10 @@ def _uses_closed_form(kernel: Kernel) -> bool:
         or cls.width is not RadialKernel.width
     ):
         return False
-    return all(p is kernel.log_width or not p.requires_grad for p in kernel.parameters())
+    # (a kernel without submodules: its own parameters, read without parameters()'s
+    # generator, which costs a microsecond a call on the layer's every step)
+    params = kernel.parameters() if kernel._modules else kernel._parameters.values()
+    return all(p is None or p is kernel.log_width or not p.requires_grad for p in params)
 
 
 # --------------------------------------------------------------------------- reference path
