@@ -3,6 +3,7 @@ they run in the calling thread alone."""
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 from typing import Any
@@ -55,23 +56,27 @@ def test_rows_shared_between_threads_give_the_calling_thread_s_results(D: int, c
         getattr(loops, name)(*args, alone, 1)
         getattr(loops, name)(*args, shared, chunks)
         np.testing.assert_array_equal(shared, alone)
-    loop = loops.profile_loop(_cauchy, _cauchy_derivative, True)
-    alone = [np.empty((37, 29), np.float32) for _ in range(2)]
-    shared = [np.empty((37, 29), np.float32) for _ in range(2)]
-    loop(rows, columns_t, scale, *alone, 1)
-    loop(rows, columns_t, scale, *shared, chunks)
-    for a, b in zip(shared, alone, strict=True):
-        np.testing.assert_array_equal(a, b)
+    cauchy = loops.profile_loops(_cauchy, _cauchy_derivative, True)
+    alone, shared = np.empty((37, 29), np.float32), np.empty((37, 29), np.float32)
+    cauchy.forward(rows, columns_t, scale, charges, alone, 1)
+    cauchy.forward(rows, columns_t, scale, charges, shared, chunks)
+    np.testing.assert_array_equal(shared, alone)
     rng = np.random.default_rng(2)
     derivative, grad_weight = (rng.standard_normal((37, 29)).astype(np.float32) for _ in "ab")
     charges = charges + np.float32(2.0) * np.sign(charges)  # (none near 0)
-    alone, shared = (
-        loops.backward(rows, columns_t, derivative, grad_weight, np.float32(2.0), charges, D, n)
-        for n in (1, chunks)
-    )
-    for a, b, shape in zip(shared, alone, [(37, D), (29, D), (37,)], strict=True):
-        assert a.shape == b.shape == shape
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))
+    for backward, kernel in (
+        (functools.partial(loops.backward, rows, columns_t, derivative), None),
+        (functools.partial(cauchy.backward, rows, columns_t, alone, grad_weight, scale), alone),
+    ):
+        results = []
+        for count in (1, chunks):
+            if kernel is None:
+                results.append(backward(grad_weight, np.float32(2.0), charges, D, count))
+            else:
+                results.append(backward(np.float32(2.0), charges, D, count))
+        for a, b, shape in zip(*results[::-1], [(37, D), (29, D), (37,)], strict=True):
+            assert a.shape == b.shape == shape
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))
 
 
 def test_the_loops_take_as_many_threads_as_pytorch_from_a_size_on(

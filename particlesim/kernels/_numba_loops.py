@@ -7,7 +7,7 @@ this file (``__pycache__``), so a later process loads it in milliseconds.
 from __future__ import annotations
 
 import functools
-from types import FunctionType, ModuleType
+from types import FunctionType, ModuleType, SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -399,67 +399,109 @@ def gaussian(
 
 
 @njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
-def _backward_row_pairs(
+def _accumulate_pair(
+    d_a: Any,
+    g_a: Any,
+    d_b: Any,
+    g_b: Any,
+    i: int,
+    k: int,
+    second: bool,
     rows: Any,
     columns_t: Any,
-    derivative: Any,
-    grad_weight: Any,
     c: Any,
     grad_rows: Any,
     row_sums: Any,
     sums: Any,
-    zeros: Any,
-    start: int,
-    stop: int,
 ) -> None:
-    """:func:`_backward_rows` for up to three coordinates: one pass over two rows at a time,
-    making ``w`` as it goes. (Two rows share each load of the columns and each update of
-    their sums: 42 µs against 67 µs a row at a time at 256 × 784. One loop for every D, its
-    first pass making ``w``, measured 25 µs slower than one a row at a time: the test of
-    which pass it is, inside the loop, costs more than a second loop.) An odd last row is
-    paired with ``zeros`` (``[C]``, zeroed here), whose ``w`` is 0."""
-    P, C = columns_t.shape
-    zero = derivative.dtype.type(0)
-    zeros[:] = zero
-    total, s0, s1, s2 = sums[P], sums[0], sums[1], sums[2]
+    """Rows ``i`` and ``k`` (``second``: ``k`` is a row of its own) of the backward for up
+    to three coordinates, in one pass making ``w = g ⊙ d`` of both as it goes: their
+    ``grad_rows``, their ``row_sums`` (where it has rows) and their part of the columns'
+    sums (``sums [4, C]``). (Two rows share each load of the columns and each update of
+    their sums: 42 µs against 67 µs a row at a time at 256 × 784.)"""
+    zero = grad_rows.dtype.type(0)
+    total, s0, s1, s2 = sums[3], sums[0], sums[1], sums[2]
     c0, c1, c2 = columns_t[0], columns_t[1], columns_t[2]
-    for i in range(start, stop, 2):
-        second = i + 1 < stop
-        k = i + 1 if second else i
-        d_a, g_a = derivative[i], grad_weight[i]
-        d_b = derivative[k] if second else zeros
-        g_b = grad_weight[k] if second else zeros
-        a0, a1, a2 = rows[i, 0], rows[i, 1], rows[i, 2]
-        b0, b1, b2 = rows[k, 0], rows[k, 1], rows[k, 2]
-        sum_a = dot_a0 = dot_a1 = dot_a2 = zero
-        sum_b = dot_b0 = dot_b1 = dot_b2 = zero
-        for j in range(C):
-            wa = g_a[j] * d_a[j]
-            wb = g_b[j] * d_b[j]
-            x0, x1, x2 = c0[j], c1[j], c2[j]
-            sum_a += wa
-            sum_b += wb
-            dot_a0 += wa * x0
-            dot_a1 += wa * x1
-            dot_a2 += wa * x2
-            dot_b0 += wb * x0
-            dot_b1 += wb * x1
-            dot_b2 += wb * x2
-            total[j] += wa + wb
-            s0[j] += wa * a0 + wb * b0
-            s1[j] += wa * a1 + wb * b1
-            s2[j] += wa * a2 + wb * b2
-        grad_rows[i, 0] = c * (a0 * sum_a - dot_a0)
-        grad_rows[i, 1] = c * (a1 * sum_a - dot_a1)
-        grad_rows[i, 2] = c * (a2 * sum_a - dot_a2)
+    a0, a1, a2 = rows[i, 0], rows[i, 1], rows[i, 2]
+    b0, b1, b2 = rows[k, 0], rows[k, 1], rows[k, 2]
+    sum_a = dot_a0 = dot_a1 = dot_a2 = zero
+    sum_b = dot_b0 = dot_b1 = dot_b2 = zero
+    for j in range(columns_t.shape[1]):
+        wa = g_a[j] * d_a[j]
+        wb = g_b[j] * d_b[j]
+        x0, x1, x2 = c0[j], c1[j], c2[j]
+        sum_a += wa
+        sum_b += wb
+        dot_a0 += wa * x0
+        dot_a1 += wa * x1
+        dot_a2 += wa * x2
+        dot_b0 += wb * x0
+        dot_b1 += wb * x1
+        dot_b2 += wb * x2
+        total[j] += wa + wb
+        s0[j] += wa * a0 + wb * b0
+        s1[j] += wa * a1 + wb * b1
+        s2[j] += wa * a2 + wb * b2
+    grad_rows[i, 0] = c * (a0 * sum_a - dot_a0)
+    grad_rows[i, 1] = c * (a1 * sum_a - dot_a1)
+    grad_rows[i, 2] = c * (a2 * sum_a - dot_a2)
+    if row_sums.shape[0] > 0:
+        row_sums[i] = sum_a
+    if second:
+        grad_rows[k, 0] = c * (b0 * sum_b - dot_b0)
+        grad_rows[k, 1] = c * (b1 * sum_b - dot_b1)
+        grad_rows[k, 2] = c * (b2 * sum_b - dot_b2)
         if row_sums.shape[0] > 0:
-            row_sums[i] = sum_a
-        if second:
-            grad_rows[k, 0] = c * (b0 * sum_b - dot_b0)
-            grad_rows[k, 1] = c * (b1 * sum_b - dot_b1)
-            grad_rows[k, 2] = c * (b2 * sum_b - dot_b2)
-            if row_sums.shape[0] > 0:
-                row_sums[k] = sum_b
+            row_sums[k] = sum_b
+
+
+@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
+def _accumulate_row(
+    d_row: Any,
+    g_row: Any,
+    i: int,
+    rows: Any,
+    columns_t: Any,
+    c: Any,
+    grad_rows: Any,
+    row_sums: Any,
+    sums: Any,
+    w: Any,
+) -> None:
+    """Row ``i`` of the backward above three coordinates: ``w = g ⊙ d`` in a first pass,
+    then four coordinates a pass. (One loop for every D, its first pass making ``w``,
+    measured 25 µs slower than the pairs' loop up to three: the test of which pass it is,
+    inside the loop, costs more than a second loop.)"""
+    P, C = columns_t.shape
+    zero = grad_rows.dtype.type(0)
+    total = sums[P]
+    row_sum = zero
+    for j in range(C):
+        wj = g_row[j] * d_row[j]
+        w[j] = wj
+        row_sum += wj
+        total[j] += wj
+    for d in range(0, P, COORDINATES_PER_PASS):
+        a0, a1, a2, a3 = columns_t[d], columns_t[d + 1], columns_t[d + 2], columns_t[d + 3]
+        r0, r1, r2, r3 = rows[i, d], rows[i, d + 1], rows[i, d + 2], rows[i, d + 3]
+        t0, t1, t2, t3 = sums[d], sums[d + 1], sums[d + 2], sums[d + 3]
+        dot0 = dot1 = dot2 = dot3 = zero
+        for j in range(C):
+            wj = w[j]
+            dot0 += wj * a0[j]
+            dot1 += wj * a1[j]
+            dot2 += wj * a2[j]
+            dot3 += wj * a3[j]
+            t0[j] += wj * r0
+            t1[j] += wj * r1
+            t2[j] += wj * r2
+            t3[j] += wj * r3
+        grad_rows[i, d] = c * (r0 * row_sum - dot0)
+        grad_rows[i, d + 1] = c * (r1 * row_sum - dot1)
+        grad_rows[i, d + 2] = c * (r2 * row_sum - dot2)
+        grad_rows[i, d + 3] = c * (r3 * row_sum - dot3)
+    if row_sums.shape[0] > 0:
+        row_sums[i] = row_sum
 
 
 @_jit
@@ -472,61 +514,62 @@ def _backward_rows(
     grad_rows: Any,
     row_sums: Any,
     sums: Any,
-    w: Any,
+    scratch: Any,
     start: int,
     stop: int,
 ) -> None:
     """Rows ``[start, stop)`` of :func:`backward`: their ``grad_rows`` and ``row_sums``, and
-    their part of the columns' sums (``sums [P+1, C]``, zeroed here; ``w [C]`` scratch)."""
-    P, C = columns_t.shape
+    their part of the columns' sums (``sums [P+1, C]``, zeroed here; ``scratch [C]``). Up to
+    three coordinates two rows a pass, an odd last row paired with zeros (``scratch``)."""
+    P = columns_t.shape[0]
     zero = derivative.dtype.type(0)
     sums[:] = zero
     if P == PADDED_DIMENSIONS:
-        _backward_row_pairs(
-            rows, columns_t, derivative, grad_weight, c, grad_rows, row_sums, sums, w, start, stop
-        )
+        scratch[:] = zero
+        for i in range(start, stop, 2):
+            second = i + 1 < stop
+            k = i + 1 if second else i
+            d_b = derivative[k] if second else scratch
+            g_b = grad_weight[k] if second else scratch
+            _accumulate_pair(
+                derivative[i],
+                grad_weight[i],
+                d_b,
+                g_b,
+                i,
+                k,
+                second,
+                rows,
+                columns_t,
+                c,
+                grad_rows,
+                row_sums,
+                sums,
+            )
         return
-    total = sums[P]
     for i in range(start, stop):
-        d_row = derivative[i]
-        g_row = grad_weight[i]
-        row_sum = zero
-        for j in range(C):
-            wj = g_row[j] * d_row[j]
-            w[j] = wj
-            row_sum += wj
-            total[j] += wj
-        for d in range(0, P, COORDINATES_PER_PASS):  # four coordinates a pass
-            a0, a1, a2, a3 = columns_t[d], columns_t[d + 1], columns_t[d + 2], columns_t[d + 3]
-            r0, r1, r2, r3 = rows[i, d], rows[i, d + 1], rows[i, d + 2], rows[i, d + 3]
-            t0, t1, t2, t3 = sums[d], sums[d + 1], sums[d + 2], sums[d + 3]
-            dot0 = dot1 = dot2 = dot3 = zero
-            for j in range(C):
-                wj = w[j]
-                dot0 += wj * a0[j]
-                dot1 += wj * a1[j]
-                dot2 += wj * a2[j]
-                dot3 += wj * a3[j]
-                t0[j] += wj * r0
-                t1[j] += wj * r1
-                t2[j] += wj * r2
-                t3[j] += wj * r3
-            grad_rows[i, d] = c * (r0 * row_sum - dot0)
-            grad_rows[i, d + 1] = c * (r1 * row_sum - dot1)
-            grad_rows[i, d + 2] = c * (r2 * row_sum - dot2)
-            grad_rows[i, d + 3] = c * (r3 * row_sum - dot3)
-        if row_sums.shape[0] > 0:
-            row_sums[i] = row_sum
+        _accumulate_row(
+            derivative[i],
+            grad_weight[i],
+            i,
+            rows,
+            columns_t,
+            c,
+            grad_rows,
+            row_sums,
+            sums,
+            scratch,
+        )
 
 
 @_jit
 def _backward_outputs(
     columns_t: Any, sums: Any, c: Any, grad_rows: Any, row_sums: Any, charges: Any, D: int
 ) -> Any:
-    """``(grad_rows, grad_columns, row_sums / charges)``: the columns' gradients from the
-    sums of every row range (``sums [chunks, P+1, C]``), both position gradients with
-    their ``D`` coordinates (the padding dropped), and the charges' gradient where wanted
-    (``charges`` ``[0]``: not wanted, an empty array)."""
+    """``(grad_rows, grad_columns, grad_charges)``: the columns' gradients from the sums of
+    every row range (``sums [chunks, P+1, C]``), both position gradients with their ``D``
+    coordinates (the padding dropped), and the charges' gradient: ``row_sums / charges``,
+    or (``charges`` ``[0]``) ``row_sums`` as they are (``[0]`` where not wanted)."""
     P, C = columns_t.shape
     grad_columns = np.empty((C, D), dtype=grad_rows.dtype)
     for j in range(C):
@@ -538,9 +581,11 @@ def _backward_outputs(
             for chunk in range(1, sums.shape[0]):
                 part += sums[chunk, d, j]
             grad_columns[j, d] = c * (columns_t[d, j] * total - part)
-    grad_charges = np.empty(charges.shape[0], dtype=grad_rows.dtype)
-    for i in range(charges.shape[0]):
-        grad_charges[i] = row_sums[i] / charges[i]
+    grad_charges = row_sums
+    if charges.shape[0] > 0:
+        grad_charges = np.empty(charges.shape[0], dtype=grad_rows.dtype)
+        for i in range(charges.shape[0]):
+            grad_charges[i] = row_sums[i] / charges[i]
     if D == P:
         return grad_rows, grad_columns, grad_charges
     return np.ascontiguousarray(grad_rows[:, :D]), grad_columns, grad_charges
@@ -627,17 +672,21 @@ def backward(
 
 
 @functools.cache
-def profile_loop(profile: Any, derivative: Any, single: bool) -> Any:
-    """The forward loop of a kernel that gives its profile as functions of one number
+def profile_loops(profile: Any, derivative: Any, single: bool) -> Any:
+    """The loops of a kernel that gives its profile as functions of one number
     (``scalar_profile(u)``, ``scalar_profile_derivative(u, value)``), compiled for it once a
     process (a loop holding other compiled functions is not cached on disk; the threads'
     form at its first call with more than one thread); ``single``: for float32 arrays, with
-    float32 transcendental functions (:func:`_in_float32`).
+    float32 transcendental functions (:func:`_in_float32`). Like the Gaussian's:
 
-    ``loop(rows, columns_t, scale, out, derivative_out, chunks=1)`` writes ``out = f(u)``,
-    ``u = scale·|r_i − r_j|²``, and ``derivative_out = f'(u)`` where it has rows
-    (``[0, C]``: none), a row at a time (its distances, then the profile over it while it
-    is in the core's cache), the rows shared out between ``chunks`` threads.
+    * ``forward(rows, columns_t, scale, charges, out, chunks=1)`` writes
+      ``out = q_i·f(u)``, ``u = scale·|r_i − r_j|²`` (``charges`` ``[0]``: ``q = 1``), a row
+      at a time (its distances, then the profile over it while it is in the core's cache);
+    * ``backward(rows, columns_t, kernel, grad_weight, scale, c, charges, D, chunks=1)``
+      gives :func:`backward`'s outputs with ``w = grad_weight ⊙ q·f'(u, f)``, the
+      derivative made from the distances and the kernel as it goes (never kept: a second
+      ``[M, N]`` array written and read back cost more), and the charges' gradient
+      ``Σ_j grad_weight_ij f(u_ij)``.
     """
     if single:
         profile, derivative = _in_float32(profile), _in_float32(derivative)
@@ -645,53 +694,214 @@ def profile_loop(profile: Any, derivative: Any, single: bool) -> Any:
     f, f_prime = compile_profile(profile), compile_profile(derivative)
 
     @njit(**_FLAGS)
-    def profile_rows(
-        rows: Any, columns_t: Any, scale: Any, out: Any, derivative_out: Any, start: int, stop: int
+    def forward_rows(
+        rows: Any, columns_t: Any, scale: Any, charges: Any, out: Any, start: int, stop: int
     ) -> None:
-        with_derivative = derivative_out.shape[0] > 0
         zero = out.dtype.type(0)
         tiny = np.finfo(out.dtype).tiny  # below it: 0 (subnormals slow the products)
         for i in range(start, stop):
             row = out[i]
+            q = charges[i] if charges.shape[0] > 0 else out.dtype.type(1)
             _squared_distances(rows, columns_t, i, scale, row)
-            if with_derivative:
-                d_row = derivative_out[i]
-                for j in range(row.shape[0]):
-                    u = row[j]
-                    value = f(u)
-                    slope = f_prime(u, value)
-                    row[j] = value if abs(value) >= tiny else zero
-                    d_row[j] = slope if abs(slope) >= tiny else zero
-            else:
-                for j in range(row.shape[0]):
-                    value = f(row[j])
-                    row[j] = value if abs(value) >= tiny else zero
+            for j in range(row.shape[0]):
+                value = q * f(row[j])
+                row[j] = value if abs(value) >= tiny else zero
+
+    @njit(inline="always", **_FLAGS)
+    def derivative_row(
+        rows: Any, columns_t: Any, i: int, scale: Any, kernel_row: Any, g_row: Any, q: Any, out: Any
+    ) -> Any:
+        """``out = q·f'(u, f)`` of row ``i`` (``f = kernel_row / q``); ``Σ_j g_j f_j``."""
+        _squared_distances(rows, columns_t, i, scale, out)
+        inverse = out.dtype.type(1) / q
+        charge_sum = out.dtype.type(0)
+        for j in range(out.shape[0]):
+            value = kernel_row[j] * inverse
+            out[j] = q * f_prime(out[j], value)
+            charge_sum += g_row[j] * value
+        return charge_sum
 
     @njit(**_FLAGS)
-    def serial(rows: Any, columns_t: Any, scale: Any, out: Any, derivative_out: Any) -> None:
-        profile_rows(rows, columns_t, scale, out, derivative_out, 0, rows.shape[0])
+    def backward_rows(
+        rows: Any,
+        columns_t: Any,
+        kernel: Any,
+        grad_weight: Any,
+        scale: Any,
+        c: Any,
+        charges: Any,
+        grad_rows: Any,
+        charge_sums: Any,
+        sums: Any,
+        scratch: Any,
+        start: int,
+        stop: int,
+    ) -> None:
+        P = columns_t.shape[0]
+        zero = kernel.dtype.type(0)
+        one = kernel.dtype.type(1)
+        sums[:] = zero
+        scratch[2] = zero
+        no_sums = charge_sums[:0]
+        step = 2 if P == PADDED_DIMENSIONS else 1
+        for i in range(start, stop, step):
+            q = charges[i] if charges.shape[0] > 0 else one
+            part = derivative_row(
+                rows, columns_t, i, scale, kernel[i], grad_weight[i], q, scratch[0]
+            )
+            if charge_sums.shape[0] > 0:
+                charge_sums[i] = part
+            if step == 1:
+                _accumulate_row(
+                    scratch[0],
+                    grad_weight[i],
+                    i,
+                    rows,
+                    columns_t,
+                    c,
+                    grad_rows,
+                    no_sums,
+                    sums,
+                    scratch[1],
+                )
+                continue
+            second = i + 1 < stop
+            k = i + 1 if second else i
+            g_b = scratch[2]
+            if second:
+                q = charges[k] if charges.shape[0] > 0 else one
+                part = derivative_row(
+                    rows, columns_t, k, scale, kernel[k], grad_weight[k], q, scratch[1]
+                )
+                if charge_sums.shape[0] > 0:
+                    charge_sums[k] = part
+                g_b = grad_weight[k]
+            _accumulate_pair(
+                scratch[0],
+                grad_weight[i],
+                scratch[1],
+                g_b,
+                i,
+                k,
+                second,
+                rows,
+                columns_t,
+                c,
+                grad_rows,
+                no_sums,
+                sums,
+            )
+
+    @njit(**_FLAGS)
+    def forward(rows: Any, columns_t: Any, scale: Any, charges: Any, out: Any) -> None:
+        forward_rows(rows, columns_t, scale, charges, out, 0, rows.shape[0])
+
+    @njit(**_FLAGS)
+    def backward(
+        rows: Any,
+        columns_t: Any,
+        kernel: Any,
+        grad_weight: Any,
+        scale: Any,
+        c: Any,
+        charges: Any,
+        D: int,
+    ) -> Any:
+        P, C = columns_t.shape
+        R = rows.shape[0]
+        grad_rows = np.empty((R, P), dtype=kernel.dtype)
+        charge_sums = np.empty(R if charges.shape[0] > 0 else 0, dtype=kernel.dtype)
+        sums = np.empty((1, P + 1, C), dtype=kernel.dtype)
+        scratch = np.empty((3, C), dtype=kernel.dtype)
+        backward_rows(
+            rows,
+            columns_t,
+            kernel,
+            grad_weight,
+            scale,
+            c,
+            charges,
+            grad_rows,
+            charge_sums,
+            sums[0],
+            scratch,
+            0,
+            R,
+        )
+        return _backward_outputs(columns_t, sums, c, grad_rows, charge_sums, charges[:0], D)
 
     @functools.cache
-    def threads() -> Any:
+    def threads() -> tuple[Any, Any]:
         @njit(**_FLAGS, parallel=True)
-        def loop(
-            rows: Any, columns_t: Any, scale: Any, out: Any, derivative_out: Any, chunks: int
+        def forward_threads(
+            rows: Any, columns_t: Any, scale: Any, charges: Any, out: Any, chunks: int
         ) -> None:
             for chunk in prange(chunks):
                 start, stop = _rows_of(chunk, chunks, rows.shape[0])
-                profile_rows(rows, columns_t, scale, out, derivative_out, start, stop)
+                forward_rows(rows, columns_t, scale, charges, out, start, stop)
 
-        return loop
+        @njit(**_FLAGS, parallel=True)
+        def backward_threads(
+            rows: Any,
+            columns_t: Any,
+            kernel: Any,
+            grad_weight: Any,
+            scale: Any,
+            c: Any,
+            charges: Any,
+            D: int,
+            chunks: int,
+        ) -> Any:
+            P, C = columns_t.shape
+            R = rows.shape[0]
+            grad_rows = np.empty((R, P), dtype=kernel.dtype)
+            charge_sums = np.empty(R if charges.shape[0] > 0 else 0, dtype=kernel.dtype)
+            sums = np.empty((chunks, P + 1, C), dtype=kernel.dtype)
+            scratch = np.empty((chunks, 3, C), dtype=kernel.dtype)
+            for chunk in prange(chunks):
+                start, stop = _rows_of(chunk, chunks, R)
+                backward_rows(
+                    rows,
+                    columns_t,
+                    kernel,
+                    grad_weight,
+                    scale,
+                    c,
+                    charges,
+                    grad_rows,
+                    charge_sums,
+                    sums[chunk],
+                    scratch[chunk],
+                    start,
+                    stop,
+                )
+            return _backward_outputs(columns_t, sums, c, grad_rows, charge_sums, charges[:0], D)
 
-    def loop(
-        rows: Any, columns_t: Any, scale: Any, out: Any, derivative_out: Any, chunks: int = 1
+        return forward_threads, backward_threads
+
+    def forward_loop(
+        rows: Any, columns_t: Any, scale: Any, charges: Any, out: Any, chunks: int = 1
     ) -> None:
         if chunks > 1:
-            threads()(rows, columns_t, scale, out, derivative_out, chunks)
+            threads()[0](rows, columns_t, scale, charges, out, chunks)
         else:
-            serial(rows, columns_t, scale, out, derivative_out)
+            forward(rows, columns_t, scale, charges, out)
 
-    return loop
+    def backward_loop(
+        rows: Any,
+        columns_t: Any,
+        kernel: Any,
+        grad_weight: Any,
+        scale: Any,
+        c: Any,
+        charges: Any,
+        D: int,
+        chunks: int = 1,
+    ) -> Any:
+        args = (rows, columns_t, kernel, grad_weight, scale, c, charges, D)
+        return threads()[1](*args, chunks) if chunks > 1 else backward(*args)
+
+    return SimpleNamespace(forward=forward_loop, backward=backward_loop)
 
 
 @_jit_threads

@@ -659,56 +659,53 @@ def _fused_forward(ctx: Any, inputs: tuple[Any, ...]) -> Tensor:
     loops = numba_cpu.loops()
     M, N, D = target_pos.shape[0], source_pos.shape[0], target_pos.shape[1]
     gaussian = _is_gaussian(kernel)
-    scalar_loop = None if gaussian else _scalar_profile_loop(kernel, _NUMPY_DTYPE[x.dtype])
+    scalar = None if gaussian else _scalar_profile_loops(kernel, _NUMPY_DTYPE[x.dtype])
+    folds = gaussian or scalar is not None  # one loop makes W = q ⊙ k: the charges folded in
     q = charge if charge is None or charge.ndim == 1 else charge.reshape(-1)
-    q_np = _NO_CHARGES[x.dtype] if q is None or not gaussian else _as(q, x.dtype).detach().numpy()
+    q_np = _NO_CHARGES[x.dtype] if q is None or not folds else _as(q, x.dtype).detach().numpy()
     # one call: the positions' copies (and whether they are finite), whether a charge is 0,
     # and the kernel to write (none for a tensor profile, made in blocks below)
     target_copy, source_t, finite, nonzero, k_np = loops.prepare(
         _as(target_pos, x.dtype).detach().numpy(),
         _as(source_pos, x.dtype).detach().numpy(),
-        q_np,  # (only the Gaussian's: the others keep the charges apart)
-        M if gaussian or scalar_loop is not None else 0,
+        q_np,
+        M if folds else 0,
     )
     if not finite:
         _raise_not_finite(kernel, target_pos, source_pos, where)
     chunks = numba_cpu.threads(M * N)
-    scalar = target_copy.dtype.type
-    need_fp = not gaussian and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
-    # the Gaussian's loop makes W = q ⊙ k itself (no pass over y for the charges either
-    # way), unless a charge is 0: then W keeps nothing of k, which ∂L/∂q needs
-    folded = gaussian and q is not None and nonzero
-    fp_np = None
+    number = target_copy.dtype.type
+    # W = q ⊙ k needs no pass over y for the charges either way, unless a charge is 0:
+    # then W keeps nothing of k, which ∂L/∂q needs
+    folded = folds and q is not None and nonzero
+    charges = q_np if folded else _NO_CHARGES[x.dtype]
+    derivative = None
     if gaussian:
-        charges = q_np if folded else _NO_CHARGES[x.dtype]
-        loops.gaussian(target_copy, source_t, scalar(-inv_s2), charges, k_np, chunks)
-        k = torch.from_numpy(k_np)
-    elif scalar_loop is not None:  # the kernel's own profile, compiled into the loop
-        fp_np = np.empty((M if need_fp else 0, N), dtype=k_np.dtype)
-        scalar_loop(target_copy, source_t, scalar(inv_s2), k_np, fp_np, chunks)
-        k = torch.from_numpy(k_np)
-        fp_np = fp_np if need_fp else None
+        loops.gaussian(target_copy, source_t, number(-inv_s2), charges, k_np, chunks)
+        k = derivative = torch.from_numpy(k_np)  # (the Gaussian's f' = −f)
+    elif scalar is not None:  # the kernel's own profile, compiled into the loops
+        scalar.forward(target_copy, source_t, number(inv_s2), charges, k_np, chunks)
+        k = torch.from_numpy(k_np)  # (its backward makes f' from u and k as it goes)
     else:
+        need_fp = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
 
         def distances(s: int, e: int) -> Tensor:
             u = x.new_empty(e - s, N)
-            loops.distances(target_copy[s:e], source_t, scalar(inv_s2), u.numpy(), chunks)
+            loops.distances(target_copy[s:e], source_t, number(inv_s2), u.numpy(), chunks)
             return u
 
-        k, fp = _profile_in_blocks(kernel, False, need_fp, M, N, distances)
-        k_np = k.numpy()
-        fp_np = None if fp is None else fp.numpy()
+        k, derivative = _profile_in_blocks(kernel, False, need_fp, M, N, distances)
     y0 = torch.mm(x, k.T)  # folded: y = x Wᵀ, nn.Linear's forward
     keep_y0 = charge is not None and ctx.needs_input_grad[3] and not folded
     y = y0 if q is None or folded else y0 * q
     ctx.save_for_backward(x, q, k, y0 if keep_y0 else None)
     ctx.charges = None if charge is None else (charge.dtype, charge.shape)
     ctx.dtypes = (target_pos.dtype, source_pos.dtype)
-    # the backward's loop reads the derivative (the Gaussian's f' = −f: the kernel itself)
-    # and the charges as these NumPy views, made here once
-    c = scalar((-2.0 if gaussian else 2.0) * inv_s2)
-    derivative = k_np if gaussian else fp_np
-    ctx.fused_state = (target_copy, source_t, c, derivative, q_np if folded else None, D)
+    # the backward's loops read these NumPy views, made here once
+    derivative = None if derivative is None else derivative.numpy()
+    c = number((-2.0 if gaussian else 2.0) * inv_s2)
+    ctx.fused_state = (target_copy, source_t, number(inv_s2), c, k_np, derivative, charges, D)
+    ctx.scalar_loops = scalar
     return y
 
 
@@ -719,8 +716,8 @@ _NUMPY_DTYPE = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.
 _NO_CHARGES = {dtype: np.empty(0, dtype=np_dtype) for dtype, np_dtype in _NUMPY_DTYPE.items()}
 
 
-def _scalar_profile_loop(kernel: RadialKernel, dtype: np.dtype) -> Any:
-    """The fused forward loop of a kernel that gives ``scalar_profile`` (None: it does not),
+def _scalar_profile_loops(kernel: RadialKernel, dtype: np.dtype) -> Any:
+    """The fused loops of a kernel that gives ``scalar_profile`` (None: it does not),
     compiled once a process; a profile Numba cannot compile is one error naming the kernel."""
     cls = type(kernel)
     if cls.scalar_profile is None or cls.scalar_profile_derivative is None:
@@ -730,13 +727,14 @@ def _scalar_profile_loop(kernel: RadialKernel, dtype: np.dtype) -> Any:
         return _COMPILED_PROFILES[key]
     try:
         single = dtype == np.float32
-        loop = numba_cpu.loops().profile_loop(
+        loops = numba_cpu.loops().profile_loops(
             cls.scalar_profile, cls.scalar_profile_derivative, single
         )
-        three = np.zeros((1, 3), dtype=dtype)  # compiles now, for this dtype
-        loop(
-            three, three.T.copy(), dtype.type(1.0), np.zeros((1, 1), dtype), np.zeros((1, 1), dtype)
-        )
+        one = dtype.type(1.0)  # both compile now, for this dtype
+        three, kernel_array = np.zeros((1, 3), dtype=dtype), np.ones((1, 1), dtype=dtype)
+        loops.forward(three, three.T.copy(), one, three[0, :0], kernel_array)
+        charges = np.ones(1, dtype=dtype)
+        loops.backward(three, three.T.copy(), kernel_array, kernel_array, one, one, charges, 3)
     except Exception as exc:
         # Numba's message: the pipeline's step, then the cause, wrapped in terminal colours
         lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
@@ -747,11 +745,11 @@ def _scalar_profile_loop(kernel: RadialKernel, dtype: np.dtype) -> Any:
             f"scalar_profile_derivative ({first}); write them with + − × ÷, comparisons and "
             "particlesim.kernels.scalar_math's functions, or leave both out"
         ) from None
-    _COMPILED_PROFILES[key] = loop
-    return loop
+    _COMPILED_PROFILES[key] = loops
+    return loops
 
 
-#: :func:`_scalar_profile_loop`'s loops, compiled and tried, per profile and dtype.
+#: :func:`_scalar_profile_loops`' loops, compiled and tried, per profile and dtype.
 _COMPILED_PROFILES: dict[tuple[Any, Any, np.dtype], Any] = {}
 
 
@@ -764,18 +762,30 @@ def _fused_backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
     and ``∂L/∂q_h = Σ_j G_hj k_hj`` is the same loop's row sum over ``q_h``."""
     x, q, k, y0 = ctx.saved_tensors
     need_x, need_rh, need_rj, need_q = ctx.needs_input_grad[:4]
-    target, source_t, c, derivative, folded_charges, D = ctx.fused_state
-    folded = folded_charges is not None
+    target, source_t, scale, c, k_np, derivative, charges, D = ctx.fused_state
+    folded = charges.shape[0] > 0
     grad_q = _charge_grad(ctx, grad_y, y0) if need_q and not folded else None
     gy = grad_y if q is None or folded else grad_y * _as(q, grad_y.dtype)
     grad_x = torch.mm(gy, k) if need_x else None
     grad_rh = grad_rj = None
     if need_rh or need_rj or (need_q and folded):
         G = torch.mm(gy.T, x)
-        charges = folded_charges if need_q and folded else _NO_CHARGES[G.dtype]
-        grad_rh, grad_rj, grad_charges = numba_cpu.loops().backward(
-            target, source_t, derivative, G.numpy(), c, charges, D, numba_cpu.threads(G.numel())
-        )
+        chunks = numba_cpu.threads(G.numel())
+        if ctx.scalar_loops is not None:  # f' from u and k as the loop goes
+            grad_rh, grad_rj, grad_charges = ctx.scalar_loops.backward(
+                target, source_t, k_np, G.numpy(), scale, c, charges, D, chunks
+            )
+        else:
+            grad_rh, grad_rj, grad_charges = numba_cpu.loops().backward(
+                target,
+                source_t,
+                derivative,
+                G.numpy(),
+                c,
+                charges if need_q else charges[:0],
+                D,
+                chunks,
+            )
         if need_q and folded:
             dtype, shape = ctx.charges
             grad_q = _as(torch.from_numpy(grad_charges), dtype)
