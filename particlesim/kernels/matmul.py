@@ -757,9 +757,11 @@ def _fused_backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
     """The backward of :func:`_fused_forward`: the products ``nn.Linear`` does, then both
     position gradients from one fused read of the weight gradient ``G = gyᵀ x`` and ``f'``.
 
-    Where the forward folded the charges into ``W = q ⊙ k`` (the Gaussian), ``G`` is the
-    gradient of ``W`` itself: the position gradients read ``G ⊙ W`` (``∂L/∂u = −q·G·k``),
-    and ``∂L/∂q_h = Σ_j G_hj k_hj`` is the same loop's row sum over ``q_h``."""
+    Where the forward folded the charges into ``W = q ⊙ k`` (the Gaussian, and a kernel
+    with a scalar profile), ``G`` is the gradient of ``W`` itself: the position gradients
+    read ``G ⊙ q·f'`` (the Gaussian's ``q·f' = −W``; a scalar profile's ``f'`` made from
+    ``u`` and ``W/q`` as the loop goes), and ``∂L/∂q_h = Σ_j G_hj k_hj`` is the same loop's
+    row sum."""
     x, q, k, y0 = ctx.saved_tensors
     need_x, need_rh, need_rj, need_q = ctx.needs_input_grad[:4]
     target, source_t, scale, c, k_np, derivative, charges, D = ctx.fused_state

@@ -4,10 +4,13 @@ The matmul path's common layer (one channel, no cutoff, no modulation, a fixed w
 besides the three matrix products ``nn.Linear`` also does, only:
 
 * forward: the scaled squared distances ``u[h, j] = |r_h − r_j|²/σ²`` of every pair, and
-  for the Gaussian ``exp(−u)`` straight away (``distances``, ``gaussian``);
-* backward: with ``w = G ⊙ f'(u)`` (``G`` the charge-free weight gradient),
+  for the Gaussian ``q_h·exp(−u)`` straight away (``distances``, ``gaussian``; a kernel
+  that gives ``scalar_profile``: its ``profile_loops``);
+* backward: with ``w = G ⊙ q_h·f'(u)`` (``G`` the weight gradient),
   ``∂L/∂r_h = c·(r_h Σ_j w_hj − Σ_j w_hj r_j)`` and
-  ``∂L/∂r_j = c·(r_j Σ_h w_hj − Σ_h w_hj r_h)``, ``c = 2/σ²`` (``backward``).
+  ``∂L/∂r_j = c·(r_j Σ_h w_hj − Σ_h w_hj r_h)``, ``c = 2/σ²``, and the charges' gradient
+  ``Σ_j G_hj f(u_hj)`` (``backward``; a scalar profile's loop makes ``f'`` from ``u`` and
+  ``f`` as it goes, two rows at a time).
 
 Written as tensor operations these take ~35 dispatched calls and several passes over the
 ``[M, N]`` arrays; here each direction is one read of what it needs, in loops that LLVM
@@ -19,10 +22,11 @@ polynomial, relative error below 3·10⁻⁷ over the kernel's range); float64 t
 The loops share their rows out between as many threads as PyTorch's own operations use
 (:func:`threads`: ``torch.get_num_threads()``, which a particlesim run sets to its share of
 the machine), in Numba's thread-safe threading layer: OpenMP (GNU's ``libgomp``, which most
-Linux systems have) or TBB (the ``tbb`` package). Its workers wake within microseconds of
-the region's start; Python threads, measured, took ~80 µs and waited for a core beside
-PyTorch's spinning OpenMP workers (Gaussian (512, 2048, 2048): 1.34× ``nn.Linear`` against
-1.22× in the calling thread alone). The loops run in the calling thread alone where
+Linux systems have) or TBB (the ``tbb`` package). Numba's OpenMP layer binds to the OpenMP
+runtime PyTorch loaded (its symbols are global), so the rows run on PyTorch's own workers,
+which are still spinning from the last product: no thread is added. Python threads,
+measured, took ~80 µs to wake and waited for a core beside those workers (Gaussian
+(512, 2048, 2048): 1.34× ``nn.Linear`` against 1.22× in the calling thread alone). The loops run in the calling thread alone where
 neither layer loads, for layers under :data:`THREADED_MIN_PAIRS` pairs, and in a process
 forked from one that started the threads (GNU OpenMP cannot run in such a child).
 
