@@ -298,7 +298,7 @@ def prepare(rows: Any, columns: Any, charges: Any, kernel_rows: int) -> Any:
     return rows_copy, columns_t, check == 0, nonzero, kernel
 
 
-@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
+@_jit
 def _squared_distances(rows: Any, columns_t: Any, i: int, scale: Any, out_row: Any) -> None:
     """``out_row[j] = scale·|r_i − r_j|²``: three coordinates in one pass, or (above
     :data:`PADDED_DIMENSIONS`) four a pass over the columns, scaled in the last."""
@@ -398,7 +398,7 @@ def gaussian(
         _gaussian(rows, columns_t, minus_scale, charges, out)
 
 
-@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
+@_jit
 def _accumulate_pair(
     d_a: Any,
     g_a: Any,
@@ -455,7 +455,7 @@ def _accumulate_pair(
             row_sums[k] = sum_b
 
 
-@njit(inline="always", fastmath=_FASTMATH, error_model="numpy")
+@_jit
 def _accumulate_row(
     d_row: Any,
     g_row: Any,
@@ -707,7 +707,7 @@ def profile_loops(profile: Any, derivative: Any, single: bool) -> Any:
                 value = q * f(row[j])
                 row[j] = value if abs(value) >= tiny else zero
 
-    @njit(inline="always", **_FLAGS)
+    @njit(**_FLAGS)
     def derivative_row(
         rows: Any, columns_t: Any, i: int, scale: Any, kernel_row: Any, g_row: Any, q: Any, out: Any
     ) -> Any:
