@@ -22,8 +22,8 @@ def positions(rows: int, columns: int, D: int, seed: int = 0) -> tuple[np.ndarra
     rng = np.random.default_rng(seed)
     target = (rng.standard_normal((rows, D)) * 1.5).astype(np.float32)
     source = (rng.standard_normal((columns, D)) * 1.5).astype(np.float32)
-    rows_copy, columns_t, finite, _, _ = numba_cpu.loops().prepare(
-        target, source, np.empty(0, np.float32), 0
+    rows_copy, columns_t, finite, _ = numba_cpu.loops().prepare(
+        target, source, np.empty(0, np.float32)
     )
     assert finite
     return rows_copy, columns_t

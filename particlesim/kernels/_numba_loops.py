@@ -266,11 +266,10 @@ COORDINATES_PER_PASS = 4
 
 
 @njit(nogil=True, cache=True)  # no fast-math: it may assume every number finite
-def prepare(rows: Any, columns: Any, charges: Any, kernel_rows: int) -> Any:
+def prepare(rows: Any, columns: Any, charges: Any) -> Any:
     """What a forward needs before its loop, in one call (each call from Python costs
     microseconds, more right after a pass over a large array): ``(rows [R, P], columns
-    transposed [P, C], whether all positions are finite, whether no charge is 0, a kernel
-    [kernel_rows, C] to write)``.
+    transposed [P, C], whether all positions are finite, whether no charge is 0)``.
 
     ``P`` = 3 up to D = 3, else ``D`` rounded up to a multiple of 4 (zeros after ``D``): the
     positions' private copies for the backward (a later in-place change of a parameter
@@ -294,8 +293,7 @@ def prepare(rows: Any, columns: Any, charges: Any, kernel_rows: int) -> Any:
     nonzero = True
     for i in range(charges.shape[0]):
         nonzero = nonzero and charges[i] != 0
-    kernel = np.empty((kernel_rows, columns.shape[0]), dtype=rows.dtype)
-    return rows_copy, columns_t, check == 0, nonzero, kernel
+    return rows_copy, columns_t, check == 0, nonzero
 
 
 @_jit

@@ -663,13 +663,9 @@ def _fused_forward(ctx: Any, inputs: tuple[Any, ...]) -> Tensor:
     folds = gaussian or scalar is not None  # one loop makes W = q ⊙ k: the charges folded in
     q = charge if charge is None or charge.ndim == 1 else charge.reshape(-1)
     q_np = _NO_CHARGES[x.dtype] if q is None or not folds else _as(q, x.dtype).detach().numpy()
-    # one call: the positions' copies (and whether they are finite), whether a charge is 0,
-    # and the kernel to write (none for a tensor profile, made in blocks below)
-    target_copy, source_t, finite, nonzero, k_np = loops.prepare(
-        _as(target_pos, x.dtype).detach().numpy(),
-        _as(source_pos, x.dtype).detach().numpy(),
-        q_np,
-        M if folds else 0,
+    # one call: the positions' copies (and whether they are finite), whether a charge is 0
+    target_copy, source_t, finite, nonzero = loops.prepare(
+        _as(target_pos, x.dtype).detach().numpy(), _as(source_pos, x.dtype).detach().numpy(), q_np
     )
     if not finite:
         _raise_not_finite(kernel, target_pos, source_pos, where)
@@ -679,13 +675,16 @@ def _fused_forward(ctx: Any, inputs: tuple[Any, ...]) -> Tensor:
     # then W keeps nothing of k, which ∂L/∂q needs
     folded = folds and q is not None and nonzero
     charges = q_np if folded else _NO_CHARGES[x.dtype]
-    derivative = None
+    derivative = k_np = None
+    if folds:  # a tensor (PyTorch's allocator and memory tools see it), written by the loop
+        k = x.new_empty(M, N)
+        k_np = k.numpy()
     if gaussian:
         loops.gaussian(target_copy, source_t, number(-inv_s2), charges, k_np, chunks)
-        k = derivative = torch.from_numpy(k_np)  # (the Gaussian's f' = −f)
+        derivative = k  # (the Gaussian's f' = −f)
     elif scalar is not None:  # the kernel's own profile, compiled into the loops
         scalar.forward(target_copy, source_t, number(inv_s2), charges, k_np, chunks)
-        k = torch.from_numpy(k_np)  # (its backward makes f' from u and k as it goes)
+        # (its backward makes f' from u and k as it goes)
     else:
         need_fp = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
 

@@ -26,9 +26,10 @@ Linux systems have) or TBB (the ``tbb`` package). Numba's OpenMP layer binds to 
 runtime PyTorch loaded (its symbols are global), so the rows run on PyTorch's own workers,
 which are still spinning from the last product: no thread is added. Python threads,
 measured, took ~80 µs to wake and waited for a core beside those workers (Gaussian
-(512, 2048, 2048): 1.34× ``nn.Linear`` against 1.22× in the calling thread alone). The loops run in the calling thread alone where
-neither layer loads, for layers under :data:`THREADED_MIN_PAIRS` pairs, and in a process
-forked from one that started the threads (GNU OpenMP cannot run in such a child).
+(512, 2048, 2048): 1.34× ``nn.Linear`` against 1.22× in the calling thread alone). The
+loops run in the calling thread alone where neither layer loads, for layers under
+:data:`THREADED_MIN_PAIRS` pairs, and in a process forked from one that started the
+threads (GNU OpenMP cannot run in such a child).
 
 Numba ships wheels for every platform PyTorch does and compiles at first call, without a C
 compiler (its LLVM is in its wheel); the compiled loops are cached beside their module, so a
