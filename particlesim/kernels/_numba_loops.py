@@ -590,6 +590,22 @@ def _backward_outputs(
 
 
 @_jit
+def _backward_buffers(
+    rows: Any, columns_t: Any, like: Any, charges: Any, chunks: int, scratch_rows: int
+) -> Any:
+    """``(grad_rows [R, P], row_sums [R or 0], sums [chunks, P+1, C], scratch [chunks,
+    scratch_rows, C])`` of a backward over ``chunks`` row ranges, in ``like``'s dtype."""
+    P, C = columns_t.shape
+    R = rows.shape[0]
+    return (
+        np.empty((R, P), dtype=like.dtype),
+        np.empty(R if charges.shape[0] > 0 else 0, dtype=like.dtype),
+        np.empty((chunks, P + 1, C), dtype=like.dtype),
+        np.empty((chunks, scratch_rows, C), dtype=like.dtype),
+    )
+
+
+@_jit
 def _backward(
     rows: Any,
     columns_t: Any,
@@ -599,14 +615,10 @@ def _backward(
     charges: Any,
     D: int,
 ) -> Any:
-    P, C = columns_t.shape
     R = rows.shape[0]
-    grad_rows = np.empty((R, P), dtype=derivative.dtype)
-    row_sums = np.empty(R if charges.shape[0] > 0 else 0, dtype=derivative.dtype)
-    sums = np.empty((1, P + 1, C), dtype=derivative.dtype)
-    w = np.empty(C, dtype=derivative.dtype)
+    grad_rows, row_sums, sums, w = _backward_buffers(rows, columns_t, derivative, charges, 1, 1)
     _backward_rows(
-        rows, columns_t, derivative, grad_weight, c, grad_rows, row_sums, sums[0], w, 0, R
+        rows, columns_t, derivative, grad_weight, c, grad_rows, row_sums, sums[0], w[0, 0], 0, R
     )
     return _backward_outputs(columns_t, sums, c, grad_rows, row_sums, charges, D)
 
@@ -622,14 +634,13 @@ def _backward_threads(
     D: int,
     chunks: int,
 ) -> Any:
-    P, C = columns_t.shape
     R = rows.shape[0]
-    grad_rows = np.empty((R, P), dtype=derivative.dtype)
-    row_sums = np.empty(R if charges.shape[0] > 0 else 0, dtype=derivative.dtype)
-    sums = np.empty((chunks, P + 1, C), dtype=derivative.dtype)
-    w = np.empty((chunks, C), dtype=derivative.dtype)
+    grad_rows, row_sums, sums, w = _backward_buffers(
+        rows, columns_t, derivative, charges, chunks, 1
+    )
     for chunk in prange(chunks):
         start, stop = _rows_of(chunk, chunks, R)
+        part, scratch = sums[chunk], w[chunk, 0]
         _backward_rows(
             rows,
             columns_t,
@@ -638,8 +649,8 @@ def _backward_threads(
             c,
             grad_rows,
             row_sums,
-            sums[chunk],
-            w[chunk],
+            part,
+            scratch,
             start,
             stop,
         )
@@ -790,11 +801,13 @@ def profile_loops(profile: Any, derivative: Any, single: bool) -> Any:
                 sums,
             )
 
-    @njit(**_FLAGS)
-    def forward(rows: Any, columns_t: Any, scale: Any, charges: Any, out: Any) -> None:
-        forward_rows(rows, columns_t, scale, charges, out, 0, rows.shape[0])
+    # each driver once, compiled twice: for the calling thread (prange is range there) and,
+    # at the first call with more than one thread, for threads
+    def forward(rows: Any, columns_t: Any, scale: Any, charges: Any, out: Any, chunks: int) -> None:
+        for chunk in prange(chunks):
+            start, stop = _rows_of(chunk, chunks, rows.shape[0])
+            forward_rows(rows, columns_t, scale, charges, out, start, stop)
 
-    @njit(**_FLAGS)
     def backward(
         rows: Any,
         columns_t: Any,
@@ -804,86 +817,42 @@ def profile_loops(profile: Any, derivative: Any, single: bool) -> Any:
         c: Any,
         charges: Any,
         D: int,
+        chunks: int,
     ) -> Any:
-        P, C = columns_t.shape
         R = rows.shape[0]
-        grad_rows = np.empty((R, P), dtype=kernel.dtype)
-        charge_sums = np.empty(R if charges.shape[0] > 0 else 0, dtype=kernel.dtype)
-        sums = np.empty((1, P + 1, C), dtype=kernel.dtype)
-        scratch = np.empty((3, C), dtype=kernel.dtype)
-        backward_rows(
-            rows,
-            columns_t,
-            kernel,
-            grad_weight,
-            scale,
-            c,
-            charges,
-            grad_rows,
-            charge_sums,
-            sums[0],
-            scratch,
-            0,
-            R,
+        grad_rows, charge_sums, sums, scratch = _backward_buffers(
+            rows, columns_t, kernel, charges, chunks, 3
         )
+        for chunk in prange(chunks):
+            start, stop = _rows_of(chunk, chunks, R)
+            part, spare = sums[chunk], scratch[chunk]
+            backward_rows(
+                rows,
+                columns_t,
+                kernel,
+                grad_weight,
+                scale,
+                c,
+                charges,
+                grad_rows,
+                charge_sums,
+                part,
+                spare,
+                start,
+                stop,
+            )
         return _backward_outputs(columns_t, sums, c, grad_rows, charge_sums, charges[:0], D)
+
+    alone = njit(**_FLAGS)(forward), njit(**_FLAGS)(backward)
 
     @functools.cache
     def threads() -> tuple[Any, Any]:
-        @njit(**_FLAGS, parallel=True)
-        def forward_threads(
-            rows: Any, columns_t: Any, scale: Any, charges: Any, out: Any, chunks: int
-        ) -> None:
-            for chunk in prange(chunks):
-                start, stop = _rows_of(chunk, chunks, rows.shape[0])
-                forward_rows(rows, columns_t, scale, charges, out, start, stop)
-
-        @njit(**_FLAGS, parallel=True)
-        def backward_threads(
-            rows: Any,
-            columns_t: Any,
-            kernel: Any,
-            grad_weight: Any,
-            scale: Any,
-            c: Any,
-            charges: Any,
-            D: int,
-            chunks: int,
-        ) -> Any:
-            P, C = columns_t.shape
-            R = rows.shape[0]
-            grad_rows = np.empty((R, P), dtype=kernel.dtype)
-            charge_sums = np.empty(R if charges.shape[0] > 0 else 0, dtype=kernel.dtype)
-            sums = np.empty((chunks, P + 1, C), dtype=kernel.dtype)
-            scratch = np.empty((chunks, 3, C), dtype=kernel.dtype)
-            for chunk in prange(chunks):
-                start, stop = _rows_of(chunk, chunks, R)
-                backward_rows(
-                    rows,
-                    columns_t,
-                    kernel,
-                    grad_weight,
-                    scale,
-                    c,
-                    charges,
-                    grad_rows,
-                    charge_sums,
-                    sums[chunk],
-                    scratch[chunk],
-                    start,
-                    stop,
-                )
-            return _backward_outputs(columns_t, sums, c, grad_rows, charge_sums, charges[:0], D)
-
-        return forward_threads, backward_threads
+        return njit(**_FLAGS, parallel=True)(forward), njit(**_FLAGS, parallel=True)(backward)
 
     def forward_loop(
         rows: Any, columns_t: Any, scale: Any, charges: Any, out: Any, chunks: int = 1
     ) -> None:
-        if chunks > 1:
-            threads()[0](rows, columns_t, scale, charges, out, chunks)
-        else:
-            forward(rows, columns_t, scale, charges, out)
+        (threads() if chunks > 1 else alone)[0](rows, columns_t, scale, charges, out, chunks)
 
     def backward_loop(
         rows: Any,
@@ -896,8 +865,8 @@ def profile_loops(profile: Any, derivative: Any, single: bool) -> Any:
         D: int,
         chunks: int = 1,
     ) -> Any:
-        args = (rows, columns_t, kernel, grad_weight, scale, c, charges, D)
-        return threads()[1](*args, chunks) if chunks > 1 else backward(*args)
+        args = (rows, columns_t, kernel, grad_weight, scale, c, charges, D, chunks)
+        return (threads() if chunks > 1 else alone)[1](*args)
 
     return SimpleNamespace(forward=forward_loop, backward=backward_loop)
 
