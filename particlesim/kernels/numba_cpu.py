@@ -24,7 +24,10 @@ The loops share their rows out between as many threads as PyTorch's own operatio
 the machine), in Numba's thread-safe threading layer: OpenMP (GNU's ``libgomp``, which most
 Linux systems have) or TBB (the ``tbb`` package). Numba's OpenMP layer binds to the OpenMP
 runtime PyTorch loaded (its symbols are global), so the rows run on PyTorch's own workers,
-which are still spinning from the last product: no thread is added. Python threads,
+which are still spinning from the last product: no thread is added (measured with
+PyTorch's Linux wheels, whose runtime is GNU's; where PyTorch brings another runtime, the
+rows run on Numba's own workers beside PyTorch's, and :data:`THREADED` ``= False`` keeps
+them in the calling thread). Python threads,
 measured, took ~80 µs to wake and waited for a core beside those workers (Gaussian
 (512, 2048, 2048): 1.34× ``nn.Linear`` against 1.22× in the calling thread alone). The
 loops run in the calling thread alone where neither layer loads, for layers under
