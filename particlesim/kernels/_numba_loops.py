@@ -349,24 +349,18 @@ def distances(rows: Any, columns_t: Any, scale: Any, out: Any, chunks: int = 1) 
 def _gaussian_rows(
     rows: Any, columns_t: Any, minus_scale: Any, charges: Any, out: Any, start: int, stop: int
 ) -> None:
+    # (a row's distances, then exp over it while it is in the core's cache: as fast as one
+    # pass making both, measured at 256 × 784)
     one = out.dtype.type(1)
     zero = out.dtype.type(0)
     tiny = np.finfo(out.dtype).tiny
-    c0, c1, c2 = columns_t[0], columns_t[1], columns_t[2]
     for i in range(start, stop):
         row = out[i]
         q = charges[i] if charges.shape[0] > 0 else one
-        if columns_t.shape[0] == PADDED_DIMENSIONS:
-            r0, r1, r2 = rows[i, 0], rows[i, 1], rows[i, 2]
-            for j in range(row.shape[0]):
-                a, b, c = c0[j] - r0, c1[j] - r1, c2[j] - r2
-                value = q * scalar_math.exp((a * a + b * b + c * c) * minus_scale)
-                row[j] = value if abs(value) >= tiny else zero
-        else:
-            _squared_distances(rows, columns_t, i, minus_scale, row)
-            for j in range(row.shape[0]):
-                value = q * scalar_math.exp(row[j])
-                row[j] = value if abs(value) >= tiny else zero
+        _squared_distances(rows, columns_t, i, minus_scale, row)
+        for j in range(row.shape[0]):
+            value = q * scalar_math.exp(row[j])
+            row[j] = value if abs(value) >= tiny else zero
 
 
 @_jit
