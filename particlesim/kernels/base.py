@@ -577,15 +577,10 @@ def check_inputs(
             raise ValueError(
                 f"x must be [B, N] with N = {N} source particles, got {tuple(x.shape)}"
             )
-    if not mixed_precision and target_pos.is_floating_point():
-        device, dtype = target_pos.device, target_pos.dtype
-        if all(t.device == device and t.dtype == dtype for t in tensors.values()):
-            return  # (the common case, without making the messages' dicts)
-    devices = {name: t.device for name, t in tensors.items()}
-    if len(set(devices.values())) > 1:
+    if len({t.device for t in tensors.values()}) > 1:
         raise ValueError(
             "all tensors must be on one device, got "
-            + ", ".join(f"{name} on {d}" for name, d in devices.items())
+            + ", ".join(f"{name} on {t.device}" for name, t in tensors.items())
         )
     dtypes = {name: t.dtype for name, t in tensors.items()}
     if mixed_precision:

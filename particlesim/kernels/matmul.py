@@ -675,16 +675,17 @@ def _fused_forward(ctx: Any, inputs: tuple[Any, ...]) -> Tensor:
     # then W keeps nothing of k, which ∂L/∂q needs
     folded = folds and q is not None and nonzero
     charges = q_np if folded else _NO_CHARGES[x.dtype]
-    derivative = k_np = None
+    # what the backward's loop reads: the Gaussian's f' = −f and a scalar profile's f'(u, f)
+    # both come from the kernel itself; a tensor profile's kept derivative (a NumPy view,
+    # made here once)
+    backward_reads = None
     if folds:  # a tensor (PyTorch's allocator and memory tools see it), written by the loop
         k = x.new_empty(M, N)
-        k_np = k.numpy()
+        backward_reads = k.numpy()
     if gaussian:
-        loops.gaussian(target_copy, source_t, number(-inv_s2), charges, k_np, chunks)
-        derivative = k  # (the Gaussian's f' = −f)
+        loops.gaussian(target_copy, source_t, number(-inv_s2), charges, backward_reads, chunks)
     elif scalar is not None:  # the kernel's own profile, compiled into the loops
-        scalar.forward(target_copy, source_t, number(inv_s2), charges, k_np, chunks)
-        # (its backward makes f' from u and k as it goes)
+        scalar.forward(target_copy, source_t, number(inv_s2), charges, backward_reads, chunks)
     else:
         need_fp = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
 
@@ -694,16 +695,15 @@ def _fused_forward(ctx: Any, inputs: tuple[Any, ...]) -> Tensor:
             return u
 
         k, derivative = _profile_in_blocks(kernel, False, need_fp, M, N, distances)
+        backward_reads = None if derivative is None else derivative.numpy()
     y0 = torch.mm(x, k.T)  # folded: y = x Wᵀ, nn.Linear's forward
     keep_y0 = charge is not None and ctx.needs_input_grad[3] and not folded
     y = y0 if q is None or folded else y0 * q
     ctx.save_for_backward(x, q, k, y0 if keep_y0 else None)
     ctx.charges = None if charge is None else (charge.dtype, charge.shape)
     ctx.dtypes = (target_pos.dtype, source_pos.dtype)
-    # the backward's loops read these NumPy views, made here once
-    derivative = None if derivative is None else derivative.numpy()
     c = number((-2.0 if gaussian else 2.0) * inv_s2)
-    ctx.fused_state = (target_copy, source_t, number(inv_s2), c, k_np, derivative, charges, D)
+    ctx.fused_state = (target_copy, source_t, number(inv_s2), c, backward_reads, charges, D)
     ctx.scalar_loops = scalar
     return y
 
@@ -730,10 +730,10 @@ def _scalar_profile_loops(kernel: RadialKernel, dtype: np.dtype) -> Any:
             cls.scalar_profile, cls.scalar_profile_derivative, single
         )
         one = dtype.type(1.0)  # both compile now, for this dtype
-        three, kernel_array = np.zeros((1, 3), dtype=dtype), np.ones((1, 1), dtype=dtype)
-        loops.forward(three, three.T.copy(), one, three[0, :0], kernel_array)
-        charges = np.ones(1, dtype=dtype)
-        loops.backward(three, three.T.copy(), kernel_array, kernel_array, one, one, charges, 3)
+        rows, columns_t = np.zeros((1, 3), dtype=dtype), np.zeros((3, 1), dtype=dtype)
+        kernel_array, charges = np.ones((1, 1), dtype=dtype), np.ones(1, dtype=dtype)
+        loops.forward(rows, columns_t, one, charges[:0], kernel_array)
+        loops.backward(rows, columns_t, kernel_array, kernel_array, one, one, charges, 3)
     except Exception as exc:
         # Numba's message: the pipeline's step, then the cause, wrapped in terminal colours
         lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
@@ -763,7 +763,7 @@ def _fused_backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
     row sum."""
     x, q, k, y0 = ctx.saved_tensors
     need_x, need_rh, need_rj, need_q = ctx.needs_input_grad[:4]
-    target, source_t, scale, c, k_np, derivative, charges, D = ctx.fused_state
+    target, source_t, scale, c, reads, charges, D = ctx.fused_state
     folded = charges.shape[0] > 0
     grad_q = _charge_grad(ctx, grad_y, y0) if need_q and not folded else None
     gy = grad_y if q is None or folded else grad_y * _as(q, grad_y.dtype)
@@ -774,13 +774,13 @@ def _fused_backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
         chunks = numba_cpu.threads(G.numel())
         if ctx.scalar_loops is not None:  # f' from u and k as the loop goes
             grad_rh, grad_rj, grad_charges = ctx.scalar_loops.backward(
-                target, source_t, k_np, G.numpy(), scale, c, charges, D, chunks
+                target, source_t, reads, G.numpy(), scale, c, charges, D, chunks
             )
         else:
             grad_rh, grad_rj, grad_charges = numba_cpu.loops().backward(
                 target,
                 source_t,
-                derivative,
+                reads,
                 G.numpy(),
                 c,
                 charges if need_q else charges[:0],

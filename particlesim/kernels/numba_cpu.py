@@ -99,10 +99,7 @@ def threads(pairs: int) -> int:
     wanted = torch.get_num_threads()
     if wanted < 2:
         return 1
-    most = _STARTED.get(os.getpid())
-    if most is None:
-        most = _threads_ready()
-    count = min(wanted, most)
+    count = min(wanted, _threads_ready())
     if count > 1 and getattr(_THIS_THREAD, "count", None) != count:
         import numba  # (Numba's count is per thread)
 
