@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -79,30 +80,37 @@ def test_rows_shared_between_threads_give_the_calling_thread_s_results(D: int, c
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))
 
 
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    """Two PyTorch threads for the test (restored after), with Numba's threads started;
+    skipped where no thread-safe Numba threading layer loads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        if not numba_cpu._threads_ready():
+            pytest.skip("no thread-safe Numba threading layer loads here")
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_the_loops_take_as_many_threads_as_pytorch_from_a_size_on(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, two_threads: None
 ) -> None:
     """A loop shares its rows between ``torch.get_num_threads()`` threads (at most Numba's
     ``NUMBA_NUM_THREADS``) from ``THREADED_MIN_PAIRS`` pairs on; below, with one PyTorch
     thread, or with ``THREADED`` off, it runs in the calling thread alone."""
     import numba
 
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        if not numba_cpu._threads_ready():
-            pytest.skip("no thread-safe Numba threading layer loads here")
-        assert numba.threading_layer() in ("omp", "tbb")
-        want = min(2, numba.config.NUMBA_NUM_THREADS)
-        assert numba_cpu.threads(numba_cpu.THREADED_MIN_PAIRS) == want
-        assert numba_cpu.threads(numba_cpu.THREADED_MIN_PAIRS - 1) == 1
-        monkeypatch.setattr(numba_cpu, "THREADED", False)
-        assert numba_cpu.threads(10**9) == 1
-        monkeypatch.setattr(numba_cpu, "THREADED", True)
-        torch.set_num_threads(1)
-        assert numba_cpu.threads(10**9) == 1
-    finally:
-        torch.set_num_threads(threads)
+    assert numba.threading_layer() in ("omp", "tbb")
+    want = min(2, numba.config.NUMBA_NUM_THREADS)
+    assert numba_cpu.threads(numba_cpu.THREADED_MIN_PAIRS) == want
+    assert numba_cpu.threads(numba_cpu.THREADED_MIN_PAIRS - 1) == 1
+    monkeypatch.setattr(numba_cpu, "THREADED", False)
+    assert numba_cpu.threads(10**9) == 1
+    monkeypatch.setattr(numba_cpu, "THREADED", True)
+    torch.set_num_threads(1)
+    assert numba_cpu.threads(10**9) == 1
 
 
 def _forked_child(pipe: Any) -> None:
@@ -117,27 +125,20 @@ def _forked_child(pipe: Any) -> None:
         os._exit(0)
 
 
-def test_a_child_forked_after_the_threads_started_runs_the_loops_alone() -> None:
+def test_a_child_forked_after_the_threads_started_runs_the_loops_alone(two_threads: None) -> None:
     """GNU OpenMP cannot run in a child forked from a process that used it (Numba's layer
     ends such a child): a forked child runs the loops in its calling thread, and gets the
     same numbers."""
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        if not numba_cpu._threads_ready():
-            pytest.skip("no thread-safe Numba threading layer loads here")
-        rows, columns_t = positions(37, 29, 3)
-        out = np.empty((37, 29), np.float32)
-        numba_cpu.loops().gaussian(rows, columns_t, np.float32(-1.0), out[:0, 0], out, 2)
-        context = multiprocessing.get_context("fork")
-        receive, send = context.Pipe(duplex=False)
-        child = context.Process(target=_forked_child, args=(send,))
-        child.start()
-        assert receive.poll(30), "the forked child sent nothing"
-        count, total = receive.recv()
-        child.join(timeout=60)
-    finally:
-        torch.set_num_threads(threads)
+    rows, columns_t = positions(37, 29, 3)
+    out = np.empty((37, 29), np.float32)
+    numba_cpu.loops().gaussian(rows, columns_t, np.float32(-1.0), out[:0, 0], out, 2)
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_forked_child, args=(send,))
+    child.start()
+    assert receive.poll(30), "the forked child sent nothing"
+    count, total = receive.recv()
+    child.join(timeout=60)
     assert child.exitcode == 0
     assert count == 1
     assert total == pytest.approx(float(out.sum()), rel=1e-6)
